@@ -1,0 +1,389 @@
+"""In-memory queues: availability, peek-locks, scheduling, deferral, dead-lettering, counters.
+
+Nothing here knows about AMQP links or sockets; the server drives it from its
+single event-loop thread, so the store itself takes no locks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from .codec import EncodedMessage, timestamp_ms
+
+DEAD_LETTER_SUFFIX = "/$deadletterqueue"
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+
+# x-opt-message-state values, as Service Bus reports them on peeked messages.
+_STATE_ACTIVE, _STATE_DEFERRED, _STATE_SCHEDULED = 0, 1, 2
+
+KNOWN_FAULTS = frozenset({"duplicate_deliveries"})
+
+
+@dataclass(eq=False)
+class StoredMessage:
+    """A message held by an entity, with the broker-owned metadata."""
+
+    sequence_number: int
+    content: EncodedMessage
+    enqueued_at: float
+    delivery_count: int = 0
+    deferred: bool = False
+    duplicate: bool = False  # enqueued by the duplicate_deliveries fault: never duplicated again
+
+    def render(self, lock: "Lock | None" = None, state: int | None = None) -> bytes:
+        """Encode the message as a receiver (or a peek) gets it."""
+        annotations: dict[str, Any] = {
+            "x-opt-sequence-number": self.sequence_number,
+            "x-opt-enqueued-time": timestamp_ms(self.enqueued_at),
+        }
+        if lock is not None:
+            annotations["x-opt-locked-until"] = timestamp_ms(lock.locked_until)
+            annotations["x-opt-lock-token"] = lock.token
+        if state is not None:
+            annotations["x-opt-message-state"] = state
+        return self.content.render(self.delivery_count, annotations)
+
+
+@dataclass(eq=False)
+class Lock:
+    """A peek-lock on one message; ``delivery`` is the server's handle on the link transfer, if any."""
+
+    token: uuid.UUID
+    message: StoredMessage
+    entity: "Entity"
+    locked_until: float
+    active: bool = True
+    delivery: Any = None
+
+
+class LockLost(LookupError):
+    """The lock token is unknown, expired or already settled."""
+
+
+class Entity:
+    """A queue, or the dead-letter sub-queue of one."""
+
+    def __init__(self, store: "MessageStore", path: str, dead_letter: "Entity | None") -> None:
+        self.store = store
+        self.path = path
+        self.dead_letter_entity = dead_letter
+        self._available: list[tuple[int, StoredMessage]] = []  # heap by sequence number
+        self._locks: dict[uuid.UUID, Lock] = {}
+        self._scheduled: dict[int, StoredMessage] = {}
+        self._deferred: dict[int, StoredMessage] = {}
+        self.counters = dict.fromkeys(("sent", "completed", "abandoned", "deliveries"), 0)
+
+    # -- availability ---------------------------------------------------------------
+
+    @property
+    def has_available(self) -> bool:
+        """Whether a receiver could be handed a message now."""
+        return bool(self._available)
+
+    def add(self, message: StoredMessage) -> None:
+        """Make ``message`` available to receivers (or park it as deferred)."""
+        if message.deferred:
+            self._deferred[message.sequence_number] = message
+            return
+        heapq.heappush(self._available, (message.sequence_number, message))
+        self.store.mark_available(self)
+
+    def take(self) -> StoredMessage | None:
+        """Remove and return the lowest-sequence available message."""
+        if not self._available:
+            return None
+        self.counters["deliveries"] += 1
+        return heapq.heappop(self._available)[1]
+
+    def consume(self) -> None:
+        """Record a receive-and-delete delivery: the message taken is gone once sent."""
+        self.counters["completed"] += 1
+
+    # -- locks ----------------------------------------------------------------------
+
+    def lock(self, message: StoredMessage) -> Lock:
+        """Peek-lock a message just taken from this entity."""
+        lock = Lock(uuid.uuid4(), message, self, self.store.clock() + self.store.lock_duration_s)
+        self._locks[lock.token] = lock
+        self.store.add_timer(lock.locked_until, self._check_lock, lock)
+        return lock
+
+    def find_lock(self, token: uuid.UUID) -> Lock:
+        """The active lock with this token; raises :class:`LockLost`."""
+        lock = self._locks.get(token)
+        if lock is None or not lock.active:
+            raise LockLost(token)
+        return lock
+
+    def renew(self, lock: Lock) -> float:
+        """Extend an active lock by the lock duration; returns the new expiry (epoch seconds)."""
+        self._require_active(lock)
+        lock.locked_until = self.store.clock() + self.store.lock_duration_s
+        return lock.locked_until
+
+    def complete(self, lock: Lock) -> None:
+        """Settle successfully: the message leaves the entity."""
+        self._unlock(lock)
+        self.counters["completed"] += 1
+        message = lock.message
+        if self.store.faults.get("duplicate_deliveries") and not message.duplicate:
+            self.add(
+                StoredMessage(
+                    self.store.next_sequence_number(self),
+                    message.content,
+                    self.store.clock(),
+                    duplicate=True,
+                )
+            )
+
+    def release(self, lock: Lock) -> None:
+        """Give the message back untouched (AMQP released: it does not count as a delivery)."""
+        self._unlock(lock)
+        self.add(lock.message)
+
+    def abandon(self, lock: Lock) -> None:
+        """Give the message back as a failed delivery."""
+        self._unlock(lock)
+        self.counters["abandoned"] += 1
+        self._redeliver(lock.message)
+
+    def defer(self, lock: Lock) -> None:
+        """Set the message aside; only receive-by-sequence-number gets it back."""
+        self._unlock(lock)
+        lock.message.deferred = True
+        self.add(lock.message)
+
+    def dead_letter(self, lock: Lock, reason: str | None, description: str | None) -> None:
+        """Move the message to the dead-letter sub-queue."""
+        self._unlock(lock)
+        self._move_to_dead_letter(lock.message, reason, description)
+
+    def _require_active(self, lock: Lock) -> None:
+        if not lock.active or self._locks.get(lock.token) is not lock:
+            raise LockLost(lock.token)
+
+    def _unlock(self, lock: Lock) -> None:
+        self._require_active(lock)
+        lock.active = False
+        del self._locks[lock.token]
+
+    def _check_lock(self, lock: Lock) -> None:
+        if not lock.active:
+            return
+        if lock.locked_until > self.store.clock():  # renewed since this timer was set
+            self.store.add_timer(lock.locked_until, self._check_lock, lock)
+            return
+        self._unlock(lock)
+        self._redeliver(lock.message)
+
+    def _redeliver(self, message: StoredMessage) -> None:
+        message.delivery_count += 1
+        if self.dead_letter_entity is not None and message.delivery_count >= self.store.max_delivery_count:
+            self._move_to_dead_letter(
+                message,
+                MAX_DELIVERY_COUNT_EXCEEDED,
+                f"Message could not be consumed after {self.store.max_delivery_count} delivery attempts.",
+            )
+        else:
+            self.add(message)
+
+    def _move_to_dead_letter(self, message: StoredMessage, reason: str | None, description: str | None) -> None:
+        properties = {}
+        if reason is not None:
+            properties["DeadLetterReason"] = reason
+        if description is not None:
+            properties["DeadLetterErrorDescription"] = description
+        message.content = message.content.with_application_properties(properties)
+        message.deferred = False
+        (self.dead_letter_entity or self).add(message)
+
+    # -- scheduling and deferral ------------------------------------------------------
+
+    def schedule(self, content: EncodedMessage, due: float) -> int:
+        """Hold a message until ``due`` (epoch seconds); returns its sequence number."""
+        sequence_number = self.store.next_sequence_number(self)
+        self._scheduled[sequence_number] = StoredMessage(sequence_number, content, due)
+        self.store.add_timer(due, self._promote, sequence_number)
+        return sequence_number
+
+    def cancel_scheduled(self, sequence_numbers: Iterable[int]) -> list[int]:
+        """Drop scheduled messages; returns the sequence numbers that were not scheduled."""
+        numbers = list(sequence_numbers)
+        missing = [n for n in numbers if n not in self._scheduled]
+        if not missing:
+            for n in numbers:
+                del self._scheduled[n]
+        return missing
+
+    def _promote(self, sequence_number: int) -> None:
+        message = self._scheduled.pop(sequence_number, None)
+        if message is not None:
+            message.enqueued_at = self.store.clock()
+            self.add(message)
+
+    def has_deferred(self, sequence_number: int) -> bool:
+        """Whether the message with this sequence number is deferred."""
+        return sequence_number in self._deferred
+
+    def take_deferred(self, sequence_number: int) -> StoredMessage | None:
+        """Remove and return a deferred message, or None."""
+        message = self._deferred.pop(sequence_number, None)
+        if message is not None:
+            self.counters["deliveries"] += 1
+        return message
+
+    # -- browsing, maintenance ------------------------------------------------------
+
+    def peek(self, from_sequence_number: int, count: int) -> list[tuple[StoredMessage, int]]:
+        """Up to ``count`` messages from ``from_sequence_number`` on, with their x-opt-message-state."""
+        candidates = [(m, _STATE_ACTIVE) for _, m in self._available]
+        candidates += [(lock.message, _STATE_ACTIVE) for lock in self._locks.values()]
+        candidates += [(m, _STATE_DEFERRED) for m in self._deferred.values()]
+        candidates += [(m, _STATE_SCHEDULED) for m in self._scheduled.values()]
+        candidates = [c for c in candidates if c[0].sequence_number >= from_sequence_number]
+        candidates.sort(key=lambda c: c[0].sequence_number)
+        return candidates[:count]
+
+    def purge(self) -> None:
+        """Drop every message and lock and reset the counters."""
+        for lock in self._locks.values():
+            lock.active = False
+        self._available.clear()
+        self._locks.clear()
+        self._scheduled.clear()
+        self._deferred.clear()
+        self.counters = dict.fromkeys(self.counters, 0)
+
+    @property
+    def size(self) -> int:
+        """Messages held, in any state except scheduled."""
+        return len(self._available) + len(self._locks) + len(self._deferred)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for :meth:`MessageStore.stats`."""
+        return {
+            "active": len(self._available),
+            "locked": len(self._locks),
+            "deadLettered": self.dead_letter_entity.size if self.dead_letter_entity else 0,
+            "scheduled": len(self._scheduled),
+            **self.counters,
+        }
+
+
+class Queue(Entity):
+    """A queue, owning the sequence numbers shared with its dead-letter sub-queue."""
+
+    def __init__(self, store: "MessageStore", name: str) -> None:
+        super().__init__(store, name, Entity(store, name + DEAD_LETTER_SUFFIX, None))
+        self.last_sequence_number = 0
+
+
+class MessageStore:
+    """All queues of the namespace, plus the timers that drive lock expiry and scheduling."""
+
+    def __init__(
+        self,
+        max_delivery_count: int = 10,
+        lock_duration_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_delivery_count < 1:
+            raise ValueError("max_delivery_count must be at least 1")
+        if lock_duration_s <= 0:
+            raise ValueError("lock_duration_s must be positive")
+        self.max_delivery_count = max_delivery_count
+        self.lock_duration_s = lock_duration_s
+        self.clock = clock
+        self.faults: dict[str, bool] = {}
+        self.queues: dict[str, Queue] = {}
+        self._timers: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._timer_ids = itertools.count()
+        self._available: set[Entity] = set()
+
+    def queue(self, name: str) -> Queue:
+        """The queue called ``name`` (case-insensitive), created on first use."""
+        key = name.strip("/").lower()
+        if not key or "$" in key or "/" in key:  # topics/subscriptions are not supported
+            raise KeyError(f"not a queue name: {name!r}")
+        if key not in self.queues:
+            self.queues[key] = Queue(self, key)
+        return self.queues[key]
+
+    def entity(self, path: str) -> Entity:
+        """The entity at ``path``: ``<queue>`` or ``<queue>/$DeadLetterQueue``."""
+        key = path.strip("/").lower()
+        if key.endswith(DEAD_LETTER_SUFFIX):
+            queue = self.queue(key[: -len(DEAD_LETTER_SUFFIX)])
+            assert queue.dead_letter_entity is not None
+            return queue.dead_letter_entity
+        return self.queue(key)
+
+    def next_sequence_number(self, entity: Entity) -> int:
+        """Allocate a sequence number in the queue that ``entity`` belongs to."""
+        queue = self.entity(entity.path.removesuffix(DEAD_LETTER_SUFFIX))
+        assert isinstance(queue, Queue)
+        queue.last_sequence_number += 1
+        return queue.last_sequence_number
+
+    def enqueue(self, entity: Entity, content: EncodedMessage) -> int:
+        """Accept a sent message (scheduled if it carries a future enqueue time); returns its sequence number."""
+        entity.counters["sent"] += 1
+        now = self.clock()
+        scheduled_ms = content.scheduled_enqueue_time_ms
+        if scheduled_ms is not None and scheduled_ms / 1000 > now:
+            return entity.schedule(content, scheduled_ms / 1000)
+        message = StoredMessage(self.next_sequence_number(entity), content, now)
+        entity.add(message)
+        return message.sequence_number
+
+    # -- timers and availability ----------------------------------------------------
+
+    def add_timer(self, deadline: float, callback: Callable[[Any], None], argument: Any) -> None:
+        """Call ``callback(argument)`` from :meth:`run_timers` once ``deadline`` has passed."""
+        heapq.heappush(self._timers, (deadline, next(self._timer_ids), callback, argument))
+
+    def next_deadline(self) -> float | None:
+        """The earliest pending timer deadline (epoch seconds), or None."""
+        return self._timers[0][0] if self._timers else None
+
+    def run_timers(self) -> None:
+        """Fire every timer that is due."""
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback, argument = heapq.heappop(self._timers)
+            callback(argument)
+
+    def mark_available(self, entity: Entity) -> None:
+        """Note that ``entity`` has messages for receivers (see :meth:`take_available`)."""
+        self._available.add(entity)
+
+    def take_available(self) -> set[Entity]:
+        """Entities that gained available messages since the last call."""
+        entities, self._available = self._available, set()
+        return entities
+
+    # -- administration -------------------------------------------------------------
+
+    def set_faults(self, **faults: bool) -> None:
+        """Replace the active fault injections; no arguments clears them."""
+        unknown = set(faults) - KNOWN_FAULTS
+        if unknown:
+            raise ValueError(f"unknown faults: {sorted(unknown)}")
+        self.faults = {name: bool(on) for name, on in faults.items() if on}
+
+    def purge(self, queue: str | None = None) -> None:
+        """Drop all messages (active, locked, deferred, scheduled, dead-lettered) and reset counters."""
+        queues = [self.queue(queue)] if queue is not None else list(self.queues.values())
+        for q in queues:
+            q.purge()
+            assert q.dead_letter_entity is not None
+            q.dead_letter_entity.purge()
+
+    def stats(self) -> dict[str, Any]:
+        """``{"queues": {name: {"active", "locked", "deadLettered", "scheduled", "sent", ...}}}``."""
+        return {"queues": {name: q.stats() for name, q in sorted(self.queues.items())}}
