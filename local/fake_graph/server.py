@@ -1,0 +1,739 @@
+"""The fake Graph HTTP server: a Microsoft Graph v1.0 subset, Microsoft's admin-consent page, and /_fake controls.
+
+Runs aiohttp on its own event loop in a daemon thread so synchronous tests and the CLI can both host it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import re
+import threading
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from aiohttp import web
+
+from .odata import (
+    ADVANCED_HINT,
+    GraphError,
+    bad_request,
+    decode_skiptoken,
+    encode_skiptoken,
+    parse_filter,
+    parse_orderby,
+    parse_search,
+    parse_select,
+    parse_top,
+    unsupported,
+)
+from .tenant import PROPERTY_LOOKUP, RESOURCE, SORTABLE, TYPE_NAME, Tenant, load_tenant
+
+log = logging.getLogger("local.fake_graph")
+
+JSON_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+ERROR_CODES = {
+    400: "BadRequest",
+    401: "InvalidAuthenticationToken",
+    403: "Authorization_RequestDenied",
+    404: "Request_ResourceNotFound",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+SYSTEM_OPTIONS = ("$select", "$top", "$filter", "$search", "$count", "$orderby", "$skiptoken", "$skip", "$expand",
+                  "$format")
+CAST = r"(?:/(?P<cast>(?:microsoft\.)?graph\.(?:user|group|device)))?"
+
+Handler = Callable[[web.Request, "Tenant | None", dict[str, str]], Awaitable[web.StreamResponse]]
+
+
+class _Query:
+    """The request's OData system query options, normalized (`top` or `$Top` both mean `$top`)."""
+
+    def __init__(self, request: web.Request):
+        self.items: list[tuple[str, str]] = []
+        self.options: dict[str, str] = {}
+        for key, value in request.query.items():
+            name = key.lower()
+            if not name.startswith("$") and f"${name}" in SYSTEM_OPTIONS:
+                name = f"${name}"
+            if name.startswith("$"):
+                if name not in SYSTEM_OPTIONS:
+                    raise bad_request(f"Query option '{key}' is not supported.", code="BadRequest")
+                if name in self.options:
+                    raise bad_request(f"Query option '{name}' was specified more than once, it must be specified at most once.",
+                                      code="BadRequest")
+                self.options[name] = value
+            self.items.append((key, value))
+        if "$skip" in self.options:
+            raise bad_request("'$skip' is not supported by the service.")
+        if "$expand" in self.options:
+            raise unsupported("$expand is not supported by this fake Graph.")
+        self.eventual = request.headers.get("ConsistencyLevel", "").strip().lower() == "eventual"
+        count = self.options.get("$count")
+        if count is not None and count.lower() not in ("true", "false"):
+            raise bad_request(f"Invalid value '{count}' for $count, expected true or false.", code="BadRequest")
+        # Without ConsistencyLevel: eventual, Graph silently ignores $count=true on directory objects.
+        self.count = count is not None and count.lower() == "true" and self.eventual
+        self.advanced = self.count
+
+    def get(self, name: str) -> str | None:
+        return self.options.get(name)
+
+
+class FakeGraph:
+    """A fake Microsoft Graph for one or more tenants, served over real HTTP from a background thread."""
+
+    def __init__(self, tenants: list[dict | str | Path] | tuple = (), host: str = "127.0.0.1", port: int = 0,
+                 latency_ms: float = 0):
+        self.tenants: dict[str, Tenant] = {}
+        for source in tenants:
+            self._install(Tenant(load_tenant(source)))
+        self.host = host
+        self._requested_port = port
+        self.port: int | None = None
+        self.latency_ms = float(latency_ms)
+        self._faults: list[dict[str, Any]] = []
+        self._requests = 0
+        self._by_route: Counter[str] = Counter()
+        self._deny = False
+        self._consent_tenant: str | None = None
+        self._revoked: set[str] = set()
+        self._grants: list[dict[str, Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._routes = self._build_routes()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """Scheme, host and port, e.g. http://127.0.0.1:54321."""
+        if self.port is None:
+            raise RuntimeError("FakeGraph is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The Graph base URL the SDK's request adapter should use."""
+        return f"{self.origin}/v1.0"
+
+    def start(self) -> "FakeGraph":
+        """Start listening; returns once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("FakeGraph is already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._serve())
+            except BaseException as exc:  # reported to the thread calling start()
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self._shutdown())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-graph", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            self._loop = None
+            raise failure[0]
+        return self
+
+    async def _serve(self) -> None:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._requested_port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Stop the server and its thread, releasing the port."""
+        if self._thread is None:
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=15)
+        self._thread = None
+        self._loop = None
+        self._runner = None
+        self.port = None
+
+    def __enter__(self) -> "FakeGraph":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn on the server's loop thread (where all state lives) and return its result."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return fn(*args)
+
+        async def invoke() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(invoke(), loop).result(timeout=60)
+
+    # --- Python control API (same effects as the /_fake endpoints) ----------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Request counts: {"requests": total, "byRoute": {"GET /v1.0/groups/{id}/...": n}}."""
+        return self._call(self._stats)
+
+    def reset_stats(self) -> None:
+        """Zero the request counters."""
+        self._call(self._reset_stats)
+
+    def add_tenant(self, tenant: dict | str | Path) -> str:
+        """Load (or replace) a tenant; returns its tenantId."""
+        built = Tenant(load_tenant(tenant))
+        self._call(self._install, built)
+        return built.tenant_id
+
+    def dump_tenant(self, tenant_id: str) -> dict:
+        """The current state of a tenant in the tenant file format."""
+        return self._call(lambda: self._tenant(tenant_id).to_dict())
+
+    def add_fault(self, path: str = "", status: int | None = None, retry_after: float | None = None, times: int = 1,
+                  delay_ms: float | None = None, method: str | None = None) -> None:
+        """Make the next `times` requests whose path contains `path` fail with `status` and/or be slow."""
+        spec = {"path": path, "status": status, "retryAfter": retry_after, "times": times, "delayMs": delay_ms,
+                "method": method}
+        self._call(self._add_faults, [{k: v for k, v in spec.items() if v is not None}])
+
+    def clear_faults(self) -> None:
+        """Drop all pending faults."""
+        self._call(self._faults.clear)
+
+    def set_consent(self, **changes: Any) -> dict:
+        """Same as POST /_fake/consent: deny, tenant, revoked, revokedTenant."""
+        return self._call(self._set_consent, changes)
+
+    def set_latency(self, ms: float) -> None:
+        """Per-request latency for every Graph request."""
+        self._call(setattr, self, "latency_ms", float(ms))
+
+    # --- state helpers (loop thread) -----------------------------------------------------------
+
+    def _install(self, tenant: Tenant) -> None:
+        self.tenants[tenant.tenant_id] = tenant
+
+    def _tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            raise GraphError(404, "Request_ResourceNotFound", f"Tenant '{tenant_id}' is not loaded.")
+        return tenant
+
+    def _stats(self) -> dict[str, Any]:
+        return {"requests": self._requests, "byRoute": dict(self._by_route)}
+
+    def _reset_stats(self) -> None:
+        self._requests = 0
+        self._by_route.clear()
+
+    def _consent_state(self) -> dict[str, Any]:
+        return {"deny": self._deny, "tenant": self._consent_tenant, "revoked": sorted(self._revoked),
+                "grants": list(self._grants)}
+
+    def _set_consent(self, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - {"deny", "tenant", "revoked", "revokedTenant"}
+        if unknown:
+            raise bad_request(f"Unknown consent settings: {', '.join(sorted(unknown))}.", code="BadRequest")
+        if "deny" in body:
+            self._deny = bool(body["deny"])
+        if "tenant" in body:
+            self._consent_tenant = body["tenant"]
+        if "revoked" in body:
+            target = body.get("revokedTenant") or body.get("tenant")
+            if body["revoked"]:
+                target = target or next(iter(self.tenants), None)
+                if target is None:
+                    raise bad_request("No tenant to revoke consent for.", code="BadRequest")
+                self._revoked.add(target)
+            elif target:
+                self._revoked.discard(target)
+            else:
+                self._revoked.clear()
+        return self._consent_state()
+
+    def _add_faults(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parsed = []
+        for spec in specs:
+            if not isinstance(spec, dict):
+                raise bad_request("A fault is a JSON object.", code="BadRequest")
+            unknown = set(spec) - {"path", "status", "retryAfter", "times", "delayMs", "method", "code", "message"}
+            if unknown:
+                raise bad_request(f"Unknown fault fields: {', '.join(sorted(unknown))}.", code="BadRequest")
+            status, delay = spec.get("status"), spec.get("delayMs")
+            if status is None and not delay:
+                raise bad_request("A fault needs a status or a delayMs.", code="BadRequest")
+            if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+                raise bad_request("Fault status must be an HTTP error status (400-599).", code="BadRequest")
+            times = spec.get("times", 1)
+            if not isinstance(times, int) or times < 1:
+                raise bad_request("Fault times must be a positive integer.", code="BadRequest")
+            parsed.append({"path": str(spec.get("path", "")), "status": status, "retryAfter": spec.get("retryAfter"),
+                           "times": times, "delayMs": delay, "method": (spec.get("method") or "").upper() or None,
+                           "code": spec.get("code"), "message": spec.get("message")})
+        self._faults.extend(parsed)
+        return self._faults
+
+    def _take_fault(self, method: str, target: str) -> dict[str, Any] | None:
+        for fault in self._faults:
+            if fault["path"] in target and fault["method"] in (None, method):
+                fault["times"] -= 1
+                if fault["times"] <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    # --- HTTP entry point ----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/_fake" or path.startswith("/_fake/"):
+            try:
+                return await self._control(request)
+            except GraphError as exc:
+                return self._error(request, exc)
+            except Exception:
+                log.exception("fake graph control failed on %s %s", request.method, request.raw_path)
+                return self._error(request, GraphError(500, "generalException", "An internal error occurred."))
+        template, handler, params, route_error = self._resolve(request.method, path)
+        self._requests += 1
+        self._by_route[f"{request.method} {template}"] += 1
+        try:
+            if self.latency_ms > 0:
+                await asyncio.sleep(self.latency_ms / 1000)
+            fault = self._take_fault(request.method, unquote(request.raw_path))
+            if fault is not None:
+                if fault["delayMs"]:
+                    await asyncio.sleep(fault["delayMs"] / 1000)
+                if fault["status"] is not None:
+                    raise self._fault_error(fault)
+            if route_error is not None:
+                raise route_error
+            assert handler is not None
+            tenant = None if template.startswith("/{tenant}") else self._authenticate(request)
+            return await handler(request, tenant, params)
+        except GraphError as exc:
+            return self._error(request, exc)
+        except Exception:
+            log.exception("fake graph failed on %s %s", request.method, request.raw_path)
+            return self._error(request, GraphError(500, "generalException", "An internal error occurred in the fake."))
+
+    @staticmethod
+    def _fault_error(fault: dict[str, Any]) -> GraphError:
+        status = fault["status"]
+        headers = {}
+        if fault["retryAfter"] is not None:
+            retry_after = fault["retryAfter"]
+            headers["Retry-After"] = str(int(retry_after)) if float(retry_after).is_integer() else str(retry_after)
+        code = fault["code"] or ERROR_CODES.get(status, "UnknownError")
+        message = fault["message"] or f"Injected fault: HTTP {status}."
+        return GraphError(status, code, message, headers)
+
+    def _authenticate(self, request: web.Request) -> Tenant:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if not header or scheme.lower() != "bearer" or not token:
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty.",
+                             {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
+        if token.startswith("local:"):
+            tenant = self.tenants.get(token[len("local:"):])
+            if tenant is None:
+                raise GraphError(401, "InvalidAuthenticationToken",
+                                 "Access token validation failure. Invalid audience or unknown tenant.",
+                                 {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
+        elif self.tenants:
+            tenant = next(iter(self.tenants.values()))
+        else:
+            raise GraphError(401, "InvalidAuthenticationToken", "No tenant is loaded.")
+        if tenant.tenant_id in self._revoked:
+            raise GraphError(
+                401, "InvalidAuthenticationToken",
+                f"Access token validation failure: the application's consent in tenant {tenant.tenant_id} was revoked.",
+                {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
+            )
+        return tenant
+
+    def _error(self, request: web.Request, exc: GraphError) -> web.Response:
+        body = {"error": {"code": exc.code, "message": exc.message, "innerError": {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+            "request-id": str(uuid.uuid4()),
+            "client-request-id": request.headers.get("client-request-id") or str(uuid.uuid4()),
+        }}}
+        return self._json(request, body, exc.status, exc.headers)
+
+    @staticmethod
+    def _json(request: web.Request, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        response = web.Response(body=text.encode(), status=status, headers=headers, content_type=None)
+        response.headers["Content-Type"] = JSON_TYPE
+        response.headers["request-id"] = str(uuid.uuid4())
+        if "client-request-id" in request.headers:
+            response.headers["client-request-id"] = request.headers["client-request-id"]
+        return response
+
+    # --- routing -------------------------------------------------------------------------------
+
+    def _build_routes(self) -> list[tuple[re.Pattern[str], dict[str, Handler], Callable[[re.Match[str]], str]]]:
+        def fixed(template: str) -> Callable[[re.Match[str]], str]:
+            return lambda _m: template
+
+        def members_template(m: re.Match[str]) -> str:
+            rel = "transitiveMembers" if m["rel"].lower() == "transitivemembers" else "members"
+            cast = f"/microsoft.graph.{m['cast'].rsplit('.', 1)[1].lower()}" if m["cast"] else ""
+            return f"/v1.0/groups/{{id}}/{rel}{cast}{'/$count' if m['count'] else ''}"
+
+        routes = [
+            (r"/v1\.0/organization", {"GET": self._organization}, fixed("/v1.0/organization")),
+            (r"/v1\.0/(?P<coll>groups|users|devices)/\$count", {"GET": self._count_collection},
+             lambda m: f"/v1.0/{m['coll'].lower()}/$count"),
+            (r"/v1\.0/(?P<coll>groups|users|devices)",
+             {"GET": self._list_collection, "POST": self._create}, lambda m: f"/v1.0/{m['coll'].lower()}"),
+            (r"/v1\.0/(?P<coll>groups|users|devices)/(?P<id>[^/]+)",
+             {"GET": self._get_object, "PATCH": self._update, "DELETE": self._delete},
+             lambda m: f"/v1.0/{m['coll'].lower()}/{{id}}"),
+            (r"/v1\.0/groups/(?P<id>[^/]+)/members/\$ref", {"POST": self._add_member},
+             fixed("/v1.0/groups/{id}/members/$ref")),
+            (r"/v1\.0/groups/(?P<id>[^/]+)/members/(?P<member>[^/]+)/\$ref", {"DELETE": self._remove_member},
+             fixed("/v1.0/groups/{id}/members/{memberId}/$ref")),
+            (r"/v1\.0/groups/(?P<id>[^/]+)/(?P<rel>members|transitiveMembers)" + CAST + r"(?P<count>/\$count)?",
+             {"GET": self._list_members}, members_template),
+            (r"/(?P<tenant>[^/]+)/v2\.0/adminconsent", {"GET": self._admin_consent},
+             fixed("/{tenant}/v2.0/adminconsent")),
+        ]
+        return [(re.compile(pattern, re.IGNORECASE), methods, template) for pattern, methods, template in routes]
+
+    def _resolve(self, method: str, path: str) -> tuple[str, Handler | None, dict[str, str], GraphError | None]:
+        trimmed = path.rstrip("/") or "/"
+        for pattern, methods, template in self._routes:
+            m = pattern.fullmatch(trimmed)
+            if m is None:
+                continue
+            params = {k: v for k, v in m.groupdict().items() if v is not None}
+            if method not in methods:
+                return template(m), None, params, GraphError(
+                    405, "Request_BadRequest", f"The HTTP method '{method}' is not allowed for this resource.")
+            return template(m), methods[method], params, None
+        if trimmed.lower().startswith("/v1.0/") and "//" not in trimmed:
+            segment = trimmed.split("/")[2]
+            error = GraphError(400, "BadRequest", f"Resource not found for the segment '{segment}'.")
+        else:
+            error = GraphError(404, "NotFound", f"No such endpoint: {method} {path}")
+        return "(unmatched)", None, {}, error
+
+    # --- Graph handlers ------------------------------------------------------------------------
+
+    def _context(self, request: web.Request, fragment: str, select: tuple[str, ...] | None = None,
+                 entity: bool = False) -> str:
+        selected = f"({','.join(select)})" if select else ""
+        return f"{request.scheme}://{request.host}/v1.0/$metadata#{fragment}{selected}{'/$entity' if entity else ''}"
+
+    def _page(self, request: web.Request, tenant: Tenant, query: _Query, source: tuple, kind: str | None,
+              context: str) -> web.Response:
+        """One page of a directory collection, with @odata.nextLink/$skiptoken paging and $count."""
+        resource = RESOURCE[kind]
+        type_name = TYPE_NAME.get(kind, "microsoft.graph.directoryObject")
+        select = parse_select(query.get("$select"), PROPERTY_LOOKUP[kind], type_name)
+        top = parse_top(query.get("$top"))
+        is_relationship = source[0] == "members"
+        search_text, filter_text = query.get("$search"), query.get("$filter")
+        orderby = parse_orderby(query.get("$orderby"), SORTABLE[kind])
+
+        search = None
+        if search_text is not None:
+            if not query.eventual:
+                raise unsupported("Request with $search query parameter only works through MSGraph with a special "
+                                  "request header: 'ConsistencyLevel: eventual'")
+            search = parse_search(search_text, PROPERTY_LOOKUP[kind], resource)
+        predicate = None
+        if filter_text is not None:
+            predicate, info = parse_filter(filter_text, PROPERTY_LOOKUP[kind], resource)
+            if info.advanced_operator and not query.advanced:
+                raise unsupported(f"Operator '{info.advanced_operator}' is not supported because the required "
+                                  f"parameters might be missing. {ADVANCED_HINT}")
+            if is_relationship and not query.advanced:
+                raise unsupported(f"Filtering a relationship requires advanced query parameters. {ADVANCED_HINT}")
+        if orderby is not None and (filter_text is not None or is_relationship) and not query.advanced:
+            raise unsupported("Sorting not supported for current query.")
+
+        result = tenant.query(source, filter_text, predicate, search_text, search, orderby)
+        start = 0
+        token = query.get("$skiptoken")
+        if token is not None:
+            start = result.position_after(*decode_skiptoken(token))
+        ids = result.ids[start:start + top]
+        typed = kind is not None
+        parts = ['{"@odata.context":', json.dumps(self._context(request, context, select))]
+        if query.count and token is None:
+            parts.append(f',"@odata.count":{len(result.ids)}')
+        if start + len(ids) < len(result.ids):
+            parts.append(',"@odata.nextLink":')
+            parts.append(json.dumps(self._next_link(request, query, encode_skiptoken(start + len(ids), ids[-1]))))
+        parts.append(',"value":[')
+        parts.append(",".join(tenant.item_json(oid, select, typed) for oid in ids))
+        parts.append("]}")
+        return self._json(request, "".join(parts))
+
+    @staticmethod
+    def _next_link(request: web.Request, query: _Query, token: str) -> str:
+        items = [(k, v) for k, v in query.items if k.lower().lstrip("$") != "skiptoken"]
+        items.append(("$skiptoken", token))
+        qs = "&".join(f"{quote(k, safe='$')}={quote(v, safe=',()$')}" for k, v in items)
+        return f"{request.scheme}://{request.host}{request.path}?{qs}"
+
+    async def _list_collection(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        coll = params["coll"].lower()
+        kind = coll[:-1]
+        return self._page(request, tenant, _Query(request), (coll,), kind, coll)
+
+    async def _count_collection(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        coll = params["coll"].lower()
+        return self._count(request, tenant, (coll,), coll[:-1])
+
+    def _count(self, request: web.Request, tenant: Tenant, source: tuple, kind: str | None) -> web.Response:
+        query = _Query(request)
+        if not query.eventual:
+            raise bad_request("$count is not currently supported.")
+        search = predicate = None
+        if query.get("$search") is not None:
+            search = parse_search(query.get("$search"), PROPERTY_LOOKUP[kind], RESOURCE[kind])
+        if query.get("$filter") is not None:
+            predicate, _ = parse_filter(query.get("$filter"), PROPERTY_LOOKUP[kind], RESOURCE[kind])
+        result = tenant.query(source, query.get("$filter"), predicate, query.get("$search"), search)
+        response = web.Response(text=str(len(result.ids)), content_type="text/plain")
+        response.headers["request-id"] = str(uuid.uuid4())
+        return response
+
+    async def _get_object(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        coll = params["coll"].lower()
+        kind = coll[:-1]
+        obj = tenant.get(kind, params["id"])
+        query = _Query(request)
+        select = parse_select(query.get("$select"), PROPERTY_LOOKUP[kind], TYPE_NAME[kind])
+        body = {"@odata.context": self._context(request, coll, select, entity=True)}
+        body.update(tenant.represent(obj["id"], select, typed=True))
+        del body["@odata.type"]
+        return self._json(request, body)
+
+    async def _list_members(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        group = tenant.get("group", params["id"])
+        transitive = params["rel"].lower() == "transitivemembers"
+        kind = params["cast"].rsplit(".", 1)[1].lower() if "cast" in params else None
+        source = ("members", group["id"], transitive, kind)
+        if "count" in params:
+            return self._count(request, tenant, source, kind)
+        context = f"{kind}s" if kind else "directoryObjects"
+        return self._page(request, tenant, _Query(request), source, kind, context)
+
+    async def _organization(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        org = {
+            "id": tenant.tenant_id,
+            "displayName": tenant.display_name,
+            "tenantType": "AAD",
+            "verifiedDomains": [{"name": tenant.domain, "isDefault": True, "isInitial": True, "type": "Managed",
+                                 "capabilities": "Email, OfficeCommunicationsOnline"}],
+        }
+        return self._json(request, {"@odata.context": self._context(request, "organization"), "value": [org]})
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json(loads=json.loads, content_type=None)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise bad_request("Unable to read JSON request payload. Please ensure Content-Type header is set and "
+                              "payload is of valid JSON format.", code="BadRequest")
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.", code="BadRequest")
+        return body
+
+    async def _create(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        coll = params["coll"].lower()
+        body = await self._body(request)
+        if coll == "users":
+            obj = tenant.create_user(body)
+        elif coll == "groups":
+            obj = tenant.create_group(body)
+        else:
+            raise GraphError(405, "Request_BadRequest", "Devices cannot be created through this fake.")
+        out = {"@odata.context": self._context(request, coll, entity=True)}
+        out.update(tenant.represent(obj["id"], None, typed=True))
+        del out["@odata.type"]
+        return self._json(request, out, 201)
+
+    async def _update(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        tenant.update(params["coll"].lower()[:-1], params["id"], await self._body(request))
+        return web.Response(status=204)
+
+    async def _delete(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        tenant.delete(params["coll"].lower()[:-1], params["id"])
+        return web.Response(status=204)
+
+    async def _add_member(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        body = await self._body(request)
+        tenant.add_member(params["id"], body.get("@odata.id"))
+        return web.Response(status=204)
+
+    async def _remove_member(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        tenant.remove_member(params["id"], params["member"])
+        return web.Response(status=204)
+
+    # --- Microsoft sign-in: the admin consent page --------------------------------------------
+
+    async def _admin_consent(self, request: web.Request, tenant: None, params: dict[str, str]) -> web.Response:
+        query = request.query
+        for required in ("client_id", "redirect_uri"):
+            if not query.get(required):
+                return self._signin_error(
+                    f"AADSTS900144: The request body must contain the following parameter: '{required}'.")
+        redirect_uri = query["redirect_uri"]
+        parts = urlsplit(redirect_uri)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return self._signin_error(f"AADSTS50011: The redirect URI '{redirect_uri}' is not a valid absolute URL.")
+        tenant_id = self._consenting_tenant(params["tenant"])
+        if tenant_id is None:
+            return self._signin_error("AADSTS90002: Tenant not found. No tenant is loaded in the fake.")
+        answer: list[tuple[str, str]]
+        if self._deny:
+            answer = [("error", "access_denied"), ("error_subcode", "cancel"),
+                      ("error_description", "AADSTS65004: User declined to consent to access the app.")]
+        else:
+            answer = [("admin_consent", "True"), ("tenant", tenant_id)]
+            if query.get("scope"):
+                answer.append(("scope", query["scope"]))
+            self._revoked.discard(tenant_id)
+            self._grants.append({"tenant": tenant_id, "clientId": query["client_id"], "scope": query.get("scope")})
+        if "state" in query:
+            answer.append(("state", query["state"]))
+        existing = parse_qsl(parts.query, keep_blank_values=True)
+        location = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(existing + answer), parts.fragment))
+        return web.Response(status=302, headers={"Location": location})
+
+    def _consenting_tenant(self, path_tenant: str) -> str | None:
+        for tenant in self.tenants.values():
+            if path_tenant.lower() in (tenant.tenant_id.lower(), tenant.domain.lower()):
+                return tenant.tenant_id
+        if self._consent_tenant:
+            return self._consent_tenant
+        return next(iter(self.tenants), None)
+
+    @staticmethod
+    def _signin_error(message: str) -> web.Response:
+        page = (f"<!DOCTYPE html><html><head><title>Sign in to your account</title></head><body>"
+                f"<h1>Sorry, but we're having trouble signing you in.</h1><p>{html.escape(message)}</p></body></html>")
+        return web.Response(status=400, text=page, content_type="text/html")
+
+    # --- /_fake control endpoints ------------------------------------------------------------
+
+    async def _control(self, request: web.Request) -> web.Response:
+        route = f"{request.method} {request.path.rstrip('/')}"
+        if route == "GET /_fake/stats":
+            return self._json(request, self._stats())
+        if route == "POST /_fake/stats/reset":
+            self._reset_stats()
+            return self._json(request, self._stats())
+        if route == "GET /_fake/consent":
+            return self._json(request, self._consent_state())
+        if route == "POST /_fake/consent":
+            return self._json(request, self._set_consent(await self._body(request)))
+        if route == "GET /_fake/faults":
+            return self._json(request, {"faults": self._faults})
+        if route == "POST /_fake/faults":
+            body = await self._control_body(request)
+            specs = body if isinstance(body, list) else [body]
+            return self._json(request, {"faults": self._add_faults(specs)})
+        if route == "DELETE /_fake/faults":
+            self._faults.clear()
+            return self._json(request, {"faults": []})
+        if route == "POST /_fake/latency":
+            body = await self._body(request)
+            ms = body.get("ms")
+            if not isinstance(ms, (int, float)) or ms < 0:
+                raise bad_request("latency 'ms' must be a non-negative number.", code="BadRequest")
+            self.latency_ms = float(ms)
+            return self._json(request, {"ms": self.latency_ms})
+        if route == "POST /_fake/reset":
+            self._faults.clear()
+            self._reset_stats()
+            self._deny, self._consent_tenant, self.latency_ms = False, None, 0.0
+            self._revoked.clear()
+            self._grants.clear()
+            return self._json(request, {"reset": True})
+        if route == "GET /_fake/tenants":
+            return self._json(request, {"tenants": [
+                {"tenantId": t.tenant_id, "domain": t.domain, "users": len(t.users), "groups": len(t.groups),
+                 "devices": len(t.devices)} for t in self.tenants.values()]})
+        if route == "POST /_fake/tenants":
+            return await self._load_tenant(request)
+        m = re.fullmatch(r"(GET|DELETE) /_fake/tenants/([^/]+)", route)
+        if m:
+            tenant = self._tenant(m.group(2))
+            if m.group(1) == "DELETE":
+                del self.tenants[tenant.tenant_id]
+                return web.Response(status=204)
+            return self._json(request, tenant.to_dict())
+        raise GraphError(404, "NotFound", f"No such control endpoint: {route}")
+
+    async def _control_body(self, request: web.Request) -> Any:
+        try:
+            return await request.json(content_type=None)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise bad_request("The body must be valid JSON.", code="BadRequest")
+
+    async def _load_tenant(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        loop = asyncio.get_running_loop()
+
+        def build() -> Tenant:
+            from .generator import generate_tenant
+
+            data = generate_tenant(**body["generate"]) if "generate" in body else body
+            return Tenant(load_tenant(data))
+
+        try:
+            tenant = await loop.run_in_executor(None, build)
+        except (ValueError, TypeError) as exc:
+            raise bad_request(f"Invalid tenant: {exc}", code="BadRequest")
+        self._install(tenant)
+        return self._json(request, {"tenantId": tenant.tenant_id, "users": len(tenant.users),
+                                    "groups": len(tenant.groups), "devices": len(tenant.devices)}, 201)
