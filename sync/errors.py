@@ -1,0 +1,94 @@
+"""The small tree of errors the use cases raise; entry points map them to HTTP answers or retries."""
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base: a machine-readable ``code`` and a message meant for a person."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.details = {k: v for k, v in details.items() if v is not None}
+
+
+class InvalidInput(SyncError):
+    """The caller sent something we cannot use (HTTP 400; a skipped item in a sync)."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class Unauthenticated(SyncError):
+    """No valid caller identity (HTTP 401)."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(SyncError):
+    """A valid caller whose role may not do this (HTTP 403)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(SyncError):
+    """Absent, or belongs to another organisation: the two look the same (HTTP 404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(SyncError):
+    """The current state forbids the operation (HTTP 409)."""
+
+    status = 409
+    code = "conflict"
+
+
+class Gone(SyncError):
+    """Something that existed but has expired (HTTP 410)."""
+
+    status = 410
+    code = "gone"
+
+
+class PayloadTooLarge(SyncError):
+    """The request body is larger than we accept (HTTP 413)."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class Transient(SyncError):
+    """Throttling, 5xx or a timeout downstream: retry later (HTTP 503; message redelivery)."""
+
+    status = 503
+    code = "temporarily_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class AuthorizationLost(SyncError):
+    """The customer tenant no longer grants us access (admin consent revoked)."""
+
+    status = 409
+    code = "consent_revoked"
+
+
+class PreconditionFailed(SyncError):
+    """An optimistic-concurrency write lost the race (ETag mismatch); callers re-read and retry."""
+
+    status = 409
+    code = "concurrent_update"
+
+
+class SettingsError(RuntimeError):
+    """App settings are missing or invalid; the message names every bad key."""

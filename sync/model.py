@@ -1,0 +1,445 @@
+"""Plain dataclasses the use cases work on; no SDK types cross into here."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from typing import Any
+
+ALLOWED_ROLES = frozenset({"Owner", "Administrator", "User Manager"})
+USERNAME_ATTRIBUTES = ("userPrincipalName", "mail", "onPremisesSamAccountName", "employeeId")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, truncated to milliseconds (what Table Storage keeps)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a Z, or None."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The portal administrator behind an HTTP request."""
+
+    org: str
+    subject: str
+    role: str
+
+
+class SubscriptionStatus:
+    AUTHORIZATION_REQUIRED = "authorization_required"
+    AUTHORIZED = "authorized"
+    CONSENT_REVOKED = "consent_revoked"
+
+
+class RunStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NEEDS_REVIEW = "needs_review"
+    ACTIVE = frozenset({"queued", "running"})
+    TERMINAL = frozenset({"succeeded", "failed", "needs_review"})
+
+
+class UserStatus:
+    ACTIVE = "Active"
+    INACTIVE = "Inactive"
+
+
+class StatusReason:
+    BLOCKED = "blocked_in_directory"
+    REMOVED = "removed_from_directory"
+    BY_ADMIN = "deactivated_by_admin"
+
+
+class SourceType:
+    AD_SYNC = "AdSync"
+    MANUAL = "Manual"
+
+
+class EmailState:
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class GroupRef:
+    """A directory group as the portal shows it."""
+
+    id: str
+    display_name: str
+
+    def to_api(self) -> dict[str, str]:
+        return {"id": self.id, "displayName": self.display_name}
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A connection of one portal organisation to one Entra tenant ("New Active Directory")."""
+
+    org: str
+    id: str
+    name: str
+    status: str = SubscriptionStatus.AUTHORIZATION_REQUIRED
+    azure_tenant_id: str | None = None
+    username_attribute: str = "userPrincipalName"
+    deactivate_blocked_users: bool = False
+    send_enrollment_email: bool = False
+    nightly_sync: bool = True
+    groups: tuple[GroupRef, ...] = ()
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    active_run_id: str | None = None
+    last_run_id: str | None = None
+    consent_nonce: str | None = None
+    deleting: bool = False
+    etag: str | None = field(default=None, compare=False)
+
+    @property
+    def group_ids(self) -> tuple[str, ...]:
+        return tuple(g.id for g in self.groups)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a run (or one group of it) did to users."""
+
+    created: int = 0
+    updated: int = 0
+    reactivated: int = 0
+    deactivated: int = 0
+    unchanged: int = 0
+    emailsQueued: int = 0
+    skipped: int = 0
+    skippedReasons: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: "Counts") -> "Counts":
+        reasons = dict(self.skippedReasons)
+        for key, value in other.skippedReasons.items():
+            reasons[key] = reasons.get(key, 0) + value
+        numbers = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "skippedReasons"}
+        return Counts(**numbers, skippedReasons=reasons)
+
+    def skip(self, reason: str, n: int = 1) -> "Counts":
+        """These counts plus ``n`` items skipped for ``reason``."""
+        reasons = dict(self.skippedReasons)
+        reasons[reason] = reasons.get(reason, 0) + n
+        return replace(self, skipped=self.skipped + n, skippedReasons=reasons)
+
+    def bump(self, name: str, n: int = 1) -> "Counts":
+        return replace(self, **{name: getattr(self, name) + n})
+
+    def to_api(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any] | None) -> "Counts":
+        data = data or {}
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunError:
+    """One problem recorded on a run."""
+
+    code: str
+    message: str
+    group_id: str | None = None
+    user_id: str | None = None
+
+    def to_api(self) -> dict[str, str]:
+        out = {"code": self.code, "message": self.message}
+        if self.group_id:
+            out["groupId"] = self.group_id
+        if self.user_id:
+            out["userId"] = self.user_id
+        return out
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "RunError":
+        return cls(code=data["code"], message=data["message"], group_id=data.get("groupId"), user_id=data.get("userId"))
+
+
+class GroupState:
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    FINISHED = frozenset({"done", "failed"})
+
+
+@dataclass(frozen=True)
+class GroupProgress:
+    """How far one group of a run has got; a run's counts are the sum over its groups."""
+
+    group_id: str
+    state: str = GroupState.PENDING
+    segment: int = 0
+    counts: Counts = field(default_factory=Counts)
+    errors: tuple[RunError, ...] = ()
+    errors_dropped: int = 0
+    user_count: int = 0
+    last_error: str | None = None
+    updated_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in GroupState.FINISHED
+
+
+@dataclass(frozen=True)
+class Run:
+    """One Full Sync of a subscription, manual or nightly."""
+
+    org: str
+    subscription_id: str
+    id: str
+    trigger: str
+    status: str
+    group_ids: tuple[str, ...]
+    started_at: datetime
+    finished_at: datetime | None = None
+    final_counts: Counts = field(default_factory=Counts)
+    errors: tuple[RunError, ...] = ()
+    pending_deactivations: int = 0
+    updated_at: datetime = field(default_factory=utcnow)
+    etag: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with its groups folded in: what the API shows."""
+
+    run: Run
+    groups: tuple[GroupProgress, ...]
+
+    MAX_ERRORS = 100
+
+    @property
+    def groups_done(self) -> int:
+        return sum(1 for g in self.groups if g.finished)
+
+    @property
+    def counts(self) -> Counts:
+        """Exact once the run has finished (recounted from the users); a running sum of the groups before."""
+        if self.run.status in RunStatus.TERMINAL:
+            return self.run.final_counts
+        total = Counts()
+        for g in self.groups:
+            total = total + g.counts
+        return total
+
+    @property
+    def last_activity(self) -> datetime:
+        return max([self.run.updated_at, *(g.updated_at for g in self.groups)])
+
+    @property
+    def errors(self) -> list[RunError]:
+        errors = list(self.run.errors)
+        for g in self.groups:
+            errors.extend(g.errors)
+        return errors
+
+    def to_api(self) -> dict[str, Any]:
+        errors = self.errors
+        dropped = sum(g.errors_dropped for g in self.groups) + max(0, len(errors) - self.MAX_ERRORS)
+        body: dict[str, Any] = {
+            "runId": self.run.id,
+            "subscriptionId": self.run.subscription_id,
+            "trigger": self.run.trigger,
+            "status": self.run.status,
+            "groupsTotal": len(self.run.group_ids),
+            "groupsDone": self.groups_done,
+            "counts": self.counts.to_api(),
+            "errors": [e.to_api() for e in errors[: self.MAX_ERRORS]],
+            "errorsTruncated": dropped,
+            "startedAt": iso(self.run.started_at),
+            "finishedAt": iso(self.run.finished_at),
+        }
+        if self.run.status == RunStatus.NEEDS_REVIEW:
+            body["pendingDeactivations"] = self.run.pending_deactivations
+        return body
+
+
+@dataclass(frozen=True)
+class User:
+    """A portal user: synced from a directory (AdSync) or managed by hand (Manual)."""
+
+    org: str
+    id: str
+    username: str
+    email: str | None
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+    status: str = UserStatus.ACTIVE
+    status_reason: str | None = None
+    source_type: str = SourceType.MANUAL
+    subscription_id: str | None = None
+    azure_object_id: str | None = None
+    group_ids: frozenset[str] = frozenset()
+    enrollment_email: str | None = None
+    enrollment_email_lease_until: datetime | None = None
+    enrollment_email_sent_at: datetime | None = None
+    enrollment_email_error: str | None = None
+    enrolled_at: datetime | None = None
+    last_run_id: str | None = None
+    last_change: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    etag: str | None = field(default=None, compare=False)
+
+    def to_api(self, group_names: dict[str, str]) -> dict[str, Any]:
+        """The API's User; ``group_names`` maps the ids of currently selected groups to their names."""
+        groups = sorted(
+            ({"id": gid, "displayName": group_names[gid]} for gid in self.group_ids if gid in group_names),
+            key=lambda g: g["displayName"].lower(),
+        )
+        return {
+            "id": self.id,
+            "username": self.username,
+            "email": self.email,
+            "displayName": self.display_name,
+            "givenName": self.given_name,
+            "surname": self.surname,
+            "status": self.status,
+            "statusReason": self.status_reason,
+            "sourceType": self.source_type,
+            "subscriptionId": self.subscription_id,
+            "azureObjectId": self.azure_object_id,
+            "groups": groups,
+            "enrollmentEmailSentAt": iso(self.enrollment_email_sent_at),
+            "enrolledAt": iso(self.enrolled_at),
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class SyncedGroup:
+    """A row of the Groups grid."""
+
+    org: str
+    subscription_id: str
+    id: str
+    display_name: str
+    user_count: int
+    last_synced_at: datetime | None
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "displayName": self.display_name,
+            "subscriptionId": self.subscription_id,
+            "userCount": self.user_count,
+            "lastSyncedAt": iso(self.last_synced_at),
+        }
+
+
+@dataclass(frozen=True)
+class DirectoryUser:
+    """A user as Microsoft Graph returns it (only the properties we select)."""
+
+    id: str
+    display_name: str | None
+    user_principal_name: str | None
+    mail: str | None = None
+    given_name: str | None = None
+    surname: str | None = None
+    account_enabled: bool | None = True
+    on_premises_sam_account_name: str | None = None
+    employee_id: str | None = None
+    user_type: str | None = "Member"
+
+    def attribute(self, name: str) -> str | None:
+        """The value of a Graph property by its Graph name (the username attributes)."""
+        value = {
+            "userPrincipalName": self.user_principal_name,
+            "mail": self.mail,
+            "onPremisesSamAccountName": self.on_premises_sam_account_name,
+            "employeeId": self.employee_id,
+        }[name]
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+@dataclass(frozen=True)
+class DirectoryGroup:
+    """A group as Microsoft Graph returns it."""
+
+    id: str
+    display_name: str
+    description: str | None = None
+    mail: str | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        return {"id": self.id, "displayName": self.display_name, "description": self.description, "mail": self.mail}
+
+
+@dataclass(frozen=True)
+class UserPage:
+    """One page of a group's transitive user members and the link to the next page."""
+
+    users: list[DirectoryUser]
+    next_link: str | None
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """The Service Bus message for one group of one run (or a continuation of a large group)."""
+
+    org: str
+    subscription_id: str
+    run_id: str
+    group_id: str
+    segment: int = 0
+    next_link: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.run_id}:{self.group_id}:{self.segment}"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"org": self.org, "subscriptionId": self.subscription_id, "runId": self.run_id,
+             "groupId": self.group_id, "segment": self.segment, "nextLink": self.next_link},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "GroupJob":
+        data = json.loads(text)
+        return cls(org=str(data["org"]), subscription_id=str(data["subscriptionId"]), run_id=str(data["runId"]),
+                   group_id=str(data["groupId"]), segment=int(data.get("segment", 0)), next_link=data.get("nextLink"))
+
+
+@dataclass(frozen=True)
+class EnrollmentJob:
+    """The Service Bus message asking the mailer to invite one newly synced user."""
+
+    org: str
+    user_id: str
+    run_id: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        return f"enroll:{self.org}:{self.user_id}"
+
+    def to_json(self) -> str:
+        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "EnrollmentJob":
+        data = json.loads(text)
+        return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"))

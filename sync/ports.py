@@ -1,0 +1,200 @@
+"""The ports the use cases depend on; one adapter per technology implements each (and tests use fakes)."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable
+
+from .model import (
+    DirectoryGroup,
+    EnrollmentJob,
+    GroupJob,
+    GroupProgress,
+    Run,
+    RunView,
+    Subscription,
+    SyncedGroup,
+    User,
+    UserPage,
+)
+
+
+class Subscriptions(abc.ABC):
+    """Directory subscriptions of each organisation."""
+
+    @abc.abstractmethod
+    async def add(self, sub: Subscription) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def get(self, org: str, sub_id: str) -> Subscription | None: ...
+
+    @abc.abstractmethod
+    async def list(self, org: str) -> list[Subscription]: ...
+
+    @abc.abstractmethod
+    async def save(self, sub: Subscription) -> Subscription:
+        """Write ``sub`` if nobody changed it since it was read (its etag); else PreconditionFailed."""
+
+    @abc.abstractmethod
+    async def delete(self, sub: Subscription) -> None:
+        """Delete if unchanged since read; else PreconditionFailed."""
+
+    @abc.abstractmethod
+    async def nightly_candidates(self) -> list[Subscription]:
+        """Subscriptions of every org with nightly sync on and status authorized (reads no users)."""
+
+
+class Runs(abc.ABC):
+    """Full Sync runs and the progress of each of their groups."""
+
+    @abc.abstractmethod
+    async def add(self, run: Run, groups: Iterable[GroupProgress]) -> Run: ...
+
+    @abc.abstractmethod
+    async def get(self, org: str, sub_id: str, run_id: str) -> Run | None: ...
+
+    @abc.abstractmethod
+    async def view(self, org: str, sub_id: str, run_id: str) -> RunView | None:
+        """The run with all its group progress rows."""
+
+    @abc.abstractmethod
+    async def recent(self, org: str, sub_id: str, limit: int) -> list[RunView]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def save(self, run: Run) -> Run:
+        """Conditional on the run's etag; PreconditionFailed if it changed."""
+
+    @abc.abstractmethod
+    async def get_group(self, org: str, sub_id: str, run_id: str, group_id: str) -> GroupProgress | None: ...
+
+    @abc.abstractmethod
+    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress) -> GroupProgress:
+        """Conditional on the progress row's etag; PreconditionFailed if it changed."""
+
+    @abc.abstractmethod
+    async def save_seen(self, org: str, sub_id: str, run_id: str, group_id: str, segment: int, user_ids: Iterable[str]) -> None:
+        """Remember which users a segment of a large group saw (idempotent per segment)."""
+
+    @abc.abstractmethod
+    async def load_seen(self, org: str, sub_id: str, run_id: str, group_id: str, before_segment: int) -> set[str]:
+        """Users seen by the segments before ``before_segment``."""
+
+    @abc.abstractmethod
+    async def delete_all(self, org: str, sub_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Created:
+    user: User
+
+
+@dataclass(frozen=True)
+class Exists:
+    """The row was already there (another worker created it, or a redelivery); here it is, as stored."""
+
+    user: User
+
+
+@dataclass(frozen=True)
+class UsernameTaken:
+    """Another user of the org holds the username."""
+
+    owner_id: str
+    owner_username: str
+
+
+@dataclass(frozen=True)
+class Updated:
+    user: User
+
+
+@dataclass(frozen=True)
+class Stale:
+    """The row changed since it was read (ETag); re-read and decide again."""
+
+    user_id: str
+
+
+@dataclass(frozen=True)
+class UserFilter:
+    status: str | None = None
+    source_type: str | None = None
+    search: str | None = None
+
+
+class Users(abc.ABC):
+    """Portal users, their unique usernames and their memberships of synced groups."""
+
+    @abc.abstractmethod
+    async def get(self, org: str, user_id: str) -> User | None: ...
+
+    @abc.abstractmethod
+    async def get_many(self, org: str, user_ids: Iterable[str]) -> dict[str, User]: ...
+
+    @abc.abstractmethod
+    async def page(self, org: str, filters: UserFilter, page_size: int, token: str | None) -> tuple[list[User], str | None]:
+        """One page of the Users grid and the opaque token of the next (None at the end)."""
+
+    @abc.abstractmethod
+    async def create(self, users: list[User]) -> list[Created | Exists | UsernameTaken]:
+        """Insert users with their username claims; one outcome per user, in order. Never overwrites."""
+
+    @abc.abstractmethod
+    async def update(self, changes: list[tuple[User, str]]) -> list[Updated | Stale | UsernameTaken]:
+        """Replace each user (conditional on its etag); the str is the username stored before the change."""
+
+    @abc.abstractmethod
+    async def set_membership(self, org: str, user_ids: Iterable[str], group_id: str, member: bool) -> int:
+        """Mark users as (not) members of a group without touching anything else; returns rows written."""
+
+    @abc.abstractmethod
+    def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[User]:
+        """Users of a subscription currently recorded as members of a group."""
+
+    @abc.abstractmethod
+    def subscription_users(self, org: str, subscription_id: str) -> AsyncIterator[User]:
+        """Every user synced by a subscription."""
+
+    @abc.abstractmethod
+    async def username_owner(self, org: str, username: str) -> str | None:
+        """The id of the user holding a username, if any."""
+
+
+class Groups(abc.ABC):
+    """The Groups grid: synced groups with their user counts."""
+
+    @abc.abstractmethod
+    async def list(self, org: str) -> list[SyncedGroup]: ...
+
+    @abc.abstractmethod
+    async def save(self, group: SyncedGroup) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, org: str, subscription_id: str, group_ids: Iterable[str] | None = None) -> None:
+        """Delete some (or, with None, all) synced groups of a subscription."""
+
+
+class Directory(abc.ABC):
+    """A customer's Entra ID tenant, read through Microsoft Graph with app-only permissions."""
+
+    @abc.abstractmethod
+    async def search_groups(self, tenant_id: str, text: str, limit: int) -> list[DirectoryGroup]: ...
+
+    @abc.abstractmethod
+    async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
+        """The groups that exist among ``group_ids`` (missing ones are absent from the result)."""
+
+    @abc.abstractmethod
+    def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
+        """Transitive user members, a page at a time, starting at ``next_link`` when given."""
+
+
+class JobQueue(abc.ABC):
+    """Service Bus queues between the functions."""
+
+    @abc.abstractmethod
+    async def send_group_jobs(self, jobs: list[GroupJob]) -> None: ...
+
+    @abc.abstractmethod
+    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob]) -> None: ...

@@ -1,0 +1,220 @@
+"""Typed app settings: one frozen dataclass read from the environment once, failing with the bad keys named."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from .errors import SettingsError
+
+MIN_SECRET_BYTES = 32
+GRAPH_CREDENTIALS = ("secret", "certificate", "managed_identity", "local_static")
+SMTP_SECURITY = ("starttls", "tls", "none")
+MAIL_SENDERS = ("smtp", "none")
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """How the mailer sends: SMTP relay details and the sender identity."""
+
+    sender: str
+    mail_from: str
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    smtp_username: str | None
+    smtp_password: str | None = field(repr=False)
+    smtp_timeout_s: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every app setting the function app reads, validated. Secrets are kept out of ``repr``."""
+
+    portal_token_secret: str = field(repr=False)
+    signing_secret: str = field(repr=False)
+    tables_connection_string: str | None = field(repr=False)
+    tables_endpoint: str | None
+    table_prefix: str
+    service_bus_connection_string: str | None = field(repr=False)
+    service_bus_namespace: str | None
+    group_sync_queue: str
+    enrollment_queue: str
+    graph_base_url: str
+    graph_client_id: str
+    graph_credential: str
+    graph_client_secret: str | None = field(repr=False)
+    graph_certificate_path: str | None
+    graph_managed_identity_client_id: str | None
+    authority_host: str
+    consent_redirect_uri: str
+    portal_base_url: str
+    portal_consent_return_path: str
+    portal_name: str
+    deprovision_guard_percent: float
+    deprovision_guard_min_users: int
+    max_pages_per_message: int
+    segment_time_budget_s: float
+    max_delivery_count: int
+    run_stale_after_minutes: int
+    enrollment_token_ttl_hours: int
+    graph_concurrency: int
+    mail: MailSettings | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read and validate; raises SettingsError naming every missing or bad key at once."""
+        reader = _Reader(os.environ if env is None else env)
+        settings = cls(
+            portal_token_secret=reader.secret("PORTAL_TOKEN_SECRET"),
+            signing_secret=reader.secret("SIGNING_SECRET"),
+            tables_connection_string=reader.optional("TABLES_CONNECTION_STRING"),
+            tables_endpoint=reader.optional("TABLES_ENDPOINT"),
+            table_prefix=reader.text("TABLE_PREFIX", "dirsync"),
+            service_bus_connection_string=reader.optional("ServiceBusConnection"),
+            service_bus_namespace=reader.optional("ServiceBusConnection__fullyQualifiedNamespace"),
+            group_sync_queue=reader.text("GROUP_SYNC_QUEUE", "group-sync"),
+            enrollment_queue=reader.text("ENROLLMENT_QUEUE", "enrollment-email"),
+            graph_base_url=reader.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0").rstrip("/"),
+            graph_client_id=reader.required("GRAPH_CLIENT_ID"),
+            graph_credential=reader.choice("GRAPH_CREDENTIAL", GRAPH_CREDENTIALS, "secret"),
+            graph_client_secret=reader.optional("GRAPH_CLIENT_SECRET"),
+            graph_certificate_path=reader.optional("GRAPH_CLIENT_CERTIFICATE_PATH"),
+            graph_managed_identity_client_id=reader.optional("GRAPH_MANAGED_IDENTITY_CLIENT_ID"),
+            authority_host=reader.url("AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/"),
+            consent_redirect_uri=reader.url("CONSENT_REDIRECT_URI"),
+            portal_base_url=reader.url("PORTAL_BASE_URL").rstrip("/"),
+            portal_consent_return_path=reader.path("PORTAL_CONSENT_RETURN_PATH", "/directory-sync"),
+            portal_name=reader.text("PORTAL_NAME", "Identity Portal"),
+            deprovision_guard_percent=reader.number("DEPROVISION_GUARD_PERCENT", 20.0, 0.0, 100.0),
+            deprovision_guard_min_users=int(reader.number("DEPROVISION_GUARD_MIN_USERS", 10, 0, 10**9)),
+            max_pages_per_message=int(reader.number("MAX_PAGES_PER_MESSAGE", 25, 1, 10_000)),
+            segment_time_budget_s=reader.number("SEGMENT_TIME_BUDGET_SECONDS", 150.0, 1.0, 3600.0),
+            max_delivery_count=int(reader.number("MAX_DELIVERY_COUNT", 10, 1, 2000)),
+            run_stale_after_minutes=int(reader.number("RUN_STALE_AFTER_MINUTES", 180, 1, 10**6)),
+            enrollment_token_ttl_hours=int(reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168, 1, 24 * 365)),
+            graph_concurrency=int(reader.number("GRAPH_CONCURRENCY", 4, 1, 64)),
+            mail=_mail_settings(reader),
+        )
+        _cross_checks(settings, reader)
+        reader.raise_if_errors()
+        return settings
+
+
+def _mail_settings(reader: "_Reader") -> MailSettings | None:
+    sender = reader.choice("MAIL_SENDER", MAIL_SENDERS, "smtp")
+    if sender == "none":
+        return None
+    security = reader.choice("SMTP_SECURITY", SMTP_SECURITY, "starttls")
+    default_port = {"starttls": 587, "tls": 465, "none": 25}[security]
+    return MailSettings(
+        sender=sender,
+        mail_from=reader.required("MAIL_FROM"),
+        smtp_host=reader.required("SMTP_HOST"),
+        smtp_port=int(reader.number("SMTP_PORT", default_port, 1, 65535)),
+        smtp_security=security,
+        smtp_username=reader.optional("SMTP_USERNAME"),
+        smtp_password=reader.optional("SMTP_PASSWORD"),
+        smtp_timeout_s=reader.number("SMTP_TIMEOUT_SECONDS", 30.0, 1.0, 600.0),
+    )
+
+
+def _cross_checks(s: Settings, reader: "_Reader") -> None:
+    if not (s.tables_connection_string or s.tables_endpoint):
+        reader.fail("TABLES_CONNECTION_STRING", "set it, or TABLES_ENDPOINT to use the managed identity")
+    if not (s.service_bus_connection_string or s.service_bus_namespace):
+        reader.fail("ServiceBusConnection", "set it, or ServiceBusConnection__fullyQualifiedNamespace to use the managed identity")
+    if s.graph_credential == "secret" and not s.graph_client_secret:
+        reader.fail("GRAPH_CLIENT_SECRET", "is required when GRAPH_CREDENTIAL is 'secret'")
+    if s.graph_credential == "certificate" and not s.graph_certificate_path:
+        reader.fail("GRAPH_CLIENT_CERTIFICATE_PATH", "is required when GRAPH_CREDENTIAL is 'certificate'")
+    if s.graph_credential == "local_static" and not is_loopback_url(s.graph_base_url):
+        reader.fail("GRAPH_CREDENTIAL", "'local_static' is only accepted when GRAPH_BASE_URL is a loopback address")
+    if s.mail and s.mail.smtp_password and not s.mail.smtp_username:
+        reader.fail("SMTP_USERNAME", "is required when SMTP_PASSWORD is set")
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for http(s) URLs whose host is localhost or a loopback IP."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Reads keys from a mapping and collects every problem, so one error names them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self._errors: list[str] = []
+
+    def fail(self, key: str, why: str) -> None:
+        self._errors.append(f"{key}: {why}")
+
+    def raise_if_errors(self) -> None:
+        if self._errors:
+            raise SettingsError("invalid app settings: " + "; ".join(self._errors))
+
+    def optional(self, key: str) -> str | None:
+        value = self._env.get(key, "")
+        value = value.strip() if isinstance(value, str) else ""
+        return value or None
+
+    def required(self, key: str) -> str:
+        value = self.optional(key)
+        if value is None:
+            self.fail(key, "is missing")
+            return ""
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        return self.optional(key) or default
+
+    def secret(self, key: str) -> str:
+        value = self.required(key)
+        if value and len(value.encode()) < MIN_SECRET_BYTES:
+            self.fail(key, f"is too short: use at least {MIN_SECRET_BYTES} bytes of random text")
+        return value
+
+    def url(self, key: str, default: str | None = None) -> str:
+        value = self.optional(key) or default
+        if value is None:
+            self.fail(key, "is missing")
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(key, "must be an absolute http(s) URL")
+        return value
+
+    def path(self, key: str, default: str) -> str:
+        value = self.optional(key) or default
+        if not value.startswith("/") or value.startswith("//"):
+            self.fail(key, "must be a path starting with a single '/'")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.optional(key) or default
+        if value not in allowed:
+            self.fail(key, f"must be one of {', '.join(allowed)}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        raw = self.optional(key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.fail(key, "must be a number")
+            return default
+        if not low <= value <= high:
+            self.fail(key, f"must be between {low:g} and {high:g}")
+            return default
+        return value

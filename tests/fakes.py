@@ -1,0 +1,433 @@
+"""Hand-written in-memory fakes of the ports, with the same semantics as the adapters (ETags, inserts, claims)."""
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Iterable
+
+from notifications.senders import MailError, MailSender, OutgoingEmail
+from sync.composition import Services
+from sync.errors import AuthorizationLost, InvalidInput, NotFound, PreconditionFailed, Transient
+from sync.model import (
+    DirectoryGroup,
+    DirectoryUser,
+    EnrollmentJob,
+    GroupJob,
+    GroupProgress,
+    Run,
+    RunView,
+    Subscription,
+    SyncedGroup,
+    User,
+    UserPage,
+)
+from sync.ports import (
+    Created,
+    Directory,
+    Exists,
+    Groups,
+    JobQueue,
+    Runs,
+    Stale,
+    Subscriptions,
+    Updated,
+    UserFilter,
+    UsernameTaken,
+    Users,
+)
+from sync.settings import Settings
+
+SECRET = "unit-test-portal-token-secret-0123456789"
+SIGNING = "unit-test-signing-secret-abcdefghijklmnop"
+_etags = itertools.count(1)
+
+
+def etag() -> str:
+    return f'W/"{next(_etags)}"'
+
+
+def unit_settings(**overrides: str) -> Settings:
+    env = {
+        "PORTAL_TOKEN_SECRET": SECRET,
+        "SIGNING_SECRET": SIGNING,
+        "TABLES_CONNECTION_STRING": "UseDevelopmentStorage=true",
+        "ServiceBusConnection": "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=local;SharedAccessKey=local;UseDevelopmentEmulator=true",
+        "GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
+        "GRAPH_CLIENT_ID": "00000000-0000-0000-0000-00000000c11e",
+        "GRAPH_CREDENTIAL": "local_static",
+        "CONSENT_REDIRECT_URI": "http://127.0.0.1:7071/api/directory/consent",
+        "PORTAL_BASE_URL": "https://portal.example",
+        "MAIL_FROM": "Identity Portal <no-reply@portal.example>",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_SECURITY": "none",
+    }
+    env.update(overrides)
+    return Settings.from_env(env)
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+class MemorySubscriptions(Subscriptions):
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], Subscription] = {}
+
+    async def add(self, sub: Subscription) -> Subscription:
+        assert (sub.org, sub.id) not in self.rows
+        stored = replace(sub, etag=etag())
+        self.rows[(sub.org, sub.id)] = stored
+        return stored
+
+    async def get(self, org: str, sub_id: str) -> Subscription | None:
+        return self.rows.get((org, sub_id))
+
+    async def list(self, org: str) -> list[Subscription]:
+        return sorted((s for (o, _), s in self.rows.items() if o == org), key=lambda s: s.created_at)
+
+    async def save(self, sub: Subscription) -> Subscription:
+        current = self.rows.get((sub.org, sub.id))
+        if current is None or (sub.etag is not None and current.etag != sub.etag):
+            raise PreconditionFailed("changed")
+        stored = replace(sub, etag=etag())
+        self.rows[(sub.org, sub.id)] = stored
+        return stored
+
+    async def delete(self, sub: Subscription) -> None:
+        current = self.rows.get((sub.org, sub.id))
+        if current is not None and sub.etag is not None and current.etag != sub.etag:
+            raise PreconditionFailed("changed")
+        self.rows.pop((sub.org, sub.id), None)
+
+    async def nightly_candidates(self) -> list[Subscription]:
+        return [s for s in self.rows.values() if s.nightly_sync and s.status == "authorized"]
+
+
+class MemoryRuns(Runs):
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, str, str], Run] = {}
+        self.groups: dict[tuple[str, str, str, str], GroupProgress] = {}
+        self.seen: dict[tuple[str, str, str, str, int], set[str]] = {}
+
+    async def add(self, run: Run, groups: Iterable[GroupProgress]) -> Run:
+        stored = replace(run, etag=etag())
+        self.runs[(run.org, run.subscription_id, run.id)] = stored
+        for g in groups:
+            self.groups[(run.org, run.subscription_id, run.id, g.group_id)] = replace(g, etag=etag())
+        return stored
+
+    async def get(self, org: str, sub_id: str, run_id: str) -> Run | None:
+        return self.runs.get((org, sub_id, run_id))
+
+    async def view(self, org: str, sub_id: str, run_id: str) -> RunView | None:
+        run = self.runs.get((org, sub_id, run_id))
+        if run is None:
+            return None
+        groups = tuple(g for (o, s, r, _), g in sorted(self.groups.items()) if (o, s, r) == (org, sub_id, run_id))
+        return RunView(run, groups)
+
+    async def recent(self, org: str, sub_id: str, limit: int) -> list[RunView]:
+        ids = sorted(r for (o, s, r) in self.runs if (o, s) == (org, sub_id))[:limit]
+        return [await self.view(org, sub_id, r) for r in ids]
+
+    async def save(self, run: Run) -> Run:
+        key = (run.org, run.subscription_id, run.id)
+        current = self.runs.get(key)
+        if current is None or (run.etag is not None and current.etag != run.etag):
+            raise PreconditionFailed("changed")
+        stored = replace(run, etag=etag())
+        self.runs[key] = stored
+        return stored
+
+    async def get_group(self, org: str, sub_id: str, run_id: str, group_id: str) -> GroupProgress | None:
+        return self.groups.get((org, sub_id, run_id, group_id))
+
+    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress) -> GroupProgress:
+        key = (org, sub_id, run_id, progress.group_id)
+        current = self.groups.get(key)
+        if (progress.etag is None) != (current is None) or (current is not None and current.etag != progress.etag):
+            raise PreconditionFailed("changed")
+        stored = replace(progress, etag=etag())
+        self.groups[key] = stored
+        return stored
+
+    async def save_seen(self, org, sub_id, run_id, group_id, segment, user_ids) -> None:
+        self.seen[(org, sub_id, run_id, group_id, segment)] = set(user_ids)
+
+    async def load_seen(self, org, sub_id, run_id, group_id, before_segment) -> set[str]:
+        out: set[str] = set()
+        for (o, s, r, g, seg), ids in self.seen.items():
+            if (o, s, r, g) == (org, sub_id, run_id, group_id) and seg < before_segment:
+                out |= ids
+        return out
+
+    async def delete_all(self, org: str, sub_id: str) -> None:
+        for key in [k for k in self.runs if k[:2] == (org, sub_id)]:
+            del self.runs[key]
+        for key in [k for k in self.groups if k[:2] == (org, sub_id)]:
+            del self.groups[key]
+
+
+def _claim(username: str) -> str:
+    return username.strip().casefold()
+
+
+class MemoryUsers(Users):
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], User] = {}
+        self.claims: dict[tuple[str, str], str] = {}
+        self.writes = 0
+        self.membership_writes = 0
+
+    async def get(self, org: str, user_id: str) -> User | None:
+        return self.rows.get((org, user_id))
+
+    async def get_many(self, org: str, user_ids: Iterable[str]) -> dict[str, User]:
+        return {uid: self.rows[(org, uid)] for uid in set(user_ids) if (org, uid) in self.rows}
+
+    async def page(self, org: str, filters: UserFilter, page_size: int, token: str | None) -> tuple[list[User], str | None]:
+        after = json.loads(base64.urlsafe_b64decode(token))["after"] if token else ""
+        matches = []
+        for (o, uid), u in sorted(self.rows.items()):
+            if o != org or uid <= after:
+                continue
+            if filters.status and u.status != filters.status:
+                continue
+            if filters.source_type and u.source_type != filters.source_type:
+                continue
+            needle = (filters.search or "").casefold()
+            if needle and not any(needle in (x or "").casefold() for x in (u.username, u.display_name, u.email)):
+                continue
+            matches.append(u)
+        page, rest = matches[:page_size], matches[page_size:]
+        token = base64.urlsafe_b64encode(json.dumps({"after": page[-1].id}).encode()).decode() if rest else None
+        return page, token
+
+    async def create(self, users: list[User]) -> list[Created | Exists | UsernameTaken]:
+        out: list[Created | Exists | UsernameTaken] = []
+        for user in users:
+            if (user.org, user.id) in self.rows:
+                out.append(Exists(self.rows[(user.org, user.id)]))
+                continue
+            holder = self.claims.get((user.org, _claim(user.username)))
+            if holder is not None and holder != user.id:
+                owner = self.rows.get((user.org, holder))
+                out.append(UsernameTaken(holder, owner.username if owner else user.username))
+                continue
+            stored = replace(user, etag=etag())
+            self.claims[(user.org, _claim(user.username))] = user.id
+            self.rows[(user.org, user.id)] = stored
+            self.writes += 1
+            out.append(Created(stored))
+        return out
+
+    async def update(self, changes: list[tuple[User, str]]) -> list[Updated | Stale | UsernameTaken]:
+        out: list[Updated | Stale | UsernameTaken] = []
+        for user, old in changes:
+            current = self.rows.get((user.org, user.id))
+            if current is None or (user.etag is not None and current.etag != user.etag):
+                out.append(Stale(user.id))
+                continue
+            if _claim(user.username) != _claim(old):
+                holder = self.claims.get((user.org, _claim(user.username)))
+                if holder is not None and holder != user.id:
+                    owner = self.rows.get((user.org, holder))
+                    out.append(UsernameTaken(holder, owner.username if owner else user.username))
+                    continue
+                self.claims.pop((user.org, _claim(old)), None)
+                self.claims[(user.org, _claim(user.username))] = user.id
+            stored = replace(user, etag=etag())
+            self.rows[(user.org, user.id)] = stored
+            self.writes += 1
+            out.append(Updated(stored))
+        return out
+
+    async def set_membership(self, org: str, user_ids: Iterable[str], group_id: str, member: bool) -> int:
+        n = 0
+        for uid in set(user_ids):
+            current = self.rows.get((org, uid))
+            if current is None:
+                continue
+            groups = current.group_ids | {group_id} if member else current.group_ids - {group_id}
+            self.rows[(org, uid)] = replace(current, group_ids=groups, etag=etag())
+            n += 1
+        self.membership_writes += n
+        return n
+
+    async def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[User]:
+        for (o, _), u in list(self.rows.items()):
+            if o == org and u.subscription_id == subscription_id and group_id in u.group_ids:
+                yield u
+
+    async def subscription_users(self, org: str, subscription_id: str) -> AsyncIterator[User]:
+        for (o, _), u in list(self.rows.items()):
+            if o == org and u.subscription_id == subscription_id:
+                yield u
+
+    async def username_owner(self, org: str, username: str) -> str | None:
+        return self.claims.get((org, _claim(username)))
+
+
+class MemoryGroups(Groups):
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str], SyncedGroup] = {}
+
+    async def list(self, org: str) -> list[SyncedGroup]:
+        return [g for (o, _, _), g in self.rows.items() if o == org]
+
+    async def save(self, group: SyncedGroup) -> None:
+        self.rows[(group.org, group.subscription_id, group.id)] = group
+
+    async def delete(self, org: str, subscription_id: str, group_ids: Iterable[str] | None = None) -> None:
+        for key in list(self.rows):
+            if key[:2] == (org, subscription_id) and (group_ids is None or key[2] in set(group_ids)):
+                del self.rows[key]
+
+
+@dataclass
+class FakeTenant:
+    """A directory the test edits the way an Azure admin would."""
+
+    groups: dict[str, DirectoryGroup] = field(default_factory=dict)
+    members: dict[str, list[str]] = field(default_factory=dict)
+    users: dict[str, DirectoryUser] = field(default_factory=dict)
+
+    def add_user(self, uid: str, *, groups: Iterable[str] = (), **fields: Any) -> DirectoryUser:
+        defaults = {"display_name": uid.title(), "user_principal_name": f"{uid}@contoso.example",
+                    "mail": f"{uid}@contoso.example"}
+        user = DirectoryUser(id=uid, **{**defaults, **fields})
+        self.users[uid] = user
+        for g in groups:
+            self.members.setdefault(g, []).append(uid)
+        return user
+
+    def add_group(self, gid: str, name: str) -> None:
+        self.groups[gid] = DirectoryGroup(gid, name)
+        self.members.setdefault(gid, [])
+
+    def block(self, uid: str, blocked: bool = True) -> None:
+        self.users[uid] = replace(self.users[uid], account_enabled=not blocked)
+
+    def remove(self, gid: str, uid: str) -> None:
+        self.members[gid].remove(uid)
+
+    def delete_user(self, uid: str) -> None:
+        del self.users[uid]
+        for m in self.members.values():
+            if uid in m:
+                m.remove(uid)
+
+
+class FakeDirectory(Directory):
+    """Graph as a dict: pages of ``page_size``; ``fail`` makes the next reads of a group raise."""
+
+    def __init__(self, page_size: int = 999) -> None:
+        self.tenants: dict[str, FakeTenant] = {}
+        self.page_size = page_size
+        self.fail: dict[str, Exception] = {}
+        self.revoked: set[str] = set()
+        self.requests = 0
+
+    def tenant(self, tid: str) -> FakeTenant:
+        return self.tenants.setdefault(tid, FakeTenant())
+
+    def _check(self, tid: str) -> FakeTenant:
+        self.requests += 1
+        if tid in self.revoked:
+            raise AuthorizationLost("revoked")
+        if tid not in self.tenants:
+            raise AuthorizationLost("unknown tenant")
+        return self.tenants[tid]
+
+    async def search_groups(self, tenant_id: str, text: str, limit: int) -> list[DirectoryGroup]:
+        t = self._check(tenant_id)
+        if "search" in self.fail:
+            raise self.fail["search"]
+        words = text.casefold().split()
+        found = [g for g in t.groups.values() if all(any(w2.startswith(w) for w2 in g.display_name.casefold().split()) for w in words)]
+        return sorted(found, key=lambda g: g.display_name)[:limit]
+
+    async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
+        t = self._check(tenant_id)
+        return {g: t.groups[g] for g in group_ids if g in t.groups}
+
+    async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
+        t = self._check(tenant_id)
+        if group_id in self.fail:
+            raise self.fail[group_id]
+        if group_id not in t.groups:
+            raise NotFound("no group")
+        ids = [u for u in t.members[group_id] if u in t.users]
+        start = int(next_link.rsplit("=", 1)[1]) if next_link else 0
+        while True:
+            chunk = ids[start : start + self.page_size]
+            start += self.page_size
+            link = f"fake://{group_id}?skip={start}" if start < len(ids) else None
+            yield UserPage([t.users[u] for u in chunk], link)
+            if link is None:
+                return
+            self.requests += 1
+            if group_id in self.fail:
+                raise self.fail[group_id]
+
+
+class RecordingQueue(JobQueue):
+    def __init__(self) -> None:
+        self.group_jobs: list[GroupJob] = []
+        self.enrollment_jobs: list[EnrollmentJob] = []
+        self.fail_next: Exception | None = None
+
+    async def send_group_jobs(self, jobs: list[GroupJob]) -> None:
+        if self.fail_next:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        self.group_jobs.extend(jobs)
+
+    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob]) -> None:
+        self.enrollment_jobs.extend(jobs)
+
+    def take_group_jobs(self) -> list[GroupJob]:
+        jobs, self.group_jobs = self.group_jobs, []
+        return jobs
+
+
+class RecordingMailSender(MailSender):
+    def __init__(self) -> None:
+        self.sent: list[OutgoingEmail] = []
+        self.failures: list[MailError] = []
+
+    async def send(self, email: OutgoingEmail) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(email)
+
+
+def make_services(**settings_overrides: str) -> Services:
+    """Services wired to the in-memory fakes, with a movable clock."""
+    return Services(
+        settings=unit_settings(**settings_overrides),
+        subscriptions=MemorySubscriptions(),
+        runs=MemoryRuns(),
+        users=MemoryUsers(),
+        groups=MemoryGroups(),
+        directory=FakeDirectory(),
+        queue=RecordingQueue(),
+        mail_sender=RecordingMailSender(),
+        clock=Clock(),
+    )
+
+
+__all__ = ["make_services", "unit_settings", "Clock", "FakeDirectory", "FakeTenant", "RecordingQueue",
+           "RecordingMailSender", "MemoryUsers", "SECRET", "SIGNING", "Transient", "InvalidInput"]

@@ -1,0 +1,57 @@
+import pytest
+
+from sync.errors import SettingsError
+from sync.settings import Settings
+from tests.fakes import unit_settings
+
+
+def test_valid_settings_have_defaults_and_hide_secrets():
+    s = unit_settings()
+    assert s.group_sync_queue == "group-sync"
+    assert s.deprovision_guard_percent == 20
+    assert s.mail.smtp_port == 25  # SMTP_SECURITY=none
+    text = repr(s)
+    assert s.portal_token_secret not in text and s.signing_secret not in text
+
+
+def test_every_missing_key_is_named_at_once():
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({})
+    message = str(err.value)
+    for key in ("PORTAL_TOKEN_SECRET", "SIGNING_SECRET", "GRAPH_CLIENT_ID", "CONSENT_REDIRECT_URI", "PORTAL_BASE_URL",
+                "TABLES_CONNECTION_STRING", "ServiceBusConnection", "MAIL_FROM", "SMTP_HOST"):
+        assert key in message
+
+
+def test_short_token_secret_is_refused_with_a_clear_message():
+    with pytest.raises(SettingsError, match="PORTAL_TOKEN_SECRET: is too short: use at least 32 bytes"):
+        unit_settings(PORTAL_TOKEN_SECRET="short")
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("DEPROVISION_GUARD_PERCENT", "abc", "must be a number"),
+    ("DEPROVISION_GUARD_PERCENT", "150", "between 0 and 100"),
+    ("GRAPH_CREDENTIAL", "password", "must be one of"),
+    ("PORTAL_BASE_URL", "portal.example", "absolute http(s) URL"),
+    ("PORTAL_CONSENT_RETURN_PATH", "//evil.example", "single '/'"),
+])
+def test_bad_values_are_named(key, value, fragment):
+    with pytest.raises(SettingsError) as err:
+        unit_settings(**{key: value})
+    assert key in str(err.value) and fragment in str(err.value)
+
+
+def test_static_local_credential_only_for_loopback_graph():
+    with pytest.raises(SettingsError, match="loopback"):
+        unit_settings(GRAPH_BASE_URL="https://graph.microsoft.com/v1.0")
+    assert unit_settings(GRAPH_BASE_URL="http://localhost:8080/v1.0").graph_credential == "local_static"
+
+
+def test_client_secret_required_for_secret_credential():
+    with pytest.raises(SettingsError, match="GRAPH_CLIENT_SECRET"):
+        unit_settings(GRAPH_CREDENTIAL="secret", GRAPH_BASE_URL="https://graph.microsoft.com/v1.0")
+
+
+def test_mail_can_be_disabled():
+    s = unit_settings(MAIL_SENDER="none", MAIL_FROM="", SMTP_HOST="")
+    assert s.mail is None
