@@ -1,0 +1,163 @@
+"""HTTP functions of the Directory Sync page: subscriptions, consent, groups, Full Sync and its runs."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import azure.functions as func
+
+from .. import composition, runs, subscriptions
+from ..model import Subscription, iso
+from .http import Reply, handle, json_body, json_response, query, route
+
+log = logging.getLogger(__name__)
+bp = func.Blueprint()
+SUBS = "directory/subscriptions"
+ONE = SUBS + "/{subscriptionId}"
+
+
+async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any]:
+    """The API's Subscription."""
+    last = await runs.last_run(svc, sub)
+    return {
+        "id": sub.id,
+        "name": sub.name,
+        "status": sub.status,
+        "azureTenantId": sub.azure_tenant_id,
+        "usernameAttribute": sub.username_attribute,
+        "deactivateBlockedUsers": sub.deactivate_blocked_users,
+        "sendEnrollmentEmail": sub.send_enrollment_email,
+        "nightlySync": sub.nightly_sync,
+        "groups": [g.to_api() for g in sub.groups],
+        "lastRun": last.to_api() if last else None,
+        "createdAt": iso(sub.created_at),
+    }
+
+
+@bp.function_name("create_subscription")
+@bp.route(route=SUBS, methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def create_subscription(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        sub = await subscriptions.create(svc, caller, json_body(req))
+        return Reply(201, await present(svc, sub), {"Location": f"/api/{SUBS}/{sub.id}"})
+    return await handle(req, act)
+
+
+@bp.function_name("list_subscriptions")
+@bp.route(route=SUBS, methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def list_subscriptions(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        return {"subscriptions": [await present(svc, s) for s in await subscriptions.list_all(svc, caller)]}
+    return await handle(req, act)
+
+
+@bp.function_name("get_subscription")
+@bp.route(route=ONE, methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def get_subscription(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        return await present(svc, await subscriptions.get(svc, caller, route(req, "subscriptionId")))
+    return await handle(req, act)
+
+
+@bp.function_name("update_subscription")
+@bp.route(route=ONE, methods=["PATCH"], auth_level=func.AuthLevel.FUNCTION)
+async def update_subscription(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        sub = await subscriptions.update(svc, caller, route(req, "subscriptionId"), json_body(req))
+        return await present(svc, sub)
+    return await handle(req, act)
+
+
+@bp.function_name("delete_subscription")
+@bp.route(route=ONE, methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
+async def delete_subscription(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        await subscriptions.delete(svc, caller, route(req, "subscriptionId"))
+        return Reply(204)
+    return await handle(req, act)
+
+
+@bp.function_name("authorize_subscription")
+@bp.route(route=ONE + "/authorize", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def authorize_subscription(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        json_body(req)  # accepted but unused; still refused when malformed or too large
+        return {"authorizeUrl": await subscriptions.authorize_url(svc, caller, route(req, "subscriptionId"))}
+    return await handle(req, act)
+
+
+@bp.function_name("consent_callback")
+@bp.route(route="directory/consent", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
+    """Where Microsoft sends the Global Admin's browser back; always redirects to the portal, never elsewhere."""
+    try:
+        svc = await composition.services()
+        location = await subscriptions.complete_consent(svc, query(req))
+    except Exception:
+        log.exception("consent callback failed")
+        return json_response(500, {"code": "internal_error", "message": "the consent could not be recorded; try again"})
+    return func.HttpResponse(status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+@bp.function_name("search_directory_groups")
+@bp.route(route=ONE + "/directory-groups", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def search_directory_groups(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        params = query(req)
+        groups = await subscriptions.search_groups(svc, caller, route(req, "subscriptionId"), params.get("search"))
+        return {"groups": groups}
+    return await handle(req, act)
+
+
+@bp.function_name("select_groups")
+@bp.route(route=ONE + "/groups", methods=["PUT"], auth_level=func.AuthLevel.FUNCTION)
+async def select_groups(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        sub = await subscriptions.select_groups(svc, caller, route(req, "subscriptionId"), json_body(req))
+        return {"groups": [g.to_api() for g in sub.groups]}
+    return await handle(req, act)
+
+
+@bp.function_name("list_selected_groups")
+@bp.route(route=ONE + "/groups", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def list_selected_groups(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        sub = await subscriptions.get(svc, caller, route(req, "subscriptionId"))
+        return {"groups": [g.to_api() for g in sub.groups]}
+    return await handle(req, act)
+
+
+@bp.function_name("start_full_sync")
+@bp.route(route=ONE + "/sync", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def start_full_sync(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        json_body(req)
+        run = await runs.start(svc, caller, route(req, "subscriptionId"))
+        location = f"/api/{SUBS}/{run.subscription_id}/runs/{run.id}"
+        return Reply(202, {"runId": run.id, "status": run.status}, {"Location": location})
+    return await handle(req, act)
+
+
+@bp.function_name("list_runs")
+@bp.route(route=ONE + "/runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def list_runs(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        return {"runs": [v.to_api() for v in await runs.recent(svc, caller, route(req, "subscriptionId"))]}
+    return await handle(req, act)
+
+
+@bp.function_name("get_run")
+@bp.route(route=ONE + "/runs/{runId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def get_run(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        return (await runs.get(svc, caller, route(req, "subscriptionId"), route(req, "runId"))).to_api()
+    return await handle(req, act)
+
+
+@bp.function_name("approve_run")
+@bp.route(route=ONE + "/runs/{runId}/approve", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def approve_run(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        json_body(req)
+        return (await runs.approve(svc, caller, route(req, "subscriptionId"), route(req, "runId"))).to_api()
+    return await handle(req, act)

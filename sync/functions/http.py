@@ -1,0 +1,89 @@
+"""What every HTTP function shares: caller authentication, JSON bodies, and errors as {"code","message"}."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import azure.functions as func
+
+from .. import composition
+from ..auth import authenticate, authorize
+from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError, Transient
+from ..model import Caller
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+@dataclass
+class Reply:
+    """A response other than a plain 200 with a JSON body."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Action = Callable[[composition.Services, Caller], Awaitable[Any]]
+
+
+async def handle(req: func.HttpRequest, action: Action) -> func.HttpResponse:
+    """Authenticate and authorize the portal caller, run ``action``, and answer JSON."""
+    try:
+        svc = await composition.services()
+        caller = authorize(authenticate(req.headers, svc.settings.portal_token_secret))
+        result = await action(svc, caller)
+    except SyncError as exc:
+        return error_response(exc)
+    except SettingsError:
+        log.exception("the function app is misconfigured")
+        return json_response(500, {"code": "misconfigured", "message": "the service is misconfigured; see its logs"})
+    except Exception:
+        log.exception("unhandled error in an HTTP function", extra={"route": req.route_params})
+        return json_response(500, {"code": "internal_error", "message": "an unexpected error occurred; it has been logged"})
+    if isinstance(result, Reply):
+        return json_response(result.status, result.body, result.headers)
+    return json_response(200, result)
+
+
+def json_body(req: func.HttpRequest) -> dict[str, Any]:
+    """The request's JSON object; 413 when too large, 400 when malformed or not an object."""
+    raw = req.get_body() or b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the body is not valid JSON", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", code="invalid_body")
+    return body
+
+
+def route(req: func.HttpRequest, name: str) -> str:
+    return req.route_params.get(name, "")
+
+
+def query(req: func.HttpRequest) -> dict[str, str]:
+    return {k: v for k, v in req.params.items()}
+
+
+def error_response(exc: SyncError) -> func.HttpResponse:
+    body = {"code": exc.code, "message": exc.message, **exc.details}
+    headers = {}
+    if isinstance(exc, Transient):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after or 5)))
+    return json_response(exc.status, body, headers)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    if body is None:
+        return func.HttpResponse(status_code=status, headers={**NO_STORE, **(headers or {})})
+    return func.HttpResponse(json.dumps(body, ensure_ascii=False), status_code=status, mimetype="application/json",
+                             charset="utf-8", headers={**NO_STORE, **(headers or {})})

@@ -1,0 +1,88 @@
+"""The caller-identity matrix of ../shared/API.md, through the real HTTP functions."""
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from tests.helpers import call, token
+
+WRONG_KEY = "a-completely-different-secret-of-40-bytes!!"
+
+
+def _none_alg_token() -> str:
+    def b64(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'org': 'org-a', 'sub': 'x', 'role': 'Owner', 'exp': int(time.time()) + 600})}."
+
+
+def _rs256_token() -> str:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode({"org": "org-a", "sub": "x", "role": "Owner", "exp": int(time.time()) + 600}, key, algorithm="RS256")
+
+
+@pytest.mark.parametrize("auth,code", [
+    (None, "missing_token"),
+    ("Basic dXNlcjpwYXNz", "missing_token"),
+    ("Bearer ", "missing_token"),
+    ("Bearer not-a-jwt", "invalid_token"),
+    (f"Bearer {token(secret=WRONG_KEY)}", "invalid_token"),
+    (f"Bearer {token(exp=time.time() - 3600)}", "token_expired"),
+    (f"Bearer {token(org=None)}", "invalid_token"),
+    (f"Bearer {token(sub=None)}", "invalid_token"),
+    (f"Bearer {token(role=None)}", "invalid_token"),
+    (f"Bearer {token(org='')}", "invalid_token"),
+    (f"Bearer {token(alg='HS512')}", "invalid_token"),
+    (f"Bearer {_none_alg_token()}", "invalid_token"),
+    (f"Bearer {_rs256_token()}", "invalid_token"),
+])
+async def test_bad_tokens_get_401(svc, auth, code):
+    status, body, _ = await call("list_subscriptions", auth=auth)
+    assert status == 401
+    assert body["code"] == code and body["message"]
+
+
+async def test_token_without_exp_is_refused(svc):
+    raw = jwt.encode({"org": "org-a", "sub": "x", "role": "Owner"}, "unit-test-portal-token-secret-0123456789", algorithm="HS256")
+    status, body, _ = await call("list_subscriptions", auth=f"Bearer {raw}")
+    assert status == 401 and body["code"] == "invalid_token"
+
+
+@pytest.mark.parametrize("role", ["Help Desk", "Viewer", "owner", "", "Administrator "])
+async def test_roles_not_allowed_get_403(svc, role):
+    status, body, _ = await call("list_subscriptions", auth=f"Bearer {token(role=role)}" if role else f"Bearer {token(role='Help Desk')}")
+    assert status == 403 and body["code"] == "role_not_allowed"
+
+
+@pytest.mark.parametrize("role", ["Owner", "Administrator", "User Manager"])
+async def test_allowed_roles_pass(svc, role):
+    status, body, _ = await call("list_subscriptions", auth=f"Bearer {token(role=role)}")
+    assert status == 200 and body == {"subscriptions": []}
+
+
+async def test_org_b_cannot_read_or_change_org_a(svc):
+    status, created, _ = await call("create_subscription", body={"name": "A's directory"}, auth=f"Bearer {token(org='org-a')}")
+    assert status == 201
+    sid = created["id"]
+    other = f"Bearer {token(org='org-b')}"
+    for name, method, body in [("get_subscription", "GET", None), ("update_subscription", "PATCH", {"name": "stolen"}),
+                               ("delete_subscription", "DELETE", None), ("authorize_subscription", "POST", None),
+                               ("list_selected_groups", "GET", None), ("start_full_sync", "POST", None),
+                               ("list_runs", "GET", None)]:
+        status, body, _ = await call(name, method=method, body=body, route={"subscriptionId": sid}, auth=other)
+        assert status == 404, name
+        assert body["code"] == "subscription_not_found"
+    status, body, _ = await call("list_subscriptions", auth=other)
+    assert body == {"subscriptions": []}
+    status, body, _ = await call("get_subscription", route={"subscriptionId": sid}, auth=f"Bearer {token(org='org-a')}")
+    assert status == 200 and body["name"] == "A's directory"
+
+
+async def test_health_is_anonymous_and_needs_no_settings(monkeypatch):
+    for key in ("PORTAL_TOKEN_SECRET", "SIGNING_SECRET"):
+        monkeypatch.delenv(key, raising=False)
+    status, body, _ = await call("health", auth=None)
+    assert status == 200 and body["status"] == "ok" and body["version"]
