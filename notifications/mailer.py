@@ -1,0 +1,95 @@
+"""The mailer use case: send one invitation exactly once per user, whatever Service Bus redelivers."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import timedelta
+
+from sync.composition import Services
+from sync.errors import SettingsError, Transient
+from sync.model import EmailState, EnrollmentJob, User, UserStatus
+from sync.users import change_user, enrollment_token
+
+from .render import render_invitation
+from .senders import MailError, OutgoingEmail
+
+log = logging.getLogger(__name__)
+
+SEND_LEASE = timedelta(minutes=5)
+
+
+async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
+    """Send the enrollment e-mail for ``job``; returns what happened (sent, already_sent, skipped...)."""
+    if svc.mail_sender is None:
+        raise SettingsError("MAIL_SENDER is 'none': enrollment e-mails cannot be sent")
+    user = await _claim(svc, job)
+    if isinstance(user, str):
+        return user
+    s = svc.settings
+    now = svc.clock()
+    expires = now + timedelta(hours=s.enrollment_token_ttl_hours)
+    link = f"{s.portal_base_url}/enroll?token={enrollment_token(s.signing_secret, user.org, user.id, expires)}"
+    rendered = render_invitation(portal_name=s.portal_name, portal_url=s.portal_base_url,
+                                 display_name=user.display_name, username=user.username, link=link, expires_at=expires)
+    email = OutgoingEmail(to_address=user.email or "", to_name=user.display_name, subject=rendered.subject,
+                          html=rendered.html, text=rendered.text, message_id_hint=job.message_id)
+    try:
+        await svc.mail_sender.send(email)
+    except MailError as exc:
+        if exc.permanent:
+            await _record(svc, user, EmailState.FAILED, error=str(exc))
+            log.warning("invitation refused permanently", extra={"org": user.org, "user": user.id})
+            return "failed"
+        await _record(svc, user, EmailState.QUEUED)  # release the claim so the redelivery may send
+        raise Transient(f"sending the invitation failed: {exc}") from None
+    await _record(svc, user, EmailState.SENT, sent=True)
+    log.info("invitation sent", extra={"org": user.org, "user": user.id, "run": job.run_id})
+    return "sent"
+
+
+async def _claim(svc: Services, job: EnrollmentJob) -> User | str:
+    """Mark the user as being e-mailed (ETag), or say why no e-mail is due."""
+    reason = "user_gone"
+
+    async def claim(user: User) -> User | None:
+        nonlocal reason
+        now = svc.clock()
+        state = user.enrollment_email
+        if state == EmailState.SENT:
+            reason = "already_sent"
+        elif state in (EmailState.FAILED, None):
+            reason = "not_due"
+        elif state == EmailState.SENDING and user.enrollment_email_lease_until and user.enrollment_email_lease_until > now:
+            reason = "being_sent"
+        elif user.status != UserStatus.ACTIVE or not user.email:
+            reason = "skipped"
+            return _outcome(user, EmailState.FAILED, now, error="the user is inactive or has no e-mail address")
+        else:
+            return replace(user, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=now + SEND_LEASE)
+        return None
+
+    claimed = await change_user(svc, job.org, job.user_id, claim)
+    if claimed is None or claimed.enrollment_email != EmailState.SENDING:
+        return reason
+    return claimed
+
+
+def _outcome(user: User, state: str, now, *, error: str | None = None, sent: bool = False) -> User:
+    return replace(user, enrollment_email=state, enrollment_email_lease_until=None, enrollment_email_error=error,
+                   updated_at=now, enrollment_email_sent_at=now if sent else user.enrollment_email_sent_at)
+
+
+async def _record(svc: Services, user: User, state: str, *, error: str | None = None, sent: bool = False) -> None:
+    """Write the invitation's outcome, re-reading if the row changed meanwhile (the outcome must not be lost)."""
+
+    async def record(current: User) -> User:
+        return _outcome(current, state, svc.clock(), error=error, sent=sent)
+
+    await change_user(svc, user.org, user.id, record)
+
+
+async def handle_dead_lettered(svc: Services, job: EnrollmentJob, reason: str | None) -> None:
+    """An invitation gave up after its last delivery: record it on the user so the portal can show it."""
+    user = await svc.users.get(job.org, job.user_id)
+    if user is not None and user.enrollment_email in (EmailState.QUEUED, EmailState.SENDING):
+        await _record(svc, user, EmailState.FAILED, error=f"delivery abandoned: {reason or 'repeated failures'}")

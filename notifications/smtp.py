@@ -1,0 +1,63 @@
+"""SMTP adapter (stdlib smtplib in a worker thread): STARTTLS, implicit TLS or plain, optional login."""
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+from .senders import MailError, MailSender, OutgoingEmail
+
+
+def build_message(email: OutgoingEmail, mail_from: str) -> EmailMessage:
+    """A multipart/alternative message; names are encoded by the email package, never pasted into headers."""
+    message = EmailMessage()
+    message["From"] = mail_from
+    name = " ".join(email.to_name.split())  # no CR/LF can reach a header
+    username, _, domain = email.to_address.partition("@")
+    message["To"] = Address(display_name=name, username=username, domain=domain)
+    message["Subject"] = " ".join(email.subject.split())
+    message["Message-ID"] = make_msgid(domain=(mail_from.rpartition("@")[2].strip(" >") or None))
+    message["X-Directory-Sync"] = email.message_id_hint
+    message.set_content(email.text)
+    message.add_alternative(email.html, subtype="html")
+    return message
+
+
+class SmtpSender(MailSender):
+    """Sends through any SMTP relay (Microsoft 365, SendGrid, a local sink)."""
+
+    def __init__(self, settings: Any) -> None:
+        self._s = settings
+
+    async def send(self, email: OutgoingEmail) -> None:
+        if any(c in email.to_address for c in "\r\n") or "@" not in email.to_address:
+            raise MailError("the recipient address is not valid", permanent=True)
+        message = build_message(email, self._s.mail_from)
+        await asyncio.to_thread(self._send_blocking, message)
+
+    def _send_blocking(self, message: EmailMessage) -> None:
+        s = self._s
+        try:
+            if s.smtp_security == "tls":
+                client: smtplib.SMTP = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s,
+                                                        context=ssl.create_default_context())
+            else:
+                client = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s)
+            with client:
+                if s.smtp_security == "starttls":
+                    client.starttls(context=ssl.create_default_context())
+                if s.smtp_username:
+                    client.login(s.smtp_username, s.smtp_password or "")
+                client.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            raise MailError(f"the relay refused the recipient ({codes})", permanent=all(c >= 500 for c in codes)) from None
+        except smtplib.SMTPResponseException as exc:
+            raise MailError(f"the relay answered {exc.smtp_code}", permanent=exc.smtp_code >= 500
+                            and not isinstance(exc, smtplib.SMTPAuthenticationError)) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise MailError(f"the relay could not be reached: {type(exc).__name__}", permanent=False) from None

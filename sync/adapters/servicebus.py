@@ -1,0 +1,97 @@
+"""Service Bus adapter (azure-servicebus, async): the only module that sends messages between the functions."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from azure.servicebus.exceptions import (
+    MessageSizeExceededError,
+    ServiceBusConnectionError,
+    ServiceBusError,
+)
+
+from ..errors import Transient
+from ..model import EnrollmentJob, GroupJob
+from ..ports import JobQueue
+
+log = logging.getLogger(__name__)
+
+
+class ServiceBusQueue(JobQueue):
+    """Sends group jobs and enrollment jobs, each batch as few AMQP transfers as fit."""
+
+    def __init__(self, client: ServiceBusClient, group_queue: str, enrollment_queue: str) -> None:
+        self._client = client
+        self._group_queue = group_queue
+        self._enrollment_queue = enrollment_queue
+        self._senders: dict[str, ServiceBusSender] = {}
+        self._lock = asyncio.Lock()
+        self.sent = 0
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, group_queue: str, enrollment_queue: str) -> "ServiceBusQueue":
+        return cls(ServiceBusClient.from_connection_string(connection_string), group_queue, enrollment_queue)
+
+    @classmethod
+    def from_namespace(cls, namespace: str, credential: Any, group_queue: str, enrollment_queue: str) -> "ServiceBusQueue":
+        return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue)
+
+    async def send_group_jobs(self, jobs: list[GroupJob]) -> None:
+        await self._send(self._group_queue, [
+            ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
+                              subject="group-sync", application_properties={"runId": job.run_id})
+            for job in jobs
+        ])
+
+    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob]) -> None:
+        await self._send(self._enrollment_queue, [
+            ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
+                              subject="enrollment-email")
+            for job in jobs
+        ])
+
+    async def _sender(self, queue: str) -> ServiceBusSender:
+        async with self._lock:
+            sender = self._senders.get(queue)
+            if sender is None:
+                sender = self._senders[queue] = self._client.get_queue_sender(queue)
+            return sender
+
+    async def _send(self, queue: str, messages: list[ServiceBusMessage]) -> None:
+        if not messages:
+            return
+        sender = await self._sender(queue)
+        try:
+            batch = await sender.create_message_batch()
+            for message in messages:
+                try:
+                    batch.add_message(message)
+                except MessageSizeExceededError:
+                    await sender.send_messages(batch)
+                    batch = await sender.create_message_batch()
+                    batch.add_message(message)
+            await sender.send_messages(batch)
+        except (ServiceBusConnectionError, ServiceBusError, asyncio.TimeoutError) as exc:
+            # The sender may be broken now; the next call opens a fresh link.
+            async with self._lock:
+                stale = self._senders.pop(queue, None)
+            if stale is not None:
+                await _quietly_close(stale)
+            raise Transient(f"Service Bus send to {queue} failed: {type(exc).__name__}") from exc
+        self.sent += len(messages)
+
+    async def close(self) -> None:
+        for sender in list(self._senders.values()):
+            await _quietly_close(sender)
+        self._senders.clear()
+        await self._client.close()
+
+
+async def _quietly_close(sender: ServiceBusSender) -> None:
+    try:
+        await sender.close()
+    except (ServiceBusError, OSError, asyncio.TimeoutError):
+        log.warning("closing a Service Bus sender failed", exc_info=True)

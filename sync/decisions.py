@@ -1,0 +1,166 @@
+"""The decisions of a sync as plain functions: who a directory user becomes, what changed, whom to deprovision."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Iterable
+
+from .model import (
+    DirectoryUser,
+    EmailState,
+    SourceType,
+    StatusReason,
+    Subscription,
+    User,
+    UserStatus,
+)
+
+MAX_USERNAME_LENGTH = 256
+
+
+class Change:
+    CREATED = "created"
+    UPDATED = "updated"
+    REACTIVATED = "reactivated"
+    DEACTIVATED = "deactivated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the directory says a portal user should look like."""
+
+    azure_object_id: str
+    username: str
+    email: str | None
+    display_name: str
+    given_name: str | None
+    surname: str | None
+    status: str
+    status_reason: str | None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A directory user we do not write, and why."""
+
+    code: str
+    message: str
+
+
+def synced_user_id(org: str, subscription_id: str, azure_object_id: str) -> str:
+    """The stable id of a synced user: the same Azure user in the same subscription is always the same row."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"dirsync:{org}:{subscription_id}:{azure_object_id}"))
+
+
+def email_of(user: DirectoryUser) -> str | None:
+    """``mail``, else the UPN unless it is a guest's external UPN (``…#EXT#@…``), which receives no mail."""
+    if user.mail and user.mail.strip():
+        return user.mail.strip()
+    upn = (user.user_principal_name or "").strip()
+    if upn and "#EXT#" not in upn.upper() and "@" in upn:
+        return upn
+    return None
+
+
+def desired_user(user: DirectoryUser, sub: Subscription) -> Desired | Skip:
+    """The portal user a directory user maps to under the subscription's options, or why it is skipped."""
+    username = user.attribute(sub.username_attribute)
+    label = user.display_name or user.user_principal_name or user.id
+    if username is None:
+        return Skip("missing_username_attribute", f"{label} ({user.id}) has no {sub.username_attribute}")
+    if len(username) > MAX_USERNAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in username):
+        return Skip("invalid_username", f"{label} ({user.id}) has a {sub.username_attribute} that cannot be a username")
+    blocked = sub.deactivate_blocked_users and user.account_enabled is False
+    return Desired(
+        azure_object_id=user.id,
+        username=username,
+        email=email_of(user),
+        display_name=(user.display_name or username).strip(),
+        given_name=user.given_name,
+        surname=user.surname,
+        status=UserStatus.INACTIVE if blocked else UserStatus.ACTIVE,
+        status_reason=StatusReason.BLOCKED if blocked else None,
+    )
+
+
+def _fields(u: User | Desired) -> tuple:
+    return (u.username, u.email, u.display_name, u.given_name, u.surname, u.status, u.status_reason)
+
+
+def change_of(existing: User | None, desired: Desired) -> str:
+    """How writing ``desired`` over ``existing`` is counted."""
+    if existing is None:
+        return Change.CREATED
+    if _fields(existing) == _fields(desired):
+        return Change.UNCHANGED
+    if existing.status == UserStatus.INACTIVE and desired.status == UserStatus.ACTIVE:
+        return Change.REACTIVATED
+    if existing.status == UserStatus.ACTIVE and desired.status == UserStatus.INACTIVE:
+        return Change.DEACTIVATED
+    return Change.UPDATED
+
+
+def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, run_id: str, now: datetime) -> User:
+    """A user first seen in this run; invitations are decided here, atomically with the row's creation."""
+    invite = sub.send_enrollment_email and desired.status == UserStatus.ACTIVE and desired.email is not None
+    return User(
+        org=org,
+        id=synced_user_id(org, sub.id, desired.azure_object_id),
+        username=desired.username,
+        email=desired.email,
+        display_name=desired.display_name,
+        given_name=desired.given_name,
+        surname=desired.surname,
+        status=desired.status,
+        status_reason=desired.status_reason,
+        source_type=SourceType.AD_SYNC,
+        subscription_id=sub.id,
+        azure_object_id=desired.azure_object_id,
+        group_ids=frozenset({group_id}),
+        enrollment_email=EmailState.QUEUED if invite else None,
+        last_run_id=run_id,
+        last_change=Change.CREATED,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def updated_user(existing: User, desired: Desired, group_id: str, run_id: str, now: datetime) -> User:
+    """``existing`` brought in line with the directory, as a member of ``group_id``."""
+    return replace(
+        existing,
+        username=desired.username,
+        email=desired.email,
+        display_name=desired.display_name,
+        given_name=desired.given_name,
+        surname=desired.surname,
+        status=desired.status,
+        status_reason=desired.status_reason,
+        group_ids=existing.group_ids | {group_id},
+        last_run_id=run_id,
+        last_change=change_of(existing, desired),
+        updated_at=now,
+    )
+
+
+def in_scope(user: User, group_ids: Iterable[str]) -> bool:
+    """Is the user a member of any of the run's groups?"""
+    return not user.group_ids.isdisjoint(group_ids)
+
+
+def should_deprovision(user: User, group_ids: Iterable[str]) -> bool:
+    """An active synced user who is in none of the selected groups any more."""
+    return user.source_type == SourceType.AD_SYNC and user.status == UserStatus.ACTIVE and not in_scope(user, group_ids)
+
+
+def deprovisioned(user: User, run_id: str, now: datetime) -> User:
+    """Inactive because the directory no longer lists the user in a selected group; never deleted."""
+    return replace(user, status=UserStatus.INACTIVE, status_reason=StatusReason.REMOVED, last_run_id=run_id,
+                   last_change=Change.DEACTIVATED, updated_at=now)
+
+
+def guard_trips(to_deactivate: int, active_synced: int, percent: float, min_users: int) -> bool:
+    """True when deactivating this many users looks like a mistake that a person should confirm."""
+    return to_deactivate > min_users and to_deactivate * 100 > active_synced * percent

@@ -1,0 +1,451 @@
+"""The group worker and the run's fan-in: sync one group's members, then finalize the run exactly once.
+
+Every step is safe to repeat: user ids are derived from the Azure object id, rows are created with
+"insert" (never blind overwrite) and updated conditionally on their ETag, memberships are separate
+properties merged per group, and a run's terminal transition is ETag-guarded.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from . import runs as runs_uc
+from . import subscriptions
+from .composition import Services
+from .concurrency import optimistic
+from .decisions import (
+    Change,
+    Desired,
+    Skip,
+    change_of,
+    deprovisioned,
+    desired_user,
+    guard_trips,
+    in_scope,
+    new_user,
+    should_deprovision,
+    synced_user_id,
+    updated_user,
+)
+from .errors import AuthorizationLost, InvalidInput, NotFound, PreconditionFailed
+from .model import (
+    Counts,
+    DirectoryUser,
+    EmailState,
+    EnrollmentJob,
+    GroupJob,
+    GroupProgress,
+    GroupState,
+    Run,
+    RunError,
+    RunStatus,
+    SourceType,
+    Subscription,
+    SubscriptionStatus,
+    SyncedGroup,
+    User,
+    UserStatus,
+)
+from .ports import Created, Exists, Stale, Updated, UsernameTaken
+
+log = logging.getLogger(__name__)
+
+MAX_ERRORS_PER_GROUP = 50
+MAX_STALE_ROUNDS = 6
+
+
+async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = False) -> None:
+    """Sync one segment of one group of a run. Raises on transient failure so Service Bus redelivers."""
+    ctx = {"org": job.org, "subscription": job.subscription_id, "run": job.run_id, "group": job.group_id,
+           "segment": job.segment}
+    run = await svc.runs.get(job.org, job.subscription_id, job.run_id)
+    progress = await svc.runs.get_group(job.org, job.subscription_id, job.run_id, job.group_id)
+    if run is None or progress is None:
+        log.warning("group job for an unknown run or group: dropped", extra=ctx)
+        return
+    if progress.finished or run.status in RunStatus.TERMINAL:
+        await finalize(svc, job.org, job.subscription_id, job.run_id)
+        return
+    if job.segment < progress.segment:
+        log.info("superseded segment redelivered: dropped", extra=ctx)
+        return
+    sub = await svc.subscriptions.get(job.org, job.subscription_id)
+    if sub is None or sub.deleting:
+        await fail_group(svc, job, "subscription_deleted", "the subscription was deleted during the run")
+        return
+    if sub.status != SubscriptionStatus.AUTHORIZED:
+        await fail_group(svc, job, "consent_revoked", "the directory no longer grants access (admin consent revoked)")
+        return
+    await _mark_running(svc, run)
+    try:
+        await _Segment(svc, sub, run, job, progress, redelivered).execute()
+    except AuthorizationLost:
+        await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id)
+        await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked")
+    except NotFound:
+        await fail_group(svc, job, "group_not_found", f"group {job.group_id} no longer exists in the directory")
+    except InvalidInput as exc:
+        await fail_group(svc, job, exc.code, exc.message)
+    except Exception as exc:
+        # Transient or unexpected: note why on the group, then let Service Bus redeliver (and in the end dead-letter).
+        await _note_error(svc, job, f"{type(exc).__name__}: {getattr(exc, 'message', str(exc))[:300]}")
+        raise
+    log.info("group segment synced", extra=ctx)
+
+
+async def handle_dead_lettered_group_job(svc: Services, job: GroupJob, reason: str | None) -> None:
+    """A group message gave up after its last delivery: the group fails, so the run ends instead of hanging."""
+    progress = await svc.runs.get_group(job.org, job.subscription_id, job.run_id, job.group_id)
+    why = (progress.last_error if progress else None) or reason or "unknown error"
+    await fail_group(svc, job, "group_sync_failed",
+                     f"group {job.group_id} could not be synced after repeated attempts: {why}")
+
+
+async def _mark_running(svc: Services, run: Run) -> None:
+    if run.status != RunStatus.QUEUED:
+        return
+    try:
+        await svc.runs.save(replace(run, status=RunStatus.RUNNING, updated_at=svc.clock()))
+    except PreconditionFailed:
+        pass  # another group got there first
+
+
+@dataclass
+class _Segment:
+    """One message's worth of a group: a bounded number of Graph pages, then done or a continuation."""
+
+    svc: Services
+    sub: Subscription
+    run: Run
+    job: GroupJob
+    progress: GroupProgress
+    redelivered: bool
+    counts: Counts = field(default_factory=Counts)
+    errors: list[RunError] = field(default_factory=list)
+    dropped: int = 0
+    seen: set[str] = field(default_factory=set)
+    snapshot: dict[str, User] = field(default_factory=dict)
+    invitations: list[EnrollmentJob] = field(default_factory=list)
+
+    @property
+    def org(self) -> str:
+        return self.job.org
+
+    async def execute(self) -> None:
+        svc, job = self.svc, self.job
+        self.snapshot = {u.id: u async for u in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
+        started = time.monotonic()
+        pages = 0
+        async for page in svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link):
+            await self.apply(page.users)
+            pages += 1
+            over_budget = time.monotonic() - started > svc.settings.segment_time_budget_s
+            if page.next_link and (pages >= svc.settings.max_pages_per_message or over_budget):
+                await self.continue_later(page.next_link)
+                return
+        await self.finish()
+
+    async def apply(self, users: list[DirectoryUser]) -> None:
+        """Write what changed for one page of directory users."""
+        now = self.svc.clock()
+        creates: list[User] = []
+        wanted: dict[str, Desired] = {}
+        updates: list[tuple[User, Desired]] = []
+        flags: list[str] = []
+        for du in users:
+            desired = desired_user(du, self.sub)
+            uid = synced_user_id(self.org, self.sub.id, du.id)
+            if isinstance(desired, Skip):
+                if uid in self.snapshot:  # keep the existing row and its membership; only report
+                    self.seen.add(uid)
+                self.skip(desired.code, desired.message, user_id=uid if uid in self.snapshot else None)
+                continue
+            if uid in wanted:
+                continue
+            wanted[uid] = desired
+            existing = self.snapshot.get(uid)
+            if existing is None:
+                creates.append(new_user(self.org, self.sub, desired, self.job.group_id, self.run.id, now))
+            else:
+                self.decide(existing, desired, updates, flags)
+        if creates:
+            for user, outcome in zip(creates, await self.svc.users.create(creates)):
+                if isinstance(outcome, Created):
+                    self.created(outcome.user)
+                elif isinstance(outcome, Exists):
+                    self.decide(outcome.user, wanted[user.id], updates, flags)
+                else:
+                    self.conflict(user, outcome)
+        await self.update(updates, wanted, flags)
+        if flags:
+            await self.svc.users.set_membership(self.org, flags, self.job.group_id, True)
+            self.seen.update(flags)
+
+    def decide(self, existing: User, desired: Desired, updates: list, flags: list[str]) -> None:
+        """Sort a stored user into: unchanged (maybe only joining this group), or to update."""
+        if existing.source_type != SourceType.AD_SYNC or existing.subscription_id != self.sub.id:
+            self.skip("managed_manually", f"{existing.username} is now managed in the portal and is not overwritten",
+                      user_id=existing.id)
+            return
+        if change_of(existing, desired) == Change.UNCHANGED:
+            self.counts = self.counts.bump("unchanged")
+            if self.job.group_id in existing.group_ids:
+                self.seen.add(existing.id)
+            else:
+                flags.append(existing.id)
+            self.resend_invitation_if_lost(existing)
+        else:
+            updates.append((existing, desired))
+
+    async def update(self, updates: list[tuple[User, Desired]], wanted: dict[str, Desired], flags: list[str]) -> None:
+        rounds = 0
+        while updates:
+            rounds += 1
+            now = self.svc.clock()
+            changes = [(updated_user(u, d, self.job.group_id, self.run.id, now), u.username) for u, d in updates]
+            outcomes = await self.svc.users.update(changes)
+            stale: list[str] = []
+            for (user, old_name), (existing, _), outcome in zip(changes, updates, outcomes):
+                if isinstance(outcome, Updated):
+                    self.seen.add(user.id)
+                    self.counts = self.counts.bump(user.last_change)
+                elif isinstance(outcome, Stale):
+                    stale.append(outcome.user_id)
+                else:
+                    self.conflict(user, outcome)
+                    if self.job.group_id not in existing.group_ids:
+                        flags.append(existing.id)
+                    else:
+                        self.seen.add(existing.id)
+            updates = []
+            if stale:
+                if rounds >= MAX_STALE_ROUNDS:
+                    raise PreconditionFailed("users kept changing under the worker; retrying the message")
+                fresh = await self.svc.users.get_many(self.org, stale)
+                for uid in stale:
+                    if uid in fresh:
+                        self.decide(fresh[uid], wanted[uid], updates, flags)
+
+    def created(self, user: User) -> None:
+        self.seen.add(user.id)
+        self.counts = self.counts.bump("created")
+        if user.enrollment_email == EmailState.QUEUED:
+            self.counts = self.counts.bump("emailsQueued")
+            self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id))
+        elif self.sub.send_enrollment_email and user.status == UserStatus.ACTIVE:
+            self.skip("no_email_address", f"{user.username} has no e-mail address; no invitation sent", user_id=user.id)
+
+    def resend_invitation_if_lost(self, user: User) -> None:
+        """After a crash between creating users and queueing their invitations, queue them again (the mailer dedupes)."""
+        if self.redelivered and user.enrollment_email == EmailState.QUEUED and user.last_run_id == self.run.id:
+            self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id))
+
+    def conflict(self, user: User, outcome: UsernameTaken) -> None:
+        self.skip("username_conflict",
+                  f"{user.display_name} ({user.azure_object_id}) maps to username '{user.username}', "
+                  f"which user {outcome.owner_username} ({outcome.owner_id}) already has",
+                  user_id=user.id)
+
+    def skip(self, code: str, message: str, user_id: str | None = None) -> None:
+        self.counts = self.counts.skip(code)
+        if len(self.errors) < MAX_ERRORS_PER_GROUP:
+            self.errors.append(RunError(code, message, group_id=self.job.group_id, user_id=user_id))
+        else:
+            self.dropped += 1
+
+    async def flush_invitations(self) -> None:
+        if self.invitations:
+            await self.svc.queue.send_enrollment_jobs(self.invitations)
+            self.invitations = []
+
+    async def continue_later(self, next_link: str) -> None:
+        """Hand the rest of a large group to a follow-up message so no execution runs too long."""
+        job, svc = self.job, self.svc
+        await self.flush_invitations()
+        await svc.runs.save_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment, self.seen)
+        follow = replace(job, segment=job.segment + 1, next_link=next_link)
+        await svc.queue.send_group_jobs([follow])
+
+        def advance(p: GroupProgress) -> GroupProgress | None:
+            if p.finished or p.segment > job.segment:
+                return None
+            return replace(p, state=GroupState.RUNNING, segment=follow.segment, counts=p.counts + self.counts,
+                           errors=(p.errors + tuple(self.errors))[:MAX_ERRORS_PER_GROUP],
+                           errors_dropped=p.errors_dropped + self.dropped + max(0, len(p.errors) + len(self.errors) - MAX_ERRORS_PER_GROUP),
+                           updated_at=svc.clock())
+
+        await update_progress(svc, job, advance)
+
+    async def finish(self) -> None:
+        """Last page done: drop memberships that ended, record the group, and fan in."""
+        job, svc = self.job, self.svc
+        await self.flush_invitations()
+        seen = self.seen
+        if job.segment > 0:
+            seen = seen | await svc.runs.load_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment)
+        left = [uid for uid in self.snapshot if uid not in seen]
+        if left:
+            await svc.users.set_membership(job.org, left, job.group_id, False)
+        names = {g.id: g.display_name for g in self.sub.groups}
+        now = svc.clock()
+        await svc.groups.save(SyncedGroup(job.org, job.subscription_id, job.group_id,
+                                          names.get(job.group_id, job.group_id), len(seen), now))
+
+        def complete(p: GroupProgress) -> GroupProgress | None:
+            if p.finished or p.segment > job.segment:
+                return None
+            return replace(p, state=GroupState.DONE, counts=p.counts + self.counts,
+                           errors=(p.errors + tuple(self.errors))[:MAX_ERRORS_PER_GROUP],
+                           errors_dropped=p.errors_dropped + self.dropped + max(0, len(p.errors) + len(self.errors) - MAX_ERRORS_PER_GROUP),
+                           user_count=len(seen), last_error=None, updated_at=now, finished_at=now)
+
+        await update_progress(svc, job, complete)
+        await finalize(svc, job.org, job.subscription_id, job.run_id)
+
+
+async def update_progress(svc: Services, job: GroupJob,
+                          change: Callable[[GroupProgress], GroupProgress | None]) -> None:
+    """Apply ``change`` to the group's progress row with optimistic concurrency; None means nothing to do."""
+
+    async def read() -> GroupProgress | None:
+        return await svc.runs.get_group(job.org, job.subscription_id, job.run_id, job.group_id)
+
+    async def apply(current: GroupProgress) -> GroupProgress | None:
+        return change(current)
+
+    async def write(new: GroupProgress) -> GroupProgress:
+        return await svc.runs.save_group(job.org, job.subscription_id, job.run_id, new)
+
+    await optimistic(read, apply, write)
+
+
+async def fail_group(svc: Services, job: GroupJob, code: str, message: str) -> None:
+    """Mark a group failed (the run will fail and deprovision nobody) and fan in."""
+    now = svc.clock()
+
+    def failed(p: GroupProgress) -> GroupProgress | None:
+        if p.finished:
+            return None
+        return replace(p, state=GroupState.FAILED, errors=p.errors + (RunError(code, message, group_id=job.group_id),),
+                       updated_at=now, finished_at=now)
+
+    await update_progress(svc, job, failed)
+    log.warning("group failed", extra={"org": job.org, "subscription": job.subscription_id, "run": job.run_id,
+                                       "group": job.group_id, "code": code})
+    await finalize(svc, job.org, job.subscription_id, job.run_id)
+
+
+async def _note_error(svc: Services, job: GroupJob, text: str) -> None:
+    def note(p: GroupProgress) -> GroupProgress | None:
+        return None if p.finished else replace(p, last_error=text, updated_at=svc.clock())
+
+    try:
+        await update_progress(svc, job, note)
+    except Exception:  # best effort: the original error is what matters and is re-raised by the caller
+        log.warning("could not record a group's error", exc_info=True)
+
+
+# ---------------------------------------------------------------- fan-in
+
+
+async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approved_by: str | None = None) -> None:
+    """When every group has finished: recount, deprovision (unless a group failed or the guard trips), end the run.
+
+    Safe to call any number of times from any worker: it does nothing until all groups are finished, its writes
+    are idempotent, and the run's terminal transition is conditional on the run's ETag.
+    """
+    view = await svc.runs.view(org, sub_id, run_id)
+    if view is None or not all(g.finished for g in view.groups):
+        return
+    run = view.run
+    if run.status in RunStatus.TERMINAL and not (approved_by and run.status == RunStatus.NEEDS_REVIEW):
+        return
+    settings = svc.settings
+    group_ids = set(run.group_ids)
+    failed = [g for g in view.groups if g.state == GroupState.FAILED]
+    counts = Counts()
+    active = 0
+    candidates: list[User] = []
+    async for user in svc.users.subscription_users(org, sub_id):
+        if user.last_run_id == run.id and user.last_change:
+            counts = counts.bump(user.last_change)
+            if user.last_change == Change.CREATED and user.enrollment_email in (EmailState.QUEUED, EmailState.SENDING, EmailState.SENT, EmailState.FAILED):
+                counts = counts.bump("emailsQueued")
+        elif in_scope(user, group_ids):
+            counts = counts.bump("unchanged")
+        if user.status == UserStatus.ACTIVE:
+            active += 1
+        if should_deprovision(user, group_ids):
+            candidates.append(user)
+    for g in view.groups:
+        counts = counts + Counts(skipped=g.counts.skipped, skippedReasons=g.counts.skippedReasons)
+    # An approval replaces the note that deprovisioning was held back.
+    errors = tuple(e for e in run.errors if not (approved_by and e.code == "deprovisioning_held"))
+    pending = 0
+    if failed:
+        status = RunStatus.FAILED
+        if candidates:
+            errors += (RunError("deprovisioning_skipped",
+                                f"{len(failed)} group(s) failed, so {len(candidates)} user(s) no longer seen were left as they are"),)
+    elif candidates and not approved_by and guard_trips(len(candidates), active, settings.deprovision_guard_percent,
+                                                         settings.deprovision_guard_min_users):
+        status = RunStatus.NEEDS_REVIEW
+        pending = len(candidates)
+        errors += (RunError("deprovisioning_held",
+                            f"{pending} of {active} active users would be deactivated (more than "
+                            f"{settings.deprovision_guard_percent:g}%); approve the run to apply it"),)
+    else:
+        status = RunStatus.SUCCEEDED
+        counts = counts.bump("deactivated", await _deprovision(svc, org, run, candidates, group_ids))
+    if approved_by:
+        log.info("held-back deprovisioning approved", extra={"org": org, "subscription": sub_id, "run": run_id,
+                                                             "by": approved_by})
+    finished = await _end_run(svc, run, status, counts, errors, pending, approved=bool(approved_by))
+    if finished:
+        await runs_uc.release_subscription(svc, run)
+        await _tidy_groups_grid(svc, org, sub_id)
+        log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,
+                                        "counts": counts.to_api()})
+
+
+async def _deprovision(svc: Services, org: str, run: Run, candidates: list[User], group_ids: set[str]) -> int:
+    """Deactivate users who left every selected group (never delete); returns how many this call changed."""
+    applied = 0
+    batch = candidates
+    for _ in range(MAX_STALE_ROUNDS):
+        if not batch:
+            break
+        now = svc.clock()
+        outcomes = await svc.users.update([(deprovisioned(u, run.id, now), u.username) for u in batch])
+        stale = [o.user_id for o in outcomes if isinstance(o, Stale)]
+        applied += sum(1 for o in outcomes if isinstance(o, Updated))
+        fresh = await svc.users.get_many(org, stale)
+        batch = [u for u in fresh.values() if should_deprovision(u, group_ids)]
+    return applied
+
+
+async def _end_run(svc: Services, run: Run, status: str, counts: Counts, errors: tuple, pending: int,
+                   *, approved: bool) -> bool:
+    """The run's one terminal transition; False if another worker already made it."""
+
+    async def end(current: Run) -> Run | None:
+        if current.status in RunStatus.TERMINAL and not (approved and current.status == RunStatus.NEEDS_REVIEW):
+            return None
+        now = svc.clock()
+        return replace(current, status=status, final_counts=counts, errors=errors, pending_deactivations=pending,
+                       finished_at=now, updated_at=now)
+
+    return await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), end, svc.runs.save) is not None
+
+
+async def _tidy_groups_grid(svc: Services, org: str, sub_id: str) -> None:
+    """Drop Groups-grid rows of groups that are no longer selected."""
+    sub = await svc.subscriptions.get(org, sub_id)
+    if sub is None:
+        return
+    selected = set(sub.group_ids)
+    stale = [g.id for g in await svc.groups.list(org) if g.subscription_id == sub_id and g.id not in selected]
+    if stale:
+        await svc.groups.delete(org, sub_id, stale)

@@ -1,0 +1,170 @@
+"""Use cases of Full Sync: start a run (manual or nightly), read runs, approve a held-back deprovisioning."""
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from . import subscriptions
+from .composition import Services
+from .concurrency import optimistic
+from .errors import Conflict, NotFound, Transient
+from .model import (
+    Caller,
+    GroupJob,
+    GroupProgress,
+    Run,
+    RunError,
+    RunStatus,
+    RunView,
+    Subscription,
+    SubscriptionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+RESERVATION_GRACE = timedelta(minutes=2)  # a run id reserved on the subscription whose row is not written yet
+RECENT_RUNS = 50
+
+
+def new_run_id(now: datetime) -> str:
+    """Run ids sort newest first (Table Storage lists keys in ascending order) and are unguessable."""
+    inverted = 10**13 - int(now.timestamp() * 1000)
+    return f"{inverted:013d}-{secrets.token_hex(4)}"
+
+
+async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manual") -> Run:
+    """Queue a Full Sync: one Service Bus message per selected group. Exactly one concurrent caller wins."""
+    now = svc.clock()
+    run_id = new_run_id(now)
+
+    async def reserve(sub: Subscription) -> Subscription:
+        if sub.status == SubscriptionStatus.CONSENT_REVOKED:
+            raise Conflict("the directory's admin consent was revoked; authorize again before syncing",
+                           code="not_authorized")
+        if sub.status != SubscriptionStatus.AUTHORIZED:
+            raise Conflict("authorize this directory (admin consent) before syncing", code="not_authorized")
+        if not sub.groups:
+            raise Conflict("select at least one group to sync", code="no_groups_selected")
+        await _refuse_if_busy(svc, sub, now)
+        return replace(sub, active_run_id=run_id, updated_at=now)
+
+    sub = await subscriptions.modify(svc, caller, sub_id, reserve)
+    run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=trigger, status=RunStatus.QUEUED,
+              group_ids=sub.group_ids, started_at=now, updated_at=now)
+    run = await svc.runs.add(run, [GroupProgress(group_id=g, updated_at=now) for g in sub.group_ids])
+    try:
+        await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run_id, g) for g in sub.group_ids])
+    except Transient:
+        await fail_run(svc, run, RunError("queue_unavailable", "the sync could not be queued; try again"))
+        raise
+    log.info("full sync queued", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
+                                        "trigger": trigger, "groups": len(sub.group_ids)})
+    return run
+
+
+async def _refuse_if_busy(svc: Services, sub: Subscription, now: datetime) -> None:
+    if not sub.active_run_id:
+        return
+    view = await svc.runs.view(sub.org, sub.id, sub.active_run_id)
+    if view is None:
+        if now - sub.updated_at < RESERVATION_GRACE:
+            raise Conflict("a sync of this directory is starting", code="sync_in_progress")
+        return
+    if view.run.status not in RunStatus.ACTIVE:
+        return
+    if now - view.last_activity > timedelta(minutes=svc.settings.run_stale_after_minutes):
+        log.warning("abandoning a stalled run", extra={"org": sub.org, "subscription": sub.id, "run": view.run.id})
+        await fail_run(svc, view.run, RunError("run_timed_out", "the run made no progress and was abandoned"), release=False)
+        return
+    raise Conflict(f"a sync of this directory is already {view.run.status}", code="sync_in_progress")
+
+
+async def fail_run(svc: Services, run: Run, error: RunError, *, release: bool = True) -> None:
+    """End a run as failed (nothing is deprovisioned) and free the subscription for the next one."""
+
+    async def fail(current: Run) -> Run | None:
+        if current.status in RunStatus.TERMINAL:
+            return None
+        return replace(current, status=RunStatus.FAILED, errors=current.errors + (error,), finished_at=svc.clock(),
+                       updated_at=svc.clock())
+
+    await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), fail, svc.runs.save)
+    if release:
+        await release_subscription(svc, run)
+
+
+async def release_subscription(svc: Services, run: Run) -> None:
+    """Clear the subscription's active run (if it is this one) and remember it as the last run."""
+    caller = Caller(org=run.org, subject="directory-sync", role="Owner")
+
+    async def clear(sub: Subscription) -> Subscription:
+        active = None if sub.active_run_id == run.id else sub.active_run_id
+        return replace(sub, active_run_id=active, last_run_id=run.id, updated_at=svc.clock())
+
+    try:
+        await subscriptions.modify(svc, caller, run.subscription_id, clear, deleting=True)
+    except NotFound:
+        pass
+
+
+async def get(svc: Services, caller: Caller, sub_id: str, run_id: str) -> RunView:
+    await subscriptions.get(svc, caller, sub_id)
+    view = await svc.runs.view(caller.org, sub_id, run_id) if _plausible_run_id(run_id) else None
+    if view is None:
+        raise NotFound("no such run", code="run_not_found")
+    return view
+
+
+async def recent(svc: Services, caller: Caller, sub_id: str) -> list[RunView]:
+    await subscriptions.get(svc, caller, sub_id)
+    return await svc.runs.recent(caller.org, sub_id, RECENT_RUNS)
+
+
+async def last_run(svc: Services, sub: Subscription) -> RunView | None:
+    """The subscription's running or latest run, for its summary."""
+    run_id = sub.active_run_id or sub.last_run_id
+    return await svc.runs.view(sub.org, sub.id, run_id) if run_id else None
+
+
+async def approve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> RunView:
+    """Apply the deactivations that the safety guard held back on a ``needs_review`` run."""
+    from .group_sync import finalize
+
+    sub = await subscriptions.get(svc, caller, sub_id)
+    view = await get(svc, caller, sub_id, run_id)
+    if view.run.status != RunStatus.NEEDS_REVIEW:
+        raise Conflict(f"the run is {view.run.status}; only a run awaiting review can be approved",
+                       code="run_not_awaiting_review")
+    if sub.active_run_id:
+        raise Conflict("a newer sync is in progress; review its result instead", code="sync_in_progress")
+    if sub.last_run_id != run_id:
+        raise Conflict("a newer sync has run since; approve or review that one", code="run_superseded")
+    await finalize(svc, caller.org, sub_id, run_id, approved_by=caller.subject)
+    return await get(svc, caller, sub_id, run_id)
+
+
+async def nightly(svc: Services) -> dict[str, int]:
+    """Start a nightly Full Sync for every eligible subscription; one failure does not stop the others."""
+    started = skipped = failed = 0
+    for sub in await svc.subscriptions.nightly_candidates():
+        if sub.deleting or not sub.groups or not sub.nightly_sync or sub.status != SubscriptionStatus.AUTHORIZED:
+            continue
+        caller = Caller(org=sub.org, subject="nightly-sync", role="Owner")
+        try:
+            run = await start(svc, caller, sub.id, trigger="nightly")
+            started += 1
+            log.info("nightly sync started", extra={"org": sub.org, "subscription": sub.id, "run": run.id})
+        except Conflict as exc:
+            skipped += 1
+            log.info("nightly sync skipped", extra={"org": sub.org, "subscription": sub.id, "reason": exc.code})
+        except Exception:  # isolation: one broken subscription must not stop the others; nothing is acknowledged
+            failed += 1
+            log.exception("nightly sync could not start", extra={"org": sub.org, "subscription": sub.id})
+    return {"started": started, "skipped": skipped, "failed": failed}
+
+
+def _plausible_run_id(run_id: str) -> bool:
+    return bool(run_id) and len(run_id) <= 64 and all(c.isalnum() or c == "-" for c in run_id)
+
