@@ -126,6 +126,7 @@ class SmtpSink:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()
 
     def stop(self) -> None:
         """Stop the server and its thread, releasing the port."""

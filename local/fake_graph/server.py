@@ -181,6 +181,7 @@ class FakeGraph:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()
 
     def stop(self) -> None:
         """Stop the server and its thread, releasing the port."""
@@ -577,12 +578,15 @@ class FakeGraph:
         return self._json(request, {"@odata.context": self._context(request, "organization"), "value": [org]})
 
     @staticmethod
-    async def _body(request: web.Request) -> dict[str, Any]:
+    async def _read_json(request: web.Request) -> Any:
         try:
-            body = await request.json(loads=json.loads, content_type=None)
+            return json.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise bad_request("Unable to read JSON request payload. Please ensure Content-Type header is set and "
                               "payload is of valid JSON format.", code="BadRequest")
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        body = await self._read_json(request)
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.", code="BadRequest")
         return body
@@ -679,7 +683,7 @@ class FakeGraph:
         if route == "GET /_fake/faults":
             return self._json(request, {"faults": self._faults})
         if route == "POST /_fake/faults":
-            body = await self._control_body(request)
+            body = await self._read_json(request)
             specs = body if isinstance(body, list) else [body]
             return self._json(request, {"faults": self._add_faults(specs)})
         if route == "DELETE /_fake/faults":
@@ -713,12 +717,6 @@ class FakeGraph:
                 return web.Response(status=204)
             return self._json(request, tenant.to_dict())
         raise GraphError(404, "NotFound", f"No such control endpoint: {route}")
-
-    async def _control_body(self, request: web.Request) -> Any:
-        try:
-            return await request.json(content_type=None)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise bad_request("The body must be valid JSON.", code="BadRequest")
 
     async def _load_tenant(self, request: web.Request) -> web.Response:
         body = await self._body(request)

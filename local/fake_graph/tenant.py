@@ -364,7 +364,8 @@ class Tenant:
             self._fragments.move_to_end(key)
         text = fragments.get(oid)
         if text is None:
-            text = fragments[oid] = json.dumps(self.represent(oid, select, typed), ensure_ascii=False)
+            text = fragments[oid] = json.dumps(self.represent(oid, select, typed), ensure_ascii=False,
+                                                separators=(",", ":"))
         return text
 
     # --- queries -------------------------------------------------------------------------------

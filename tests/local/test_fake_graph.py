@@ -1,0 +1,632 @@
+"""The fake Entra tenant, driven the way the app drives Graph: msgraph-sdk over real HTTP (raw httpx where simpler)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from azure.core.credentials import AccessToken
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from msgraph import GraphRequestAdapter, GraphServiceClient
+from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
+from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
+from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
+    GraphUserRequestBuilder,
+)
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.reference_create import ReferenceCreate
+from msgraph.generated.models.user import User
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+
+from local.fake_graph import DEMO_TENANT, FakeGraph, generate_tenant, load_tenant, transitive_user_members
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = load_tenant(DEMO_TENANT)
+DEMO_TID = DEMO["tenantId"]
+TRANSITIVE_USERS = "GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user"
+
+
+# --- fixtures and helpers --------------------------------------------------------------------
+
+
+class StaticTokenCredential:
+    """What local mode hands to kiota: an async get_token returning a fixed bearer token."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+class Graph:
+    """A GraphServiceClient bound to the fake plus its adapter (closed by the fixture)."""
+
+    def __init__(self, fake: FakeGraph, token: str):
+        auth = AzureIdentityAuthenticationProvider(
+            StaticTokenCredential(token), scopes=["https://graph.microsoft.com/.default"],
+            allowed_hosts=["127.0.0.1"])
+        self.adapter = GraphRequestAdapter(auth)
+        self.adapter.base_url = fake.base_url
+        self.client = GraphServiceClient(request_adapter=self.adapter)
+
+    async def close(self) -> None:
+        await self.adapter._http_client.aclose()
+
+
+@pytest.fixture
+def fake():
+    with FakeGraph(tenants=[DEMO_TENANT]) as server:
+        yield server
+
+
+@pytest.fixture
+async def graph(fake):
+    g = Graph(fake, f"local:{DEMO_TID}")
+    yield g.client
+    await g.close()
+
+
+@pytest.fixture
+async def http(fake):
+    async with httpx.AsyncClient(base_url=fake.origin, headers={"Authorization": f"Bearer local:{DEMO_TID}"},
+                                 timeout=10) as client:
+        yield client
+
+
+def group_id(name: str, tenant: dict = DEMO) -> str:
+    return next(g["id"] for g in tenant["groups"] if g["displayName"] == name)
+
+
+def user_id(name: str, tenant: dict = DEMO) -> str:
+    return next(u["id"] for u in tenant["users"] if u["displayName"] == name)
+
+
+def eventual(query_parameters: object = None) -> RequestConfiguration:
+    config = RequestConfiguration(query_parameters=query_parameters)
+    config.headers.add("ConsistencyLevel", "eventual")
+    return config
+
+
+def nested_tenant() -> dict:
+    """2,500 distinct users under "Big": 1,700 direct, 1,000 via "Child" (200 in both), plus a device."""
+    users = [{"id": f"u{i:05d}", "displayName": f"User {i:05d}", "userPrincipalName": f"user{i}@big.example",
+              "mail": f"user{i}@big.example", "givenName": "User", "surname": f"{i:05d}", "accountEnabled": True,
+              "onPremisesSamAccountName": None, "employeeId": None, "userType": "Member"} for i in range(2500)]
+    big = [u["id"] for u in users[:1700]]
+    big.insert(500, "child")
+    big.insert(1200, "printer")
+    return {
+        "tenantId": "big-tenant", "domain": "big.example", "users": users,
+        "groups": [
+            {"id": "big", "displayName": "Big", "description": None, "mail": None, "members": big},
+            {"id": "child", "displayName": "Child", "description": None, "mail": None,
+             "members": [u["id"] for u in users[1500:]]},
+        ],
+        "devices": [{"id": "printer", "displayName": "PRINTER-01"}],
+    }
+
+
+# --- search, filter, select, top ------------------------------------------------------------
+
+
+async def test_search_groups_with_consistency_level(graph):
+    query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
+        search='"displayName:sales"', select=["id", "displayName"], count=True)
+    result = await graph.groups.get(eventual(query))
+    assert sorted(g.display_name for g in result.value) == ["Sales Managers", "Sales Team"]
+    assert result.odata_count == 2
+
+    query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(search='"displayName:team"')
+    result = await graph.groups.get(eventual(query))
+    assert sorted(g.display_name for g in result.value) == ["Platform Team", "Sales Team"]
+
+
+async def test_search_without_consistency_level_is_a_400(graph):
+    query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(search='"displayName:sales"')
+    with pytest.raises(ODataError) as caught:
+        await graph.groups.get(RequestConfiguration(query_parameters=query))
+    assert caught.value.response_status_code == 400
+    assert caught.value.error.code == "Request_UnsupportedQuery"
+    assert "ConsistencyLevel" in caught.value.error.message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('"displayName:Tom & \\"Jerry\\""', ['Tom & "Jerry"']),
+    ('"displayName:\\"jerry\\""', ['Tom & "Jerry"']),
+    ('"displayName:zoë ångs"', ["Zoë Ångström"]),
+    ('"displayName:فاطمة"', ["فاطمة الزهراء"]),
+    ('"displayName:kierkegaardholm"', ["Søren Kierkegaard-Holm"]),
+    ('"displayName:holm"', ["Søren Kierkegaard-Holm"]),
+    ('"displayName:o\'brien"', ["Renée O'Brien"]),
+    ('"mail:patti"', ["Patti Fernandez"]),
+    ('"displayName:lee" OR "displayName:grady"', ["Grady Archie", "Lee Gu"]),
+    ('"displayName:a\\\\b"', []),
+])
+async def test_user_search_tokenizes_and_unescapes(graph, text, expected):
+    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(search=text, top=999)
+    result = await graph.users.get(eventual(query))
+    assert sorted(u.display_name for u in result.value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    '"displayName:sales',  # unterminated
+    "displayName:sales",  # not quoted
+    '"displayName:a\\x"',  # only \" and \\ may be escaped
+    '"displayName:a\\"',  # escaped closing quote leaves the clause open
+    '"sales"',  # no property
+    '"displayName:"',  # no text
+    '"displayName:a" "displayName:b"',  # missing operator
+    '"displayName:a" and "displayName:b"',  # operators are upper case
+    '("displayName:a"',
+    '"nosuchproperty:a"',
+    "",
+])
+async def test_malformed_search_is_a_400_never_a_500(http, value):
+    response = await http.get("/v1.0/groups", params={"$search": value}, headers={"ConsistencyLevel": "eventual"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "Request_UnsupportedQuery"
+    assert set(error["innerError"]) >= {"request-id", "date"}
+
+
+async def test_startswith_filter_with_escaped_quote(graph):
+    query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(filter="startswith(displayName,'fin')")
+    result = await graph.groups.get(RequestConfiguration(query_parameters=query))
+    assert sorted(g.display_name for g in result.value) == ["Finance", "Finance Approvers"]
+
+    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(filter="startswith(displayName,'Renée O''B')")
+    result = await graph.users.get(RequestConfiguration(query_parameters=query))
+    assert [u.display_name for u in result.value] == ["Renée O'Brien"]
+
+
+async def test_filter_operators_that_need_advanced_query(http):
+    response = await http.get("/v1.0/users", params={"$filter": "accountEnabled ne true"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "Request_UnsupportedQuery"
+    response = await http.get("/v1.0/users", params={"$filter": "accountEnabled ne true", "$count": "true"},
+                              headers={"ConsistencyLevel": "eventual"})
+    assert sorted(u["displayName"] for u in response.json()["value"]) == ["Bianca Pagnotta", "Emily Braun"]
+    response = await http.get("/v1.0/groups", params={"$filter": "startswith(displayName,'x'"})
+    assert response.status_code == 400
+
+
+async def test_orderby_display_name(http):
+    response = await http.get("/v1.0/groups", params={"$orderby": "displayName desc", "$select": "displayName"})
+    names = [g["displayName"] for g in response.json()["value"]]
+    assert names == sorted(names, key=str.casefold, reverse=True) and len(names) == 8
+
+
+async def test_select_is_honoured(graph, http):
+    response = await http.get(f"/v1.0/groups/{group_id('Finance')}/members/microsoft.graph.user",
+                              params={"$select": "id,mail,accountEnabled"})
+    body = response.json()
+    assert body["@odata.context"].endswith("/v1.0/$metadata#users(id,mail,accountEnabled)")
+    assert all(set(item) == {"@odata.type", "id", "mail", "accountEnabled"} for item in body["value"])
+    assert {item["accountEnabled"] for item in body["value"]} == {True, False}
+
+    default = (await http.get(f"/v1.0/users/{user_id('Lee Gu')}")).json()
+    assert "accountEnabled" not in default and default["userPrincipalName"] == "lee.gu@contoso.example"
+
+    query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
+        select=["id", "accountEnabled", "onPremisesSamAccountName", "employeeId", "userType"])
+    user = await graph.users.by_user_id(user_id("Lee Gu")).get(RequestConfiguration(query_parameters=query))
+    assert (user.account_enabled, user.on_premises_sam_account_name, user.employee_id) == (True, "lgu", None)
+    assert user.display_name is None
+
+    response = await http.get("/v1.0/users", params={"$select": "id,nosuch"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("top", ["1000", "0", "abc"])
+async def test_top_out_of_range_is_a_400(http, top):
+    response = await http.get(f"/v1.0/groups/{group_id('Engineering')}/transitiveMembers", params={"$top": top})
+    assert response.status_code == 400
+    assert "between 1 and 999" in response.json()["error"]["message"]
+
+
+async def test_top_1000_through_the_sdk(graph):
+    query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(top=1000)
+    with pytest.raises(ODataError) as caught:
+        await graph.groups.by_group_id(group_id("Engineering")).transitive_members.graph_user.get(
+            RequestConfiguration(query_parameters=query))
+    assert caught.value.response_status_code == 400
+
+
+async def test_count_segment_and_silently_ignored_count(graph, http):
+    builder = graph.groups.by_group_id(group_id("Engineering")).transitive_members.graph_user.count
+    assert await builder.get(eventual()) == len(transitive_user_members(DEMO, group_id("Engineering")))
+    with pytest.raises(ODataError) as caught:
+        await builder.get()
+    assert caught.value.response_status_code == 400
+    # Like Graph, $count=true without ConsistencyLevel is ignored rather than rejected.
+    response = await http.get("/v1.0/groups", params={"$count": "true"})
+    assert response.status_code == 200 and "@odata.count" not in response.json()
+
+
+# --- members, transitive members, paging -----------------------------------------------------
+
+
+@pytest.mark.slow  # msgraph-sdk's typed parsing costs about 3 ms per user; the fake answers each page in ~25 ms
+async def test_nested_group_of_2500_pages_in_exactly_three_requests():
+    tenant = nested_tenant()
+    with FakeGraph(tenants=[tenant]) as fake:
+        graph = Graph(fake, "local:big-tenant")
+        builder = graph.client.groups.by_group_id("big").transitive_members.graph_user
+        query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(
+            top=999, select=["id", "displayName", "mail", "accountEnabled"])
+        page = await builder.get(RequestConfiguration(query_parameters=query))
+        ids, sizes = [], []
+        while True:
+            sizes.append(len(page.value))
+            ids.extend(u.id for u in page.value)
+            if not page.odata_next_link:
+                break
+            assert page.odata_next_link.startswith(f"{fake.base_url}/groups/big/transitiveMembers/graph.user?")
+            assert "$skiptoken=" in page.odata_next_link and "$top=999" in page.odata_next_link
+            page = await builder.with_url(page.odata_next_link).get()
+        await graph.close()
+        assert sizes == [999, 999, 502]
+        assert ids == transitive_user_members(tenant, "big") and len(set(ids)) == 2500
+        assert all(u.mail for u in page.value)
+        assert fake.stats() == {"requests": 3, "byRoute": {TRANSITIVE_USERS: 3}}
+
+
+async def test_members_include_devices_and_groups_unless_cast(graph):
+    engineering = graph.groups.by_group_id(group_id("Engineering"))
+    direct = (await engineering.members.get()).value
+    types = {m.odata_type for m in direct}
+    assert types == {"#microsoft.graph.user", "#microsoft.graph.group", "#microsoft.graph.device"}
+    assert next(m for m in direct if m.odata_type == "#microsoft.graph.group").display_name == "Platform Team"
+
+    users_only = (await engineering.members.graph_user.get()).value
+    assert {type(m).__name__ for m in users_only} == {"User"}
+    assert len(users_only) == len(direct) - 2
+
+    transitive = (await engineering.transitive_members.get()).value
+    nested_groups = sorted(m.display_name for m in transitive if m.odata_type == "#microsoft.graph.group")
+    assert nested_groups == ["Platform On-Call", "Platform Team"]
+    transitive_users = [m.id for m in transitive if m.odata_type == "#microsoft.graph.user"]
+    assert transitive_users == transitive_user_members(DEMO, group_id("Engineering"))
+    assert len(transitive_users) == len(set(transitive_users))
+
+    query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id", "displayName"], top=2)
+    first = await engineering.members.get(RequestConfiguration(query_parameters=query))
+    assert len(first.value) == 2 and first.odata_next_link
+
+
+async def test_transitive_members_survive_a_membership_cycle():
+    tenant = {
+        "tenantId": "cycle", "domain": "cycle.example",
+        "users": [{"id": f"u{i}", "displayName": f"U{i}", "userPrincipalName": f"u{i}@cycle.example", "mail": None,
+                   "givenName": None, "surname": None, "accountEnabled": True, "onPremisesSamAccountName": None,
+                   "employeeId": None, "userType": "Member"} for i in range(3)],
+        "groups": [
+            {"id": "a", "displayName": "A", "description": None, "mail": None, "members": ["u0", "b"]},
+            {"id": "b", "displayName": "B", "description": None, "mail": None, "members": ["u1", "a", "u0", "c"]},
+            {"id": "c", "displayName": "C", "description": None, "mail": None, "members": ["u2", "b"]},
+        ],
+        "devices": [],
+    }
+    assert transitive_user_members(tenant, "a") == ["u0", "u1", "u2"]
+    with FakeGraph(tenants=[tenant]) as fake:
+        async with httpx.AsyncClient(headers={"Authorization": "Bearer local:cycle"}) as http:
+            body = (await http.get(f"{fake.base_url}/groups/a/transitiveMembers")).json()
+    assert [m["id"] for m in body["value"]] == ["u0", "b", "u1", "c", "u2"]
+
+
+async def test_unknown_group_is_a_404_in_graph_shape(graph):
+    with pytest.raises(ODataError) as caught:
+        await graph.groups.by_group_id("00000000-0000-0000-0000-000000000000").members.get()
+    assert caught.value.response_status_code == 404
+    assert caught.value.error.code == "Request_ResourceNotFound"
+
+
+# --- faults, latency, consent -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_throttling_is_retried_by_the_sdk(fake, graph, status):
+    fake.add_fault(path="/transitiveMembers", status=status, retry_after=1, times=1)
+    started = time.monotonic()
+    result = await graph.groups.by_group_id(group_id("Finance")).transitive_members.graph_user.get()
+    assert len(result.value) == 6
+    assert time.monotonic() - started >= 1.0  # the SDK honoured Retry-After
+    assert fake.stats()["byRoute"] == {TRANSITIVE_USERS: 2}
+
+
+async def test_fault_control_endpoint_counts_down(fake, http):
+    response = await http.post("/_fake/faults", json={"path": "/v1.0/groups", "status": 500, "times": 2,
+                                                      "method": "GET"})
+    assert response.status_code == 200
+    codes = [(await http.get("/v1.0/groups")).status_code for _ in range(3)]
+    assert codes == [500, 500, 200]
+    await http.post("/_fake/faults", json={"path": "/users", "status": 504})
+    assert (await http.delete("/_fake/faults")).json() == {"faults": []}
+    assert (await http.get("/v1.0/users")).status_code == 200
+    stats = (await http.get("/_fake/stats")).json()
+    assert stats == {"requests": 4, "byRoute": {"GET /v1.0/groups": 3, "GET /v1.0/users": 1}}
+    assert (await http.post("/_fake/stats/reset")).json()["requests"] == 0
+
+
+async def test_latency_is_non_blocking(fake, http):
+    fake.set_latency(400)
+    started = time.monotonic()
+    responses = await asyncio.gather(*[http.get(f"/v1.0/groups/{g['id']}/members") for g in DEMO["groups"][:5]])
+    elapsed = time.monotonic() - started
+    assert all(r.status_code == 200 for r in responses)
+    assert 0.4 <= elapsed < 1.6  # five sequential requests would take at least 2 s
+
+
+async def test_delay_only_fault_slows_without_failing(fake, http):
+    fake.add_fault(path="/members", delay_ms=300, times=1)
+    started = time.monotonic()
+    assert (await http.get(f"/v1.0/groups/{group_id('Finance')}/members")).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    assert (await http.get(f"/v1.0/groups/{group_id('Finance')}/members")).status_code == 200
+    assert time.monotonic() - started < 0.3
+
+
+async def test_revoked_consent_answers_401_until_consent_is_granted_again(fake, graph, http):
+    fake.set_consent(revoked=True, revokedTenant=DEMO_TID)
+    with pytest.raises(ODataError) as caught:
+        await graph.groups.get()
+    assert caught.value.response_status_code == 401
+    assert caught.value.error.code == "InvalidAuthenticationToken"
+
+    response = await http.get(f"/{DEMO_TID}/v2.0/adminconsent",
+                              params={"client_id": "app", "redirect_uri": "http://localhost/cb"})
+    assert response.status_code == 302
+    assert len((await graph.groups.get()).value) == 8
+
+
+async def test_admin_consent_redirects_back_with_the_tenant(fake, http):
+    params = {"client_id": "11111111-2222-3333-4444-555555555555", "state": "s t&ate=1",
+              "redirect_uri": "http://localhost:7071/api/consent/callback?portal=1",
+              "scope": "https://graph.microsoft.com/.default"}
+    response = await http.get("/organizations/v2.0/adminconsent", params=params)
+    assert response.status_code == 302
+    location = urlsplit(response.headers["Location"])
+    assert (location.netloc, location.path) == ("localhost:7071", "/api/consent/callback")
+    answer = parse_qs(location.query)
+    assert answer == {"portal": ["1"], "admin_consent": ["True"], "tenant": [DEMO_TID], "state": ["s t&ate=1"],
+                      "scope": ["https://graph.microsoft.com/.default"]}
+
+    fake.set_consent(tenant="another-tenant")
+    response = await http.get("/common/v2.0/adminconsent", params=params)
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["tenant"] == ["another-tenant"]
+    response = await http.get(f"/{DEMO_TID}/v2.0/adminconsent", params=params)
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["tenant"] == [DEMO_TID]
+    grants = (await http.get("/_fake/consent")).json()["grants"]
+    assert [g["tenant"] for g in grants] == [DEMO_TID, "another-tenant", DEMO_TID]
+
+
+async def test_admin_consent_denied(http):
+    assert (await http.post("/_fake/consent", json={"deny": True})).json()["deny"] is True
+    response = await http.get("/organizations/v2.0/adminconsent",
+                              params={"client_id": "app", "redirect_uri": "https://portal.example/cb", "state": "42"})
+    assert response.status_code == 302
+    answer = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert answer["error"] == ["access_denied"] and answer["state"] == ["42"]
+    assert "admin_consent" not in answer and "tenant" not in answer and answer["error_description"]
+
+
+@pytest.mark.parametrize("params", [{"redirect_uri": "http://localhost/cb"}, {"client_id": "app"},
+                                    {"client_id": "app", "redirect_uri": "not a url"}])
+async def test_admin_consent_without_required_parameters_is_a_400_page(http, params):
+    response = await http.get("/organizations/v2.0/adminconsent", params=params)
+    assert response.status_code == 400 and "AADSTS" in response.text
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+
+async def test_admin_writes_are_visible_to_later_reads(fake, graph):
+    finance = graph.groups.by_group_id(group_id("Finance"))
+    patti, lee = user_id("Patti Fernandez"), user_id("Lee Gu")
+    select = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id", "accountEnabled", "mail"])
+
+    await graph.users.by_user_id(patti).patch(User(account_enabled=False, mail="patti.f@contoso.example"))
+    user = await graph.users.by_user_id(patti).get(RequestConfiguration(query_parameters=select))
+    assert (user.account_enabled, user.mail) == (False, "patti.f@contoso.example")
+
+    await finance.members.by_directory_object_id(patti).ref.delete()
+    assert patti not in [m.id for m in (await finance.transitive_members.graph_user.get()).value]
+
+    ref = ReferenceCreate(odata_id=f"https://graph.microsoft.com/v1.0/directoryObjects/{lee}")
+    await finance.members.ref.post(ref)
+    assert lee in [m.id for m in (await finance.members.graph_user.get()).value]
+    with pytest.raises(ODataError) as caught:
+        await finance.members.ref.post(ref)
+    assert caught.value.response_status_code == 400
+
+    await graph.users.by_user_id(lee).delete()
+    with pytest.raises(ODataError) as caught:
+        await graph.users.by_user_id(lee).get()
+    assert caught.value.response_status_code == 404
+    engineering = graph.groups.by_group_id(group_id("Engineering"))
+    assert lee not in [m.id for m in (await engineering.transitive_members.graph_user.get()).value]
+    assert lee not in [m.id for m in (await finance.members.get()).value]
+
+    created = await graph.users.post(User(display_name="New Hire", user_principal_name="new.hire@contoso.example",
+                                          account_enabled=True, mail="new.hire@contoso.example"))
+    await finance.members.ref.post(ReferenceCreate(odata_id=f"https://graph.microsoft.com/v1.0/users/{created.id}"))
+    members = (await finance.members.graph_user.get()).value
+    assert "New Hire" in [m.display_name for m in members]
+
+    state = fake.dump_tenant(DEMO_TID)
+    finance_state = next(g for g in state["groups"] if g["displayName"] == "Finance")
+    assert patti not in finance_state["members"] and created.id in finance_state["members"]
+    assert load_tenant(state)  # still a valid tenant document
+
+
+async def test_write_errors(http):
+    response = await http.patch(f"/v1.0/users/{user_id('Lee Gu')}", json={"nosuch": 1})
+    assert response.status_code == 400
+    response = await http.patch(f"/v1.0/users/{user_id('Lee Gu')}", json={"accountEnabled": "no"})
+    assert response.status_code == 400
+    response = await http.post("/v1.0/users", json={"displayName": "Dup", "userPrincipalName": "lee.gu@contoso.example"})
+    assert response.status_code == 400
+    response = await http.delete(f"/v1.0/groups/{group_id('Finance')}/members/{user_id('Lee Gu')}/$ref")
+    assert response.status_code == 404
+    response = await http.post(f"/v1.0/groups/{group_id('Finance')}/members/$ref", content=b"{not json")
+    assert response.status_code == 400
+    response = await http.post("/v1.0/groups", json={"displayName": "Contractors", "description": "Temps",
+                                                     "members@odata.bind": [
+                                                         f"https://graph.microsoft.com/v1.0/users/{user_id('Lee Gu')}"]})
+    assert response.status_code == 201
+    members = (await http.get(f"/v1.0/groups/{response.json()['id']}/members")).json()["value"]
+    assert [m["displayName"] for m in members] == ["Lee Gu"]
+
+
+# --- tenants and authentication --------------------------------------------------------------
+
+
+async def test_two_tenants_are_selected_by_token():
+    other = generate_tenant(users=30, groups=3, seed=7, domain="fabrikam.example")
+    with FakeGraph(tenants=[DEMO_TENANT, other]) as fake:
+        async def names(token: str | None) -> tuple[int, list[str]]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with httpx.AsyncClient(headers=headers) as http:
+                response = await http.get(f"{fake.base_url}/groups", params={"$select": "displayName"})
+            if response.status_code != 200:
+                return response.status_code, [response.json()["error"]["code"]]
+            return 200, sorted(g["displayName"] for g in response.json()["value"])
+
+        assert await names(f"local:{other['tenantId']}") == (200, sorted(g["displayName"] for g in other["groups"]))
+        assert (await names(f"local:{DEMO_TID}"))[1] == sorted(g["displayName"] for g in DEMO["groups"])
+        assert (await names("eyJ0eXAiOiJKV1Qi.some.jwt"))[1] == sorted(g["displayName"] for g in DEMO["groups"])
+        assert await names("local:unknown") == (401, ["InvalidAuthenticationToken"])
+        assert await names(None) == (401, ["InvalidAuthenticationToken"])
+
+        graph = Graph(fake, f"local:{other['tenantId']}")
+        org = await graph.client.organization.get()
+        await graph.close()
+        assert org.value[0].id == other["tenantId"]
+        assert org.value[0].verified_domains[0].name == "fabrikam.example"
+
+
+async def test_tenants_can_be_loaded_replaced_and_dumped(fake, http):
+    tenant = generate_tenant(users=10, groups=2, seed=3, domain="tailspin.example")
+    response = await http.post("/_fake/tenants", json=tenant)
+    assert response.status_code == 201 and response.json()["users"] == 10
+    assert (await http.get(f"/_fake/tenants/{tenant['tenantId']}")).json() == tenant
+    tenant["users"] = tenant["users"][:4]
+    for group in tenant["groups"]:
+        group["members"] = [m for m in group["members"] if m in {u["id"] for u in tenant["users"]}]
+    assert (await http.post("/_fake/tenants", json=tenant)).json()["users"] == 4
+    listing = (await http.get("/_fake/tenants")).json()["tenants"]
+    assert [t["tenantId"] for t in listing] == [DEMO_TID, tenant["tenantId"]]
+    broken = {**tenant, "groups": [{**tenant["groups"][0], "members": ["missing"]}]}
+    assert (await http.post("/_fake/tenants", json=broken)).status_code == 400
+
+
+# --- generator --------------------------------------------------------------------------------
+
+
+def test_generator_is_deterministic_and_realistic():
+    tenant = generate_tenant(users=4000, groups=12, seed=5, nesting_depth=2, overlap=0.5, blocked_share=0.05,
+                             guest_share=0.02, devices=6)
+    assert tenant == generate_tenant(users=4000, groups=12, seed=5, nesting_depth=2, overlap=0.5,
+                                     blocked_share=0.05, guest_share=0.02, devices=6)
+    assert tenant != generate_tenant(users=4000, groups=12, seed=6, nesting_depth=2)
+    assert load_tenant(json.loads(json.dumps(tenant))) == tenant
+
+    users = tenant["users"]
+    assert sum(not u["accountEnabled"] for u in users) == 200
+    assert sum(u["userType"] == "Guest" for u in users) == 80
+    assert len({u["userPrincipalName"].lower() for u in users}) == 4000
+    mails = [u["mail"] for u in users if u["mail"]]
+    assert len(mails) == len(set(mails)) and 0 < 4000 - len(mails) <= 60
+    assert 0.5 < sum(bool(u["onPremisesSamAccountName"]) for u in users) / 4000 < 0.9
+    assert 0.4 < sum(bool(u["employeeId"]) for u in users) / 4000 < 0.8
+    assert all(u["onPremisesSamAccountName"] is None for u in users if u["userType"] == "Guest")
+    assert len({u["displayName"] for u in users}) > 1000
+
+    groups = {g["id"]: g for g in tenant["groups"]}
+    devices = {d["id"] for d in tenant["devices"]}
+    user_ids = {u["id"] for u in users}
+    memberships = [m for g in groups.values() for m in g["members"] if m in user_ids]
+    per_user = {uid: memberships.count(uid) for uid in list(user_ids)[:500]}
+    assert 0.3 < sum(n >= 2 for n in per_user.values()) / 500 < 0.7  # overlap
+    assert {m for g in groups.values() for m in g["members"] if m in devices} == devices
+
+    def depth(gid: str) -> int:
+        children = [m for m in groups[gid]["members"] if m in groups]
+        return 1 + max((depth(c) for c in children), default=0)
+
+    assert max(depth(g) for g in groups) == 3  # nesting_depth 2: parent > child > grandchild
+    parent = next(g for g in groups if depth(g) == 3)
+    direct = {m for m in groups[parent]["members"] if m in user_ids}
+    assert set(transitive_user_members(tenant, parent)) > direct
+
+    flat = generate_tenant(users=100, groups=4, seed=5, nesting_depth=0)
+    assert not any(m in {g["id"] for g in flat["groups"]} for g in flat["groups"] for m in g["members"])
+
+
+def test_generator_cli_writes_a_loadable_tenant(tmp_path):
+    out = tmp_path / "tenant.json"
+    subprocess.run([sys.executable, "-m", "local.fake_graph.generator", "--users", "300", "--groups", "5",
+                    "--seed", "9", "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+    assert load_tenant(out) == generate_tenant(users=300, groups=5, seed=9)
+
+
+def test_demo_tenant_has_what_the_demos_need():
+    users = {u["displayName"]: u for u in DEMO["users"]}
+    assert 35 <= len(users) <= 45 and 6 <= len(DEMO["groups"]) <= 8
+    assert {"Zoë Ångström", "فاطمة الزهراء", 'Tom & "Jerry"'} <= set(users)
+    assert sum(not u["accountEnabled"] for u in users.values()) == 2
+    assert [u["userType"] for u in users.values()].count("Guest") == 1
+    assert any(u["mail"] is None for u in users.values())
+    assert any(u["onPremisesSamAccountName"] is None for u in users.values())
+    devices = {d["id"] for d in DEMO["devices"]}
+    assert any(m in devices for g in DEMO["groups"] for m in g["members"])
+    assert group_id("Platform Team") in next(g for g in DEMO["groups"] if g["displayName"] == "Engineering")["members"]
+
+
+# --- process and lifecycle --------------------------------------------------------------------
+
+
+def test_stop_releases_the_port_and_thread():
+    threads = threading.active_count()
+    fake = FakeGraph(tenants=[DEMO_TENANT]).start()
+    port = fake.port
+    assert httpx.get(f"{fake.base_url}/groups", headers={"Authorization": f"Bearer local:{DEMO_TID}"}).status_code == 200
+    fake.stop()
+    assert threading.active_count() == threads
+    with socket.socket() as sock:
+        # SO_REUSEADDR tolerates TIME_WAIT leftovers but still fails if anything is listening.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
+def test_cli_prints_ready_and_stops_on_sigterm():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "local.fake_graph", "--tenant", str(DEMO_TENANT), "--port", "0"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY ")
+        base_url = json.loads(line[len("READY "):])["graph"]
+        response = httpx.get(f"{base_url}/groups", headers={"Authorization": f"Bearer local:{DEMO_TID}"})
+        assert len(response.json()["value"]) == 8
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
