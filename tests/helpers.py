@@ -28,6 +28,12 @@ def functions_by_name() -> dict[str, Any]:
     return {f.get_function_name(): f for f in app.get_functions()}
 
 
+def http_function_names() -> list[str]:
+    """Names of the app's HTTP-triggered functions."""
+    return sorted(n for n, f in functions_by_name().items()
+                  if json.loads(f.get_function_json())["bindings"][0]["type"] == "httpTrigger")
+
+
 def http_route_of(name: str) -> tuple[str, list[str]]:
     fn = functions_by_name()[name]
     trigger = json.loads(fn.get_function_json())["bindings"][0]

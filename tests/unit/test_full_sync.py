@@ -1,0 +1,284 @@
+"""The sync engine on fakes: what a Full Sync writes, counts, deprovisions and refuses."""
+import asyncio
+
+import pytest
+
+from sync import runs, subscriptions
+from sync.errors import Conflict, Transient
+from sync.group_sync import handle_dead_lettered_group_job
+from sync.model import EmailState
+from tests.unit.syncdsl import TENANT, caller, connect, deliver, full_sync, users_of
+
+SALES, ENG, PLATFORM, OPS = "g-sales", "g-eng", "g-platform", "g-ops"
+
+
+@pytest.fixture
+def tenant(svc):
+    t = svc.directory.tenant(TENANT)
+    for gid, name in [(SALES, "Sales Team"), (ENG, "Engineering"), (PLATFORM, "Platform Team"), (OPS, "Operations")]:
+        t.add_group(gid, name)
+    t.add_user("ann", groups=[SALES])
+    t.add_user("bob", groups=[SALES, ENG])
+    t.add_user("cat", groups=[ENG, PLATFORM, OPS])
+    t.add_user("dan", groups=[PLATFORM], account_enabled=False)
+    t.add_user("eve", groups=[OPS], mail=None, user_principal_name="eve_gmail.com#EXT#@contoso.onmicrosoft.com",
+               user_type="Guest")
+    return t
+
+
+async def test_first_sync_creates_active_adsync_users_with_their_groups(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG, PLATFORM, OPS))
+    view = await full_sync(svc, sub)
+    assert view.run.status == "succeeded" and view.groups_done == 4
+    users = users_of(svc)
+    assert set(users) == {"ann@contoso.example", "bob@contoso.example", "cat@contoso.example", "dan@contoso.example",
+                          "eve_gmail.com#EXT#@contoso.onmicrosoft.com"}
+    bob = users["bob@contoso.example"]
+    assert (bob.status, bob.source_type, bob.subscription_id) == ("Active", "AdSync", sub.id)
+    assert bob.group_ids == {SALES, ENG}
+    assert users["cat@contoso.example"].group_ids == {ENG, PLATFORM, OPS}
+    assert users["dan@contoso.example"].status == "Active"  # deactivateBlockedUsers is off
+    assert users["eve_gmail.com#EXT#@contoso.onmicrosoft.com"].email is None
+    counts = view.counts
+    assert (counts.created, counts.updated, counts.unchanged, counts.deactivated) == (5, 0, 0, 0)
+    grid = {g.display_name: g.user_count for g in svc.groups.rows.values()}
+    assert grid == {"Sales Team": 2, "Engineering": 2, "Platform Team": 2, "Operations": 2}
+
+
+async def test_blocked_users_follow_azure_when_the_option_is_on(svc, tenant):
+    sub = await connect(svc, groups=(PLATFORM,), deactivateBlockedUsers=True)
+    await full_sync(svc, sub)
+    dan = users_of(svc)["dan@contoso.example"]
+    assert (dan.status, dan.status_reason) == ("Inactive", "blocked_in_directory")
+    tenant.block("dan", False)
+    tenant.block("cat", True)
+    view = await full_sync(svc, sub)
+    users = users_of(svc)
+    assert (users["dan@contoso.example"].status, users["dan@contoso.example"].status_reason) == ("Active", None)
+    assert users["cat@contoso.example"].status_reason == "blocked_in_directory"
+    assert (view.counts.reactivated, view.counts.deactivated) == (1, 1)
+
+
+async def test_resync_of_an_unchanged_directory_writes_nothing(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG, PLATFORM, OPS))
+    await full_sync(svc, sub)
+    writes, memberships = svc.users.writes, svc.users.membership_writes
+    view = await full_sync(svc, sub)
+    assert (svc.users.writes, svc.users.membership_writes) == (writes, memberships)
+    assert view.counts.unchanged == 5 and view.counts.created == 0
+
+
+async def test_every_message_delivered_twice_changes_nothing(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG, PLATFORM, OPS), sendEnrollmentEmail=True)
+    view = await full_sync(svc, sub, times=2)
+    assert view.run.status == "succeeded" and view.counts.created == 5
+    assert len(users_of(svc)) == 5
+    invited = sorted(j.user_id for j in svc.queue.enrollment_jobs)
+    assert len(set(invited)) == 4  # eve has no address
+    assert view.counts.emailsQueued == 4
+    assert view.counts.skippedReasons == {"no_email_address": 1}
+
+
+async def test_user_in_three_groups_is_invited_once(svc, tenant):
+    sub = await connect(svc, groups=(ENG, PLATFORM, OPS), sendEnrollmentEmail=True)
+    await full_sync(svc, sub)
+    cat = users_of(svc)["cat@contoso.example"]
+    assert [j.user_id for j in svc.queue.enrollment_jobs].count(cat.id) == 1
+    assert cat.enrollment_email == EmailState.QUEUED
+
+
+async def test_inactive_new_users_get_no_invitation(svc, tenant):
+    sub = await connect(svc, groups=(PLATFORM,), sendEnrollmentEmail=True, deactivateBlockedUsers=True)
+    await full_sync(svc, sub)
+    dan = users_of(svc)["dan@contoso.example"]
+    assert dan.enrollment_email is None
+    assert dan.id not in {j.user_id for j in svc.queue.enrollment_jobs}
+
+
+async def test_removed_users_are_deactivated_never_deleted_and_come_back(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG))
+    await full_sync(svc, sub)
+    tenant.remove(SALES, "ann")
+    tenant.remove(SALES, "bob")
+    view = await full_sync(svc, sub)
+    users = users_of(svc)
+    ann, bob = users["ann@contoso.example"], users["bob@contoso.example"]
+    assert (ann.status, ann.status_reason) == ("Inactive", "removed_from_directory")
+    assert (bob.status, bob.group_ids) == ("Active", frozenset({ENG}))
+    assert view.counts.deactivated == 1
+    tenant.members[SALES].append("ann")
+    view = await full_sync(svc, sub)
+    assert users_of(svc)["ann@contoso.example"].status == "Active"
+    assert view.counts.reactivated == 1
+
+
+async def test_deleted_and_deselected_users_are_deprovisioned(svc, tenant):
+    sub = await connect(svc, groups=(SALES, OPS))
+    await full_sync(svc, sub)
+    tenant.delete_user("ann")
+    await subscriptions.select_groups(svc, caller(), sub.id, {"groupIds": [SALES]})
+    view = await full_sync(svc, sub)
+    users = users_of(svc)
+    assert users["ann@contoso.example"].status_reason == "removed_from_directory"
+    assert users["cat@contoso.example"].status_reason == "removed_from_directory"  # only in Operations
+    assert users["bob@contoso.example"].status == "Active"
+    assert view.counts.deactivated == 3  # ann, cat, eve
+    assert {g.display_name for g in svc.groups.rows.values()} == {"Sales Team"}
+
+
+async def test_a_failed_group_deprovisions_nobody(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG))
+    await full_sync(svc, sub)
+    tenant.remove(SALES, "ann")
+    svc.directory.fail[ENG] = Transient("graph down")
+    run = await runs.start(svc, caller(), sub.id)
+    jobs = svc.queue.take_group_jobs()
+    from sync.group_sync import handle_group_job
+    for job in jobs:
+        if job.group_id == ENG:
+            with pytest.raises(Transient):
+                await handle_group_job(svc, job)
+            await handle_dead_lettered_group_job(svc, job, "MaxDeliveryCountExceeded")
+        else:
+            await handle_group_job(svc, job)
+    view = await runs.get(svc, caller(), sub.id, run.id)
+    assert view.run.status == "failed"
+    codes = {e.code for e in view.errors}
+    assert "group_sync_failed" in codes and "deprovisioning_skipped" in codes
+    assert "graph down" in next(e.message for e in view.errors if e.code == "group_sync_failed")
+    assert users_of(svc)["ann@contoso.example"].status == "Active"
+    assert (await subscriptions.get(svc, caller(), sub.id)).active_run_id is None
+
+
+async def test_guard_holds_back_a_mass_removal_until_approved(svc, tenant):
+    for i in range(30):
+        tenant.add_user(f"u{i:02d}", groups=[OPS])
+    sub = await connect(svc, groups=(OPS, SALES))
+    await full_sync(svc, sub)
+    tenant.members[OPS] = tenant.members[OPS][:5]
+    view = await full_sync(svc, sub)
+    assert view.run.status == "needs_review" and view.run.pending_deactivations == 27
+    assert all(u.status == "Active" for u in users_of(svc).values())
+    approved = await runs.approve(svc, caller(), sub.id, view.run.id)
+    assert approved.run.status == "succeeded" and approved.counts.deactivated == 27
+    assert sum(u.status == "Inactive" for u in users_of(svc).values()) == 27
+    with pytest.raises(Conflict):
+        await runs.approve(svc, caller(), sub.id, view.run.id)
+
+
+async def test_small_removals_pass_the_guard(svc, tenant):
+    for i in range(30):
+        tenant.add_user(f"u{i:02d}", groups=[OPS])
+    sub = await connect(svc, groups=(OPS,))
+    await full_sync(svc, sub)
+    for uid in ("u00", "u01", "u02"):
+        tenant.remove(OPS, uid)
+    view = await full_sync(svc, sub)
+    assert view.run.status == "succeeded" and view.counts.deactivated == 3
+
+
+async def test_username_conflicts_are_reported_and_nothing_is_overwritten(svc, tenant):
+    from sync import users as users_uc
+    manual = await users_uc.create_manual(svc, caller(), {"username": "ann@contoso.example", "displayName": "Manual Ann"})
+    tenant.add_user("ann2", groups=[SALES], mail="bob@contoso.example", user_principal_name="ann2@contoso.example")
+    sub = await connect(svc, groups=(SALES,), usernameAttribute="mail")
+    view = await full_sync(svc, sub)
+    users = users_of(svc)
+    assert users["ann@contoso.example"].id == manual.id and users["ann@contoso.example"].source_type == "Manual"
+    conflicts = [e for e in view.errors if e.code == "username_conflict"]
+    assert len(conflicts) == 2
+    assert any("Manual Ann" in e.message or manual.id in e.message for e in conflicts)
+    assert view.run.status == "succeeded"
+    assert view.counts.skippedReasons.get("username_conflict") == 2
+
+
+async def test_missing_username_attribute_is_skipped(svc, tenant):
+    tenant.add_user("fay", groups=[SALES], employee_id="E-1")
+    sub = await connect(svc, groups=(SALES,), usernameAttribute="employeeId")
+    view = await full_sync(svc, sub)
+    assert set(users_of(svc)) == {"E-1"}
+    assert view.counts.skippedReasons == {"missing_username_attribute": 2}
+
+
+async def test_large_group_continues_in_follow_up_messages(svc, tenant):
+    svc.directory.page_size = 7
+    svc.settings = svc.settings.__class__(**{**svc.settings.__dict__, "max_pages_per_message": 2})
+    for i in range(40):
+        tenant.add_user(f"m{i:02d}", groups=[OPS])
+    sub = await connect(svc, groups=(OPS,))
+    view = await full_sync(svc, sub)
+    assert view.run.status == "succeeded" and view.counts.created == 42
+    tenant.members[OPS] = [u for u in tenant.members[OPS] if u not in ("m00", "m39")]
+    view = await full_sync(svc, sub, times=2)
+    assert view.run.status == "succeeded" and view.counts.deactivated == 2
+    users = users_of(svc)
+    assert users["m00@contoso.example"].status == "Inactive" and users["m20@contoso.example"].status == "Active"
+
+
+async def test_consent_revoked_mid_run_fails_the_run_and_marks_the_subscription(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG))
+    await full_sync(svc, sub)
+    tenant.remove(SALES, "ann")
+    svc.directory.revoked.add(TENANT)
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed"
+    assert {e.code for e in view.errors} >= {"consent_revoked"}
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "consent_revoked"
+    assert users_of(svc)["ann@contoso.example"].status == "Active"
+    with pytest.raises(Conflict) as err:
+        await runs.start(svc, caller(), sub.id)
+    assert err.value.code == "not_authorized"
+
+
+async def test_two_full_syncs_at_the_same_moment_one_wins(svc, tenant):
+    sub = await connect(svc, groups=(SALES,))
+    results = await asyncio.gather(runs.start(svc, caller(), sub.id), runs.start(svc, caller(), sub.id),
+                                   return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    [err] = [r for r in results if isinstance(r, Exception)]
+    assert isinstance(err, Conflict) and err.code == "sync_in_progress"
+
+
+async def test_sync_preconditions(svc, tenant):
+    who = caller()
+    sub = await subscriptions.create(svc, who, {})
+    with pytest.raises(Conflict) as err:
+        await runs.start(svc, who, sub.id)
+    assert err.value.code == "not_authorized"
+    connected = await connect(svc)
+    with pytest.raises(Conflict) as err:
+        await runs.start(svc, who, connected.id)
+    assert err.value.code == "no_groups_selected"
+
+
+async def test_a_stalled_run_is_abandoned_after_the_threshold(svc, tenant):
+    sub = await connect(svc, groups=(SALES,))
+    first = await runs.start(svc, caller(), sub.id)
+    svc.queue.take_group_jobs()  # lost: never delivered
+    with pytest.raises(Conflict):
+        await runs.start(svc, caller(), sub.id)
+    svc.clock.advance(minutes=svc.settings.run_stale_after_minutes + 1)
+    second = await runs.start(svc, caller(), sub.id)
+    old = await runs.get(svc, caller(), sub.id, first.id)
+    assert old.run.status == "failed" and old.errors[0].code == "run_timed_out"
+    await deliver(svc)
+    assert (await runs.get(svc, caller(), sub.id, second.id)).run.status == "succeeded"
+
+
+async def test_deleting_a_subscription_hands_users_back_as_manual(svc, tenant):
+    sub = await connect(svc, groups=(SALES,), deactivateBlockedUsers=True)
+    await full_sync(svc, sub)
+    await subscriptions.delete(svc, caller(), sub.id)
+    users = users_of(svc)
+    assert {u.source_type for u in users.values()} == {"Manual"}
+    assert all(u.subscription_id is None and u.azure_object_id is None for u in users.values())
+    assert users["ann@contoso.example"].status == "Active"
+    assert svc.groups.rows == {}
+
+
+async def test_delete_is_refused_while_a_run_is_queued(svc, tenant):
+    sub = await connect(svc, groups=(SALES,))
+    await runs.start(svc, caller(), sub.id)
+    with pytest.raises(Conflict) as err:
+        await subscriptions.delete(svc, caller(), sub.id)
+    assert err.value.code == "sync_in_progress"

@@ -1,0 +1,115 @@
+"""The mailer on fakes: one invitation per user whatever is redelivered; rendering escapes; failures classified."""
+from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
+
+import azure.functions.servicebus as sb
+import pytest
+
+from notifications.mailer import handle_dead_lettered, send_invitation
+from notifications.render import render_invitation
+from notifications.senders import MailError
+from notifications.smtp import build_message
+from sync import signing
+from sync.errors import Transient
+from sync.model import EmailState
+from tests.fakes import SIGNING
+from tests.helpers import functions_by_name
+from tests.unit.syncdsl import TENANT, connect, full_sync, users_of
+
+G = "g-sales"
+
+
+@pytest.fixture
+async def invited(svc):
+    t = svc.directory.tenant(TENANT)
+    t.add_group(G, "Sales Team")
+    t.add_user("tom", groups=[G], display_name='Tom & "Jerry" <script>alert(1)</script>')
+    t.add_user("zoe", groups=[G], display_name="زينب Zoë")
+    sub = await connect(svc, groups=(G,), sendEnrollmentEmail=True)
+    await full_sync(svc, sub)
+    return svc.queue.enrollment_jobs
+
+
+async def test_each_invitation_is_sent_once_even_when_redelivered(svc, invited):
+    assert len(invited) == 2
+    for job in invited * 3:
+        await send_invitation(svc, job)
+    sent = svc.mail_sender.sent
+    assert sorted(e.to_address for e in sent) == ["tom@contoso.example", "zoe@contoso.example"]
+    users = users_of(svc)
+    assert all(u.enrollment_email == EmailState.SENT and u.enrollment_email_sent_at for u in users.values())
+
+
+async def test_trigger_function_decodes_the_service_bus_message(svc, invited):
+    job = invited[0]
+    msg = sb.ServiceBusMessage(body=job.to_json().encode(), message_id=job.message_id, application_properties={},
+                               user_properties={}, delivery_count=1)
+    await functions_by_name()["mailer"].get_user_function()(msg)
+    assert len(svc.mail_sender.sent) == 1
+
+
+async def test_link_token_names_org_and_user_and_expires(svc, invited):
+    await send_invitation(svc, invited[0])
+    email = svc.mail_sender.sent[0]
+    link = next(w for w in email.text.split() if w.startswith("https://portal.example/enroll?token="))
+    claims = signing.verify(SIGNING, "enrollment", parse_qs(urlsplit(link).query)["token"][0])
+    assert claims["org"] == "org-a" and claims["uid"] == invited[0].user_id
+    assert claims["exp"] == int(svc.clock().timestamp()) + 7 * 24 * 3600
+
+
+async def test_html_escapes_names_and_text_keeps_them(svc, invited):
+    await send_invitation(svc, invited[0])
+    email = next(e for e in svc.mail_sender.sent if e.to_address.startswith("tom"))
+    assert "<script>" not in email.html
+    assert "Tom &amp; &#34;Jerry&#34; &lt;script&gt;" in email.html
+    assert 'Tom & "Jerry" <script>alert(1)</script>' in email.text
+    message = build_message(email, "Portal <no-reply@portal.example>")
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_crlf_in_names_never_reaches_a_header():
+    rendered = render_invitation(portal_name="Portal", portal_url="https://p.example", display_name="Eve\r\nBcc: x@evil.example",
+                                 username="eve", link="https://p.example/enroll?token=t", expires_at=datetime.now(timezone.utc))
+    assert "\n" not in rendered.subject and "\r" not in rendered.subject
+    from notifications.senders import OutgoingEmail
+    msg = build_message(OutgoingEmail("eve@x.example", "Eve\r\nBcc: x@evil.example", rendered.subject, rendered.html,
+                                      rendered.text, "hint"), "Portal <no-reply@portal.example>")
+    headers = msg.as_string().split("\n\n", 1)[0]
+    assert "\nBcc:" not in headers and msg["Bcc"] is None
+    assert email_lines_are_folded_only(headers)
+
+
+def email_lines_are_folded_only(headers: str) -> bool:
+    """Every header line is a 'Name: value' line or a folded continuation (starts with whitespace)."""
+    return all(line[:1] in (" ", "\t") or ":" in line.split(" ", 1)[0] for line in headers.splitlines())
+
+
+async def test_transient_failure_is_retried_permanent_is_recorded(svc, invited):
+    svc.mail_sender.failures.append(MailError("451 try later", permanent=False))
+    with pytest.raises(Transient):
+        await send_invitation(svc, invited[0])
+    assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.QUEUED
+    assert await send_invitation(svc, invited[0]) == "sent"
+    svc.mail_sender.failures.append(MailError("550 no such mailbox", permanent=True))
+    assert await send_invitation(svc, invited[1]) == "failed"
+    zoe = users_of(svc)["zoe@contoso.example"]
+    assert zoe.enrollment_email == EmailState.FAILED and "550" in zoe.enrollment_email_error
+    assert await send_invitation(svc, invited[1]) == "not_due"
+
+
+async def test_a_send_in_progress_elsewhere_is_not_repeated_until_its_lease_ends(svc, invited):
+    from sync.users import change_user
+    from dataclasses import replace
+
+    async def claim(u):
+        return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock().replace(year=2100))
+    await change_user(svc, "org-a", invited[0].user_id, claim)
+    assert await send_invitation(svc, invited[0]) == "being_sent"
+    assert svc.mail_sender.sent == []
+
+
+async def test_dead_lettered_invitation_is_recorded(svc, invited):
+    await handle_dead_lettered(svc, invited[0], "MaxDeliveryCountExceeded")
+    tom = users_of(svc)["tom@contoso.example"]
+    assert tom.enrollment_email == EmailState.FAILED and "MaxDeliveryCountExceeded" in tom.enrollment_email_error
