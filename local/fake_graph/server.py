@@ -352,7 +352,8 @@ class FakeGraph:
             if route_error is not None:
                 raise route_error
             assert handler is not None
-            tenant = None if template.startswith("/{tenant}") else self._authenticate(request)
+            # The sign-in page is Microsoft's, not Graph's: no bearer token there.
+            tenant = None if handler == self._admin_consent else self._authenticate(request)
             return await handler(request, tenant, params)
         except GraphError as exc:
             return self._error(request, exc)
