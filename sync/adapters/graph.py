@@ -77,7 +77,7 @@ class GraphDirectory(Directory):
             from kiota_authentication_azure.azure_identity_authentication_provider import (
                 AzureIdentityAuthenticationProvider,
             )
-            from msgraph import GraphRequestAdapter
+            from msgraph import GraphRequestAdapter, GraphServiceClient
             from msgraph_core import GraphClientFactory
 
             if self._http is None:
@@ -89,6 +89,7 @@ class GraphDirectory(Directory):
             self._credentials.append(credential)
             auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=self._allowed_hosts or [])
             adapter = GraphRequestAdapter(auth, client=self._http)
+            GraphServiceClient(request_adapter=adapter)  # registers the JSON (de)serializers, so error bodies parse
             adapter.base_url = self._base_url
             self._adapters[tenant_id] = adapter
         return adapter

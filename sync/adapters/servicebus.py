@@ -28,7 +28,7 @@ class ServiceBusQueue(JobQueue):
         self._group_queue = group_queue
         self._enrollment_queue = enrollment_queue
         self._senders: dict[str, ServiceBusSender] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
         self.sent = 0
 
     @classmethod
@@ -53,34 +53,29 @@ class ServiceBusQueue(JobQueue):
             for job in jobs
         ])
 
-    async def _sender(self, queue: str) -> ServiceBusSender:
-        async with self._lock:
-            sender = self._senders.get(queue)
-            if sender is None:
-                sender = self._senders[queue] = self._client.get_queue_sender(queue)
-            return sender
-
     async def _send(self, queue: str, messages: list[ServiceBusMessage]) -> None:
         if not messages:
             return
-        sender = await self._sender(queue)
-        try:
-            batch = await sender.create_message_batch()
-            for message in messages:
-                try:
-                    batch.add_message(message)
-                except MessageSizeExceededError:
-                    await sender.send_messages(batch)
-                    batch = await sender.create_message_batch()
-                    batch.add_message(message)
-            await sender.send_messages(batch)
-        except (ServiceBusConnectionError, ServiceBusError, asyncio.TimeoutError) as exc:
-            # The sender may be broken now; the next call opens a fresh link.
-            async with self._lock:
-                stale = self._senders.pop(queue, None)
-            if stale is not None:
-                await _quietly_close(stale)
-            raise Transient(f"Service Bus send to {queue} failed: {type(exc).__name__}") from exc
+        # The async sender is not safe to open from several tasks at once: one send at a time per queue.
+        async with self._locks.setdefault(queue, asyncio.Lock()):
+            sender = self._senders.get(queue)
+            if sender is None:
+                sender = self._senders[queue] = self._client.get_queue_sender(queue)
+            try:
+                batch = await sender.create_message_batch()
+                for message in messages:
+                    try:
+                        batch.add_message(message)
+                    except MessageSizeExceededError:
+                        await sender.send_messages(batch)
+                        batch = await sender.create_message_batch()
+                        batch.add_message(message)
+                await sender.send_messages(batch)
+            except (ServiceBusConnectionError, ServiceBusError, asyncio.TimeoutError) as exc:
+                # The sender may be broken now; the next call opens a fresh link.
+                self._senders.pop(queue, None)
+                await _quietly_close(sender)
+                raise Transient(f"Service Bus send to {queue} failed: {type(exc).__name__}") from exc
         self.sent += len(messages)
 
     async def close(self) -> None:

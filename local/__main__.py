@@ -1,0 +1,214 @@
+"""The dev host: ``python -m local`` runs the whole function app on one machine with the real SDKs.
+
+It starts Azurite (unless TABLES_CONNECTION_STRING is given), the local Service Bus broker (unless
+ServiceBusConnection is given), the fake Entra tenant (unless GRAPH_BASE_URL is given) and the SMTP sink
+(unless SMTP_HOST is given), then runs the function host as a child process on --port, restarting it if it
+dies. It prints one line ``READY {json}`` and stops everything on Ctrl-C or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .azurite import Azurite, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+# Local defaults, documented in the README so a developer can mint a portal token for curl. Never used in Azure.
+LOCAL_PORTAL_TOKEN_SECRET = "local-dev-portal-token-secret-not-for-production"
+LOCAL_SIGNING_SECRET = "local-dev-signing-secret-not-for-production-00"
+LOCAL_CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"
+APP_SETTINGS = set(json.loads((ROOT / "local.settings.sample.json").read_text())["Values"])
+
+
+class DevHost:
+    """Owns the local stand-ins and the function host child process."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.port = args.port or free_port()
+        self.azurite: Azurite | None = None
+        self.broker: Any = None
+        self.graph: Any = None
+        self.smtp: Any = None
+        self.host_proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.stopping = False
+        self.settings: dict[str, str] = {}
+        self._host_ready = asyncio.Event()
+        self._control: web.AppRunner | None = None
+        self.control_port = args.control_port or free_port()
+
+    def given(self, key: str) -> str | None:
+        value = os.environ.get(key)
+        return value if value else None
+
+    def start_stand_ins(self) -> None:
+        s: dict[str, str] = {}
+        if not self.given("TABLES_CONNECTION_STRING") and not self.given("TABLES_ENDPOINT"):
+            self.azurite = Azurite(location=self.args.data).start()
+            s["TABLES_CONNECTION_STRING"] = self.azurite.connection_string
+        queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email")
+        if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
+            from .broker import LocalServiceBus
+
+            self.broker = LocalServiceBus(port=self.args.servicebus_port, queues=queues,
+                                          max_delivery_count=int(os.environ.get("MAX_DELIVERY_COUNT") or 10),
+                                          lock_duration_s=self.args.lock_duration)
+            self.broker.start()
+            s["ServiceBusConnection"] = self.broker.connection_string
+        if not self.given("GRAPH_BASE_URL"):
+            from .fake_graph import DEMO_TENANT, FakeGraph
+
+            tenants = self.args.tenant or [str(DEMO_TENANT)]
+            self.graph = FakeGraph(tenants=tenants, port=self.args.graph_port, latency_ms=self.args.latency_ms).start()
+            s.update(GRAPH_BASE_URL=self.graph.base_url, GRAPH_CREDENTIAL="local_static", AUTHORITY_HOST=self.graph.origin)
+        if not self.given("SMTP_HOST"):
+            from .smtp_sink import SmtpSink
+
+            self.smtp = SmtpSink(self.args.outbox, port=self.args.smtp_port)
+            self.smtp.start()
+            s.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(self.smtp.port), SMTP_SECURITY="none")
+        defaults = {
+            "PORTAL_TOKEN_SECRET": LOCAL_PORTAL_TOKEN_SECRET,
+            "SIGNING_SECRET": LOCAL_SIGNING_SECRET,
+            "GROUP_SYNC_QUEUE": queues[0],
+            "ENROLLMENT_QUEUE": queues[1],
+            "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
+            "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,
+            "CONSENT_REDIRECT_URI": f"http://127.0.0.1:{self.port}/api/directory/consent",
+            "PORTAL_BASE_URL": "http://localhost:3000",
+            "PORTAL_NAME": "Contoso Identity Portal",
+            "MAIL_FROM": "Contoso Identity Portal <no-reply@portal.localhost>",
+        }
+        # Precedence: what the developer put in the environment, then the stand-ins' addresses, then defaults.
+        self.settings = {**defaults, **s, **{k: os.environ[k] for k in APP_SETTINGS if os.environ.get(k)}}
+
+    async def start_function_host(self) -> None:
+        env = {**os.environ, **self.settings, "PYTHONPATH": str(ROOT)}
+        self._host_ready.clear()
+        self.host_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "local.function_host", "--port", str(self.port),
+            cwd=str(ROOT), env=env, stdout=asyncio.subprocess.PIPE, stderr=None)
+        asyncio.create_task(self._watch(self.host_proc))
+        await asyncio.wait_for(self._host_ready.wait(), timeout=60)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Relay the host's output, notice READY, and restart the host if it dies (a crash, not a shutdown)."""
+        assert proc.stdout
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith("HOST-READY "):
+                self._host_ready.set()
+            else:
+                print(line, file=sys.stderr, flush=True)
+        code = await proc.wait()
+        if not self.stopping and proc is self.host_proc:
+            self.restarts += 1
+            print(f"function host exited with {code}; restarting (restart #{self.restarts})", file=sys.stderr, flush=True)
+            await asyncio.sleep(0.5)
+            if not self.stopping:
+                await self.start_function_host()
+
+    async def start_control(self) -> None:
+        """A small control API for tests and the demo: host status, broker faults and statistics."""
+        app = web.Application()
+
+        async def status(_: web.Request) -> web.Response:
+            return web.json_response({"hostPid": self.host_proc.pid if self.host_proc else None,
+                                      "restarts": self.restarts})
+
+        async def bus_stats(_: web.Request) -> web.Response:
+            if not self.broker:
+                return web.json_response({"code": "not_local", "message": "a real Service Bus is configured"}, status=404)
+            return web.json_response(self.broker.stats())
+
+        async def bus_faults(request: web.Request) -> web.Response:
+            if not self.broker:
+                return web.json_response({"code": "not_local", "message": "a real Service Bus is configured"}, status=404)
+            body = await request.json()
+            self.broker.set_faults(duplicate_deliveries=bool(body.get("duplicateDeliveries")))
+            return web.json_response({"duplicateDeliveries": bool(body.get("duplicateDeliveries"))})
+
+        app.router.add_get("/status", status)
+        app.router.add_get("/servicebus/stats", bus_stats)
+        app.router.add_post("/servicebus/faults", bus_faults)
+        self._control = web.AppRunner(app, access_log=None)
+        await self._control.setup()
+        await web.TCPSite(self._control, "127.0.0.1", self.control_port).start()
+
+    def ready_line(self) -> str:
+        return "READY " + json.dumps({
+            "api": f"http://127.0.0.1:{self.port}/api",
+            "graph": self.settings["GRAPH_BASE_URL"],
+            "serviceBus": self.settings.get("ServiceBusConnection", ""),
+            "tables": self.settings.get("TABLES_CONNECTION_STRING", ""),
+            "outbox": str(Path(self.args.outbox).resolve()),
+            "control": f"http://127.0.0.1:{self.control_port}",
+        })
+
+    async def stop(self) -> None:
+        self.stopping = True
+        proc = self.host_proc
+        if proc and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=15)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._control:
+            await self._control.cleanup()
+        for stop in (self.smtp and self.smtp.stop, self.graph and self.graph.stop, self.broker and self.broker.stop,
+                     self.azurite and self.azurite.stop):
+            if stop:
+                stop()
+
+
+async def run(args: argparse.Namespace) -> int:
+    host = DevHost(args)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        host.start_stand_ins()
+        await host.start_control()
+        await host.start_function_host()
+        print(host.ready_line(), flush=True)
+        await done.wait()
+    finally:
+        await host.stop()
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=7071, help="HTTP port of the function app (0: a free one)")
+    parser.add_argument("--tenant", action="append", help="fake tenant JSON file (repeatable; default the demo tenant)")
+    parser.add_argument("--outbox", default=str(ROOT / ".local" / "outbox"), help="where the SMTP sink writes .eml files")
+    parser.add_argument("--data", default=None, help="keep Azurite's data in this folder (default: in memory)")
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay every fake Graph answer, like a real network")
+    parser.add_argument("--graph-port", type=int, default=0)
+    parser.add_argument("--servicebus-port", type=int, default=0)
+    parser.add_argument("--smtp-port", type=int, default=0)
+    parser.add_argument("--control-port", type=int, default=0)
+    parser.add_argument("--lock-duration", type=float, default=60.0, help="Service Bus message lock, seconds")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    Path(args.outbox).mkdir(parents=True, exist_ok=True)
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

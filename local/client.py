@@ -1,0 +1,210 @@
+"""A small client of the dev host, used by the demo, the end-to-end tests and the benchmarks.
+
+It talks to the app only through its public HTTP API, as the portal backend would, and to the local stand-ins
+only through their control endpoints (the fake tenant's Graph writes and ``/_fake``; the dev host's control API).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def portal_token(secret: str, org: str = "contoso", role: str = "Administrator", sub: str = "admin@contoso.example",
+                 ttl_s: int = 3600) -> str:
+    """A portal caller token as the portal backend mints it (HS256, claims org, sub, role, exp)."""
+    return jwt.encode({"org": org, "sub": sub, "role": role, "exp": int(time.time()) + ttl_s}, secret, algorithm="HS256")
+
+
+class ApiError(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        try:
+            self.body = response.json()
+        except ValueError:
+            self.body = {"code": "unknown", "message": response.text[:200]}
+        super().__init__(f"{response.request.method} {response.request.url.path} -> {self.status} {self.body}")
+
+
+@dataclass
+class Portal:
+    """The portal backend's view of the API: one org, one administrator."""
+
+    api: str
+    token: str
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
+
+    def call(self, method: str, path: str, *, expect: int | tuple[int, ...] = (200, 201, 202, 204), **kw: Any) -> Any:
+        response = self.http.request(method, self.api + path, headers={"Authorization": f"Bearer {self.token}"}, **kw)
+        allowed = (expect,) if isinstance(expect, int) else expect
+        if response.status_code not in allowed:
+            raise ApiError(response)
+        return response.json() if response.content and "json" in response.headers.get("content-type", "") else None
+
+    def create_subscription(self, name: str) -> dict:
+        return self.call("POST", "/directory/subscriptions", json={"name": name}, expect=201)
+
+    def authorize(self, sub_id: str, graph_origin: str | None = None) -> dict[str, str]:
+        """Walk the admin-consent flow: the authorize URL, Microsoft's redirect, our callback. Returns its outcome."""
+        url = self.call("POST", f"/directory/subscriptions/{sub_id}/authorize")["authorizeUrl"]
+        consent = self.http.get(url, follow_redirects=False)  # the sign-in page (the fake tenant's, locally)
+        if consent.status_code != 302:
+            raise RuntimeError(f"the consent page answered {consent.status_code}")
+        callback = self.http.get(consent.headers["location"], follow_redirects=False)
+        if callback.status_code != 302:
+            raise RuntimeError(f"the consent callback answered {callback.status_code}: {callback.text[:200]}")
+        return {k: v[0] for k, v in parse_qs(urlsplit(callback.headers["location"]).query).items()}
+
+    def update(self, sub_id: str, **fields: Any) -> dict:
+        return self.call("PATCH", f"/directory/subscriptions/{sub_id}", json=fields)
+
+    def search_groups(self, sub_id: str, text: str) -> list[dict]:
+        return self.call("GET", f"/directory/subscriptions/{sub_id}/directory-groups", params={"search": text})["groups"]
+
+    def select_groups(self, sub_id: str, group_ids: list[str]) -> list[dict]:
+        return self.call("PUT", f"/directory/subscriptions/{sub_id}/groups", json={"groupIds": group_ids})["groups"]
+
+    def full_sync(self, sub_id: str) -> str:
+        return self.call("POST", f"/directory/subscriptions/{sub_id}/sync", expect=202)["runId"]
+
+    def run(self, sub_id: str, run_id: str) -> dict:
+        return self.call("GET", f"/directory/subscriptions/{sub_id}/runs/{run_id}")
+
+    def runs(self, sub_id: str) -> list[dict]:
+        return self.call("GET", f"/directory/subscriptions/{sub_id}/runs")["runs"]
+
+    def wait(self, sub_id: str, run_id: str, timeout: float = 300, progress: Any = None) -> dict:
+        """Poll a run until it is no longer queued or running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(sub_id, run_id)
+            if progress:
+                progress(run)
+            if run["status"] not in ("queued", "running"):
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {run['status']} after {timeout:.0f}s: {run}")
+            time.sleep(0.2)
+
+    def users(self, **params: Any) -> list[dict]:
+        """Every page of the Users grid."""
+        out: list[dict] = []
+        token = None
+        while True:
+            query = {k: v for k, v in {**params, "pageSize": 500, "continuationToken": token}.items() if v is not None}
+            page = self.call("GET", "/users", params=query)
+            out += page["users"]
+            token = page["continuationToken"]
+            if not token:
+                return out
+
+    def groups(self) -> list[dict]:
+        return self.call("GET", "/groups")["groups"]
+
+
+@dataclass
+class FakeTenantAdmin:
+    """Changes the fake tenant the way an Azure admin changes a real one (Graph writes) and drives its controls."""
+
+    graph: str  # .../v1.0
+    tenant_id: str
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
+
+    @property
+    def origin(self) -> str:
+        return self.graph.rsplit("/v1.0", 1)[0]
+
+    def _graph(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        response = self.http.request(method, self.graph + path, headers={"Authorization": f"Bearer local:{self.tenant_id}"}, **kw)
+        response.raise_for_status()
+        return response
+
+    def block(self, user_id: str, blocked: bool = True) -> None:
+        self._graph("PATCH", f"/users/{user_id}", json={"accountEnabled": not blocked})
+
+    def remove_member(self, group_id: str, member_id: str) -> None:
+        self._graph("DELETE", f"/groups/{group_id}/members/{member_id}/$ref")
+
+    def add_member(self, group_id: str, member_id: str) -> None:
+        self._graph("POST", f"/groups/{group_id}/members/$ref",
+                    json={"@odata.id": f"https://graph.microsoft.com/v1.0/directoryObjects/{member_id}"})
+
+    def add_user(self, user: dict) -> dict:
+        return self._graph("POST", "/users", json=user).json()
+
+    def delete_user(self, user_id: str) -> None:
+        self._graph("DELETE", f"/users/{user_id}")
+
+    def control(self, method: str, path: str, **kw: Any) -> Any:
+        response = self.http.request(method, self.origin + "/_fake" + path, **kw)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def dump(self) -> dict:
+        return self.control("GET", f"/tenants/{self.tenant_id}")
+
+
+class DevHostProcess:
+    """``python -m local`` as a child process: started on free ports, READY parsed, stopped cleanly."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, outbox: str | None = None) -> None:
+        self.args = list(args)
+        self.env = env or {}
+        self.outbox = outbox
+        self.proc: subprocess.Popen | None = None
+        self.ready: dict[str, str] = {}
+
+    def start(self, timeout: float = 120) -> "DevHostProcess":
+        cmd = [sys.executable, "-m", "local", "--port", "0", *self.args]
+        if self.outbox:
+            cmd += ["--outbox", self.outbox]
+        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE if os.environ.get("DEVHOST_QUIET") else None,
+                                     text=True, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the dev host exited with {self.proc.wait()} before READY")
+            if line.startswith("READY "):
+                self.ready = json.loads(line[len("READY "):])
+                return self
+        self.stop()
+        raise TimeoutError("the dev host did not print READY in time")
+
+    def control(self, method: str, path: str, **kw: Any) -> Any:
+        response = httpx.request(method, self.ready["control"] + path, timeout=30, **kw)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self, timeout: float = 30) -> int:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> "DevHostProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
