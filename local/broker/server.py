@@ -32,6 +32,7 @@ from proton import (
     Event,
     Link,
     Message,
+    Terminus,
     Transport,
     int32,
     symbol,
@@ -47,7 +48,19 @@ CONTAINER_ID = "local-servicebus"
 MAX_MESSAGE_SIZE = 1024 * 1024  # what Service Bus premium allows; sizes the client's batches
 INCOMING_CREDIT = 200  # credit kept open on links the clients send on
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
+SESSION_FILTER = "com.microsoft:session-filter"
 _READ_CHUNK = 64 * 1024
+_OUTCOMES = (Disposition.ACCEPTED, Disposition.REJECTED, Disposition.RELEASED, Disposition.MODIFIED)
+
+
+def _filters(terminus: Terminus) -> dict:
+    """The filter map of a source terminus (empty when it has none)."""
+    data = terminus.filter
+    data.rewind()
+    if not data.next():
+        return {}
+    value = plain(data.get_object())
+    return value if isinstance(value, dict) else {}
 
 
 def parse_node(address: str | None) -> tuple[str, str | None]:
@@ -381,6 +394,8 @@ class LocalServiceBus:
         for sock, conn in list(self._connections.items()):
             conn.tick_deadline = conn.transport.tick(now)
             conn.write()
+            if conn.transport.capacity() < 0 and conn.transport.pending() == 0:
+                conn.transport.close_head()  # the peer is gone and everything for it was written
             if conn.finished:
                 self._close_socket(conn)
                 continue
@@ -463,9 +478,10 @@ class LocalServiceBus:
             kind, path = parse_node(address)
             entity = self._store.entity(path) if path is not None else None
         except (KeyError, ValueError) as error:
-            link.open()
-            link.condition = Condition("amqp:not-found", f"No such entity: {address!r} ({error})")
-            link.close()
+            self._refuse(link, "amqp:not-found", f"No such entity: {address!r} ({error})")
+            return
+        if link.is_sender and SESSION_FILTER in _filters(link.remote_source):
+            self._refuse(link, "amqp:not-implemented", "The local Service Bus does not support sessions.")
             return
         state = _LinkState(kind, address, conn, entity)
         self._links[link] = state
@@ -481,6 +497,12 @@ class LocalServiceBus:
             self._store.mark_available(entity)
         else:
             conn.reply_links[address] = link
+
+    @staticmethod
+    def _refuse(link: Link, condition: str, description: str) -> None:
+        link.open()
+        link.condition = Condition(condition, description)
+        link.close()
 
     def _on_link_remote_close(self, event: Event) -> None:
         link = event.link
@@ -596,8 +618,8 @@ class LocalServiceBus:
     def _on_settlement(self, delivery: Delivery) -> None:
         """A consumer settled (or set the outcome of) a peek-lock delivery."""
         outcome = delivery.remote_state
-        if not outcome and not delivery.settled:
-            return
+        if outcome not in _OUTCOMES and not delivery.settled:
+            return  # nothing decided yet (e.g. a non-terminal "received" state)
         lock = self._deliveries.pop(delivery, None)
         if lock is None:  # its link was closed: the lock lives on until it expires
             delivery.settle()
@@ -625,7 +647,7 @@ class LocalServiceBus:
                 delivery.update(Disposition.REJECTED)
             delivery.settle()
             return
-        if not delivery.settled and outcome:
+        if not delivery.settled and outcome in _OUTCOMES:
             # rcv-settle-mode second: the client waits for the broker to settle with the same outcome.
             if outcome == Disposition.MODIFIED:
                 delivery.local.failed = remote.failed

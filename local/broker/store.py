@@ -223,6 +223,8 @@ class Entity:
     def _promote(self, sequence_number: int) -> None:
         message = self._scheduled.pop(sequence_number, None)
         if message is not None:
+            # As on Service Bus, activation enqueues the message anew, with a new sequence number.
+            message.sequence_number = self.store.next_sequence_number(self)
             message.enqueued_at = self.store.clock()
             self.add(message)
 
