@@ -159,10 +159,12 @@ class FakeTenantAdmin:
 class DevHostProcess:
     """``python -m local`` as a child process: started on free ports, READY parsed, stopped cleanly."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, outbox: str | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, outbox: str | None = None,
+                 log: str | None = None) -> None:
         self.args = list(args)
         self.env = env or {}
         self.outbox = outbox
+        self.log = log  # a file for the host's log lines (default: this process's stderr)
         self.proc: subprocess.Popen | None = None
         self.ready: dict[str, str] = {}
 
@@ -170,9 +172,13 @@ class DevHostProcess:
         cmd = [sys.executable, "-m", "local", "--port", "0", *self.args]
         if self.outbox:
             cmd += ["--outbox", self.outbox]
-        self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, **self.env}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE if os.environ.get("DEVHOST_QUIET") else None,
-                                     text=True, start_new_session=True)
+        stderr = open(self.log, "ab") if self.log else None
+        try:
+            self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                         stderr=stderr, text=True, start_new_session=True)
+        finally:
+            if stderr:
+                stderr.close()
         deadline = time.monotonic() + timeout
         assert self.proc.stdout
         while time.monotonic() < deadline:

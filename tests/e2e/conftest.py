@@ -1,0 +1,52 @@
+"""End-to-end fixtures: the dev host (``python -m local``) on free ports, driven only through HTTP."""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from local.__main__ import LOCAL_PORTAL_TOKEN_SECRET
+from local.client import DevHostProcess, FakeTenantAdmin, Portal, portal_token
+
+
+@pytest.fixture(scope="session")
+def devhost(tmp_path_factory):
+    """One dev host for the session, loaded with the demo tenant and the e2e tenant."""
+    outbox = tmp_path_factory.mktemp("outbox")
+    host = DevHostProcess("--lock-duration", "20",
+                          env={"MAX_DELIVERY_COUNT": "3", "DEPROVISION_GUARD_MIN_USERS": "10"},
+                          outbox=str(outbox), log=str(outbox.parent / "devhost.log"))
+    host.start()
+    yield host
+    assert host.stop() == 0
+
+
+@pytest.fixture
+def portal(devhost):
+    """The portal backend of a fresh organisation (so tests never see each other's rows)."""
+    return Portal(devhost.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org="org-" + secrets.token_hex(4)))
+
+
+@pytest.fixture
+def load_tenant(devhost):
+    """Load a tenant into the fake (its own tenantId, so tests never share one) and make it the one that consents."""
+    def load(tenant: dict) -> FakeTenantAdmin:
+        admin = FakeTenantAdmin(devhost.ready["graph"], tenant["tenantId"])
+        admin.control("POST", "/tenants", json=tenant)
+        admin.control("POST", "/consent", json={"tenant": tenant["tenantId"], "deny": False})
+        return admin
+    return load
+
+
+def emails_to(devhost, domain: str) -> list:
+    """E-mails the SMTP sink received for addresses of ``domain``, oldest first."""
+    from email import policy
+    from email.parser import BytesParser
+
+    out = []
+    for path in sorted(Path(devhost.ready["outbox"]).glob("*.eml")):
+        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+        if message.get("X-Envelope-To", "").endswith("@" + domain):
+            out.append(message)
+    return out
