@@ -191,9 +191,9 @@ class EncodedMessage:
             elif code == FOOTER:
                 fields["footer"] = raw
         message = cls(body=tuple(body), body_codes=tuple(codes), **fields)
-        try:  # decode what the broker will rewrite now, so a bad message is refused at send time
-            message.annotations, message.application_properties_map, message._header_fields
-        except (DataException, AttributeError, TypeError) as error:
+        try:  # decode what the broker reads or rewrites now, so a bad message is refused at send time
+            _ = (message.annotations, message.application_properties_map, message._header_fields)
+        except (DataException, AttributeError, TypeError, ValueError) as error:
             raise MessageFormatError(f"undecodable message section: {error}") from error
         return message
 

@@ -424,9 +424,9 @@ class LocalServiceBus:
         conn.transport.unbind()
 
     def _shutdown(self) -> None:
-        with self._state_lock:
+        with self._state_lock:  # from here on, _call runs functions directly, also under this lock
             self._running = False
-        self._run_commands()  # callers that raced with stop() still get an answer
+            self._run_commands()  # callers that raced with stop() still get an answer
         for conn in list(self._connections.values()):
             self._abort(conn, "amqp:connection:forced", "The local broker is shutting down.")
             conn.write()  # best effort: let the client see the close
