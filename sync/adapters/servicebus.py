@@ -32,8 +32,9 @@ class ServiceBusQueue(JobQueue):
         self.sent = 0
 
     @classmethod
-    def from_connection_string(cls, connection_string: str, group_queue: str, enrollment_queue: str) -> "ServiceBusQueue":
-        return cls(ServiceBusClient.from_connection_string(connection_string), group_queue, enrollment_queue)
+    def from_connection_string(cls, connection_string: str, group_queue: str, enrollment_queue: str,
+                               **client_options: Any) -> "ServiceBusQueue":
+        return cls(ServiceBusClient.from_connection_string(connection_string, **client_options), group_queue, enrollment_queue)
 
     @classmethod
     def from_namespace(cls, namespace: str, credential: Any, group_queue: str, enrollment_queue: str) -> "ServiceBusQueue":

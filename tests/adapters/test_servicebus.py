@@ -1,0 +1,64 @@
+"""The Service Bus adapter against the local broker, read back with the real azure-servicebus client."""
+import asyncio
+import json
+
+import pytest
+from azure.servicebus.aio import ServiceBusClient
+
+from local.broker import LocalServiceBus
+from sync.adapters.servicebus import ServiceBusQueue
+from sync.errors import Transient
+from sync.model import EnrollmentJob, GroupJob
+
+
+@pytest.fixture
+def bus():
+    server = LocalServiceBus(queues=("group-sync", "enrollment-email"))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def receive_all(connection: str, queue: str, expected: int) -> list:
+    got = []
+    async with ServiceBusClient.from_connection_string(connection) as client:
+        async with client.get_queue_receiver(queue) as receiver:
+            while len(got) < expected:
+                batch = await receiver.receive_messages(max_message_count=100, max_wait_time=2)
+                if not batch:
+                    break
+                for m in batch:
+                    await receiver.complete_message(m)
+                got += batch
+    return got
+
+
+async def test_one_message_per_group_with_stable_ids(bus):
+    queue = ServiceBusQueue.from_connection_string(bus.connection_string, "group-sync", "enrollment-email")
+    jobs = [GroupJob("org-a", "sub-1", "run-1", f"group-{i:03d}") for i in range(250)]
+    await queue.send_group_jobs(jobs)
+    await queue.close()
+    received = await receive_all(bus.connection_string, "group-sync", 250)
+    assert sorted(m.message_id for m in received) == sorted(f"run-1:group-{i:03d}:0" for i in range(250))
+    first = next(m for m in received if m.message_id == "run-1:group-007:0")
+    assert GroupJob.from_json(b"".join(first.body)) == jobs[7]
+    assert first.content_type == "application/json"
+    assert bus.stats()["queues"]["group-sync"]["sent"] == 250
+
+
+async def test_concurrent_senders_share_one_link_safely(bus):
+    queue = ServiceBusQueue.from_connection_string(bus.connection_string, "group-sync", "enrollment-email")
+    await asyncio.gather(*(queue.send_enrollment_jobs([EnrollmentJob("org-a", f"user-{i}", "run-1")]) for i in range(20)))
+    await queue.close()
+    received = await receive_all(bus.connection_string, "enrollment-email", 20)
+    assert sorted(json.loads(b"".join(m.body))["userId"] for m in received) == sorted(f"user-{i}" for i in range(20))
+    assert {m.message_id for m in received} == {f"enroll:org-a:user-{i}" for i in range(20)}
+
+
+async def test_unreachable_namespace_is_transient():
+    queue = ServiceBusQueue.from_connection_string(
+        "Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=local;SharedAccessKey=local;UseDevelopmentEmulator=true",
+        "group-sync", "enrollment-email", retry_total=0)
+    with pytest.raises(Transient):
+        await asyncio.wait_for(queue.send_group_jobs([GroupJob("o", "s", "r", "g")]), timeout=60)
+    await queue.close()

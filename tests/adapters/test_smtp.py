@@ -1,0 +1,60 @@
+"""The SMTP sender against the local SMTP sink: multipart mail, login, and how failures are classified."""
+import pytest
+
+from local.smtp_sink import SmtpSink
+from notifications.senders import MailError, OutgoingEmail
+from notifications.smtp import SmtpSender
+from sync.settings import MailSettings
+
+
+def settings(port: int, **kw) -> MailSettings:
+    values = dict(sender="smtp", mail_from="Portal <no-reply@portal.example>", smtp_host="127.0.0.1", smtp_port=port,
+                  smtp_security="none", smtp_username=None, smtp_password=None, smtp_timeout_s=10)
+    values.update(kw)
+    return MailSettings(**values)
+
+
+EMAIL = OutgoingEmail(to_address="zoe@contoso.example", to_name="Zoë \"Z\" Ångström", subject="Activate your account",
+                      html="<p>Hello</p>", text="Hello", message_id_hint="enroll:org:u1")
+
+
+@pytest.fixture
+def sink(tmp_path):
+    server = SmtpSink(tmp_path / "outbox").start()
+    yield server
+    server.stop()
+
+
+async def test_sends_one_multipart_alternative_message(sink):
+    await SmtpSender(settings(sink.port)).send(EMAIL)
+    [message] = sink.messages()
+    assert message["X-Envelope-To"] == "zoe@contoso.example"
+    assert message["To"].addresses[0].display_name == 'Zoë "Z" Ångström'
+    assert message.get_content_type() == "multipart/alternative"
+    assert message.get_body(("html",)).get_content().strip() == "<p>Hello</p>"
+    assert message.get_body(("plain",)).get_content().strip() == "Hello"
+
+
+async def test_login(tmp_path):
+    with SmtpSink(tmp_path / "auth", auth_required=True, username="relay", password="s3cret") as sink:
+        await SmtpSender(settings(sink.port, smtp_username="relay", smtp_password="s3cret")).send(EMAIL)
+        assert len(sink.messages()) == 1
+        with pytest.raises(MailError) as err:
+            await SmtpSender(settings(sink.port, smtp_username="relay", smtp_password="wrong")).send(EMAIL)
+        assert not err.value.permanent  # our credentials are wrong: retry after the operator fixes them
+
+
+@pytest.mark.parametrize("code,stage,permanent", [(451, "DATA", False), (421, "MAIL", False), (550, "RCPT", True),
+                                                  (554, "DATA", True)])
+async def test_failures_are_classified(sink, code, stage, permanent):
+    sink.fail_next(code=code, stage=stage)
+    with pytest.raises(MailError) as err:
+        await SmtpSender(settings(sink.port)).send(EMAIL)
+    assert err.value.permanent is permanent
+    assert sink.messages() == []
+
+
+async def test_unreachable_relay_is_transient():
+    with pytest.raises(MailError) as err:
+        await SmtpSender(settings(9)).send(EMAIL)
+    assert not err.value.permanent
