@@ -510,7 +510,7 @@ def test_stop_disconnects_clients(make_bus):
         with sender(client) as out:
             out.send_messages(ServiceBusMessage("before"))
             bus.stop()
-            with pytest.raises(Exception):
+            with pytest.raises(ServiceBusError):
                 out.send_messages(ServiceBusMessage("after"))
 
 
