@@ -100,33 +100,29 @@ def graph_credential_factory(settings: Settings) -> Callable[[str], Any]:
 
             return CertificateCredential(tenant_id, settings.graph_client_id, settings.graph_certificate_path,
                                          authority=settings.authority_host)
-        # managed_identity: a federated credential of the app registration trusts our managed identity,
-        # so no secret is stored anywhere.
-        from azure.identity.aio import ClientAssertionCredential, ManagedIdentityCredential
-
-        managed = ManagedIdentityCredential(client_id=settings.graph_managed_identity_client_id)
-
-        async def assertion() -> str:
-            return (await managed.get_token("api://AzureADTokenExchange/.default")).token
-
-        return _AsyncAssertionCredential(tenant_id, settings.graph_client_id, assertion, settings.authority_host, managed)
+        # managed_identity: a federated credential on the app registration trusts our managed identity, so no
+        # secret is stored anywhere. The assertion is the identity's token for the token-exchange audience.
+        return FederatedIdentityCredential(tenant_id, settings.graph_client_id, settings.authority_host,
+                                           settings.graph_managed_identity_client_id)
 
     return for_tenant
 
 
-class _AsyncAssertionCredential:
-    """ClientAssertionCredential whose assertion comes from an async managed identity."""
+class FederatedIdentityCredential:
+    """App-only tokens for a customer tenant, proven by our managed identity instead of a stored secret."""
 
-    def __init__(self, tenant_id: str, client_id: str, assertion: Callable[[], Any], authority: str, managed: Any) -> None:
-        from azure.identity.aio import ClientAssertionCredential
+    EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
 
-        self._assertion = assertion
-        self._managed = managed
-        self._current = ""
-        self._inner = ClientAssertionCredential(tenant_id, client_id, lambda: self._current, authority=authority)
+    def __init__(self, tenant_id: str, client_id: str, authority: str, identity_client_id: str | None) -> None:
+        from azure.identity.aio import ClientAssertionCredential, ManagedIdentityCredential
+
+        self._managed = ManagedIdentityCredential(client_id=identity_client_id)
+        self._assertion = ""
+        # ClientAssertionCredential calls its function synchronously; get_token refreshes the assertion first.
+        self._inner = ClientAssertionCredential(tenant_id, client_id, lambda: self._assertion, authority=authority)
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        self._current = await self._assertion()
+        self._assertion = (await self._managed.get_token(self.EXCHANGE_SCOPE)).token
         return await self._inner.get_token(*scopes, **kwargs)
 
     async def close(self) -> None:

@@ -49,7 +49,8 @@ def etag() -> str:
     return f'W/"{next(_etags)}"'
 
 
-def unit_settings(**overrides: str) -> Settings:
+def unit_env(**overrides: str) -> dict[str, str]:
+    """App settings for logic tests (as the environment would hold them)."""
     env = {
         "PORTAL_TOKEN_SECRET": SECRET,
         "SIGNING_SECRET": SIGNING,
@@ -65,7 +66,11 @@ def unit_settings(**overrides: str) -> Settings:
         "SMTP_SECURITY": "none",
     }
     env.update(overrides)
-    return Settings.from_env(env)
+    return env
+
+
+def unit_settings(**overrides: str) -> Settings:
+    return Settings.from_env(unit_env(**overrides))
 
 
 class Clock:

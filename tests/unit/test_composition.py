@@ -1,0 +1,51 @@
+"""The composition point: which credential each setting chooses, and that building connects to nothing."""
+import socket
+
+import pytest
+
+from sync import composition
+from sync.adapters.graph import StaticTokenCredential
+from tests.fakes import unit_env, unit_settings
+
+CLOUD = {"GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0"}
+
+
+async def test_local_static_presents_a_per_tenant_token():
+    credential = composition.graph_credential_factory(unit_settings())("tenant-1")
+    assert isinstance(credential, StaticTokenCredential)
+    assert (await credential.get_token("https://graph.microsoft.com/.default")).token == "local:tenant-1"
+
+
+@pytest.mark.parametrize("overrides,kind", [
+    ({"GRAPH_CREDENTIAL": "secret", "GRAPH_CLIENT_SECRET": "s"}, "ClientSecretCredential"),
+    ({"GRAPH_CREDENTIAL": "certificate", "GRAPH_CLIENT_CERTIFICATE_PATH": "/nonexistent.pem"}, "CertificateCredential"),
+    ({"GRAPH_CREDENTIAL": "managed_identity"}, "FederatedIdentityCredential"),
+])
+async def test_cloud_credentials_are_per_tenant(overrides, kind):
+    factory = composition.graph_credential_factory(unit_settings(**CLOUD, **overrides))
+    try:
+        credential = factory("tenant-1")
+    except (ValueError, OSError):  # the certificate file does not exist here; the choice is what we check
+        assert kind == "CertificateCredential"
+        return
+    assert type(credential).__name__ == kind
+    await credential.close()
+
+
+async def test_building_services_opens_no_connection(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a connection was opened while building the services")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    services = composition.build(unit_settings())
+    assert services.mail_sender is not None
+    await services.close()
+
+
+async def test_services_are_built_once_per_event_loop(monkeypatch):
+    built = []
+    monkeypatch.setattr(composition, "build", lambda settings: built.append(settings) or object.__new__(composition.Services))
+    for key, value in unit_env().items():
+        monkeypatch.setenv(key, value)
+    first = await composition.services()
+    assert await composition.services() is first and len(built) == 1
+    composition._by_loop.clear()
