@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .azurite import Azurite, free_port
+from .azurite import Azurite, connection_string, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # Local defaults, documented in the README so a developer can mint a portal token for curl. Never used in Azure.
@@ -38,6 +38,7 @@ class DevHost:
         self.broker: Any = None
         self.graph: Any = None
         self.smtp: Any = None
+        self.table_proxy: Any = None
         self.host_proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.stopping = False
@@ -55,6 +56,11 @@ class DevHost:
         if not self.given("TABLES_CONNECTION_STRING") and not self.given("TABLES_ENDPOINT"):
             self.azurite = Azurite(location=self.args.data).start()
             s["TABLES_CONNECTION_STRING"] = self.azurite.connection_string
+            if self.args.table_proxy:
+                from .fault_proxy import FaultProxy
+
+                self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
+                s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
         queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email")
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
@@ -140,6 +146,9 @@ class DevHost:
         app.router.add_get("/status", status)
         app.router.add_get("/servicebus/stats", bus_stats)
         app.router.add_post("/servicebus/faults", bus_faults)
+        from .fault_proxy import control_routes
+
+        app.add_routes(control_routes(lambda: self.table_proxy))
         self._control = web.AppRunner(app, access_log=None)
         await self._control.setup()
         await web.TCPSite(self._control, "127.0.0.1", self.control_port).start()
@@ -166,8 +175,8 @@ class DevHost:
                 await proc.wait()
         if self._control:
             await self._control.cleanup()
-        for stop in (self.smtp and self.smtp.stop, self.graph and self.graph.stop, self.broker and self.broker.stop,
-                     self.azurite and self.azurite.stop):
+        for stop in (self.table_proxy and self.table_proxy.stop, self.smtp and self.smtp.stop,
+                     self.graph and self.graph.stop, self.broker and self.broker.stop, self.azurite and self.azurite.stop):
             if stop:
                 stop()
 
@@ -200,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--servicebus-port", type=int, default=0)
     parser.add_argument("--smtp-port", type=int, default=0)
     parser.add_argument("--control-port", type=int, default=0)
+    parser.add_argument("--table-proxy", action="store_true",
+                        help="put a fault-injecting proxy between the app and Azurite (control: /tables/faults)")
     parser.add_argument("--lock-duration", type=float, default=60.0, help="Service Bus message lock, seconds")
     return parser.parse_args(argv)
 
