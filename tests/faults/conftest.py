@@ -1,0 +1,89 @@
+"""The fault and abuse suite's dev host: Table Storage behind the fault proxy, short locks, few deliveries.
+
+One dev host for the session (``python -m local --table-proxy``), with settings that make faults quick to show:
+MAX_DELIVERY_COUNT=3 (a message that keeps failing is dead-lettered after three tries), a 5-second message lock
+(a crashed host's message comes back soon), MAX_PAGES_PER_MESSAGE=1 (a group over 999 members is several
+messages). SMTP login and a Graph client secret are set to known values so the suite can look for them in the log.
+"""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from local.__main__ import LOCAL_PORTAL_TOKEN_SECRET
+from local.client import DevHostProcess, FakeTenantAdmin, Portal, portal_token
+from tests.faults import figures
+
+# Values the app must never log or return; recognisable so a leak is easy to find.
+SMTP_PASSWORD = "smtp-pw-" + secrets.token_hex(12)
+GRAPH_CLIENT_SECRET = "graph-cs-" + secrets.token_hex(12)
+SESSION_TOKENS: list[str] = []  # every valid portal token the suite minted (access tokens: never logged)
+
+SETTINGS = {
+    "MAX_DELIVERY_COUNT": "3",
+    "MAX_PAGES_PER_MESSAGE": "1",
+    "DEPROVISION_GUARD_MIN_USERS": "10",
+    "SMTP_USERNAME": "mailer",
+    "SMTP_PASSWORD": SMTP_PASSWORD,
+    "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,
+}
+
+
+@pytest.fixture(scope="session")
+def devhost(tmp_path_factory):
+    outbox = tmp_path_factory.mktemp("faults-outbox")
+    host = DevHostProcess("--table-proxy", "--lock-duration", "5", env=SETTINGS, outbox=str(outbox),
+                          log=str(outbox.parent / "faults-devhost.log"))
+    host.start()
+    yield host
+    assert host.stop() == 0
+
+
+@pytest.fixture
+def new_portal(devhost):
+    """Portals of fresh organisations: ``new_portal()`` (so tests never see each other's rows)."""
+    def make(role: str = "Administrator") -> Portal:
+        org = "org-" + secrets.token_hex(4)
+        token = portal_token(LOCAL_PORTAL_TOKEN_SECRET, org=org, role=role)
+        SESSION_TOKENS.append(token)
+        portal = Portal(devhost.ready["api"], token)
+        portal.org = org  # type: ignore[attr-defined]
+        return portal
+    return make
+
+
+@pytest.fixture
+def portal(new_portal):
+    return new_portal()
+
+
+@pytest.fixture
+def load_tenant(devhost):
+    """Load a tenant into the fake and make it the one that consents."""
+    def load(tenant: dict) -> FakeTenantAdmin:
+        admin = FakeTenantAdmin(devhost.ready["graph"], tenant["tenantId"])
+        admin.control("POST", "/tenants", json=tenant)
+        admin.control("POST", "/consent", json={"tenant": tenant["tenantId"], "deny": False})
+        return admin
+    return load
+
+
+@pytest.fixture(autouse=True)
+def no_fault_left_behind(devhost):
+    """Every test starts and ends without pending faults, so one test's faults never land in the next."""
+    yield
+    devhost.control("DELETE", "/tables/faults")
+    devhost.control("POST", "/servicebus/faults", json={"duplicateDeliveries": False})
+    FakeTenantAdmin(devhost.ready["graph"], "-").control("DELETE", "/faults")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    if not (figures.FAULTS or figures.TRIED):
+        return
+    outcome = "passed" if exitstatus == 0 else f"exit status {exitstatus}"
+    terminalreporter.write_sep("=", "fault and abuse suite: figures")
+    terminalreporter.write_line(figures.markdown(outcome))
+    written = figures.write(outcome)
+    if written:
+        terminalreporter.write_line(f"figures written to {written}")

@@ -1,0 +1,52 @@
+"""The fault suite's figures: faults injected per kind and requests tried, counted by the tests as they run.
+
+The tests call ``fault(kind, n)`` with what the stand-ins report as actually injected (never with what was only
+asked for), and ``tried(kind, n)`` for every request they send on purpose. At the end of the session the figures
+are printed in pytest's summary and, with ``FAULT_FIGURES=path``, written there as Markdown (the committed
+``tests/faults/FIGURES.md`` is one such run).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+FAULTS: Counter[str] = Counter()
+TRIED: Counter[str] = Counter()
+STARTED = time.monotonic()
+
+# Failures the suite found in the app and that were fixed (one commit each), newest last.
+FOUND_AND_FIXED: list[tuple[str, str]] = []
+
+
+def fault(kind: str, n: int = 1) -> None:
+    if n:
+        FAULTS[kind] += n
+
+
+def tried(kind: str, n: int = 1) -> None:
+    if n:
+        TRIED[kind] += n
+
+
+def markdown(outcome: str) -> str:
+    lines = ["# Fault and abuse suite: figures", "",
+             f"Outcome: {outcome}; {time.monotonic() - STARTED:.0f} s.", "",
+             "## Faults injected (as counted by the stand-ins)", "", "| kind | injected |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(FAULTS.items())]
+    lines += [f"| **total** | **{sum(FAULTS.values())}** |", "",
+              "## Requests tried", "", "| kind | requests |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(TRIED.items())]
+    lines += [f"| **total** | **{sum(TRIED.values())}** |", "",
+              "## Failures found and fixed", ""]
+    lines += [f"- {what} ({commit})" for commit, what in FOUND_AND_FIXED] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def write(outcome: str) -> str | None:
+    target = os.environ.get("FAULT_FIGURES")
+    if not target or not (FAULTS or TRIED):
+        return None
+    Path(target).write_text(markdown(outcome), encoding="utf-8")
+    return target
