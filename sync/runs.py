@@ -53,7 +53,11 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
     sub = await subscriptions.modify(svc, caller, sub_id, reserve)
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=trigger, status=RunStatus.QUEUED,
               group_ids=sub.group_ids, started_at=now, updated_at=now)
-    run = await svc.runs.add(run, [GroupProgress(group_id=g, updated_at=now) for g in sub.group_ids])
+    try:
+        run = await svc.runs.add(run, [GroupProgress(group_id=g, updated_at=now) for g in sub.group_ids])
+    except Transient:
+        await _abandon_start(svc, run)
+        raise
     try:
         await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run_id, g) for g in sub.group_ids])
     except Transient:
@@ -62,6 +66,19 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
     log.info("full sync queued", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
                                         "trigger": trigger, "groups": len(sub.group_ids)})
     return run
+
+
+async def _abandon_start(svc: Services, run: Run) -> None:
+    """Writing the run failed, though its rows may have landed (a lost answer): fail it if it exists and free the
+    subscription, so the caller's retry starts a sync instead of meeting a run that stays queued with no messages."""
+    try:
+        if await svc.runs.get(run.org, run.subscription_id, run.id) is None:
+            await release_subscription(svc, run, remember=False)
+        else:
+            await fail_run(svc, run, RunError("storage_unavailable", "the sync could not be started; try again"))
+    except Exception:  # storage is still failing: the reservation expires on its own (RESERVATION_GRACE)
+        log.warning("could not undo a sync that failed to start", exc_info=True,
+                    extra={"org": run.org, "subscription": run.subscription_id, "run": run.id})
 
 
 async def _refuse_if_busy(svc: Services, sub: Subscription, now: datetime) -> None:
@@ -95,13 +112,14 @@ async def fail_run(svc: Services, run: Run, error: RunError, *, release: bool = 
         await release_subscription(svc, run)
 
 
-async def release_subscription(svc: Services, run: Run) -> None:
-    """Clear the subscription's active run (if it is this one) and remember it as the last run."""
+async def release_subscription(svc: Services, run: Run, *, remember: bool = True) -> None:
+    """Clear the subscription's active run (if it is this one) and remember it as the last run (if ``remember``)."""
     caller = Caller(org=run.org, subject="directory-sync", role="Owner")
 
     async def clear(sub: Subscription) -> Subscription:
         active = None if sub.active_run_id == run.id else sub.active_run_id
-        return replace(sub, active_run_id=active, last_run_id=run.id, updated_at=svc.clock())
+        last = run.id if remember else sub.last_run_id
+        return replace(sub, active_run_id=active, last_run_id=last, updated_at=svc.clock())
 
     try:
         await subscriptions.modify(svc, caller, run.subscription_id, clear, deleting=True)
