@@ -5,11 +5,12 @@ supervisor), so its faults and counters survive function-host restarts, and it i
 the dev host's control API (see ``control_routes``):
 
 - ``POST {control}/tables/faults`` a fault or a list of faults; ``GET`` lists the pending ones, ``DELETE`` clears;
-- ``GET {control}/tables/stats`` requests forwarded and faults injected by kind; ``POST /tables/stats/reset``.
+- ``GET {control}/tables/stats`` requests forwarded, faults injected by kind and Azurite's own error answers by
+  status (412 ETag conflicts, 409 conflicts...); ``POST /tables/stats/reset`` zeroes them.
 
 A fault: ``{"match": "text", "method": "PUT", "times": 1, "delayMs": 0, "status": 503, "retryAfter": 1,
-"mode": "status" | "reset" | "lose"}``. ``match`` is a substring of the request line and body (an org id, a table
-name, ``$batch``...), matched case-sensitively; faults are taken in order and consumed. Modes:
+"mode": "status" | "reset" | "lose"}``. ``match`` is a substring (or a list of substrings that must all appear) of
+the request line and body: an org id, a table name, ``$batch``...; faults are taken in order and consumed. Modes:
 
 - ``status`` (the default when ``status`` is given): answer ``status`` (503 ServerBusy, 500, 429...) without
   forwarding, as Table Storage does when it throttles or fails;
@@ -59,7 +60,11 @@ def parse_fault(spec: Any) -> dict[str, Any]:
         raise FaultError("delayMs must be a non-negative number")
     if mode == "delay" and not delay:
         raise FaultError("a fault needs a status, a mode or a delayMs")
-    return {"match": str(spec.get("match") or ""), "method": (spec.get("method") or "").upper() or None,
+    match = spec.get("match") or []
+    match = [match] if isinstance(match, str) else match
+    if not isinstance(match, list) or not all(isinstance(m, str) for m in match):
+        raise FaultError("match is a string or a list of strings")
+    return {"match": match, "method": (spec.get("method") or "").upper() or None,
             "times": times, "delayMs": delay, "status": status if mode == "status" else None,
             "retryAfter": spec.get("retryAfter"), "mode": mode}
 
@@ -97,8 +102,10 @@ class FaultProxy:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            injected = {k[len("injected:"):]: v for k, v in self._counts.items() if k.startswith("injected:")}
-            return {"requests": self._counts["requests"], "forwarded": self._counts["forwarded"], "injected": injected}
+            def part(prefix: str) -> dict[str, int]:
+                return {k[len(prefix):]: v for k, v in self._counts.items() if k.startswith(prefix)}
+            return {"requests": self._counts["requests"], "forwarded": self._counts["forwarded"],
+                    "injected": part("injected:"), "upstreamErrors": part("upstream:")}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -108,7 +115,7 @@ class FaultProxy:
         with self._lock:
             self._counts["requests"] += 1
             for fault in self._faults:
-                if fault["match"] in text and fault["method"] in (None, method):
+                if all(m in text for m in fault["match"]) and fault["method"] in (None, method):
                     fault["times"] -= 1
                     if fault["times"] <= 0:
                         self._faults.remove(fault)
@@ -191,6 +198,8 @@ class FaultProxy:
                                                                        "Accept-Encoding")) as upstream:
             payload = await upstream.read()
             self._count("forwarded")
+            if upstream.status >= 400:  # e.g. 412: ETag conflicts between concurrent writers, 409: already exists
+                self._count(f"upstream:{upstream.status}")
             if mode == "lose":
                 return _drop(request)
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
