@@ -7,6 +7,8 @@ properties merged per group, and a run's terminal transition is ETag-guarded.
 from __future__ import annotations
 
 import logging
+
+from .logs import get_logger
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -50,7 +52,7 @@ from .model import (
 )
 from .ports import Created, Exists, Stale, Updated, UsernameTaken
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_ERRORS_PER_GROUP = 50
 MAX_STALE_ROUNDS = 6
@@ -361,6 +363,7 @@ async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approve
         return
     run = view.run
     if run.status in RunStatus.TERMINAL and not (approved_by and run.status == RunStatus.NEEDS_REVIEW):
+        await _release_if_still_held(svc, run)
         return
     settings = svc.settings
     group_ids = set(run.group_ids)
@@ -408,6 +411,18 @@ async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approve
         await _tidy_groups_grid(svc, org, sub_id)
         log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,
                                         "counts": counts.to_api()})
+    else:
+        await _release_if_still_held(svc, run)
+
+
+async def _release_if_still_held(svc: Services, run: Run) -> None:
+    """The run is over, but the subscription may still hold it as active: its end was written by a call whose answer
+    was lost (the retry met a 412) or by a worker that crashed before releasing. Release it now (only if still this
+    run's: a newer run must never be overwritten)."""
+    sub = await svc.subscriptions.get(run.org, run.subscription_id)
+    if sub is not None and sub.active_run_id == run.id:
+        await runs_uc.release_subscription(svc, run)
+        await _tidy_groups_grid(svc, run.org, run.subscription_id)
 
 
 async def _deprovision(svc: Services, org: str, run: Run, candidates: list[User], group_ids: set[str]) -> int:
