@@ -120,3 +120,23 @@ def test_thirty_two_groups_finishing_together_count_exactly(devhost, portal, loa
     again = sync(portal, sub)
     assert (again["groupsDone"], again["counts"]["unchanged"], again["counts"]["created"]) == (32, 96, 0)
     settle(devhost)
+
+
+def test_a_lost_answer_to_the_runs_final_write_still_releases_the_subscription(devhost, portal, load_tenant):
+    t = many_small_groups(1, per_group=30)
+    admin = load_tenant(t.tenant)
+    sub = connect(portal, [t.ids["g00"]])
+    assert sync(portal, sub)["counts"]["created"] == 30
+    for n in range(20):
+        admin.remove_member(t.ids["g00"], t.ids[f"u00.{n}"])
+    before = table_injected(devhost)
+    # The run's terminal write (held for review) lands, but its answer is lost: the SDK's retry meets a 412.
+    table_faults(devhost, {"match": [portal.org, "dirsyncRuns", "needs_review"], "method": "PUT", "mode": "lose"})
+    run = sync(portal, sub)
+    assert table_faults_left(devhost) == []
+    count_table_faults(devhost, before)
+    assert run["status"] == "needs_review" and run["pendingDeactivations"] == 20, run
+    approved = portal.call("POST", f"/directory/subscriptions/{sub}/runs/{run['runId']}/approve")
+    assert approved["status"] == "succeeded" and approved["counts"]["deactivated"] == 20
+    assert sum(u["status"] == "Inactive" for u in portal.users()) == 20
+    assert portal.call("GET", f"/directory/subscriptions/{sub}")["lastRun"]["runId"] == run["runId"]
