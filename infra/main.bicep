@@ -392,7 +392,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GRAPH_CLIENT_ID: graphClientId
     GRAPH_CREDENTIAL: 'managed_identity'
     // Also the identity DefaultAzureCredential uses for tables and the Service Bus sender.
-    GRAPH_MANAGED_IDENTITY_CLIENT_ID: identity.properties.clientId
+    MANAGED_IDENTITY_CLIENT_ID: identity.properties.clientId
     GRAPH_CONCURRENCY: string(graphConcurrency)
     AUTHORITY_HOST: environment().authentication.loginEndpoint
     CONSENT_REDIRECT_URI: 'https://${functionApp.properties.defaultHostName}/api/directory/consent'

@@ -197,7 +197,6 @@ class FunctionHost:
     async def _admin(self, request: web.Request) -> web.Response:
         """``POST /admin/functions/{name}``: run a timer (or queue) function now, like Core Tools' admin API."""
         name = request.match_info["name"]
-        from azure.functions.timer import TimerRequest
 
         for fn in self.timers:
             if fn.name == name:
@@ -342,19 +341,9 @@ def _duration(text: str) -> float:
 
 
 def configure_logging() -> None:
-    """Readable host logs on stderr, with the structured ``extra`` fields of our loggers appended as JSON."""
-
-    class Extras(logging.Formatter):
-        standard = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-        def format(self, record: logging.LogRecord) -> str:
-            line = super().format(record)
-            extra = {k: v for k, v in vars(record).items() if k not in self.standard and not k.startswith("_")}
-            return f"{line} {json.dumps(extra, default=str)}" if extra else line
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Extras("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=os.environ.get("LOCAL_LOG_LEVEL", "INFO"), handlers=[handler], force=True)
+    """Readable host logs on stderr (our loggers already write their structured fields into the message)."""
+    logging.basicConfig(level=os.environ.get("LOCAL_LOG_LEVEL", "INFO"), stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("azure", "uamqp", "httpx", "aiohttp.access", "kiota", "msgraph"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

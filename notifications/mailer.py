@@ -1,19 +1,19 @@
 """The mailer use case: send one invitation exactly once per user, whatever Service Bus redelivers."""
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from datetime import timedelta
 
 from sync.composition import Services
 from sync.errors import SettingsError, Transient
+from sync.logs import get_logger
 from sync.model import EmailState, EnrollmentJob, User, UserStatus
 from sync.users import change_user, enrollment_token
 
 from .render import render_invitation
 from .senders import MailError, OutgoingEmail
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SEND_LEASE = timedelta(minutes=5)
 

@@ -71,7 +71,7 @@ def _identity(settings: Settings) -> Callable[[], Any]:
     def make() -> Any:
         from azure.identity.aio import DefaultAzureCredential
 
-        return DefaultAzureCredential(managed_identity_client_id=settings.graph_managed_identity_client_id)
+        return DefaultAzureCredential(managed_identity_client_id=settings.managed_identity_client_id)
 
     return make
 
@@ -103,7 +103,7 @@ def graph_credential_factory(settings: Settings) -> Callable[[str], Any]:
         # managed_identity: a federated credential on the app registration trusts our managed identity, so no
         # secret is stored anywhere. The assertion is the identity's token for the token-exchange audience.
         return FederatedIdentityCredential(tenant_id, settings.graph_client_id, settings.authority_host,
-                                           settings.graph_managed_identity_client_id)
+                                           settings.managed_identity_client_id)
 
     return for_tenant
 
@@ -114,7 +114,10 @@ class FederatedIdentityCredential:
     EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
 
     def __init__(self, tenant_id: str, client_id: str, authority: str, identity_client_id: str | None) -> None:
-        from azure.identity.aio import ClientAssertionCredential, ManagedIdentityCredential
+        from azure.identity.aio import (
+            ClientAssertionCredential,
+            ManagedIdentityCredential,
+        )
 
         self._managed = ManagedIdentityCredential(client_id=identity_client_id)
         self._assertion = ""

@@ -6,9 +6,6 @@ properties merged per group, and a run's terminal transition is ETag-guarded.
 """
 from __future__ import annotations
 
-import logging
-
-from .logs import get_logger
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -32,6 +29,7 @@ from .decisions import (
     updated_user,
 )
 from .errors import AuthorizationLost, InvalidInput, NotFound, PreconditionFailed
+from .logs import get_logger
 from .model import (
     Counts,
     DirectoryUser,

@@ -1,7 +1,6 @@
 """Use cases of Full Sync: start a run (manual or nightly), read runs, approve a held-back deprovisioning."""
 from __future__ import annotations
 
-import logging
 import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -10,6 +9,7 @@ from . import subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .errors import Conflict, NotFound, Transient
+from .logs import get_logger
 from .model import (
     Caller,
     GroupJob,
@@ -22,7 +22,7 @@ from .model import (
     SubscriptionStatus,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RESERVATION_GRACE = timedelta(minutes=2)  # a run id reserved on the subscription whose row is not written yet
 RECENT_RUNS = 50

@@ -47,7 +47,7 @@ class Settings:
     graph_credential: str
     graph_client_secret: str | None = field(repr=False)
     graph_certificate_path: str | None
-    graph_managed_identity_client_id: str | None
+    managed_identity_client_id: str | None
     authority_host: str
     consent_redirect_uri: str
     portal_base_url: str
@@ -82,7 +82,7 @@ class Settings:
             graph_credential=reader.choice("GRAPH_CREDENTIAL", GRAPH_CREDENTIALS, "secret"),
             graph_client_secret=reader.optional("GRAPH_CLIENT_SECRET"),
             graph_certificate_path=reader.optional("GRAPH_CLIENT_CERTIFICATE_PATH"),
-            graph_managed_identity_client_id=reader.optional("GRAPH_MANAGED_IDENTITY_CLIENT_ID"),
+            managed_identity_client_id=reader.optional("MANAGED_IDENTITY_CLIENT_ID"),
             authority_host=reader.url("AUTHORITY_HOST", "https://login.microsoftonline.com").rstrip("/"),
             consent_redirect_uri=reader.url("CONSENT_REDIRECT_URI"),
             portal_base_url=reader.url("PORTAL_BASE_URL").rstrip("/"),

@@ -1,7 +1,6 @@
 """Use cases of the "Directory Sync" page: subscriptions, admin consent, username attribute, groups."""
 from __future__ import annotations
 
-import logging
 import secrets
 import uuid
 from dataclasses import replace
@@ -10,8 +9,8 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import urlencode
 
 from . import signing
-from .concurrency import optimistic
 from .composition import Services
+from .concurrency import optimistic
 from .errors import (
     AuthorizationLost,
     Conflict,
@@ -21,7 +20,7 @@ from .errors import (
     SyncError,
     Transient,
 )
-from .ports import Stale
+from .logs import get_logger
 from .model import (
     USERNAME_ATTRIBUTES,
     Caller,
@@ -32,8 +31,9 @@ from .model import (
     SubscriptionStatus,
     User,
 )
+from .ports import Stale
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CONSENT_STATE_PURPOSE = "consent-state"
 CONSENT_STATE_TTL = timedelta(minutes=10)

@@ -10,7 +10,13 @@ from typing import Any, AsyncIterator, Iterable
 
 from notifications.senders import MailError, MailSender, OutgoingEmail
 from sync.composition import Services
-from sync.errors import AuthorizationLost, InvalidInput, NotFound, PreconditionFailed, Transient
+from sync.errors import (
+    AuthorizationLost,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    Transient,
+)
 from sync.model import (
     DirectoryGroup,
     DirectoryUser,

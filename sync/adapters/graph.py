@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from typing import Any, AsyncIterator, Callable
 
 from ..errors import AuthorizationLost, InvalidInput, NotFound, Transient
+from ..logs import get_logger
 from ..model import DirectoryGroup, DirectoryUser, UserPage
 from ..ports import Directory
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 USER_SELECT = [
     "id", "displayName", "userPrincipalName", "mail", "givenName", "surname", "accountEnabled",
@@ -110,7 +110,9 @@ class GraphDirectory(Directory):
 
     async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
         from kiota_abstractions.base_request_configuration import RequestConfiguration
-        from msgraph.generated.groups.item.group_item_request_builder import GroupItemRequestBuilder
+        from msgraph.generated.groups.item.group_item_request_builder import (
+            GroupItemRequestBuilder,
+        )
 
         adapter = self._adapter(tenant_id)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage
@@ -14,10 +13,11 @@ from azure.servicebus.exceptions import (
 )
 
 from ..errors import Transient
+from ..logs import get_logger
 from ..model import EnrollmentJob, GroupJob
 from ..ports import JobQueue
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ServiceBusQueue(JobQueue):

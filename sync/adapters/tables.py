@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from ..errors import InvalidInput, PreconditionFailed, Transient
+from ..logs import get_logger
 from ..model import (
     Counts,
     GroupProgress,
@@ -62,7 +62,7 @@ from ..ports import (
     Users,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_TRANSACTION = 100  # Table Storage's limit; Azurite answers 101 with a response the SDK cannot parse
 CLAIM_PREFIX = "|n|"

@@ -1,16 +1,16 @@
 """HTTP functions of the Directory Sync page: subscriptions, consent, groups, Full Sync and its runs."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import azure.functions as func
 
 from .. import composition, runs, subscriptions
+from ..logs import get_logger
 from ..model import Subscription, iso
 from .http import Reply, handle, json_body, json_response, query, route
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 bp = func.Blueprint()
 SUBS = "directory/subscriptions"
 ONE = SUBS + "/{subscriptionId}"

@@ -1,15 +1,14 @@
 """Service Bus triggers of the group worker: one message per group (and per continuation of a large group)."""
 from __future__ import annotations
 
-import logging
-
 import azure.functions as func
 
 from .. import composition
 from ..group_sync import handle_dead_lettered_group_job, handle_group_job
+from ..logs import get_logger
 from ..model import GroupJob
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 bp = func.Blueprint()
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -11,9 +10,10 @@ import azure.functions as func
 from .. import composition
 from ..auth import authenticate, authorize
 from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError, Transient
+from ..logs import get_logger
 from ..model import Caller
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}

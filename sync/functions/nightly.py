@@ -1,13 +1,12 @@
 """Timer trigger: the nightly Full Sync of every subscription that wants it."""
 from __future__ import annotations
 
-import logging
-
 import azure.functions as func
 
 from .. import composition, runs
+from ..logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 bp = func.Blueprint()
 
 

@@ -1,6 +1,5 @@
 """Full Sync end to end through the dev host, with the fake tenant changed the way an Azure admin changes one."""
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 

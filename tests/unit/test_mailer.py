@@ -99,8 +99,9 @@ async def test_transient_failure_is_retried_permanent_is_recorded(svc, invited):
 
 
 async def test_a_send_in_progress_elsewhere_is_not_repeated_until_its_lease_ends(svc, invited):
-    from sync.users import change_user
     from dataclasses import replace
+
+    from sync.users import change_user
 
     async def claim(u):
         return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock().replace(year=2100))

@@ -1,0 +1,30 @@
+"""Loggers whose structured fields also travel in the message text.
+
+The Azure Functions Python worker forwards only a record's formatted message to Application Insights, so fields
+passed as ``extra=`` would be lost there; this adapter appends them as ``key=value`` and keeps them as attributes
+for handlers (such as OpenTelemetry's) that read them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, MutableMapping
+
+
+class FieldsAdapter(logging.LoggerAdapter):
+    """``log.info("run finished", extra={"run": id})`` logs ``run finished run=<id>``."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        fields = kwargs.get("extra") or {}
+        if fields:
+            msg = f"{msg} " + " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+        return msg, kwargs
+
+
+def _value(value: Any) -> str:
+    text = str(value)
+    return f'"{text}"' if (" " in text or not text) else text
+
+
+def get_logger(name: str) -> FieldsAdapter:
+    """A logger for ``name`` whose ``extra`` fields are written into the message."""
+    return FieldsAdapter(logging.getLogger(name), {})
