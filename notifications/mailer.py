@@ -5,7 +5,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from sync.composition import Services
-from sync.errors import SettingsError, Transient
+from sync.errors import SettingsError
 from sync.logs import get_logger
 from sync.model import EmailState, EnrollmentJob, User, UserStatus
 from sync.users import change_user, enrollment_token
@@ -40,11 +40,24 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
             await _record(svc, user, EmailState.FAILED, error=str(exc))
             log.warning("invitation refused permanently", extra={"org": user.org, "user": user.id})
             return "failed"
-        await _record(svc, user, EmailState.QUEUED)  # release the claim so the redelivery may send
-        raise Transient(f"sending the invitation failed: {exc}") from None
+        return await _retry_later(svc, user, job, str(exc))
     await _record(svc, user, EmailState.SENT, sent=True)
     log.info("invitation sent", extra={"org": user.org, "user": user.id, "run": job.run_id})
     return "sent"
+
+
+async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) -> str:
+    """The relay refused for now: try again later with growing delays (not at once, which relays punish)."""
+    mail = svc.settings.mail
+    if job.attempt >= mail.retry_attempts:
+        await _record(svc, user, EmailState.FAILED, error=f"gave up after {job.attempt + 1} attempts: {why}")
+        log.warning("invitation abandoned", extra={"org": user.org, "user": user.id, "attempts": job.attempt + 1})
+        return "failed"
+    delay = min(mail.retry_base_s * 2 ** job.attempt, 3600.0)
+    await _record(svc, user, EmailState.QUEUED)  # release the claim so the retry may send
+    await svc.queue.send_enrollment_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
+    log.info("invitation retry scheduled", extra={"org": user.org, "user": user.id, "in_s": int(delay), "why": why})
+    return "retry_scheduled"
 
 
 async def _claim(svc: Services, job: EnrollmentJob) -> User | str:

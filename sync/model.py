@@ -431,15 +431,19 @@ class EnrollmentJob:
     org: str
     user_id: str
     run_id: str | None = None
+    attempt: int = 0  # retries after the relay refused for a while
 
     @property
     def message_id(self) -> str:
-        return f"enroll:{self.org}:{self.user_id}"
+        base = f"enroll:{self.org}:{self.user_id}"
+        return f"{base}:retry{self.attempt}" if self.attempt else base
 
     def to_json(self) -> str:
-        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id}, separators=(",", ":"))
+        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt},
+                          separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EnrollmentJob":
         data = json.loads(text)
-        return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"))
+        return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
+                   attempt=int(data.get("attempt") or 0))

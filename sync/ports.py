@@ -197,4 +197,5 @@ class JobQueue(abc.ABC):
     async def send_group_jobs(self, jobs: list[GroupJob]) -> None: ...
 
     @abc.abstractmethod
-    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob]) -> None: ...
+    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
+        """Queue invitations, now or (a retry after a relay refused for a while) ``delay_s`` later."""

@@ -27,6 +27,8 @@ class MailSettings:
     smtp_username: str | None
     smtp_password: str | None = field(repr=False)
     smtp_timeout_s: float
+    retry_attempts: int = 8
+    retry_base_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def _mail_settings(reader: "_Reader") -> MailSettings | None:
         smtp_username=reader.optional("SMTP_USERNAME"),
         smtp_password=reader.optional("SMTP_PASSWORD"),
         smtp_timeout_s=reader.number("SMTP_TIMEOUT_SECONDS", 30.0, 1.0, 600.0),
+        retry_attempts=int(reader.number("MAIL_RETRY_ATTEMPTS", 8, 0, 50)),
+        retry_base_s=reader.number("MAIL_RETRY_BASE_SECONDS", 60.0, 1.0, 3600.0),
     )
 
 

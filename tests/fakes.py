@@ -398,6 +398,7 @@ class RecordingQueue(JobQueue):
     def __init__(self) -> None:
         self.group_jobs: list[GroupJob] = []
         self.enrollment_jobs: list[EnrollmentJob] = []
+        self.delays: list[float] = []
         self.fail_next: Exception | None = None
 
     async def send_group_jobs(self, jobs: list[GroupJob]) -> None:
@@ -406,8 +407,9 @@ class RecordingQueue(JobQueue):
             raise exc
         self.group_jobs.extend(jobs)
 
-    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob]) -> None:
+    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
         self.enrollment_jobs.extend(jobs)
+        self.delays.extend([delay_s] * len(jobs))
 
     def take_group_jobs(self) -> list[GroupJob]:
         jobs, self.group_jobs = self.group_jobs, []

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator
 
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
@@ -47,37 +49,49 @@ class ServiceBusQueue(JobQueue):
             for job in jobs
         ])
 
-    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob]) -> None:
-        await self._send(self._enrollment_queue, [
-            ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
-                              subject="enrollment-email")
-            for job in jobs
-        ])
+    async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
+        messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
+                                      subject="enrollment-email") for job in jobs]
+        if delay_s > 0:
+            await self._schedule(self._enrollment_queue, messages, delay_s)
+        else:
+            await self._send(self._enrollment_queue, messages)
 
     async def _send(self, queue: str, messages: list[ServiceBusMessage]) -> None:
         if not messages:
             return
-        # The async sender is not safe to open from several tasks at once: one send at a time per queue.
+        async with self._sending(queue) as sender:
+            batch = await sender.create_message_batch()
+            for message in messages:
+                try:
+                    batch.add_message(message)
+                except MessageSizeExceededError:
+                    await sender.send_messages(batch)
+                    batch = await sender.create_message_batch()
+                    batch.add_message(message)
+            await sender.send_messages(batch)
+        self.sent += len(messages)
+
+    async def _schedule(self, queue: str, messages: list[ServiceBusMessage], delay_s: float) -> None:
+        at = datetime.now(timezone.utc) + timedelta(seconds=delay_s)
+        async with self._sending(queue) as sender:
+            await sender.schedule_messages(messages, at)
+        self.sent += len(messages)
+
+    @asynccontextmanager
+    async def _sending(self, queue: str) -> AsyncIterator[ServiceBusSender]:
+        """The queue's sender, one operation at a time (the async sender is not safe to open concurrently)."""
         async with self._locks.setdefault(queue, asyncio.Lock()):
             sender = self._senders.get(queue)
             if sender is None:
                 sender = self._senders[queue] = self._client.get_queue_sender(queue)
             try:
-                batch = await sender.create_message_batch()
-                for message in messages:
-                    try:
-                        batch.add_message(message)
-                    except MessageSizeExceededError:
-                        await sender.send_messages(batch)
-                        batch = await sender.create_message_batch()
-                        batch.add_message(message)
-                await sender.send_messages(batch)
+                yield sender
             except (ServiceBusConnectionError, ServiceBusError, asyncio.TimeoutError) as exc:
                 # The sender may be broken now; the next call opens a fresh link.
                 self._senders.pop(queue, None)
                 await _quietly_close(sender)
                 raise Transient(f"Service Bus send to {queue} failed: {type(exc).__name__}") from exc
-        self.sent += len(messages)
 
     async def close(self) -> None:
         for sender in list(self._senders.values()):

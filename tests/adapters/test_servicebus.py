@@ -62,3 +62,11 @@ async def test_unreachable_namespace_is_transient():
     with pytest.raises(Transient):
         await asyncio.wait_for(queue.send_group_jobs([GroupJob("o", "s", "r", "g")]), timeout=60)
     await queue.close()
+
+
+async def test_a_delayed_invitation_is_scheduled_not_sent(bus):
+    queue = ServiceBusQueue.from_connection_string(bus.connection_string, "group-sync", "enrollment-email")
+    await queue.send_enrollment_jobs([EnrollmentJob("org-a", "user-1", "run-1", attempt=2)], delay_s=600)
+    await queue.close()
+    stats = bus.stats()["queues"]["enrollment-email"]
+    assert (stats["scheduled"], stats["active"]) == (1, 0)

@@ -10,7 +10,6 @@ from notifications.render import render_invitation
 from notifications.senders import MailError
 from notifications.smtp import build_message
 from sync import signing
-from sync.errors import Transient
 from sync.model import EmailState
 from tests.fakes import SIGNING
 from tests.helpers import functions_by_name
@@ -85,12 +84,16 @@ def email_lines_are_folded_only(headers: str) -> bool:
     return all(line[:1] in (" ", "\t") or ":" in line.split(" ", 1)[0] for line in headers.splitlines())
 
 
-async def test_transient_failure_is_retried_permanent_is_recorded(svc, invited):
+async def test_transient_failure_is_retried_later_permanent_is_recorded(svc, invited):
     svc.mail_sender.failures.append(MailError("451 try later", permanent=False))
-    with pytest.raises(Transient):
-        await send_invitation(svc, invited[0])
+    queued = len(svc.queue.enrollment_jobs)
+    assert await send_invitation(svc, invited[0]) == "retry_scheduled"
     assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.QUEUED
-    assert await send_invitation(svc, invited[0]) == "sent"
+    [retry] = svc.queue.enrollment_jobs[queued:]
+    assert retry.attempt == 1 and retry.user_id == invited[0].user_id and svc.queue.delays[-1] == 60
+    assert retry.message_id != invited[0].message_id
+    assert await send_invitation(svc, retry) == "sent"
+    assert await send_invitation(svc, invited[0]) == "already_sent"
     svc.mail_sender.failures.append(MailError("550 no such mailbox", permanent=True))
     assert await send_invitation(svc, invited[1]) == "failed"
     zoe = users_of(svc)["zoe@contoso.example"]
@@ -114,3 +117,14 @@ async def test_dead_lettered_invitation_is_recorded(svc, invited):
     await handle_dead_lettered(svc, invited[0], "MaxDeliveryCountExceeded")
     tom = users_of(svc)["tom@contoso.example"]
     assert tom.enrollment_email == EmailState.FAILED and "MaxDeliveryCountExceeded" in tom.enrollment_email_error
+
+
+async def test_retries_back_off_and_give_up(svc, invited):
+    from dataclasses import replace as copy
+    job = copy(invited[0], attempt=svc.settings.mail.retry_attempts - 1)
+    svc.mail_sender.failures += [MailError("421 busy", permanent=False)] * 2
+    assert await send_invitation(svc, job) == "retry_scheduled"
+    assert svc.queue.delays[-1] == 3600  # capped
+    assert await send_invitation(svc, svc.queue.enrollment_jobs[-1]) == "failed"
+    tom = users_of(svc)["tom@contoso.example"]
+    assert tom.enrollment_email == EmailState.FAILED and "gave up after" in tom.enrollment_email_error
