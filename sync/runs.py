@@ -24,7 +24,7 @@ from .model import (
 
 log = get_logger(__name__)
 
-RESERVATION_GRACE = timedelta(minutes=2)  # a run id reserved on the subscription whose row is not written yet
+RESERVATION_GRACE = subscriptions.STARTING_GRACE  # a run id reserved on the subscription whose row is not written yet
 RECENT_RUNS = 50
 
 

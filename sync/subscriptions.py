@@ -130,10 +130,17 @@ async def _release_users(svc: Services, org: str, sub_id: str) -> int:
     return released
 
 
+# A run id reserved on the subscription whose rows are not written yet: the sync is starting (runs.start).
+STARTING_GRACE = timedelta(minutes=2)
+
+
 async def _refuse_if_running(svc: Services, sub: Subscription, action: str) -> None:
     if not sub.active_run_id:
         return
     run = await svc.runs.get(sub.org, sub.id, sub.active_run_id)
+    if run is None and svc.clock() - sub.updated_at < STARTING_GRACE:
+        raise Conflict(f"a sync of this directory is starting; {action} it when the run has finished",
+                       code="sync_in_progress")
     if run is not None and run.status in RunStatus.ACTIVE:
         raise Conflict(f"a sync of this directory is {run.status}; {action} it when the run has finished",
                        code="sync_in_progress")
