@@ -17,11 +17,13 @@ QUEUES = ("group-sync", "enrollment-email")
 
 
 def connect(portal: Portal, groups: list[str], **options: Any) -> str:
-    """A subscription of the portal's org, consented, with ``options`` and ``groups`` selected."""
+    """A subscription of the portal's org, consented, with ``options`` and ``groups`` selected.
+
+    ``nightlySync`` is off unless asked for, so running the nightly function in one test syncs only its own.
+    """
     sub = portal.create_subscription("Fabrikam")
     assert portal.authorize(sub["id"]) == {"subscriptionId": sub["id"], "consent": "granted"}
-    if options:
-        portal.update(sub["id"], **options)
+    portal.update(sub["id"], **{"nightlySync": False, **options})
     portal.select_groups(sub["id"], groups)
     return sub["id"]
 
