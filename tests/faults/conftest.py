@@ -87,3 +87,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus):
     written = figures.write(outcome)
     if written:
         terminalreporter.write_line(f"figures written to {written}")
+
+
+@pytest.fixture(scope="session")
+def victim(devhost):
+    """An organisation with something to lose, shared by the abuse tests: a synced subscription (a run, synced users,
+    invitations) and a Manual user. Tests must leave it as they found it; they compare its snapshot."""
+    from tests.faults.abuse import Victim
+
+    return Victim.create(devhost, SESSION_TOKENS)
+
+
+def pytest_collection_modifyitems(items):
+    """The secrets test reads the log the rest of the suite produced, so it runs after everything else."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/faults/test_secrets.py"))

@@ -12,7 +12,6 @@ from tests.faults.helpers import (
     count_table_faults,
     poll,
     settle,
-    sync,
     table_faults,
     table_faults_left,
     table_injected,

@@ -7,7 +7,6 @@ from tests.faults.helpers import (
     count_table_faults,
     emails_of_org,
     errors,
-    poll,
     recipients,
     settle,
     state,
