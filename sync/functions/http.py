@@ -59,7 +59,7 @@ def json_body(req: func.HttpRequest) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting deeper than Python parses
         raise InvalidInput("the body is not valid JSON", code="malformed_json") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body")
