@@ -1,5 +1,4 @@
 """Bad input: OData text in filters and searches, hostile bodies, and hostile directory data flowing into e-mails."""
-import json
 
 import pytest
 
