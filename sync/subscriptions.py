@@ -187,7 +187,10 @@ async def complete_consent(svc: Services, params: dict[str, str]) -> str:
     error = params.get("error")
     if error:
         # Consumes the state too, so the same link cannot be replayed later.
-        await _consume(svc, claims, tenant=None)
+        try:
+            await _consume(svc, claims, tenant=None)
+        except SyncError:  # already used (a reload of Microsoft's error page) or the subscription is gone
+            pass
         outcome.update(consent="error", error=_safe_code(error))
         return f"{back}?{urlencode(outcome)}"
     tenant = (params.get("tenant") or "").strip()
