@@ -1,0 +1,137 @@
+"""The admin-consent callback: forged, expired, replayed and swapped states change nothing; it only redirects home."""
+import base64
+import json
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from local.__main__ import LOCAL_SIGNING_SECRET
+from sync import signing
+from sync.subscriptions import CONSENT_STATE_PURPOSE
+from tests.faults import figures
+from tests.faults.abuse import assert_error
+from tests.faults.tenants import with_large_group
+
+pytestmark = pytest.mark.faults
+
+PORTAL = "http://localhost:3000"
+RETURN_PATH = "/directory-sync"
+
+
+def state_claims(state: str) -> dict:
+    body = state.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+class Callback:
+    """Microsoft's redirect to the app, as a browser would follow it."""
+
+    def __init__(self, devhost):
+        self.url = devhost.ready["api"] + "/directory/consent"
+        self.tried = 0
+
+    def __call__(self, params: dict | list, headers: dict | None = None) -> dict[str, str]:
+        """Call the callback; assert it redirects to the portal's page and nowhere else; its query parameters."""
+        response = httpx.get(self.url, params=params, headers=headers, follow_redirects=False, timeout=30)
+        self.tried += 1
+        assert response.status_code == 302, (response.status_code, response.text[:200])
+        location = urlsplit(response.headers["location"])
+        assert f"{location.scheme}://{location.netloc}" == PORTAL and location.path == RETURN_PATH, location
+        assert not location.fragment and "\r" not in response.headers["location"]
+        query = {k: v[0] for k, v in parse_qs(location.query).items()}
+        assert set(query) <= {"consent", "error", "subscriptionId"}, query
+        assert all(c.isalnum() or c in "_-" for c in query.get("error", "")), query
+        return query
+
+
+def consent_url(portal, sub: str) -> tuple[str, dict]:
+    url = portal.call("POST", f"/directory/subscriptions/{sub}/authorize")["authorizeUrl"]
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    return state, state_claims(state)
+
+
+def test_forged_expired_replayed_and_swapped_states_change_nothing(devhost, portal, load_tenant):
+    t = with_large_group(3)
+    load_tenant(t.tenant)
+    tid = t.tenant["tenantId"]
+    callback = Callback(devhost)
+    a = portal.create_subscription("A")["id"]
+    b = portal.create_subscription("B")["id"]
+    state_a, claims_a = consent_url(portal, a)
+    state_b, claims_b = consent_url(portal, b)
+    granted = {"admin_consent": "True", "tenant": tid}
+    now = int(time.time())
+
+    def signed(**claims):
+        return signing.sign(LOCAL_SIGNING_SECRET, CONSENT_STATE_PURPOSE, claims)
+
+    body_a, mac_a = state_a.split(".")
+    swapped_body = base64.urlsafe_b64encode(json.dumps({**claims_a, "sub": b}).encode()).rstrip(b"=").decode()
+    refused = {
+        "no state": ({**granted}, "missing_state"),
+        "garbage": ({**granted, "state": "garbage"}, "invalid_token"),
+        "forged MAC": ({**granted, "state": body_a + ".AAAA"}, "invalid_token"),
+        "payload swapped to B under A's MAC": ({**granted, "state": f"{swapped_body}.{mac_a}"}, "invalid_token"),
+        "enrollment-purpose token": ({**granted, "state": signing.sign(LOCAL_SIGNING_SECRET, "enrollment", claims_a)},
+                                     "invalid_token"),
+        # Signed with the real secret but expired; its nonce is unknown to an attacker, expiry is checked first.
+        "expired": ({**granted, "state": signed(**{**claims_a, "exp": now - 60})}, "state_expired"),
+        "expired with a guessed nonce": ({**granted, "state": signed(org=portal.org, sub=a, n="guess", exp=now - 1)},
+                                         "state_expired"),
+        "wrong nonce": ({**granted, "state": signed(org=portal.org, sub=a, n="guess", exp=now + 600)}, "state_used"),
+        "A's nonce on B": ({**granted, "state": signed(**{**claims_a, "sub": b})}, "state_used"),
+        "another org's subscription": ({**granted, "state": signed(**{**claims_a, "org": "mallory"})},
+                                       "subscription_not_found"),
+        "exp as text": ({**granted, "state": signed(**{**claims_a, "exp": str(now + 600)})}, "invalid_state"),
+    }
+    for what, (params, code) in refused.items():
+        assert callback(params).get("error") == code, what
+    for params in ({**granted, "state": state_a, "admin_consent": "False"},
+                   {**granted, "state": state_a, "tenant": "https://evil.example/"},
+                   {**granted, "state": state_a, "tenant": ""}):
+        assert callback(params) == {"subscriptionId": a, "consent": "error", "error": "consent_not_granted"}
+    subs = {s["id"]: s for s in portal.call("GET", "/directory/subscriptions")["subscriptions"]}
+    assert all(s["status"] == "authorization_required" and s["azureTenantId"] is None for s in subs.values())
+
+    # The genuine state works once; replayed (with any tenant) it is refused and changes nothing.
+    assert callback({**granted, "state": state_a}) == {"subscriptionId": a, "consent": "granted"}
+    for tenant in (tid, "00000000-0000-0000-0000-000000000bad"):
+        assert callback({**granted, "tenant": tenant, "state": state_a})["error"] == "state_used"
+    assert portal.call("GET", f"/directory/subscriptions/{a}")["azureTenantId"] == tid
+    # Microsoft's "denied" redirect consumes B's state: it cannot be turned into a grant afterwards.
+    denied = {"error": "access_denied", "error_description": "<script>x</script>", "state": state_b}
+    assert callback(denied) == {"subscriptionId": b, "consent": "error", "error": "access_denied"}
+    assert callback(denied) == {"subscriptionId": b, "consent": "error", "error": "access_denied"}  # reloaded
+    assert callback({**granted, "state": state_b})["error"] == "state_used"
+    assert portal.call("GET", f"/directory/subscriptions/{b}")["status"] == "authorization_required"
+    # Consent from another tenant for a subscription already connected to one.
+    state, _ = consent_url(portal, a)
+    assert callback({**granted, "tenant": "00000000-0000-0000-0000-000000000bad", "state": state})["error"] == \
+        "tenant_mismatch"
+    assert portal.call("GET", f"/directory/subscriptions/{a}")["azureTenantId"] == tid
+    figures.tried("consent callback: forged, expired, replayed, swapped", callback.tried)
+
+
+def test_no_url_parameter_or_header_can_redirect_the_browser_elsewhere(devhost, portal, load_tenant):
+    t = with_large_group(3)
+    load_tenant(t.tenant)
+    callback = Callback(devhost)
+    sub = portal.create_subscription("A")["id"]
+    state, _ = consent_url(portal, sub)
+    evil = ["https://evil.example/", "//evil.example", "/\\evil.example", "https:evil.example", "javascript:alert(1)",
+            "http://localhost:3000@evil.example", "%0d%0aLocation:%20https://evil.example", "\r\nLocation: //evil"]
+    names = ["redirect_uri", "redirect", "returnUrl", "return_to", "next", "url", "continue", "post_login_redirect",
+             "error", "error_description", "tenant", "state", "admin_consent", "scope"]
+    for target in evil:
+        for name in names:
+            callback({"admin_consent": "True", "tenant": t.tenant["tenantId"], "state": "x", name: target})
+            callback([("state", state), ("state", target), (name, target)])  # repeated parameters too
+        callback({"state": "x"}, headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example",
+                                          "Referer": target.strip(), "X-Original-URL": "/evil"})
+    assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorization_required"
+    # Only GET: other methods are refused (and never redirect).
+    for method in ("POST", "PUT", "DELETE"):
+        assert_error(httpx.request(method, callback.url, params={"state": state}, timeout=30), 405)
+    figures.tried("consent callback: open-redirect attempts", callback.tried + 3)
