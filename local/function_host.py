@@ -142,7 +142,7 @@ class FunctionHost:
     async def start(self) -> None:
         web_app = web.Application(client_max_size=100 * 1024 * 1024)  # the Functions host's request limit
         web_app.router.add_route("POST", "/admin/functions/{name}", self._admin)
-        web_app.router.add_route("*", "/api/{tail:.*}", self._http)
+        web_app.router.add_route("*", r"/api/{tail:[\s\S]*}", self._http)  # any path, newlines (%0A) too
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
