@@ -185,6 +185,9 @@ class _Segment:
 
     def decide(self, existing: User, desired: Desired, updates: list, flags: list[str]) -> None:
         """Sort a stored user into: unchanged (maybe only joining this group), or to update."""
+        if self.created_by_a_lost_attempt(existing, desired):
+            self.created(existing)  # report it as that attempt would have
+            return
         if existing.source_type != SourceType.AD_SYNC or existing.subscription_id != self.sub.id:
             self.skip("managed_manually", f"{existing.username} is now managed in the portal and is not overwritten",
                       user_id=existing.id)
@@ -234,8 +237,17 @@ class _Segment:
         if user.enrollment_email == EmailState.QUEUED:
             self.counts = self.counts.bump("emailsQueued")
             self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id))
-        elif self.sub.send_enrollment_email and user.status == UserStatus.ACTIVE:
+        elif user.enrollment_email is None and self.sub.send_enrollment_email and user.status == UserStatus.ACTIVE:
             self.skip("no_email_address", f"{user.username} has no e-mail address; no invitation sent", user_id=user.id)
+
+    def created_by_a_lost_attempt(self, user: User, desired: Desired) -> bool:
+        """Did an earlier attempt of this segment create ``user`` and then die (or lose its answer) before recording it?
+
+        Such a row names this run as its creator and only this group (other groups of the run merge their own
+        membership in when they meet the user), and the progress row holds no report of it: only one attempt's
+        report is ever merged, so reporting it again counts it once."""
+        return (user.id not in self.seen and user.last_run_id == self.run.id and user.last_change == Change.CREATED
+                and user.group_ids == frozenset({self.job.group_id}) and change_of(user, desired) == Change.UNCHANGED)
 
     def resend_invitation_if_lost(self, user: User) -> None:
         """After a crash between creating users and queueing their invitations, queue them again (the mailer dedupes)."""
