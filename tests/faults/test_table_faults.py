@@ -139,3 +139,28 @@ def test_a_lost_answer_to_the_runs_final_write_still_releases_the_subscription(d
     assert approved["status"] == "succeeded" and approved["counts"]["deactivated"] == 20
     assert sum(u["status"] == "Inactive" for u in portal.users()) == 20
     assert portal.call("GET", f"/directory/subscriptions/{sub}")["lastRun"]["runId"] == run["runId"]
+
+
+def test_a_lost_answer_to_creating_users_still_reports_them_like_a_clean_run(devhost, new_portal, load_tenant):
+    t = with_large_group(0)
+    load_tenant(t.tenant)
+    groups = [t.ids["sales"]]  # one group: no other worker creates its users first
+    clean = new_portal()
+    clean_run = sync(clean, connect(clean, groups, **OPTIONS))
+    settle(devhost)
+    faulty = new_portal()
+    sub = connect(faulty, groups, **OPTIONS)
+    before = table_injected(devhost)
+    # The transaction creating the Sales users (lou.guest has no address: no invitation, reported as skipped) lands,
+    # its answer is lost, and the message is redelivered: the users exist, the report must not be lost.
+    table_faults(devhost, {"match": [faulty.org, "$batch", "dirsyncUsers", f"lou.guest_ext#EXT#@{t.domain}"],
+                           "mode": "lose"})
+    run = sync(faulty, sub)
+    settle(devhost)
+    assert table_faults_left(devhost) == []
+    count_table_faults(devhost, before)
+    assert run["status"] == "succeeded"
+    assert run["counts"] == clean_run["counts"] and run["counts"]["skippedReasons"] == {"no_email_address": 1}
+    assert errors(run) == errors(clean_run)
+    assert state(faulty) == state(clean)
+    assert recipients(emails_of_org(devhost, faulty.org)) == recipients(emails_of_org(devhost, clean.org))
