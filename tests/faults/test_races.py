@@ -44,8 +44,11 @@ def post(portal, path):
 
 def test_concurrent_full_syncs_start_exactly_one_run(devhost, portal, load_tenant):
     t = with_large_group(5)
-    load_tenant(t.tenant)
+    admin = load_tenant(t.tenant)
     sub = connect(portal, [t.ids["eng"], t.ids["sales"]])
+    # Each round's run waits on a slow Graph page, so it is surely still running when the last request arrives.
+    admin.control("POST", "/faults", json={"path": f"/groups/{t.ids['eng']}/transitiveMembers", "delayMs": 1500,
+                                           "times": 4})
     for round_ in range(4):
         answers = at_once(*[post(portal, f"/directory/subscriptions/{sub}/sync")] * 6)
         figures.tried("concurrent Full Sync requests", len(answers))
@@ -60,8 +63,10 @@ def test_concurrent_full_syncs_start_exactly_one_run(devhost, portal, load_tenan
 
 def test_the_nightly_run_racing_a_manual_one_starts_exactly_one(devhost, portal, load_tenant):
     t = with_large_group(5)
-    load_tenant(t.tenant)
+    admin = load_tenant(t.tenant)
     sub = connect(portal, [t.ids["eng"]], nightlySync=True)
+    admin.control("POST", "/faults", json={"path": f"/groups/{t.ids['eng']}/transitiveMembers", "delayMs": 1500,
+                                           "times": 3})  # whichever run starts is still running when the other asks
     api = urlsplit(devhost.ready["api"])
     nightly = f"{api.scheme}://{api.netloc}/admin/functions/nightly_sync"
     for round_ in range(3):
