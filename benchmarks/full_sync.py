@@ -1,0 +1,260 @@
+"""Full sync and re-sync at scale, measured against the floor of this machine in the same run (``make bench``).
+
+    python benchmarks/full_sync.py [--users 20000] [--groups 20] [--seed 1] [--latency-ms 0] [--profile FILE]
+
+Generates a tenant deterministically, serves it from the fake Graph, and runs three things one after the other,
+each in its own process: the floor (``benchmarks/floor.py``: raw paging and raw batch writes), then a Full Sync and
+a re-sync with the app's use cases and real adapters (``benchmarks/worker.py``). The fake tenant, the local
+Service Bus and Azurite run out of process, so the worker's peak RSS is the group workers' own. Prints a human
+table and, as its last line, one JSON object (see benchmarks/README.md for what each number means).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from local.azurite import Azurite  # noqa: E402
+from local.fake_graph import generate_tenant, transitive_user_members  # noqa: E402
+
+PAGE_SIZE = 999
+MAX_TRANSACTION = 100
+KEYS = ("users", "groups", "memberships", "graph_requests", "graph_floor", "table_writes", "table_write_floor",
+        "full_sync_s", "floor_s", "resync_s", "resync_user_writes", "resync_membership_writes", "peak_rss_mb",
+        "import_function_app_s", "import_azure_functions_s")
+# Local-only secrets (the dev host's defaults); never used in Azure.
+APP_SETTINGS = {
+    "PORTAL_TOKEN_SECRET": "local-dev-portal-token-secret-not-for-production",
+    "SIGNING_SECRET": "local-dev-signing-secret-not-for-production-00",
+    "GRAPH_CLIENT_ID": "00000000-0000-0000-0000-00000000d5c1",
+    "GRAPH_CREDENTIAL": "local_static",
+    "GROUP_SYNC_QUEUE": "group-sync",
+    "ENROLLMENT_QUEUE": "enrollment-email",
+    "CONSENT_REDIRECT_URI": "http://127.0.0.1:7071/api/directory/consent",
+    "PORTAL_BASE_URL": "http://localhost:3000",
+    "MAIL_SENDER": "none",
+    "TABLE_PREFIX": "bench",
+}
+
+
+class Child:
+    """A stand-in in its own process that prints ``READY {json}`` once it listens."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=str(ROOT), stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=_env())
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"{' '.join(args)} did not start: {line!r}")
+        self.ready = json.loads(line[6:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _progress(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def _last_json(text: str, what: str) -> dict[str, Any]:
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{what} printed no result")
+    return json.loads(lines[-1])
+
+
+def run_script(args: list[str], what: str, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
+    """Run one of the benchmark's scripts in its own process and return the JSON it printed last."""
+    done = subprocess.run([sys.executable, *args], cwd=str(ROOT), env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return _last_json(done.stdout, what)
+
+
+def import_time(module: str, runs: int) -> float:
+    """Median wall time of ``python -c "import <module>"`` in a fresh interpreter, from the repo root."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {module}"], cwd=str(ROOT), env=_env(), check=True)
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times), 3)
+
+
+def write_floor(group_users: dict[str, list[str]]) -> dict[str, int]:
+    """Write requests the design cannot avoid, Σ over partitions of ⌈entities / 100⌉ (see README)."""
+    memberships = sum(len(u) for u in group_users.values())
+    users = len(set().union(*group_users.values())) if group_users else 0
+    groups = len(group_users)
+    # Users partition: a new user's row and its username claim; a user in k groups gets k-1 membership merges.
+    user_entities = 2 * users + (memberships - users)
+    # Bookkeeping, written at different moments by different workers, so one request each: reserve and release
+    # the subscription, create the run with its progress rows, end the run; per group its progress and grid row.
+    bookkeeping = 3 + math.ceil((groups + 1) / MAX_TRANSACTION) + 2 * groups
+    return {"user_entities": user_entities, "users_partition": math.ceil(user_entities / MAX_TRANSACTION),
+            "bookkeeping": bookkeeping, "total": math.ceil(user_entities / MAX_TRANSACTION) + bookkeeping}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20000)
+    parser.add_argument("--groups", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency-ms", type=float, default=0, help="the fake tenant answers each request this late")
+    parser.add_argument("--profile", help="cProfile the worker's Full Sync into this file (pstats format)")
+    parser.add_argument("--import-runs", type=int, default=5, help="interpreters started per import measurement")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take before giving up")
+    args = parser.parse_args(argv)
+
+    tenant = generate_tenant(users=args.users, groups=args.groups, seed=args.seed, nesting_depth=1, overlap=0.5,
+                             blocked_share=0.05, guest_share=0.02, devices=10)
+    group_ids = [g["id"] for g in tenant["groups"]]
+    group_users = {g: transitive_user_members(tenant, g) for g in group_ids}
+    memberships = sum(len(u) for u in group_users.values())
+    users = len(set().union(*group_users.values()))
+    graph_floor = sum(max(1, math.ceil(len(u) / PAGE_SIZE)) for u in group_users.values())
+    writes_floor = write_floor(group_users)
+    host = json.loads((ROOT / "host.json").read_text())["extensions"]["serviceBus"]
+    concurrency = ["--group-concurrency", str(host["maxConcurrentCalls"]), "--graph-concurrency", "4",
+                   "--write-concurrency", "8"]
+
+    children: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tenant_file = Path(tmp) / "tenant.json"
+        tenant_file.write_text(json.dumps(tenant, ensure_ascii=False), encoding="utf-8")
+        tenant_id = tenant["tenantId"]
+        del tenant
+        try:
+            graph = Child("-m", "local.fake_graph", "--tenant", str(tenant_file), "--port", "0")
+            children.append(graph)
+            bus = Child("-m", "local.broker", "--port", "0", "--queue", "group-sync", "--queue", "enrollment-email")
+            children.append(bus)
+            base_url, origin = graph.ready["graph"], graph.ready["graph"].rsplit("/v1.0", 1)[0]
+            common = ["--graph", base_url, "--tenant", tenant_id, "--groups", ",".join(group_ids)]
+            # Warm the fake's caches first, so neither the floor nor the sync pays for them.
+            _progress(f"tenant: {users} users, {len(group_ids)} groups, {memberships} memberships; warming up the fake")
+            run_script(["benchmarks/floor.py", *common], "graph warm-up")
+            httpx.post(f"{origin}/_fake/latency", json={"ms": args.latency_ms}).raise_for_status()
+
+            with Azurite() as azurite:
+                floor = run_script(["benchmarks/floor.py", *common, *concurrency, "--tables", azurite.connection_string],
+                                   "floor", timeout=args.timeout)
+            _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
+            with Azurite() as azurite:
+                env = _env(**APP_SETTINGS, TABLES_CONNECTION_STRING=azurite.connection_string,
+                           ServiceBusConnection=bus.ready["serviceBus"], GRAPH_BASE_URL=base_url, AUTHORITY_HOST=origin)
+                worker_args = ["benchmarks/worker.py", "--tenant", tenant_id, "--groups", ",".join(group_ids),
+                               "--timeout", str(args.timeout)]
+                if args.profile:
+                    worker_args += ["--profile", str(Path(args.profile).resolve())]
+                sync = run_script(worker_args, "sync worker", env=env, timeout=2 * args.timeout + 120)
+            _progress(f"sync: full {sync['full']['seconds']} s, re-sync {sync['resync']['seconds']} s")
+        finally:
+            for child in reversed(children):
+                child.stop()
+
+    full, resync = sync["full"], sync["resync"]
+    result = {
+        "users": users,
+        "groups": len(group_ids),
+        "memberships": memberships,
+        "graph_requests": full["graph_requests"],
+        "graph_floor": graph_floor,
+        "table_writes": full["wire"]["write_requests"],
+        "table_write_floor": writes_floor["total"],
+        "full_sync_s": full["seconds"],
+        "floor_s": floor["seconds"],
+        "resync_s": resync["seconds"],
+        "resync_user_writes": resync["store"]["user_rows"],
+        "resync_membership_writes": resync["store"]["membership_rows"],
+        "peak_rss_mb": sync["peak_rss_mb"],
+        "import_function_app_s": import_time("function_app", args.import_runs),
+        "import_azure_functions_s": import_time("azure.functions", args.import_runs),
+    }
+    report(args, result, floor, sync, writes_floor)
+    print(json.dumps({k: result[k] for k in KEYS}), flush=True)
+    return result
+
+
+def _ratio(value: float, floor: float) -> str:
+    return f"{value / floor:.2f}x" if floor else "-"
+
+
+def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict, writes_floor: dict) -> None:
+    """The human table: each target with PASS/MISS, then where the requests and the time went."""
+    full, resync = sync["full"], sync["resync"]
+    mark = {True: "PASS", False: "MISS"}
+    imports = r["import_function_app_s"] / r["import_azure_functions_s"] if r["import_azure_functions_s"] else 0
+    print(f"Full sync benchmark: {r['users']} users, {r['groups']} groups, {r['memberships']} memberships, "
+          f"seed {args.seed}, Graph latency {args.latency_ms:g} ms")
+    print(f"run status: full sync {full['status']} {full['counts']}; re-sync {resync['status']} {resync['counts']}")
+    rows = [
+        ("graph requests", r["graph_requests"], r["graph_floor"], "<= 1.05x floor",
+         r["graph_requests"] <= 1.05 * r["graph_floor"]),
+        ("table write requests", r["table_writes"], r["table_write_floor"], "<= 1.15x floor",
+         r["table_writes"] <= 1.15 * r["table_write_floor"]),
+        ("full sync seconds", r["full_sync_s"], r["floor_s"], "<= 1.5x floor", r["full_sync_s"] <= 1.5 * r["floor_s"]),
+        ("re-sync user writes", r["resync_user_writes"], 0, "= 0", r["resync_user_writes"] == 0),
+        ("re-sync membership writes", r["resync_membership_writes"], 0, "= 0", r["resync_membership_writes"] == 0),
+        ("peak RSS MB (worker)", r["peak_rss_mb"], 300, "<= 300 (at 100k users)", r["peak_rss_mb"] <= 300),
+        ("import function_app s", r["import_function_app_s"], r["import_azure_functions_s"], "<= 2x azure.functions",
+         imports <= 2),
+    ]
+    print(f"\n{'measure':<28}{'value':>12}{'floor/ref':>12}{'ratio':>9}  {'target':<26}")
+    for name, value, ref, target, ok in rows:
+        print(f"{name:<28}{value:>12}{ref:>12}{_ratio(value, ref):>9}  {target:<26}{mark[ok]}")
+    print(f"{'re-sync seconds':<28}{r['resync_s']:>12}")
+
+    print("\nwhere the requests went (full sync | re-sync)")
+    for name in ("write_requests", "batches", "failed_batches", "writes", "failed_writes", "batch_entities",
+                 "point_reads", "queries"):
+        print(f"  table {name:<22}{full['wire'].get(name, 0):>10} | {resync['wire'].get(name, 0):<10}")
+    print(f"  store counter requests      {full['store']['requests']:>10} | {resync['store']['requests']:<10}"
+          f" (successful writes only; entities {full['store']['entities']} | {resync['store']['entities']})")
+    print(f"  write floor: users partition {writes_floor['users_partition']} ({writes_floor['user_entities']} entities)"
+          f" + bookkeeping {writes_floor['bookkeeping']}")
+    print(f"  floor script: {floor['write_requests']} transactions, {floor['entities']} entities, "
+          f"{floor['graph_requests']} Graph requests")
+
+    print("\nwhere the worker's time went (seconds summed over concurrent jobs)")
+    print(f"  group jobs {full['jobs']['n']}, sum {full['jobs']['seconds_sum']} s, longest {full['jobs']['seconds_max']} s,"
+          f" abandoned {full['jobs']['abandoned_n']} | re-sync jobs {resync['jobs']['n']},"
+          f" sum {resync['jobs']['seconds_sum']} s")
+    names = sorted(set(full["calls"]) | set(resync["calls"]))
+    for name in names:
+        a, b = full["calls"].get(name, [0, 0]), resync["calls"].get(name, [0, 0])
+        print(f"  {name:<28}{a[0]:>8} calls {a[1]:>9.2f} s | {b[0]:>8} calls {b[1]:>9.2f} s")
+    wire = full["wire"]["seconds"]
+    print("  table HTTP round trips      " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(wire.items())))
+    print(f"  worker RSS MB: ready {sync['rss_mb_ready']}, after full sync {full['rss_mb']},"
+          f" after re-sync {resync['rss_mb']}, peak {sync['peak_rss_mb']}")
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The benchmark's sync process: the app's use cases and real adapters, its group workers fed by Service Bus.
+
+Run by ``benchmarks/full_sync.py`` in a child process (so its peak RSS is the group workers' alone) with the app
+settings in the environment. It connects a subscription to the fake tenant, selects the groups, then runs a Full
+Sync and a re-sync: ``sync.runs.start`` sends one message per group to the local broker, and
+``maxConcurrentCalls`` (host.json) deliveries at a time run ``handle_group_job`` as the group-worker trigger does
+(complete on success, abandon on an exception). Prints one JSON line with what each phase measured.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import functools
+import inspect
+import json
+import logging
+import resource
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from azure.core.pipeline.transport import AioHttpTransport  # noqa: E402
+
+from sync import group_sync, runs, subscriptions  # noqa: E402
+from sync.composition import Services, build  # noqa: E402
+from sync.model import Caller, GroupJob, RunStatus  # noqa: E402
+from sync.settings import Settings  # noqa: E402
+
+ORG = "org-bench"
+WRITE_METHODS = {"POST", "PUT", "PATCH", "MERGE", "DELETE"}
+
+
+class CountingTransport(AioHttpTransport):
+    """Counts every HTTP request the Table SDK sends, as the service sees it (retries and failed batches too)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        response = await super().send(request, **kwargs)
+        path = urlsplit(request.url).path
+        if request.method not in WRITE_METHODS:
+            kind = "point_reads" if path.endswith(")") else "queries"
+        elif path.endswith("/Tables"):
+            kind = "table_creates"
+        elif path.endswith("/$batch"):
+            await response.load_body()
+            body = request.body if isinstance(request.body, bytes) else b""
+            self.counts["batch_entities"] += body.count(b"Content-Transfer-Encoding: binary")
+            kind = "batches" if response.status_code == 202 and _inner_ok(response.body()) else "failed_batches"
+        else:
+            kind = "writes" if response.status_code < 300 else "failed_writes"
+        self.counts[kind] += 1
+        self.seconds[kind] += time.perf_counter() - started
+        return response
+
+    def summary(self) -> dict[str, Any]:
+        counts = dict(self.counts)
+        writes = sum(counts.get(k, 0) for k in ("batches", "failed_batches", "writes", "failed_writes"))
+        return {"write_requests": writes, **counts, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def _inner_ok(body: bytes) -> bool:
+    """A changeset answers 202 even when it failed: the failure is the inner response's status."""
+    statuses = [line[9:12] for line in body.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    return bool(statuses) and all(s.startswith(b"2") for s in statuses)
+
+
+class Timed:
+    """Wraps a port and adds up the wall time its coroutines and async iterators take (summed over workers)."""
+
+    def __init__(self, target: Any, prefix: str, totals: dict[str, list]) -> None:
+        self._target, self._prefix, self._totals = target, prefix, totals
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        label = f"{self._prefix}.{name}"
+        if inspect.isasyncgenfunction(attr):
+            return functools.partial(self._iterate, attr, label)
+        if inspect.iscoroutinefunction(attr):
+            return functools.partial(self._await, attr, label)
+        return attr
+
+    def _add(self, label: str, started: float, items: int = 1) -> None:
+        entry = self._totals.setdefault(label, [0, 0.0])
+        entry[0] += items
+        entry[1] += time.perf_counter() - started
+
+    async def _await(self, fn: Any, label: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self._add(label, started)
+
+    async def _iterate(self, fn: Any, label: str, *args: Any, **kwargs: Any) -> Any:
+        iterator = fn(*args, **kwargs).__aiter__()
+        while True:
+            started = time.perf_counter()
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                self._add(label, started, 0)
+                return
+            self._add(label, started)
+            yield item
+
+
+def services(settings: Settings, transport: CountingTransport, totals: dict[str, list]) -> Services:
+    """The app's composition, with the Table store built on a counting transport and the ports timed."""
+    from azure.data.tables.aio import TableServiceClient
+
+    from sync.adapters import tables
+
+    svc = build(settings)
+    svc.closers.remove(svc.store.close)  # replaced before it ever opened a connection
+    client = TableServiceClient.from_connection_string(settings.tables_connection_string, transport=transport,
+                                                       **tables._client_options())
+    store = tables.TableStore(client, settings.table_prefix)
+    svc.store = store
+    svc.subscriptions, svc.runs, svc.groups = store.subscriptions, store.runs, store.groups
+    svc.users = Timed(store.users, "users", totals)
+    svc.directory = Timed(svc.directory, "graph", totals)
+    svc.closers.insert(0, store.close)
+    return svc
+
+
+class Consumer:
+    """The group-worker trigger's host side, as local/function_host.py runs it."""
+
+    def __init__(self, svc: Services, connection: str, queue: str, concurrency: int, lock_renewal_s: float) -> None:
+        self.svc, self.connection, self.queue = svc, connection, queue
+        self.concurrency, self.lock_renewal_s = concurrency, lock_renewal_s
+        self.stopping = asyncio.Event()
+        self.running: set[asyncio.Task] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        self.jobs: list[float] = []
+        self.abandoned: list[str] = []
+
+    async def run(self) -> None:
+        from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient
+
+        slots = asyncio.Semaphore(self.concurrency)
+        running = self.running
+        async with ServiceBusClient.from_connection_string(self.connection) as client:
+            receiver = client.get_queue_receiver(self.queue, prefetch_count=0)
+            renewer = AutoLockRenewer(max_lock_renewal_duration=self.lock_renewal_s)
+            async with receiver, renewer:
+                while not self.stopping.is_set():
+                    await slots.acquire()
+                    free = 1
+                    while free < self.concurrency and not slots.locked():
+                        await slots.acquire()
+                        free += 1
+                    messages = await receiver.receive_messages(max_message_count=free, max_wait_time=1)
+                    for _ in range(free - len(messages)):
+                        slots.release()
+                    for message in messages:
+                        renewer.register(receiver, message, max_lock_renewal_duration=self.lock_renewal_s)
+                        task = asyncio.create_task(self._deliver(receiver, message, slots))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(running, timeout=30)
+
+    async def settled(self, timeout: float = 60) -> None:
+        """Wait until every delivery in hand is completed or abandoned."""
+        deadline = time.perf_counter() + timeout
+        while self.running and time.perf_counter() < deadline:
+            await asyncio.wait(set(self.running), timeout=deadline - time.perf_counter())
+
+    async def _deliver(self, receiver: Any, message: Any, slots: asyncio.Semaphore) -> None:
+        started = time.perf_counter()
+        try:
+            body = b"".join(message.body) if not isinstance(message.body, (bytes, str)) else message.body
+            job = GroupJob.from_json(body)
+            try:
+                await group_sync.handle_group_job(self.svc, job, redelivered=(message.delivery_count or 0) >= 1)
+            except Exception as exc:
+                self.abandoned.append(f"{type(exc).__name__}: {exc}"[:300])
+                logging.getLogger("bench").warning("group job failed; abandoned", exc_info=True)
+                await receiver.abandon_message(message)
+                return
+            await receiver.complete_message(message)
+        finally:
+            self.jobs.append(time.perf_counter() - started)
+            slots.release()
+
+
+async def connect(svc: Services, caller: Caller, tenant_id: str, group_ids: list[str]) -> str:
+    """An authorized subscription with the groups selected, as the portal's admin would leave it."""
+    sub = await subscriptions.create(svc, caller, {"name": "Benchmark"})
+    url = await subscriptions.authorize_url(svc, caller, sub.id)
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    await subscriptions.complete_consent(svc, {"admin_consent": "True", "tenant": tenant_id, "state": state})
+    await subscriptions.update(svc, caller, sub.id, {"deactivateBlockedUsers": True, "sendEnrollmentEmail": False,
+                                                     "nightlySync": False})
+    await subscriptions.select_groups(svc, caller, sub.id, {"groupIds": group_ids})
+    return sub.id
+
+
+async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncClient, transport: CountingTransport,
+                consumer: Consumer, totals: dict[str, list], timeout: float) -> dict[str, Any]:
+    """One Full Sync from the API's start to the run's terminal status, with everything it cost."""
+    svc.store.counters.reset()
+    transport.reset()
+    consumer.reset()
+    totals.clear()
+    directory_before = svc.directory.requests
+    (await graph.post("/_fake/stats/reset")).raise_for_status()
+    started = time.perf_counter()
+    run = await runs.start(svc, caller, sub_id)
+    deadline = started + timeout
+    while True:
+        current = await svc.runs.get(caller.org, sub_id, run.id)
+        if current.status in RunStatus.TERMINAL or time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    seconds = time.perf_counter() - started
+    await consumer.settled()
+    view = await svc.runs.view(caller.org, sub_id, run.id)
+    stats = (await graph.get("/_fake/stats")).json()
+    counters = svc.store.counters
+    return {
+        "seconds": round(seconds, 3),
+        "status": current.status,
+        "counts": view.run.final_counts.to_api() if view else {},
+        "errors": [e.to_api() for e in view.run.errors][:5] if view else [],
+        "graph_requests": stats["requests"],
+        "graph_by_route": stats["byRoute"],
+        "directory_requests": svc.directory.requests - directory_before,
+        "store": {"requests": counters.requests, "entities": counters.entities, "user_rows": counters.user_rows,
+                  "membership_rows": counters.membership_rows},
+        "wire": transport.summary(),
+        "calls": {k: [v[0], round(v[1], 3)] for k, v in sorted(totals.items())},
+        "jobs": {"n": len(consumer.jobs), "seconds_sum": round(sum(consumer.jobs), 3),
+                 "seconds_max": round(max(consumer.jobs, default=0), 3), "abandoned": consumer.abandoned[:5],
+                 "abandoned_n": len(consumer.abandoned)},
+        "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings.from_env()
+    transport = CountingTransport(connection_timeout=10, read_timeout=60)
+    totals: dict[str, list] = {}
+    svc = services(settings, transport, totals)
+    caller = Caller(org=ORG, subject="bench@portal", role="Administrator")
+    origin = settings.graph_base_url.rsplit("/v1.0", 1)[0]
+    host_json = json.loads((ROOT / "host.json").read_text())["extensions"]["serviceBus"]
+    consumer = Consumer(svc, settings.service_bus_connection_string, settings.group_sync_queue,
+                        int(host_json["maxConcurrentCalls"]), 600)
+    result: dict[str, Any] = {"rss_mb_ready": 0.0}
+    async with httpx.AsyncClient(base_url=origin, timeout=60) as graph:
+        for name in ("Subscriptions", "Runs", "Users", "Groups"):
+            await svc.store.table(name)
+        sub_id = await connect(svc, caller, args.tenant, args.groups.split(","))
+        consuming = asyncio.create_task(consumer.run())
+        result["rss_mb_ready"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+        try:
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler:
+                profiler.enable()
+            result["full"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout)
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
+            if not args.skip_resync:
+                result["resync"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout)
+        finally:
+            consumer.stopping.set()
+            await asyncio.wait_for(consuming, timeout=60)
+            await svc.close()
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--groups", required=True, help="comma-separated group ids to select")
+    parser.add_argument("--timeout", type=float, default=3600, help="give up waiting for a run after this long")
+    parser.add_argument("--profile", help="write a cProfile of the Full Sync phase to this file")
+    parser.add_argument("--skip-resync", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    print(json.dumps(asyncio.run(main(args))), flush=True)
+
+
+if __name__ == "__main__":
+    cli()
