@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from .model import utcnow
 from .ports import Directory, Groups, JobQueue, Runs, Subscriptions, Users
+from .recent import RecentUsers
 from .settings import Settings
 
 
@@ -25,6 +26,7 @@ class Services:
     queue: JobQueue
     mail_sender: Any = None
     clock: Callable[[], datetime] = utcnow
+    recent: RecentUsers = field(default_factory=RecentUsers)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:

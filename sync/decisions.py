@@ -1,6 +1,7 @@
 """The decisions of a sync as plain functions: who a directory user becomes, what changed, whom to deprovision."""
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -9,6 +10,7 @@ from typing import Iterable
 from .model import (
     DirectoryUser,
     EmailState,
+    MemberState,
     SourceType,
     StatusReason,
     Subscription,
@@ -85,8 +87,13 @@ def desired_user(user: DirectoryUser, sub: Subscription) -> Desired | Skip:
     )
 
 
-def _fields(u: User | Desired) -> tuple:
+def _fields(u: User | Desired | MemberState) -> tuple:
     return (u.username, u.email, u.display_name, u.given_name, u.surname, u.status, u.status_reason)
+
+
+def fingerprint(u: User | Desired | MemberState) -> bytes:
+    """8 bytes that change when anything the directory decides about a user changes (to compare, not to store)."""
+    return hashlib.blake2b(repr(_fields(u)).encode(), digest_size=8).digest()
 
 
 def change_of(existing: User | None, desired: Desired) -> str:

@@ -6,6 +6,7 @@ properties merged per group, and a run's terminal transition is ETag-guarded.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -21,6 +22,7 @@ from .decisions import (
     change_of,
     deprovisioned,
     desired_user,
+    fingerprint,
     guard_trips,
     in_scope,
     new_user,
@@ -38,6 +40,7 @@ from .model import (
     GroupJob,
     GroupProgress,
     GroupState,
+    MemberState,
     Run,
     RunError,
     RunStatus,
@@ -112,6 +115,21 @@ async def _mark_running(svc: Services, run: Run) -> None:
         pass  # another group got there first
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A group member as the snapshot keeps it: small, since a group can have 100,000 members."""
+
+    fingerprint: bytes
+    created_by_this_run: bool  # may be an earlier attempt's creation it never reported: read it in full
+    invitation_queued: bool
+
+    @classmethod
+    def of(cls, member: MemberState, run_id: str) -> "_Known":
+        this_run = member.last_run_id == run_id
+        return cls(fingerprint(member), this_run and member.last_change == Change.CREATED,
+                   this_run and member.enrollment_email == EmailState.QUEUED)
+
+
 @dataclass
 class _Segment:
     """One message's worth of a group: a bounded number of Graph pages, then done or a continuation."""
@@ -126,7 +144,7 @@ class _Segment:
     errors: list[RunError] = field(default_factory=list)
     dropped: int = 0
     seen: set[str] = field(default_factory=set)
-    snapshot: dict[str, User] = field(default_factory=dict)
+    snapshot: dict[str, "_Known"] = field(default_factory=dict)
     invitations: list[EnrollmentJob] = field(default_factory=list)
 
     @property
@@ -135,7 +153,8 @@ class _Segment:
 
     async def execute(self) -> None:
         svc, job = self.svc, self.job
-        self.snapshot = {u.id: u async for u in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
+        self.snapshot = {m.id: _Known.of(m, self.run.id)
+                         async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         started = time.monotonic()
         pages = 0
         async for page in svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link):
@@ -149,11 +168,10 @@ class _Segment:
 
     async def apply(self, users: list[DirectoryUser]) -> None:
         """Write what changed for one page of directory users."""
-        now = self.svc.clock()
-        creates: list[User] = []
         wanted: dict[str, Desired] = {}
-        updates: list[tuple[User, Desired]] = []
-        flags: list[str] = []
+        absent: list[str] = []  # not (yet) members of this group
+        reread: list[str] = []  # stored users that need a full read to decide
+        flags: list[str] = []  # unchanged users that only join this group
         for du in users:
             desired = desired_user(du, self.sub)
             uid = synced_user_id(self.org, self.sub.id, du.id)
@@ -165,23 +183,83 @@ class _Segment:
             if uid in wanted:
                 continue
             wanted[uid] = desired
-            existing = self.snapshot.get(uid)
-            if existing is None:
-                creates.append(new_user(self.org, self.sub, desired, self.job.group_id, self.run.id, now))
+            known = self.snapshot.get(uid)
+            if known is None:
+                absent.append(uid)
+            elif known.fingerprint == fingerprint(desired) and not known.created_by_this_run:
+                self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
             else:
-                self.decide(existing, desired, updates, flags)
-        if creates:
-            for user, outcome in zip(creates, await self.svc.users.create(creates)):
-                if isinstance(outcome, Created):
-                    self.created(outcome.user)
-                elif isinstance(outcome, Exists):
-                    self.decide(outcome.user, wanted[user.id], updates, flags)
-                else:
-                    self.conflict(user, outcome)
+                reread.append(uid)
+        updates: list[tuple[User, Desired]] = []
+        await self.create_or_join(absent, wanted, updates, flags, reread)
+        if reread:
+            stored = await self.svc.users.get_many(self.org, reread)
+            gone = [uid for uid in reread if uid not in stored]
+            for uid in reread:
+                if uid in stored:
+                    self.decide(stored[uid], wanted[uid], updates, flags)
+            if gone:  # deleted meanwhile (the subscription is being released): create anew, never resurrect blindly
+                await self.create(gone, wanted, updates, flags)
         await self.update(updates, wanted, flags)
         if flags:
             await self.svc.users.set_membership(self.org, flags, self.job.group_id, True)
             self.seen.update(flags)
+
+    async def create_or_join(self, absent: list[str], wanted: dict[str, Desired], updates: list, flags: list[str],
+                             reread: list[str]) -> None:
+        """Create users new to this group, unless another worker of this process already wrote or is writing them."""
+        if not absent:
+            return
+        recent = self.svc.recent
+        mine, known, waiting = recent.reserve(self.run.id, absent)
+        for uid, stored in known.items():
+            self.join_or_reread(uid, stored, wanted, flags, reread)
+        try:
+            await self.create(mine, wanted, updates, flags)
+        finally:
+            for uid in mine:  # anything not settled by an outcome: waiters find out for themselves
+                recent.settle(self.run.id, uid, None)
+        if waiting:
+            retry: list[str] = []
+            for uid, stored in zip(waiting, await asyncio.gather(*waiting.values())):
+                if stored is None:
+                    retry.append(uid)
+                else:
+                    self.join_or_reread(uid, stored, wanted, flags, reread)
+            await self.create(retry, wanted, updates, flags)
+
+    def join_or_reread(self, uid: str, stored: bytes, wanted: dict[str, Desired], flags: list[str],
+                       reread: list[str]) -> None:
+        if stored == fingerprint(wanted[uid]):
+            self.unchanged(uid, flags, in_group=False, invitation_queued=False)
+        else:
+            reread.append(uid)
+
+    async def create(self, uids: list[str], wanted: dict[str, Desired], updates: list, flags: list[str]) -> None:
+        """Insert users with their username claims; one that exists already is decided like any stored user."""
+        if not uids:
+            return
+        now = self.svc.clock()
+        creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, self.run.id, now) for uid in uids]
+        for user, outcome in zip(creates, await self.svc.users.create(creates)):
+            if isinstance(outcome, Created):
+                self.svc.recent.settle(self.run.id, user.id, fingerprint(user))
+                self.created(outcome.user)
+            elif isinstance(outcome, Exists):
+                self.svc.recent.settle(self.run.id, user.id, fingerprint(outcome.user))
+                self.decide(outcome.user, wanted[user.id], updates, flags)
+            else:
+                self.conflict(user, outcome)
+
+    def unchanged(self, uid: str, flags: list[str], *, in_group: bool, invitation_queued: bool) -> None:
+        self.counts = self.counts.bump("unchanged")
+        if in_group:
+            self.seen.add(uid)
+        else:
+            flags.append(uid)
+        if invitation_queued and self.redelivered:
+            # A crash between creating users and queueing their invitations: queue again (the mailer dedupes).
+            self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
 
     def decide(self, existing: User, desired: Desired, updates: list, flags: list[str]) -> None:
         """Sort a stored user into: unchanged (maybe only joining this group), or to update."""
@@ -193,12 +271,9 @@ class _Segment:
                       user_id=existing.id)
             return
         if change_of(existing, desired) == Change.UNCHANGED:
-            self.counts = self.counts.bump("unchanged")
-            if self.job.group_id in existing.group_ids:
-                self.seen.add(existing.id)
-            else:
-                flags.append(existing.id)
-            self.resend_invitation_if_lost(existing)
+            queued = existing.enrollment_email == EmailState.QUEUED and existing.last_run_id == self.run.id
+            self.unchanged(existing.id, flags, in_group=self.job.group_id in existing.group_ids,
+                           invitation_queued=queued)
         else:
             updates.append((existing, desired))
 
@@ -213,6 +288,7 @@ class _Segment:
             for (user, old_name), (existing, _), outcome in zip(changes, updates, outcomes):
                 if isinstance(outcome, Updated):
                     self.seen.add(user.id)
+                    self.svc.recent.remember(self.run.id, user.id, fingerprint(user))
                     self.counts = self.counts.bump(user.last_change)
                 elif isinstance(outcome, Stale):
                     stale.append(outcome.user_id)
@@ -248,11 +324,6 @@ class _Segment:
         report is ever merged, so reporting it again counts it once."""
         return (user.id not in self.seen and user.last_run_id == self.run.id and user.last_change == Change.CREATED
                 and user.group_ids == frozenset({self.job.group_id}) and change_of(user, desired) == Change.UNCHANGED)
-
-    def resend_invitation_if_lost(self, user: User) -> None:
-        """After a crash between creating users and queueing their invitations, queue them again (the mailer dedupes)."""
-        if self.redelivered and user.enrollment_email == EmailState.QUEUED and user.last_run_id == self.run.id:
-            self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id))
 
     def conflict(self, user: User, outcome: UsernameTaken) -> None:
         self.skip("username_conflict",

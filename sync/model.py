@@ -348,6 +348,23 @@ class SyncedGroup:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """The part of a stored user a group worker compares with the directory (read cheaply, for whole groups)."""
+
+    id: str
+    username: str
+    email: str | None
+    display_name: str
+    given_name: str | None
+    surname: str | None
+    status: str
+    status_reason: str | None
+    enrollment_email: str | None
+    last_run_id: str | None
+    last_change: str | None
+
+
 @dataclass(frozen=True)
 class DirectoryUser:
     """A user as Microsoft Graph returns it (only the properties we select)."""

@@ -10,6 +10,7 @@ from .model import (
     EnrollmentJob,
     GroupJob,
     GroupProgress,
+    MemberState,
     Run,
     RunView,
     Subscription,
@@ -149,8 +150,8 @@ class Users(abc.ABC):
         """Mark users as (not) members of a group without touching anything else; returns rows written."""
 
     @abc.abstractmethod
-    def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[User]:
-        """Users of a subscription currently recorded as members of a group."""
+    def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[MemberState]:
+        """Users of a subscription currently recorded as members of a group (only what a sync compares)."""
 
     @abc.abstractmethod
     def subscription_users(self, org: str, subscription_id: str) -> AsyncIterator[User]:

@@ -23,6 +23,7 @@ from sync.model import (
     EnrollmentJob,
     GroupJob,
     GroupProgress,
+    MemberState,
     Run,
     RunView,
     Subscription,
@@ -201,6 +202,7 @@ class MemoryUsers(Users):
         self.claims: dict[tuple[str, str], str] = {}
         self.writes = 0
         self.membership_writes = 0
+        self.existing_on_create = 0  # inserts that found the row there already
 
     async def get(self, org: str, user_id: str) -> User | None:
         return self.rows.get((org, user_id))
@@ -230,6 +232,7 @@ class MemoryUsers(Users):
         out: list[Created | Exists | UsernameTaken] = []
         for user in users:
             if (user.org, user.id) in self.rows:
+                self.existing_on_create += 1
                 out.append(Exists(self.rows[(user.org, user.id)]))
                 continue
             holder = self.claims.get((user.org, _claim(user.username)))
@@ -277,10 +280,11 @@ class MemoryUsers(Users):
         self.membership_writes += n
         return n
 
-    async def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[User]:
+    async def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[MemberState]:
         for (o, _), u in list(self.rows.items()):
             if o == org and u.subscription_id == subscription_id and group_id in u.group_ids:
-                yield u
+                yield MemberState(u.id, u.username, u.email, u.display_name, u.given_name, u.surname, u.status,
+                                  u.status_reason, u.enrollment_email, u.last_run_id, u.last_change)
 
     async def subscription_users(self, org: str, subscription_id: str) -> AsyncIterator[User]:
         for (o, _), u in list(self.rows.items()):

@@ -42,6 +42,7 @@ from ..model import (
     Counts,
     GroupProgress,
     GroupRef,
+    MemberState,
     Run,
     RunError,
     RunView,
@@ -746,12 +747,17 @@ class TableUsers(Users):
             written += n
         return written
 
-    async def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[User]:
+    async def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[MemberState]:
         table = await self._table()
         query = f"PartitionKey eq @pk and subscriptionId eq @sub and {membership_property(group_id)} eq true"
         try:
-            async for entity in table.query_entities(query, parameters={"pk": key(org), "sub": subscription_id}, results_per_page=1000):
-                yield _user_from(entity)
+            async for e in table.query_entities(query, parameters={"pk": key(org), "sub": subscription_id},
+                                                select=_MEMBER_COLUMNS, results_per_page=1000):
+                yield MemberState(id=e["id"], username=e["username"], email=e.get("email"),
+                                  display_name=e["displayName"], given_name=e.get("givenName"),
+                                  surname=e.get("surname"), status=e["status"], status_reason=e.get("statusReason"),
+                                  enrollment_email=e.get("emailState"), last_run_id=e.get("lastRunId"),
+                                  last_change=e.get("lastChange"))
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
 
@@ -771,6 +777,10 @@ class TableUsers(Users):
         except ResourceNotFoundError:
             return None
         return entity.get("userId")
+
+
+_MEMBER_COLUMNS = ["id", "username", "email", "displayName", "givenName", "surname", "status", "statusReason",
+                   "emailState", "lastRunId", "lastChange"]
 
 
 def _claim_entity(user: User) -> dict[str, Any]:

@@ -282,3 +282,27 @@ async def test_delete_is_refused_while_a_run_is_queued(svc, tenant):
     with pytest.raises(Conflict) as err:
         await subscriptions.delete(svc, caller(), sub.id)
     assert err.value.code == "sync_in_progress"
+
+
+async def test_workers_of_overlapping_groups_do_not_race_to_create(svc, tenant):
+    for i in range(40):
+        tenant.add_user(f"x{i:02d}", groups=[SALES, ENG, OPS])
+    sub = await connect(svc, groups=(SALES, ENG, OPS))
+    run = await runs.start(svc, caller(), sub.id)
+    from sync.group_sync import handle_group_job
+    await asyncio.gather(*(handle_group_job(svc, job) for job in svc.queue.take_group_jobs()))
+    view = await runs.get(svc, caller(), sub.id, run.id)
+    assert view.run.status == "succeeded" and view.counts.created == 44  # 40 + ann, bob, cat, eve
+    assert svc.users.existing_on_create == 0  # each shared user was inserted once; the others joined it
+    assert all(len(u.group_ids) >= 1 for u in users_of(svc).values())
+    assert users_of(svc)["x07@contoso.example"].group_ids == {SALES, ENG, OPS}
+
+
+async def test_a_fingerprint_from_an_earlier_run_is_not_trusted(svc, tenant):
+    sub = await connect(svc, groups=(SALES,))
+    await full_sync(svc, sub)
+    tenant.remove(SALES, "ann")
+    await full_sync(svc, sub)  # ann deprovisioned by the finalizer, which the workers' memory never saw
+    tenant.members[SALES].append("ann")
+    await full_sync(svc, sub)
+    assert users_of(svc)["ann@contoso.example"].status == "Active"
