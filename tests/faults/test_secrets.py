@@ -10,6 +10,7 @@ This module runs after every other test of the suite (see conftest), so the log 
 faults, crashes, dead letters, revoked consent, forged tokens, hostile input and schemathesis included.
 """
 import re
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -82,7 +83,7 @@ def test_no_secret_in_the_log_or_in_any_answer(devhost, portal, load_tenant, vic
 
     single_use = [*enrollment, victim.enrollment_token, state_claims(state)["n"]]
     never = secrets_of(devhost, single_use)
-    log = open(devhost.log, encoding="utf-8", errors="replace").read()
+    log = Path(devhost.log).read_text(encoding="utf-8", errors="replace")
     assert len(log) > 100_000  # the whole suite's log, not an empty file
     leaked_to_log = sorted(name for name, value in never.items() if value in log)
     leaked_in_answers = sorted(name for name, value in never.items() if any(value in a for a in answers))
