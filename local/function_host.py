@@ -242,7 +242,8 @@ class FunctionHost:
                 for task in running:
                     task.cancel()
                 raise
-            except (ServiceBusError, OSError) as exc:
+            except (ServiceBusError, OSError, ValueError) as exc:
+                # ValueError: the SDK shut its handler down after an unexpected error (e.g. on its management link)
                 log.warning("queue consumer for %s lost its connection (%s); reconnecting", fn.name, type(exc).__name__)
                 await asyncio.sleep(1)
 
@@ -292,8 +293,8 @@ async def _settle(action: Callable, message: Any) -> None:
 
     try:
         await action(message)
-    except ServiceBusError as exc:  # lock lost: the broker redelivers, which at-least-once handlers tolerate
-        log.warning("settling a message failed: %s", type(exc).__name__)
+    except (ServiceBusError, ValueError) as exc:  # lock lost, or receiver shut down (ValueError): the broker
+        log.warning("settling a message failed: %s", type(exc).__name__)  # redelivers; handlers are at-least-once
 
 
 def _to_function_message(message: Any) -> Any:
