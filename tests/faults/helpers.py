@@ -50,7 +50,10 @@ def settle(devhost, timeout: float = 90) -> None:
     def idle() -> bool:
         queues = devhost.control("GET", "/servicebus/stats")["queues"]
         return all(queues[q][k] == 0 for q in QUEUES for k in ("active", "locked", "scheduled", "deadLettered"))
-    poll(idle, timeout, "the Service Bus queues to drain")
+    try:
+        poll(idle, timeout, "the Service Bus queues to drain")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}: {bus_counters(devhost)}") from None
 
 
 def bus_counters(devhost) -> dict[str, dict[str, int]]:
