@@ -30,6 +30,8 @@ FOUND_AND_FIXED: list[tuple[str, str]] = [
                 "(test_abuse_schemathesis)"),
     ("4a347bf", "a redelivered segment lost the report (skipped invitation) of users an earlier attempt created "
                 "(test_table_faults, test_crash)"),
+    ("1462cad", "the local function host's queue consumer died for good when the Service Bus SDK shut its receiver "
+                "down, so the queue was never consumed again (intermittent; seen by settle() in several tests)"),
 ]
 
 
