@@ -109,19 +109,20 @@ def change_of(existing: User | None, desired: Desired) -> str:
     return Change.UPDATED
 
 
+def _directory_fields(desired: Desired) -> dict[str, str | None]:
+    """The User fields the directory decides."""
+    return {"username": desired.username, "email": desired.email, "display_name": desired.display_name,
+            "given_name": desired.given_name, "surname": desired.surname, "status": desired.status,
+            "status_reason": desired.status_reason}
+
+
 def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, run_id: str, now: datetime) -> User:
     """A user first seen in this run; invitations are decided here, atomically with the row's creation."""
     invite = sub.send_enrollment_email and desired.status == UserStatus.ACTIVE and desired.email is not None
     return User(
         org=org,
         id=synced_user_id(org, sub.id, desired.azure_object_id),
-        username=desired.username,
-        email=desired.email,
-        display_name=desired.display_name,
-        given_name=desired.given_name,
-        surname=desired.surname,
-        status=desired.status,
-        status_reason=desired.status_reason,
+        **_directory_fields(desired),
         source_type=SourceType.AD_SYNC,
         subscription_id=sub.id,
         azure_object_id=desired.azure_object_id,
@@ -138,13 +139,7 @@ def updated_user(existing: User, desired: Desired, group_id: str, run_id: str, n
     """``existing`` brought in line with the directory, as a member of ``group_id``."""
     return replace(
         existing,
-        username=desired.username,
-        email=desired.email,
-        display_name=desired.display_name,
-        given_name=desired.given_name,
-        surname=desired.surname,
-        status=desired.status,
-        status_reason=desired.status_reason,
+        **_directory_fields(desired),
         group_ids=existing.group_ids | {group_id},
         last_run_id=run_id,
         last_change=change_of(existing, desired),

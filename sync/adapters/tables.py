@@ -217,15 +217,23 @@ def _conditional(etag: str | None) -> dict[str, Any]:
     return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
 
 
-# ---------------------------------------------------------------- subscriptions
+class _Repository:
+    """One table of the store."""
 
+    TABLE = ""
 
-class TableSubscriptions(Subscriptions):
     def __init__(self, store: TableStore) -> None:
         self._store = store
 
     async def _table(self) -> TableClient:
-        return await self._store.table("Subscriptions")
+        return await self._store.table(self.TABLE)
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+class TableSubscriptions(_Repository, Subscriptions):
+    TABLE = "Subscriptions"
 
     async def add(self, sub: Subscription) -> Subscription:
         table = await self._table()
@@ -319,12 +327,8 @@ def _sub_from(e: Any) -> Subscription:
 # ---------------------------------------------------------------- runs
 
 
-class TableRuns(Runs):
-    def __init__(self, store: TableStore) -> None:
-        self._store = store
-
-    async def _table(self) -> TableClient:
-        return await self._store.table("Runs")
+class TableRuns(_Repository, Runs):
+    TABLE = "Runs"
 
     @staticmethod
     def _pk(org: str, sub_id: str) -> str:
@@ -528,12 +532,8 @@ def _progress_from(e: Any) -> GroupProgress:
 # ---------------------------------------------------------------- users
 
 
-class TableUsers(Users):
-    def __init__(self, store: TableStore) -> None:
-        self._store = store
-
-    async def _table(self) -> TableClient:
-        return await self._store.table("Users")
+class TableUsers(_Repository, Users):
+    TABLE = "Users"
 
     async def get(self, org: str, user_id: str) -> User | None:
         table = await self._table()
@@ -844,12 +844,8 @@ def _decode_token(token: str | None) -> str:
 # ---------------------------------------------------------------- groups grid
 
 
-class TableGroups(Groups):
-    def __init__(self, store: TableStore) -> None:
-        self._store = store
-
-    async def _table(self) -> TableClient:
-        return await self._store.table("Groups")
+class TableGroups(_Repository, Groups):
+    TABLE = "Groups"
 
     async def list(self, org: str) -> list[SyncedGroup]:
         table = await self._table()
