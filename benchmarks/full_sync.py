@@ -245,10 +245,12 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     print(f"  group jobs {full['jobs']['n']}, sum {full['jobs']['seconds_sum']} s, longest {full['jobs']['seconds_max']} s,"
           f" abandoned {full['jobs']['abandoned_n']} | re-sync jobs {resync['jobs']['n']},"
           f" sum {resync['jobs']['seconds_sum']} s")
+    for reason in full["jobs"]["abandoned"] + resync["jobs"]["abandoned"]:
+        print(f"  abandoned delivery: {reason}")
     names = sorted(set(full["calls"]) | set(resync["calls"]))
     for name in names:
         a, b = full["calls"].get(name, [0, 0]), resync["calls"].get(name, [0, 0])
-        print(f"  {name:<28}{a[0]:>8} calls {a[1]:>9.2f} s | {b[0]:>8} calls {b[1]:>9.2f} s")
+        print(f"  {name:<28}{a[0]:>8} items {a[1]:>9.2f} s | {b[0]:>8} items {b[1]:>9.2f} s")
     wire = full["wire"]["seconds"]
     print("  table HTTP round trips      " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(wire.items())))
     print(f"  worker RSS MB: ready {sync['rss_mb_ready']}, after full sync {full['rss_mb']},"
