@@ -208,7 +208,7 @@ class FunctionHost:
 
     async def _consume(self, fn: QueueFunction, connection: str) -> None:
         from azure.servicebus import ServiceBusSubQueue
-        from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient
+        from azure.servicebus.aio import ServiceBusClient
         from azure.servicebus.exceptions import ServiceBusError
 
         slots = asyncio.Semaphore(self.max_concurrent_calls)
@@ -218,8 +218,7 @@ class FunctionHost:
                 async with ServiceBusClient.from_connection_string(connection) as client:
                     receiver = client.get_queue_receiver(
                         fn.queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER if fn.dead_letter else None, prefetch_count=0)
-                    renewer = AutoLockRenewer(max_lock_renewal_duration=self.lock_renewal_s)
-                    async with receiver, renewer:
+                    async with receiver:
                         while not self._stopping.is_set():
                             await slots.acquire()
                             free = 1 + sum(1 for _ in range(self.max_concurrent_calls - 1) if not slots.locked() and _take(slots))
@@ -232,7 +231,6 @@ class FunctionHost:
                             for _ in range(free - len(messages)):
                                 slots.release()
                             for message in messages:
-                                renewer.register(receiver, message, max_lock_renewal_duration=self.lock_renewal_s)
                                 task = asyncio.create_task(self._deliver(fn, receiver, message, slots))
                                 running.add(task)
                                 task.add_done_callback(running.discard)
@@ -248,6 +246,12 @@ class FunctionHost:
                 await asyncio.sleep(1)
 
     async def _deliver(self, fn: QueueFunction, receiver: Any, message: Any, slots: asyncio.Semaphore) -> None:
+        from azure.servicebus.aio import AutoLockRenewer
+
+        # One renewer per message, closed once the message is settled or its settling failed: a message that could
+        # not be settled (its receiver was shut down) must stop being renewed, so the broker redelivers it soon.
+        renewer = AutoLockRenewer(max_lock_renewal_duration=self.lock_renewal_s)
+        renewer.register(receiver, message)
         try:
             try:
                 await invoke(fn.name, fn.call, _to_function_message(message))
@@ -256,6 +260,7 @@ class FunctionHost:
                 return
             await _settle(receiver.complete_message, message)
         finally:
+            await renewer.close()
             slots.release()
 
     # ------------------------------------------------------------ timers
