@@ -8,6 +8,7 @@ messages). SMTP login and a Graph client secret are set to known values so the s
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 
@@ -32,6 +33,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="session")
 def devhost(tmp_path_factory):
+    figures.STARTED = time.monotonic()  # the suite's own time, not the session's
     outbox = tmp_path_factory.mktemp("faults-outbox")
     host = DevHostProcess("--table-proxy", "--lock-duration", "5", env=SETTINGS, outbox=str(outbox),
                           log=str(outbox.parent / "faults-devhost.log"))
