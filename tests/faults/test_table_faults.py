@@ -101,12 +101,16 @@ def test_thirty_two_groups_finishing_together_count_exactly(devhost, portal, loa
     groups = [t.ids[f"g{g:02d}"] for g in range(32)]
     sub = connect(portal, groups)
     conflicts_before = devhost.control("GET", "/tables/stats")["upstreamErrors"].get("412", 0)
+    before = table_injected(devhost)
     admin.control("POST", "/latency", json={"ms": 300})  # every group's one page arrives together
+    # The first writes of the run row are slow, so the workers that start together overlap on it.
+    table_faults(devhost, {"match": [portal.org, "dirsyncRuns"], "method": "PUT", "delayMs": 200, "times": 8})
     try:
         run = sync(portal, sub)
     finally:
         admin.control("POST", "/latency", json={"ms": 0})
     conflicts = devhost.control("GET", "/tables/stats")["upstreamErrors"].get("412", 0) - conflicts_before
+    count_table_faults(devhost, before)
     figures.fault("table storage 412 from concurrent writers (natural)", conflicts)
     assert conflicts > 0  # the workers did race on shared rows
     assert run["status"] == "succeeded", run
