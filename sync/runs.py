@@ -24,7 +24,7 @@ from .model import (
 
 log = get_logger(__name__)
 
-RESERVATION_GRACE = subscriptions.STARTING_GRACE  # a run id reserved on the subscription whose row is not written yet
+RESERVATION_GRACE = timedelta(minutes=2)  # a run id reserved on the subscription whose rows are not written yet
 RECENT_RUNS = 50
 
 
@@ -47,7 +47,7 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
             raise Conflict("authorize this directory (admin consent) before syncing", code="not_authorized")
         if not sub.groups:
             raise Conflict("select at least one group to sync", code="no_groups_selected")
-        await _refuse_if_busy(svc, sub, now)
+        await refuse_if_busy(svc, sub, "start another sync")
         return replace(sub, active_run_id=run_id, updated_at=now)
 
     sub = await subscriptions.modify(svc, caller, sub_id, reserve)
@@ -81,13 +81,16 @@ async def _abandon_start(svc: Services, run: Run) -> None:
                     extra={"org": run.org, "subscription": run.subscription_id, "run": run.id})
 
 
-async def _refuse_if_busy(svc: Services, sub: Subscription, now: datetime) -> None:
+async def refuse_if_busy(svc: Services, sub: Subscription, action: str) -> None:
+    """409 while a run of the subscription is starting, queued or running; a stalled run is failed instead."""
     if not sub.active_run_id:
         return
+    now = svc.clock()
     view = await svc.runs.view(sub.org, sub.id, sub.active_run_id)
     if view is None:
         if now - sub.updated_at < RESERVATION_GRACE:
-            raise Conflict("a sync of this directory is starting", code="sync_in_progress")
+            raise Conflict(f"a sync of this directory is starting; {action} when it has finished",
+                           code="sync_in_progress")
         return
     if view.run.status not in RunStatus.ACTIVE:
         return
@@ -95,7 +98,8 @@ async def _refuse_if_busy(svc: Services, sub: Subscription, now: datetime) -> No
         log.warning("abandoning a stalled run", extra={"org": sub.org, "subscription": sub.id, "run": view.run.id})
         await fail_run(svc, view.run, RunError("run_timed_out", "the run made no progress and was abandoned"), release=False)
         return
-    raise Conflict(f"a sync of this directory is already {view.run.status}", code="sync_in_progress")
+    raise Conflict(f"a sync of this directory is {view.run.status}; {action} when it has finished",
+                   code="sync_in_progress")
 
 
 async def fail_run(svc: Services, run: Run, error: RunError, *, release: bool = True) -> None:

@@ -25,7 +25,6 @@ from .model import (
     USERNAME_ATTRIBUTES,
     Caller,
     GroupRef,
-    RunStatus,
     SourceType,
     Subscription,
     SubscriptionStatus,
@@ -100,8 +99,10 @@ async def delete(svc: Services, caller: Caller, sub_id: str) -> None:
     a state that the next DELETE finishes.
     """
 
+    from .runs import refuse_if_busy  # runs builds on this module; the check is shared with starting a sync
+
     async def mark(sub: Subscription) -> Subscription:
-        await _refuse_if_running(svc, sub, "delete")
+        await refuse_if_busy(svc, sub, "delete the directory")
         return replace(sub, deleting=True, nightly_sync=False, updated_at=svc.clock())
 
     sub = await modify(svc, caller, sub_id, mark, deleting=True)
@@ -128,22 +129,6 @@ async def _release_users(svc: Services, org: str, sub_id: str) -> int:
         fresh = await svc.users.get_many(org, stale)
         batch = [manual(u) for u in fresh.values() if u.subscription_id == sub_id]
     return released
-
-
-# A run id reserved on the subscription whose rows are not written yet: the sync is starting (runs.start).
-STARTING_GRACE = timedelta(minutes=2)
-
-
-async def _refuse_if_running(svc: Services, sub: Subscription, action: str) -> None:
-    if not sub.active_run_id:
-        return
-    run = await svc.runs.get(sub.org, sub.id, sub.active_run_id)
-    if run is None and svc.clock() - sub.updated_at < STARTING_GRACE:
-        raise Conflict(f"a sync of this directory is starting; {action} it when the run has finished",
-                       code="sync_in_progress")
-    if run is not None and run.status in RunStatus.ACTIVE:
-        raise Conflict(f"a sync of this directory is {run.status}; {action} it when the run has finished",
-                       code="sync_in_progress")
 
 
 async def modify(svc: Services, caller: Caller, sub_id: str,
