@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
+from local.server_thread import ServerThread
+
 MODES = ("status", "reset", "lose", "delay")
 FIELDS = {"match", "method", "times", "delayMs", "status", "retryAfter", "mode"}
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade", "te", "trailer"}
@@ -69,7 +71,7 @@ def parse_fault(spec: Any) -> dict[str, Any]:
             "retryAfter": spec.get("retryAfter"), "mode": mode}
 
 
-class FaultProxy:
+class FaultProxy(ServerThread):
     """Forwards every request to ``upstream`` (Azurite) unless a pending fault matches it. Runs on its own thread."""
 
     def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -79,8 +81,7 @@ class FaultProxy:
         self._faults: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -130,38 +131,7 @@ class FaultProxy:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 10) -> "FaultProxy":
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as exc:  # reported to the caller of start()
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="table-fault-proxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout) or failure:
-            raise RuntimeError(f"the table fault proxy did not start: {failure[0] if failure else 'timeout'}")
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._loop = self._thread = None
+    thread_name = "table-fault-proxy"
 
     async def _serve(self) -> None:
         self._session = ClientSession(connector=TCPConnector(limit=64), auto_decompress=False,
@@ -174,7 +144,7 @@ class FaultProxy:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the bound port of port 0
 
-    async def _shutdown(self) -> None:
+    async def _close(self) -> None:
         if self._runner:
             await self._runner.cleanup()
         if self._session:

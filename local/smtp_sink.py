@@ -27,6 +27,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from local.server_thread import ServerThread
+
 STAGES = ("MAIL", "RCPT", "DATA")
 
 
@@ -42,7 +44,7 @@ class _QuietAuthWarnings(logging.Filter):
 logging.getLogger("mail.log").addFilter(_QuietAuthWarnings())
 
 
-class SmtpSink:
+class SmtpSink(ServerThread):
     """An aiosmtpd server on its own thread that writes received mail to `outbox_dir`."""
 
     def __init__(self, outbox_dir: str | Path, host: str = "127.0.0.1", port: int = 0, auth_required: bool = False,
@@ -58,48 +60,17 @@ class SmtpSink:
         self._faults: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._stored = threading.Condition(self._lock)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> "SmtpSink":
-        """Start listening; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("SmtpSink is already started")
+    thread_name = "smtp-sink"
+
+    async def _serve(self) -> None:
         self.outbox.mkdir(parents=True, exist_ok=True)
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    loop.create_server(self._protocol, self.host, self._requested_port))
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # reported to the thread calling start()
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="smtp-sink", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
-        return self
+        self._server = await asyncio.get_running_loop().create_server(self._protocol, self.host, self._requested_port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def _protocol(self) -> SMTP:
         with warnings.catch_warnings():
@@ -119,32 +90,10 @@ class SmtpSink:
             loop=self._loop,
         )
 
-    async def _shutdown(self) -> None:
+    async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
-        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.get_running_loop().shutdown_default_executor()
-
-    def stop(self) -> None:
-        """Stop the server and its thread, releasing the port."""
-        if self._thread is None:
-            return
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=15)
-        self._thread = None
-        self._loop = None
-        self._server = None
-        self.port = None
-
-    def __enter__(self) -> "SmtpSink":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            self._server = None
 
     # --- test helpers --------------------------------------------------------------------------
 

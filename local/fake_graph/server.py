@@ -10,7 +10,6 @@ import html
 import json
 import logging
 import re
-import threading
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from aiohttp import web
 
+from ..server_thread import ServerThread
 from .odata import (
     ADVANCED_HINT,
     GraphError,
@@ -91,7 +91,7 @@ class _Query:
         return self.options.get(name)
 
 
-class FakeGraph:
+class FakeGraph(ServerThread):
     """A fake Microsoft Graph for one or more tenants, served over real HTTP from a background thread."""
 
     def __init__(self, tenants: list[dict | str | Path] | tuple = (), host: str = "127.0.0.1", port: int = 0,
@@ -110,8 +110,7 @@ class FakeGraph:
         self._consent_tenant: str | None = None
         self._revoked: set[str] = set()
         self._grants: list[dict[str, Any]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._runner: web.AppRunner | None = None
         self._routes = self._build_routes()
 
@@ -130,40 +129,7 @@ class FakeGraph:
         """The Graph base URL the SDK's request adapter should use."""
         return f"{self.origin}/v1.0"
 
-    def start(self) -> "FakeGraph":
-        """Start listening; returns once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("FakeGraph is already started")
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as exc:  # reported to the thread calling start()
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-graph", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            self._loop = None
-            raise failure[0]
-        return self
+    thread_name = "fake-graph"
 
     async def _serve(self) -> None:
         app = web.Application(client_max_size=1024**3)
@@ -174,43 +140,10 @@ class FakeGraph:
         await site.start()
         self.port = self._runner.addresses[0][1]
 
-    async def _shutdown(self) -> None:
+    async def _close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.get_running_loop().shutdown_default_executor()
-
-    def stop(self) -> None:
-        """Stop the server and its thread, releasing the port."""
-        if self._thread is None:
-            return
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=15)
-        self._thread = None
-        self._loop = None
-        self._runner = None
-        self.port = None
-
-    def __enter__(self) -> "FakeGraph":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn on the server's loop thread (where all state lives) and return its result."""
-        loop = self._loop
-        if loop is None or not loop.is_running():
-            return fn(*args)
-
-        async def invoke() -> Any:
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(invoke(), loop).result(timeout=60)
+            self._runner = None
 
     # --- Python control API (same effects as the /_fake endpoints) ----------------------------
 
