@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import formatdate
+from typing import Awaitable, Callable
 from urllib.parse import quote
 
 import httpx
@@ -32,6 +33,17 @@ USER_SELECT = "id,displayName,userPrincipalName,mail,givenName,surname,accountEn
 PAGE_SIZE = 999
 MAX_TRANSACTION = 100
 INNER_STATUS = re.compile(r"^HTTP/1\.1 (\d{3})", re.M)
+
+
+async def _retrying(send: Callable[[], Awaitable[httpx.Response]], attempts: int = 3) -> httpx.Response:
+    """Send again when a pooled connection was closed by the server while idle (Node closes them after 5 s)."""
+    for attempt in range(attempts):
+        try:
+            return await send()
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError):
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -84,8 +96,10 @@ class Tables:
                          f"Accept: application/json;odata=minimalmetadata\r\nDataServiceVersion: 3.0\r\n{extra}"
                          f"Content-Length: {len(body.encode())}\r\n\r\n{body}\r\n")
         parts.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
-        response = await self.http.post(self.endpoint + "/$batch", content="".join(parts).encode(),
-                                         headers=self._headers(self._path("/$batch"), f"multipart/mixed; boundary={batch}"))
+        body = "".join(parts).encode()
+        response = await _retrying(lambda: self.http.post(
+            self.endpoint + "/$batch", content=body,
+            headers=self._headers(self._path("/$batch"), f"multipart/mixed; boundary={batch}")))
         self.requests += 1
         self.entities += len(ops)
         statuses = INNER_STATUS.findall(response.text)
@@ -116,7 +130,8 @@ class Floor:
         prop = "g_" + group_id.replace("-", "").lower()
         while url:
             async with self.graph_limit:
-                response = await http.get(url, params=params, headers={"Authorization": f"Bearer local:{self.tenant}"})
+                response = await _retrying(lambda: http.get(url, params=params,
+                                                            headers={"Authorization": f"Bearer local:{self.tenant}"}))
             self.graph_requests += 1
             response.raise_for_status()
             data = response.json()

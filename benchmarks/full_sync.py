@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -70,6 +71,12 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# A re-sync is skipped when the Full Sync did not end (its numbers are then null in the JSON).
+_NOT_RUN: dict[str, Any] = {"seconds": None, "status": "not run", "counts": {}, "store": {"user_rows": None,
+                            "membership_rows": None}, "wire": {"seconds": {}}, "calls": {},
+                            "jobs": {"n": 0, "seconds_sum": 0, "abandoned": []}, "rss_mb": None}
 
 
 def _progress(text: str) -> None:
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--import-runs", type=int, default=5, help="interpreters started per import measurement")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take before giving up")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the stand-ins are stopped on the way out
 
     tenant = generate_tenant(users=args.users, groups=args.groups, seed=args.seed, nesting_depth=1, overlap=0.5,
                              blocked_share=0.05, guest_share=0.02, devices=10)
@@ -173,12 +181,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
                 sync = run_script(worker_args, "sync worker", env=env, timeout=2 * args.timeout + 120)
-            _progress(f"sync: full {sync['full']['seconds']} s, re-sync {sync['resync']['seconds']} s")
+            _progress(f"sync: full {sync['full']['seconds']} s ({sync['full']['status']}), "
+                      f"re-sync {sync.get('resync', {}).get('seconds')} s")
         finally:
             for child in reversed(children):
                 child.stop()
 
-    full, resync = sync["full"], sync["resync"]
+    full = sync["full"]
+    resync = sync.get("resync") or _NOT_RUN
     result = {
         "users": users,
         "groups": len(group_ids),
@@ -201,18 +211,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _ratio(value: float, floor: float) -> str:
-    return f"{value / floor:.2f}x" if floor else "-"
+def _ratio(value: float | None, floor: float) -> str:
+    return f"{value / floor:.2f}x" if floor and value is not None else "-"
 
 
 def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict, writes_floor: dict) -> None:
     """The human table: each target with PASS/MISS, then where the requests and the time went."""
-    full, resync = sync["full"], sync["resync"]
+    full, resync = sync["full"], sync.get("resync") or _NOT_RUN
     mark = {True: "PASS", False: "MISS"}
     imports = r["import_function_app_s"] / r["import_azure_functions_s"] if r["import_azure_functions_s"] else 0
     print(f"Full sync benchmark: {r['users']} users, {r['groups']} groups, {r['memberships']} memberships, "
           f"seed {args.seed}, Graph latency {args.latency_ms:g} ms")
     print(f"run status: full sync {full['status']} {full['counts']}; re-sync {resync['status']} {resync['counts']}")
+    if full["unfinished_groups"]:
+        print(f"UNFINISHED after {args.timeout:g} s: groups {full['unfinished_groups']}, "
+              f"{full['deliveries_in_hand']} deliveries in hand")
     rows = [
         ("graph requests", r["graph_requests"], r["graph_floor"], "<= 1.05x floor",
          r["graph_requests"] <= 1.05 * r["graph_floor"]),
@@ -227,8 +240,8 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     ]
     print(f"\n{'measure':<28}{'value':>12}{'floor/ref':>12}{'ratio':>9}  {'target':<26}")
     for name, value, ref, target, ok in rows:
-        print(f"{name:<28}{value:>12}{ref:>12}{_ratio(value, ref):>9}  {target:<26}{mark[ok]}")
-    print(f"{'re-sync seconds':<28}{r['resync_s']:>12}")
+        print(f"{name:<28}{value!s:>12}{ref!s:>12}{_ratio(value, ref):>9}  {target:<26}{mark[ok]}")
+    print(f"{'re-sync seconds':<28}{r['resync_s']!s:>12}")
 
     print("\nwhere the requests went (full sync | re-sync)")
     for name in ("write_requests", "batches", "failed_batches", "writes", "failed_writes", "batch_entities",
@@ -245,6 +258,9 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     print(f"  group jobs {full['jobs']['n']}, sum {full['jobs']['seconds_sum']} s, longest {full['jobs']['seconds_max']} s,"
           f" abandoned {full['jobs']['abandoned_n']} | re-sync jobs {resync['jobs']['n']},"
           f" sum {resync['jobs']['seconds_sum']} s")
+    reconnects = full["jobs"].get("receiver_reconnects", []) + resync["jobs"].get("receiver_reconnects", [])
+    if reconnects:
+        print(f"  Service Bus receiver reconnects: {len(reconnects)} ({', '.join(sorted(set(reconnects)))})")
     for reason in full["jobs"]["abandoned"] + resync["jobs"]["abandoned"]:
         print(f"  abandoned delivery: {reason}")
     names = sorted(set(full["calls"]) | set(resync["calls"]))

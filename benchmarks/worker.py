@@ -153,32 +153,45 @@ class Consumer:
     def reset(self) -> None:
         self.jobs: list[float] = []
         self.abandoned: list[str] = []
+        self.reconnects: list[str] = []
 
     async def run(self) -> None:
-        from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient
+        from azure.servicebus.aio import ServiceBusClient
+        from azure.servicebus.exceptions import ServiceBusError
 
         slots = asyncio.Semaphore(self.concurrency)
-        running = self.running
-        async with ServiceBusClient.from_connection_string(self.connection) as client:
-            receiver = client.get_queue_receiver(self.queue, prefetch_count=0)
-            renewer = AutoLockRenewer(max_lock_renewal_duration=self.lock_renewal_s)
-            async with receiver, renewer:
-                while not self.stopping.is_set():
-                    await slots.acquire()
-                    free = 1
-                    while free < self.concurrency and not slots.locked():
-                        await slots.acquire()
-                        free += 1
-                    messages = await receiver.receive_messages(max_message_count=free, max_wait_time=1)
-                    for _ in range(free - len(messages)):
-                        slots.release()
-                    for message in messages:
-                        renewer.register(receiver, message, max_lock_renewal_duration=self.lock_renewal_s)
-                        task = asyncio.create_task(self._deliver(receiver, message, slots))
-                        running.add(task)
-                        task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.wait(running, timeout=30)
+        while not self.stopping.is_set():
+            try:
+                async with ServiceBusClient.from_connection_string(self.connection) as client:
+                    receiver = client.get_queue_receiver(self.queue, prefetch_count=0)
+                    async with receiver:
+                        await self._receive(receiver, slots)
+            except (ServiceBusError, OSError, ValueError) as exc:
+                # The SDK shuts a receiver down after an unexpected error: reconnect, as the function host does.
+                self.reconnects.append(type(exc).__name__)
+                await asyncio.sleep(1)
+
+    async def _receive(self, receiver: Any, slots: asyncio.Semaphore) -> None:
+        while not self.stopping.is_set():
+            await slots.acquire()
+            free = 1
+            while free < self.concurrency and not slots.locked():
+                await slots.acquire()
+                free += 1
+            try:
+                messages = await receiver.receive_messages(max_message_count=free, max_wait_time=1)
+            except BaseException:
+                for _ in range(free):
+                    slots.release()
+                raise
+            for _ in range(free - len(messages)):
+                slots.release()
+            for message in messages:
+                task = asyncio.create_task(self._deliver(receiver, message, slots))
+                self.running.add(task)
+                task.add_done_callback(self.running.discard)
+        if self.running:
+            await asyncio.wait(set(self.running), timeout=30)
 
     async def settled(self, timeout: float = 60) -> None:
         """Wait until every delivery in hand is completed or abandoned."""
@@ -187,6 +200,10 @@ class Consumer:
             await asyncio.wait(set(self.running), timeout=deadline - time.perf_counter())
 
     async def _deliver(self, receiver: Any, message: Any, slots: asyncio.Semaphore) -> None:
+        from azure.servicebus.aio import AutoLockRenewer
+
+        renewer = AutoLockRenewer(max_lock_renewal_duration=self.lock_renewal_s)
+        renewer.register(receiver, message)
         started = time.perf_counter()
         try:
             body = b"".join(message.body) if not isinstance(message.body, (bytes, str)) else message.body
@@ -196,12 +213,23 @@ class Consumer:
             except Exception as exc:
                 self.abandoned.append(f"{type(exc).__name__}: {exc}"[:300])
                 logging.getLogger("bench").warning("group job failed; abandoned", exc_info=True)
-                await receiver.abandon_message(message)
+                await _settle(receiver.abandon_message, message)
                 return
-            await receiver.complete_message(message)
+            await _settle(receiver.complete_message, message)
         finally:
+            await renewer.close()
             self.jobs.append(time.perf_counter() - started)
             slots.release()
+
+
+async def _settle(action: Any, message: Any) -> None:
+    """A settle that fails (lock lost, receiver shut down) is left to redelivery: handlers are at-least-once."""
+    from azure.servicebus.exceptions import ServiceBusError
+
+    try:
+        await action(message)
+    except (ServiceBusError, ValueError):
+        logging.getLogger("bench").warning("settling a message failed; the broker redelivers it")
 
 
 async def connect(svc: Services, caller: Caller, tenant_id: str, group_ids: list[str]) -> str:
@@ -243,6 +271,8 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
         "status": current.status,
         "counts": view.run.final_counts.to_api() if view else {},
         "errors": [e.to_api() for e in view.run.errors][:5] if view else [],
+        "unfinished_groups": [g.group_id for g in view.groups if not g.finished] if view else [],
+        "deliveries_in_hand": len(consumer.running),
         "graph_requests": stats["requests"],
         "graph_by_route": stats["byRoute"],
         "directory_requests": svc.directory.requests - directory_before,
@@ -252,7 +282,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
         "calls": {k: [v[0], round(v[1], 3)] for k, v in sorted(totals.items())},
         "jobs": {"n": len(consumer.jobs), "seconds_sum": round(sum(consumer.jobs), 3),
                  "seconds_max": round(max(consumer.jobs, default=0), 3), "abandoned": consumer.abandoned[:5],
-                 "abandoned_n": len(consumer.abandoned)},
+                 "abandoned_n": len(consumer.abandoned), "receiver_reconnects": consumer.reconnects},
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
     }
 
@@ -282,7 +312,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if profiler:
                 profiler.disable()
                 profiler.dump_stats(args.profile)
-            if not args.skip_resync:
+            if not args.skip_resync and result["full"]["status"] in RunStatus.TERMINAL:
                 result["resync"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout)
         finally:
             consumer.stopping.set()
