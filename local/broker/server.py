@@ -39,6 +39,7 @@ from proton import (
 )
 
 from .codec import MessageFormatError, plain, unpack_transfer
+from .frames import IncomingFrames
 from .management import ABANDONED, COMPLETED, DEFERRED, LOCK_LOST, Management
 from .store import Entity, Lock, LockLost, MessageStore
 
@@ -103,26 +104,45 @@ class _ClientConnection:
         self.transport = Transport(Transport.SERVER)
         self.transport.sasl().allowed_mechs("ANONYMOUS")
         self.transport.bind(self.connection)
+        self.inbound = IncomingFrames()  # fixes the delivery-ids of transfers a client sent concurrently
         self.reply_links: dict[str, Link] = {}  # $cbs / $management response links, by address
         self.links: set[Link] = set()
         self.interest = selectors.EVENT_READ
         self.tick_deadline = 0.0
 
     def read(self) -> None:
-        """Move bytes from the socket into the transport."""
-        capacity = self.transport.capacity()
-        if capacity <= 0:
-            return
-        try:
-            data = self.sock.recv(min(capacity, _READ_CHUNK))
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.transport.push(data)
-        else:
-            self.transport.close_tail()
+        """Move bytes from the socket, through the frame filter, into the transport."""
+        if not self.inbound.pending:
+            capacity = self.transport.capacity()
+            if capacity <= 0:
+                return
+            try:
+                data = self.sock.recv(min(capacity, _READ_CHUNK))
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.transport.close_tail()
+                return
+            self.inbound.feed(data)
+        self.push_input()
+
+    def push_input(self) -> None:
+        """Hand the transport the frames the filter has ready, as far as its capacity goes."""
+        while self.inbound.pending:
+            capacity = self.transport.capacity()
+            if capacity < 0:  # the transport takes no more input
+                self.inbound.take(self.inbound.pending)
+                return
+            if capacity == 0:
+                return
+            self.transport.push(self.inbound.take(capacity))
+
+    @property
+    def input_waiting(self) -> bool:
+        """Whether filtered input waits for the transport to have room (the loop must not sleep)."""
+        return bool(self.inbound.pending) and self.transport.capacity() > 0
 
     def write(self) -> None:
         """Move as many pending bytes as the socket takes from the transport."""
@@ -340,6 +360,8 @@ class LocalServiceBus:
         if store_deadline is not None:
             deadlines.append(store_deadline - time.time())
         now = time.monotonic()
+        if any(c.input_waiting for c in self._connections.values()):
+            return 0.0
         deadlines += [c.tick_deadline - now for c in self._connections.values() if c.tick_deadline]
         return max(0.0, min(deadlines)) if deadlines else None
 
@@ -368,6 +390,7 @@ class LocalServiceBus:
         while True:
             busy = False
             for conn in list(self._connections.values()):
+                conn.push_input()  # frames held back while the transport's input buffer was full
                 busy |= self._dispatch_events(conn)
             available = self._store.take_available()
             for entity in available:

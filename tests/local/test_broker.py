@@ -31,10 +31,11 @@ from azure.servicebus.exceptions import (
     MessagingEntityNotFoundError,
     ServiceBusError,
 )
-from proton import Message
+from proton import Connection, Described, Link, Message, Transport, TransportException, uint, ulong
 
 from local.broker import LocalServiceBus
-from local.broker.codec import EncodedMessage, unpack_transfer
+from local.broker.codec import EncodedMessage, encode_value, unpack_transfer
+from local.broker.frames import IncomingFrames
 
 QUEUE = "group-sync"
 OTHER_QUEUE = "enrollment"
@@ -597,6 +598,118 @@ async def test_aio_settlement_operations(bus):
             await dlq.complete_message(dead)
     stats = queue_stats(bus)
     assert (stats["completed"], stats["abandoned"], stats["deadLettered"]) == (1, 1, 0)
+
+
+async def test_aio_concurrent_renewals_and_settlements_on_one_receiver_keep_the_connection(make_bus):
+    """Regression: the aio client gives transfers sent from concurrent coroutines stale delivery-ids (it increments
+    the session's next id only after the awaited write). proton took that for a sequencing error and closed the
+    connection, so lock renewals failed with "Management Operation error occurred." and the receiver shut down.
+    The function host works this way: an AutoLockRenewer per message, settling from several tasks, receiving
+    meanwhile, one prefetch-0 receiver."""
+    bus = make_bus(lock_duration_s=2.0)
+    async with AsyncServiceBusClient.from_connection_string(bus.connection_string, retry_total=0) as client:
+        async with client.get_queue_sender(QUEUE, keep_alive=0) as out:
+            await out.send_messages([ServiceBusMessage(f"r{i}") for i in range(8)])
+        async with client.get_queue_receiver(QUEUE, prefetch_count=0) as receiver:
+            messages = await receive_async(receiver, 8)
+            assert len(messages) == 8
+            for _ in range(3):  # 2.4 s in all: past the lock duration, so only renewed locks hold
+                await asyncio.sleep(0.8)
+                before = [m.locked_until_utc for m in messages]
+                expiries = await asyncio.gather(*(receiver.renew_message_lock(m) for m in messages))
+                assert all(new > old for new, old in zip(expiries, before))
+            first, rest = messages[:4], messages[4:]
+            *settled, received = await asyncio.gather(
+                *(receiver.complete_message(m) for m in first),
+                *(receiver.renew_message_lock(m) for m in rest),
+                receiver.receive_messages(max_message_count=1, max_wait_time=0.5),
+            )
+            assert settled[:4] == [None] * 4 and all(isinstance(t, datetime.datetime) for t in settled[4:])
+            assert received == []  # every message is still locked
+            # A renewal racing its message's settlement: renewed, or lock lost (410) if the settlement came first.
+            outcomes = await asyncio.gather(
+                *(call(m) for m in rest for call in (receiver.complete_message, receiver.renew_message_lock)),
+                return_exceptions=True,
+            )
+            assert outcomes[0::2] == [None] * 4
+            assert all(isinstance(o, (datetime.datetime, MessageLockLostError)) for o in outcomes[1::2]), outcomes
+    stats = queue_stats(bus)
+    assert (stats["completed"], stats["deliveries"], stats["active"], stats["locked"]) == (8, 8, 0, 0)
+
+
+# -- frame filter ---------------------------------------------------------------------------------
+
+
+def test_transfers_with_stale_delivery_ids_reach_proton_renumbered():
+    client = Connection()
+    client_transport = Transport()
+    client_transport.bind(client)
+    client.open()
+    session = client.session()
+    session.open()
+    link = session.sender("s")
+    link.target.address = QUEUE
+    link.open()
+    opening = bytes(client_transport.peek(client_transport.pending()))
+
+    def frame(code: int, fields: list, payload: bytes = b"") -> bytes:  # on channel 0
+        body = encode_value(Described(ulong(code), fields)) + payload
+        return (8 + len(body)).to_bytes(4, "big") + b"\x02\x00\x00\x00" + body
+
+    def transfer(delivery_id: int, tag: bytes, more: bool, payload: bytes) -> bytes:
+        return frame(0x14, [uint(0), uint(delivery_id), tag, uint(0), False, more], payload)
+
+    # What two coroutines sending at once produce: a second delivery with the first one's id, and a continuation
+    # and a third delivery with ids read before or after another coroutine's increment.
+    stream = b"".join([
+        transfer(0, b"a", False, b"first"),
+        transfer(0, b"b", True, b"sec"),
+        transfer(2, b"b", False, b"ond"),
+        transfer(1, b"c", False, b"third"),
+    ])
+
+    def serve(filtered: bool) -> tuple[Transport, Link, IncomingFrames]:
+        server = Connection()
+        transport = Transport(Transport.SERVER)
+        transport.bind(server)
+        frames = IncomingFrames()
+
+        def push(data: bytes) -> None:
+            if not filtered:
+                transport.push(data)
+                return
+            for i in range(0, len(data), 7):  # in arbitrary socket-sized pieces
+                frames.feed(data[i : i + 7])
+            transport.push(frames.take(frames.pending))
+
+        push(opening)
+        server.open()
+        server.session_head(0).open()
+        receiver = server.link_head(0)
+        receiver.open()
+        receiver.flow(10)
+        transport.pop(transport.pending())
+        try:
+            push(stream)
+        except TransportException:
+            pass
+        return transport, receiver, frames
+
+    transport, _, _ = serve(filtered=False)
+    assert transport.condition.name == "amqp:session:invalid-field"  # what closed the client's connection
+
+    transport, receiver, frames = serve(filtered=True)
+    assert transport.condition is None and frames.renumbered == 3
+    received = []
+    while (delivery := receiver.current) is not None:
+        received.append((delivery.tag, bytes(receiver.recv(delivery.pending))))
+        receiver.advance()
+    assert received == [("a", b"first"), ("b", b"second"), ("c", b"third")]
+
+    # The client's close races too: a link's detach after its session's end ("no such channel" for proton).
+    frames.feed(frame(0x17, []) + frame(0x16, [uint(0), True]))
+    transport.push(frames.take(frames.pending))
+    assert transport.condition is None
 
 
 # -- codec ------------------------------------------------------------------------------------
