@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import jwt
-
 from .errors import Forbidden, Unauthenticated
 from .model import ALLOWED_ROLES, Caller
 
@@ -13,6 +11,8 @@ REQUIRED_CLAIMS = ("org", "sub", "role", "exp")
 
 def authenticate(headers: Mapping[str, str], secret: str) -> Caller:
     """The caller named by a valid ``Authorization: Bearer`` HS256 token, or Unauthenticated."""
+    import jwt  # PyJWT pulls in cryptography: load it with the first request, not at function-app import
+
     value = _header(headers, "authorization")
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

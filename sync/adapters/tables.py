@@ -625,13 +625,17 @@ class TableUsers(_Repository, Users):
                 i, what = owners[exc.index] if exc.index is not None and exc.index < len(owners) else (None, None)
                 if i is None or exc.error_code != "EntityAlreadyExists":
                     raise
+                # One conflict usually means several (workers of overlapping groups in other processes create the
+                # same users): read the chunk once and settle every user that exists, not one per failed transaction.
+                found = await self.get_many(users[i].org, [users[j].id for j in todo])
+                for j in [j for j in todo if users[j].id in found]:
+                    todo.remove(j)
+                    outcomes[j] = Exists(found[users[j].id])
+                if i not in todo:
+                    continue
                 todo.remove(i)
-                if what == "user":
-                    existing = await self.get(users[i].org, users[i].id)
-                    if existing is None:  # deleted between the two calls: try again in the next round
-                        retry_later.append(i)
-                    else:
-                        outcomes[i] = Exists(existing)
+                if what == "user":  # deleted between the two calls: try again in the next round
+                    retry_later.append(i)
                 else:
                     owner = await self.username_owner(users[i].org, users[i].username)
                     if owner == users[i].id or owner is None:

@@ -190,3 +190,27 @@ async def test_groups_grid_rows(table_store):
     await table_store.groups.save(SyncedGroup("org-a", "sub-1", "g2", "Ops", 3, NOW))
     await table_store.groups.delete("org-a", "sub-1", ["g2"])
     assert [(g.id, g.user_count) for g in await table_store.groups.list("org-a")] == [(GROUP, 12)]
+
+
+async def test_overlapping_creates_from_another_process_settle_in_one_read(table_store, azurite):
+    """Workers in two processes create overlapping users: one failed transaction, one read, then the rest."""
+    from sync.adapters.tables import TableStore
+
+    other = TableStore.from_connection_string(azurite.connection_string, table_store._prefix)
+    try:
+        await table_store.users.create([user(i) for i in range(0, 40)])
+        table = await other.table("Users")
+        calls = []
+        original = table.submit_transaction
+
+        async def counting(ops, **kw):
+            calls.append(len(ops))
+            return await original(ops, **kw)
+
+        other._service.get_table_client = lambda name: table  # the same client, counted
+        table.submit_transaction = counting
+        outcomes = await other.users.create([user(i) for i in range(20, 60)])
+    finally:
+        await other.close()
+    assert [type(o).__name__ for o in outcomes] == ["Exists"] * 20 + ["Created"] * 20
+    assert len(calls) == 2  # the conflicting transaction, then the 20 new users (40 entities) in one
