@@ -11,6 +11,7 @@ from .model import (
     DirectoryUser,
     EmailState,
     MemberState,
+    ScopeState,
     SourceType,
     StatusReason,
     Subscription,
@@ -147,12 +148,12 @@ def updated_user(existing: User, desired: Desired, group_id: str, run_id: str, n
     )
 
 
-def in_scope(user: User, group_ids: Iterable[str]) -> bool:
+def in_scope(user: User | ScopeState, group_ids: Iterable[str]) -> bool:
     """Is the user a member of any of the run's groups?"""
     return not user.group_ids.isdisjoint(group_ids)
 
 
-def should_deprovision(user: User, group_ids: Iterable[str]) -> bool:
+def should_deprovision(user: User | ScopeState, group_ids: Iterable[str]) -> bool:
     """An active synced user who is in none of the selected groups any more."""
     return user.source_type == SourceType.AD_SYNC and user.status == UserStatus.ACTIVE and not in_scope(user, group_ids)
 

@@ -451,8 +451,8 @@ async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approve
     failed = [g for g in view.groups if g.state == GroupState.FAILED]
     counts = Counts()
     active = 0
-    candidates: list[User] = []
-    async for user in svc.users.subscription_users(org, sub_id):
+    candidates: list[str] = []
+    async for user in svc.users.subscription_scope(org, sub_id, group_ids):
         if user.last_run_id == run.id and user.last_change:
             counts = counts.bump(user.last_change)
             if user.last_change == Change.CREATED and user.enrollment_email in (EmailState.QUEUED, EmailState.SENDING, EmailState.SENT, EmailState.FAILED):
@@ -462,7 +462,7 @@ async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approve
         if user.status == UserStatus.ACTIVE:
             active += 1
         if should_deprovision(user, group_ids):
-            candidates.append(user)
+            candidates.append(user.id)
     for g in view.groups:
         counts = counts + Counts(skipped=g.counts.skipped, skippedReasons=g.counts.skippedReasons)
     # An approval replaces the note that deprovisioning was held back.
@@ -506,19 +506,21 @@ async def _release_if_still_held(svc: Services, run: Run) -> None:
         await _tidy_groups_grid(svc, run.org, run.subscription_id)
 
 
-async def _deprovision(svc: Services, org: str, run: Run, candidates: list[User], group_ids: set[str]) -> int:
+async def _deprovision(svc: Services, org: str, run: Run, candidates: list[str], group_ids: set[str]) -> int:
     """Deactivate users who left every selected group (never delete); returns how many this call changed."""
     applied = 0
-    batch = candidates
+    pending = candidates
     for _ in range(MAX_STALE_ROUNDS):
+        if not pending:
+            break
+        stored = await svc.users.get_many(org, pending)
+        batch = [u for u in stored.values() if should_deprovision(u, group_ids)]
         if not batch:
             break
         now = svc.clock()
         outcomes = await svc.users.update([(deprovisioned(u, run.id, now), u.username) for u in batch])
-        stale = [o.user_id for o in outcomes if isinstance(o, Stale)]
         applied += sum(1 for o in outcomes if isinstance(o, Updated))
-        fresh = await svc.users.get_many(org, stale)
-        batch = [u for u in fresh.values() if should_deprovision(u, group_ids)]
+        pending = [o.user_id for o in outcomes if isinstance(o, Stale)]
     return applied
 
 

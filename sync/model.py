@@ -365,6 +365,19 @@ class MemberState:
     last_change: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ScopeState:
+    """What a run's finalizer needs of each synced user: status, last change, and membership of the run's groups."""
+
+    id: str
+    status: str
+    source_type: str
+    enrollment_email: str | None
+    last_run_id: str | None
+    last_change: str | None
+    group_ids: frozenset[str]
+
+
 @dataclass(frozen=True)
 class DirectoryUser:
     """A user as Microsoft Graph returns it (only the properties we select)."""

@@ -13,6 +13,7 @@ from .model import (
     MemberState,
     Run,
     RunView,
+    ScopeState,
     Subscription,
     SyncedGroup,
     User,
@@ -156,6 +157,10 @@ class Users(abc.ABC):
     @abc.abstractmethod
     def subscription_users(self, org: str, subscription_id: str) -> AsyncIterator[User]:
         """Every user synced by a subscription."""
+
+    @abc.abstractmethod
+    def subscription_scope(self, org: str, subscription_id: str, group_ids: Iterable[str]) -> AsyncIterator[ScopeState]:
+        """Every user synced by a subscription, reduced to what a run's finalizer reads (memberships of ``group_ids``)."""
 
     @abc.abstractmethod
     async def username_owner(self, org: str, username: str) -> str | None:

@@ -26,6 +26,7 @@ from sync.model import (
     MemberState,
     Run,
     RunView,
+    ScopeState,
     Subscription,
     SyncedGroup,
     User,
@@ -290,6 +291,12 @@ class MemoryUsers(Users):
         for (o, _), u in list(self.rows.items()):
             if o == org and u.subscription_id == subscription_id:
                 yield u
+
+    async def subscription_scope(self, org: str, subscription_id: str, group_ids: Iterable[str]) -> AsyncIterator[ScopeState]:
+        wanted = set(group_ids)
+        async for u in self.subscription_users(org, subscription_id):
+            yield ScopeState(u.id, u.status, u.source_type, u.enrollment_email, u.last_run_id, u.last_change,
+                             u.group_ids & wanted)
 
     async def username_owner(self, org: str, username: str) -> str | None:
         return self.claims.get((org, _claim(username)))

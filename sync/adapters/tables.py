@@ -46,6 +46,7 @@ from ..model import (
     Run,
     RunError,
     RunView,
+    ScopeState,
     Subscription,
     SyncedGroup,
     User,
@@ -774,6 +775,20 @@ class TableUsers(_Repository, Users):
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
 
+    async def subscription_scope(self, org: str, subscription_id: str, group_ids: Iterable[str]) -> AsyncIterator[ScopeState]:
+        table = await self._table()
+        props = {membership_property(g): g for g in group_ids}
+        query = "PartitionKey eq @pk and subscriptionId eq @sub and kind eq 'user'"
+        try:
+            async for e in table.query_entities(query, parameters={"pk": key(org), "sub": subscription_id},
+                                                select=_SCOPE_COLUMNS + list(props), results_per_page=1000):
+                yield ScopeState(id=e["id"], status=e["status"], source_type=e["sourceType"],
+                                 enrollment_email=e.get("emailState"), last_run_id=e.get("lastRunId"),
+                                 last_change=e.get("lastChange"),
+                                 group_ids=frozenset(g for p, g in props.items() if e.get(p) is True))
+        except HttpResponseError as exc:
+            raise Transient(f"table storage answered {exc.status_code}") from exc
+
     async def username_owner(self, org: str, username: str) -> str | None:
         table = await self._table()
         try:
@@ -783,6 +798,7 @@ class TableUsers(_Repository, Users):
         return entity.get("userId")
 
 
+_SCOPE_COLUMNS = ["id", "status", "sourceType", "emailState", "lastRunId", "lastChange"]
 _MEMBER_COLUMNS = ["id", "username", "email", "displayName", "givenName", "surname", "status", "statusReason",
                    "emailState", "lastRunId", "lastChange"]
 

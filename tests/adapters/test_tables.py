@@ -214,3 +214,13 @@ async def test_overlapping_creates_from_another_process_settle_in_one_read(table
         await other.close()
     assert [type(o).__name__ for o in outcomes] == ["Exists"] * 20 + ["Created"] * 20
     assert len(calls) == 2  # the conflicting transaction, then the 20 new users (40 entities) in one
+
+
+async def test_subscription_scope_reads_only_the_runs_memberships(table_store):
+    other = "3c3c3c3c-2222-4b4b-8c8c-000000000002"
+    await table_store.users.create([user(1), user(2, group_ids=frozenset({other})), user(3, status="Inactive",
+                                                                                      group_ids=frozenset())])
+    scope = {s.id: s async for s in table_store.users.subscription_scope("org-a", "sub-1", [GROUP])}
+    assert scope[user(1).id].group_ids == {GROUP}
+    assert scope[user(2).id].group_ids == frozenset()  # a group outside the run is not read
+    assert (scope[user(3).id].status, scope[user(3).id].source_type) == ("Inactive", "AdSync")
