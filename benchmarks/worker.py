@@ -30,6 +30,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 from azure.core.pipeline.transport import AioHttpTransport  # noqa: E402
 
+from local.receiving import receive_into  # noqa: E402
 from sync import group_sync, runs, subscriptions  # noqa: E402
 from sync.composition import Services, build  # noqa: E402
 from sync.model import Caller, GroupJob, RunStatus  # noqa: E402
@@ -165,33 +166,12 @@ class Consumer:
                 async with ServiceBusClient.from_connection_string(self.connection) as client:
                     receiver = client.get_queue_receiver(self.queue, prefetch_count=0)
                     async with receiver:
-                        await self._receive(receiver, slots)
+                        await receive_into(receiver, slots, self.concurrency, self.stopping,
+                                           functools.partial(self._deliver, receiver, slots=slots), self.running)
             except (ServiceBusError, OSError, ValueError) as exc:
                 # The SDK shuts a receiver down after an unexpected error: reconnect, as the function host does.
                 self.reconnects.append(type(exc).__name__)
                 await asyncio.sleep(1)
-
-    async def _receive(self, receiver: Any, slots: asyncio.Semaphore) -> None:
-        while not self.stopping.is_set():
-            await slots.acquire()
-            free = 1
-            while free < self.concurrency and not slots.locked():
-                await slots.acquire()
-                free += 1
-            try:
-                messages = await receiver.receive_messages(max_message_count=free, max_wait_time=1)
-            except BaseException:
-                for _ in range(free):
-                    slots.release()
-                raise
-            for _ in range(free - len(messages)):
-                slots.release()
-            for message in messages:
-                task = asyncio.create_task(self._deliver(receiver, message, slots))
-                self.running.add(task)
-                task.add_done_callback(self.running.discard)
-        if self.running:
-            await asyncio.wait(set(self.running), timeout=30)
 
     async def settled(self, timeout: float = 60) -> None:
         """Wait until every delivery in hand is completed or abandoned."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
+
+from local.receiving import receive_into
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("local.host")
@@ -219,23 +222,8 @@ class FunctionHost:
                     receiver = client.get_queue_receiver(
                         fn.queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER if fn.dead_letter else None, prefetch_count=0)
                     async with receiver:
-                        while not self._stopping.is_set():
-                            await slots.acquire()
-                            free = 1 + sum(1 for _ in range(self.max_concurrent_calls - 1) if not slots.locked() and _take(slots))
-                            try:
-                                messages = await receiver.receive_messages(max_message_count=free, max_wait_time=1)
-                            except BaseException:
-                                for _ in range(free):
-                                    slots.release()
-                                raise
-                            for _ in range(free - len(messages)):
-                                slots.release()
-                            for message in messages:
-                                task = asyncio.create_task(self._deliver(fn, receiver, message, slots))
-                                running.add(task)
-                                task.add_done_callback(running.discard)
-                        if running:
-                            await asyncio.wait(running, timeout=30)
+                        await receive_into(receiver, slots, self.max_concurrent_calls, self._stopping,
+                                           functools.partial(self._deliver, fn, receiver, slots=slots), running)
             except asyncio.CancelledError:
                 for task in running:
                     task.cancel()
@@ -283,14 +271,6 @@ class FunctionHost:
             await invoke(fn.name, fn.call, TimerRequest(past_due=past_due))
         except Exception:
             pass  # logged by invoke; a timer failure waits for the next firing
-
-
-def _take(slots: asyncio.Semaphore) -> bool:
-    """Acquire a free slot without waiting."""
-    if slots.locked():
-        return False
-    slots._value -= 1  # noqa: SLF001 - asyncio.Semaphore has no try_acquire
-    return True
 
 
 async def _settle(action: Callable, message: Any) -> None:
