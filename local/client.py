@@ -131,6 +131,14 @@ class FakeTenantAdmin:
         response.raise_for_status()
         return response
 
+    @classmethod
+    def load(cls, graph: str, tenant: dict) -> "FakeTenantAdmin":
+        """Load ``tenant`` (the fake's JSON format) into the fake at ``graph`` and make it the tenant that consents."""
+        admin = cls(graph, tenant["tenantId"])
+        admin.control("POST", "/tenants", json=tenant)
+        admin.control("POST", "/consent", json={"tenant": tenant["tenantId"], "deny": False})
+        return admin
+
     def block(self, user_id: str, blocked: bool = True) -> None:
         self._graph("PATCH", f"/users/{user_id}", json={"accountEnabled": not blocked})
 

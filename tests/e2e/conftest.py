@@ -32,10 +32,7 @@ def portal(devhost):
 def load_tenant(devhost):
     """Load a tenant into the fake (its own tenantId, so tests never share one) and make it the one that consents."""
     def load(tenant: dict) -> FakeTenantAdmin:
-        admin = FakeTenantAdmin(devhost.ready["graph"], tenant["tenantId"])
-        admin.control("POST", "/tenants", json=tenant)
-        admin.control("POST", "/consent", json={"tenant": tenant["tenantId"], "deny": False})
-        return admin
+        return FakeTenantAdmin.load(devhost.ready["graph"], tenant)
     return load
 
 

@@ -73,9 +73,7 @@ class Victim:
         tokens.append(token)
         portal = Portal(devhost.ready["api"], token)
         t = with_large_group(3)
-        admin = FakeTenantAdmin(devhost.ready["graph"], t.tenant["tenantId"])
-        admin.control("POST", "/tenants", json=t.tenant)
-        admin.control("POST", "/consent", json={"tenant": t.tenant["tenantId"], "deny": False})
+        admin = FakeTenantAdmin.load(devhost.ready["graph"], t.tenant)
         sub = connect(portal, [t.ids["eng"], t.ids["sales"]], sendEnrollmentEmail=True)
         run = sync(portal, sub)
         assert run["status"] == "succeeded", run

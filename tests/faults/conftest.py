@@ -64,10 +64,7 @@ def portal(new_portal):
 def load_tenant(devhost):
     """Load a tenant into the fake and make it the one that consents."""
     def load(tenant: dict) -> FakeTenantAdmin:
-        admin = FakeTenantAdmin(devhost.ready["graph"], tenant["tenantId"])
-        admin.control("POST", "/tenants", json=tenant)
-        admin.control("POST", "/consent", json={"tenant": tenant["tenantId"], "deny": False})
-        return admin
+        return FakeTenantAdmin.load(devhost.ready["graph"], tenant)
     return load
 
 

@@ -48,9 +48,7 @@ def new_portal_module(devhost):
     SESSION_TOKENS.append(token)
 
     def load(tenant):
-        admin = FakeTenantAdmin(devhost.ready["graph"], tenant["tenantId"])
-        admin.control("POST", "/tenants", json=tenant)
-        admin.control("POST", "/consent", json={"tenant": tenant["tenantId"], "deny": False})
+        FakeTenantAdmin.load(devhost.ready["graph"], tenant)
     return Portal(devhost.ready["api"], token), load
 
 
