@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", help="cProfile the worker's Full Sync into this file (pstats format)")
     parser.add_argument("--import-runs", type=int, default=5, help="interpreters started per import measurement")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take before giving up")
+    parser.add_argument("--stock-azurite", action="store_true",
+                        help="run Azurite without local/azurite_point_lookups.js (point lookups scan the partition)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the stand-ins are stopped on the way out
 
@@ -169,11 +171,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_script(["benchmarks/floor.py", *common], "graph warm-up")
             httpx.post(f"{origin}/_fake/latency", json={"ms": args.latency_ms}).raise_for_status()
 
-            with Azurite() as azurite:
+            with Azurite(point_lookups=not args.stock_azurite) as azurite:
                 floor = run_script(["benchmarks/floor.py", *common, *concurrency, "--tables", azurite.connection_string],
                                    "floor", timeout=args.timeout)
             _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
-            with Azurite() as azurite:
+            with Azurite(point_lookups=not args.stock_azurite) as azurite:
                 env = _env(**APP_SETTINGS, TABLES_CONNECTION_STRING=azurite.connection_string,
                            ServiceBusConnection=bus.ready["serviceBus"], GRAPH_BASE_URL=base_url, AUTHORITY_HOST=origin)
                 worker_args = ["benchmarks/worker.py", "--tenant", tenant_id, "--groups", ",".join(group_ids),
