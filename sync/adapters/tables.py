@@ -63,6 +63,7 @@ from ..ports import (
     UsernameTaken,
     Users,
 )
+from . import table_batch
 
 log = get_logger(__name__)
 
@@ -161,6 +162,10 @@ class TableStore:
 
     async def close(self) -> None:
         await self._service.close()
+
+    async def transaction(self, table: TableClient, operations: list[tuple]) -> list[dict[str, Any]]:
+        """One entity-group transaction (see ``table_batch``: the SDK's own encoder was most of the worker's CPU)."""
+        return await table_batch.submit(table, operations)
 
     def count_write(self, entities: int, *, users: int = 0, memberships: int = 0) -> None:
         self.counters.requests += 1
@@ -342,7 +347,7 @@ class TableRuns(_Repository, Runs):
         ops += [("create", _progress_entity(pk, run.id, g)) for g in groups]
         etag = None
         for chunk in _chunks(ops, MAX_TRANSACTION):
-            result = await call(table.submit_transaction(chunk))
+            result = await call(self._store.transaction(table, chunk))
             self._store.count_write(len(chunk))
             if etag is None:
                 etag = result[0].get("etag")
@@ -454,7 +459,7 @@ class TableRuns(_Repository, Runs):
         pk = self._pk(org, sub_id)
         rows = await collect(table.query_entities("PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey"]))
         for chunk in _chunks([("delete", {"PartitionKey": pk, "RowKey": r["RowKey"]}) for r in rows], MAX_TRANSACTION):
-            await call(table.submit_transaction(chunk))
+            await call(self._store.transaction(table, chunk))
             self._store.count_write(len(chunk))
 
 
@@ -621,7 +626,7 @@ class TableUsers(_Repository, Users):
                 owners.append((i, "user"))
             try:
                 async with self._store.concurrency:
-                    result = await call(table.submit_transaction(ops))
+                    result = await call(self._store.transaction(table, ops))
             except TableTransactionError as exc:
                 i, what = owners[exc.index] if exc.index is not None and exc.index < len(owners) else (None, None)
                 if i is None or exc.error_code != "EntityAlreadyExists":
@@ -696,7 +701,7 @@ class TableUsers(_Repository, Users):
                     owners.append((i, "release"))
             try:
                 async with self._store.concurrency:
-                    result = await call(table.submit_transaction(ops))
+                    result = await call(self._store.transaction(table, ops))
             except TableTransactionError as exc:
                 i, what = owners[exc.index] if exc.index is not None and exc.index < len(owners) else (None, None)
                 if i is None:
@@ -738,7 +743,7 @@ class TableUsers(_Repository, Users):
                        for uid in todo]
                 try:
                     async with self._store.concurrency:
-                        await call(table.submit_transaction(ops))
+                        await call(self._store.transaction(table, ops))
                 except TableTransactionError as exc:
                     if exc.error_code != "ResourceNotFound" or exc.index is None:
                         raise

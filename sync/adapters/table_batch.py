@@ -1,0 +1,180 @@
+"""Entity-group transactions (Table Storage ``$batch``) encoded and decoded directly, sent through the SDK's pipeline.
+
+``TableClient.submit_transaction`` builds every operation as an ``HttpRequest``, serializes the changeset with the
+``email`` package and parses the answer with it again. Profiled at 20,000 users on Azurite, that was 33 s of a 55 s
+Full Sync: the worker's CPU, not the store, set the pace. Here the same wire format (as the SDK 12.7 sends it and
+the Table service documents it) is written with string formatting and read with one split per boundary; entities
+are still serialized by the SDK's own ``_add_entity_properties`` (same OData types as ``create_entity``), and the
+request still goes through the client's pipeline, so authentication (shared key or Entra token), retries,
+timeouts and the transport are the SDK's. Errors are the SDK's types: a failed operation raises
+``TableTransactionError`` with ``index`` and ``error_code``; a failed request ``HttpResponseError``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote
+
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError
+from azure.core.rest import HttpRequest
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+from azure.data.tables._serialize import _add_entity_properties  # the SDK's entity serializer, same types as its calls
+
+Operation = tuple  # ("create" | "update" | "upsert" | "delete", entity[, {"mode": ..., "etag": ..., ...}])
+
+_BOUNDARY = re.compile(r'boundary="?([^";\s]+)"?', re.I)
+_STATUS = re.compile(r"^HTTP/1\.[01] (\d{3})")
+_INDEX = re.compile(r"^(\d+):")
+
+
+@dataclass
+class Part:
+    """One operation's answer inside the changeset."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+
+
+def encode(endpoint: str, table: str, operations: Iterable[Operation]) -> tuple[str, bytes]:
+    """The ``$batch`` request body for one changeset, and its Content-Type."""
+    batch, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
+    out = [f"--{batch}\r\nContent-Type: multipart/mixed; boundary={changeset}\r\n\r\n"]
+    for n, operation in enumerate(operations):
+        kind, entity = operation[0], operation[1]
+        options: Mapping[str, Any] = operation[2] if len(operation) > 2 else {}
+        line, headers, body = _operation(endpoint, table, kind.lower(), entity, options)
+        payload = body.encode("utf-8")
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        out.append(f"--{changeset}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+                   f"Content-ID: {n}\r\n\r\n{line} HTTP/1.1\r\n{head}Content-Length: {len(payload)}\r\n\r\n")
+        out.append(payload)
+        out.append(b"\r\n")
+    out.append(f"--{changeset}--\r\n\r\n--{batch}--\r\n")
+    return f"multipart/mixed; boundary={batch}", b"".join(p.encode("utf-8") if isinstance(p, str) else p for p in out)
+
+
+def _operation(endpoint: str, table: str, kind: str, entity: Mapping[str, Any],
+               options: Mapping[str, Any]) -> tuple[str, dict[str, str], str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json;odata=minimalmetadata",
+               "DataServiceVersion": "3.0"}
+    if kind == "create":
+        headers["Prefer"] = "return-no-content"
+        return f"POST {endpoint}/{table}", headers, _json(entity)
+    address = f"{endpoint}/{table}(PartitionKey='{_key(entity['PartitionKey'])}',RowKey='{_key(entity['RowKey'])}')"
+    mode = options.get("mode", UpdateMode.MERGE)
+    verb = "PUT" if mode == UpdateMode.REPLACE else "PATCH"  # PATCH merges, as the SDK sends it
+    if kind == "upsert":  # no If-Match: insert or replace/merge
+        return f"{verb} {address}", headers, _json(entity)
+    if_match = _if_match(options)
+    if kind == "update":
+        return f"{verb} {address}", {**headers, "If-Match": if_match}, _json(entity)
+    if kind == "delete":
+        return f"DELETE {address}", {"Accept": headers["Accept"], "DataServiceVersion": "3.0", "If-Match": if_match}, ""
+    raise ValueError(f"unknown transaction operation {kind!r}")
+
+
+def _if_match(options: Mapping[str, Any]) -> str:
+    condition = options.get("match_condition")
+    etag = options.get("etag")
+    if condition == MatchConditions.IfNotModified:
+        if not etag:
+            raise ValueError("match_condition IfNotModified needs an etag")
+        return str(etag)
+    return "*"
+
+
+def _key(value: Any) -> str:
+    return quote(str(value).replace("'", "''"), safe="")
+
+
+def _json(entity: Mapping[str, Any]) -> str:
+    return json.dumps(_add_entity_properties(dict(entity)), separators=(",", ":"), ensure_ascii=False)
+
+
+def decode(content_type: str, body: bytes) -> list[Part]:
+    """The operations' answers in a ``$batch`` response (a changeset nested in the batch, or parts directly)."""
+    match = _BOUNDARY.search(content_type or "")
+    if not match:
+        raise ValueError(f"not a multipart answer: {content_type!r}")
+    parts: list[Part] = []
+    for mime_headers, content in _mime_parts(body.decode("utf-8", errors="replace"), match.group(1)):
+        nested = _BOUNDARY.search(mime_headers.get("content-type", "")) if "multipart" in mime_headers.get(
+            "content-type", "").lower() else None
+        if nested:
+            parts.extend(_http_part(content) for _, content in _mime_parts(content, nested.group(1)))
+        else:
+            parts.append(_http_part(content))
+    return parts
+
+
+def _mime_parts(text: str, boundary: str) -> list[tuple[dict[str, str], str]]:
+    out = []
+    for chunk in text.split(f"--{boundary}")[1:]:
+        if chunk.startswith("--"):
+            break
+        head, _, content = chunk.lstrip("\r\n").partition("\r\n\r\n") if "\r\n\r\n" in chunk else \
+            chunk.lstrip("\n").partition("\n\n")
+        out.append((_headers(head), content))
+    return out
+
+
+def _headers(block: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in block.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def _http_part(content: str) -> Part:
+    content = content.lstrip("\r\n")
+    head, _, body = content.partition("\r\n\r\n") if "\r\n\r\n" in content else content.partition("\n\n")
+    status_line, _, rest = head.partition("\n")
+    status = _STATUS.match(status_line.strip())
+    if not status:
+        raise ValueError(f"not an HTTP answer in the changeset: {status_line[:80]!r}")
+    return Part(int(status.group(1)), _headers(rest), body.strip())
+
+
+def transaction_error(part: Part) -> TableTransactionError:
+    """The SDK's exception for the operation that failed the changeset (the service names it as ``<index>:``)."""
+    code, message = None, part.body or f"operation failed with {part.status}"
+    try:
+        error = json.loads(part.body).get("odata.error", {})
+        code, message = error.get("code"), error.get("message", {}).get("value", message)
+    except (ValueError, AttributeError):
+        pass
+    index = _INDEX.match(message)
+    exc = TableTransactionError(message=message, index=int(index.group(1)) if index else 0)
+    exc.status_code, exc.error_code = part.status, code
+    return exc
+
+
+async def submit(table: TableClient, operations: list[Operation]) -> list[dict[str, Any]]:
+    """Commit ``operations`` (at most 100, one partition) as one transaction; the ETag of each, in order."""
+    endpoint = f"{table.scheme}://{table._primary_hostname}"  # as TableClient.submit_transaction addresses it
+    content_type, body = encode(endpoint, table.table_name, operations)
+    request = HttpRequest("POST", f"{endpoint}/$batch", content=body, headers={
+        "Content-Type": content_type, "Accept": "application/json", "DataServiceVersion": "3.0",
+        "MaxDataServiceVersion": "3.0;NetFx", "x-ms-version": table.api_version})
+    # The client's pipeline: auth, retries, timeouts. Streamed, so its content decoder leaves the multipart alone.
+    response = await table._client.send_request(request, stream=True)
+    await response.read()
+    if response.status_code != 202:
+        exc = HttpResponseError(response=response)
+        exc.error_code = response.headers.get("x-ms-error-code")
+        raise exc
+    parts = decode(response.headers.get("Content-Type", ""), response.content)
+    failed = next((p for p in parts if not 200 <= p.status < 300), None)
+    if failed is not None:
+        raise transaction_error(failed)
+    if len(parts) != len(operations):
+        raise HttpResponseError(message=f"the changeset answered {len(parts)} operations for {len(operations)}",
+                                response=response)
+    return [{"etag": p.headers.get("etag")} for p in parts]
