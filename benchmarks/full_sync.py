@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 
 from local.azurite import Azurite  # noqa: E402
 from local.fake_graph import generate_tenant, transitive_user_members  # noqa: E402
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "--write-concurrency", "8"]
 
     children: list[Any] = []
+    azurite_cpu: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tenant_file = Path(tmp) / "tenant.json"
         tenant_file.write_text(json.dumps(tenant, ensure_ascii=False), encoding="utf-8")
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with Azurite(point_lookups=not args.stock_azurite) as azurite:
                 floor = run_script(["benchmarks/floor.py", *common, *concurrency, "--tables", azurite.connection_string],
                                    "floor", timeout=args.timeout)
+                azurite_cpu["floor"] = _cpu_seconds(azurite.pid)
             _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
             with Azurite(point_lookups=not args.stock_azurite) as azurite:
                 env = _env(**APP_SETTINGS, TABLES_CONNECTION_STRING=azurite.connection_string,
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
                 sync = run_script(worker_args, "sync worker", env=env, timeout=2 * args.timeout + 120)
+                azurite_cpu["sync"] = _cpu_seconds(azurite.pid)
             _progress(f"sync: full {sync['full']['seconds']} s ({sync['full']['status']}), "
                       f"re-sync {sync.get('resync', {}).get('seconds')} s")
         finally:
@@ -208,13 +212,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "import_function_app_s": import_time("function_app", args.import_runs),
         "import_azure_functions_s": import_time("azure.functions", args.import_runs),
     }
-    report(args, result, floor, sync, writes_floor)
+    report(args, {**result, "azurite_cpu_floor_s": azurite_cpu.get("floor"), "azurite_cpu_sync_s": azurite_cpu.get("sync")},
+           floor, sync, writes_floor)
     print(json.dumps({k: result[k] for k in KEYS}), flush=True)
     return result
 
 
 def _ratio(value: float | None, floor: float) -> str:
     return f"{value / floor:.2f}x" if floor and value is not None else "-"
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) a process has used so far: where the other side of the work went."""
+    if pid is None:
+        return None
+    times = psutil.Process(pid).cpu_times()
+    return round(times.user + times.system + times.children_user + times.children_system, 1)
 
 
 def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict, writes_floor: dict) -> None:
@@ -271,6 +284,8 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
         print(f"  {name:<28}{a[0]:>8} items {a[1]:>9.2f} s | {b[0]:>8} items {b[1]:>9.2f} s")
     wire = full["wire"]["seconds"]
     print("  table HTTP round trips      " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(wire.items())))
+    print(f"  worker CPU s: full sync {full.get('cpu_s')} of {full.get('seconds')} s wall, re-sync {resync.get('cpu_s')};"
+          f" Azurite CPU s: floor {r.get('azurite_cpu_floor_s')}, sync worker (both runs) {r.get('azurite_cpu_sync_s')}")
     print(f"  worker RSS MB: ready {sync['rss_mb_ready']}, after full sync {full['rss_mb']},"
           f" after re-sync {resync['rss_mb']}, peak {sync['peak_rss_mb']}")
     print()

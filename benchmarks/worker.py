@@ -233,7 +233,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
     totals.clear()
     directory_before = svc.directory.requests
     (await graph.post("/_fake/stats/reset")).raise_for_status()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     run = await runs.start(svc, caller, sub_id)
     deadline = started + timeout
     while True:
@@ -241,7 +241,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
         if current.status in RunStatus.TERMINAL or time.perf_counter() > deadline:
             break
         await asyncio.sleep(0.1)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     await consumer.settled()
     view = await svc.runs.view(caller.org, sub_id, run.id)
     stats = (await graph.get("/_fake/stats")).json()
@@ -264,6 +264,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
                  "seconds_max": round(max(consumer.jobs, default=0), 3), "abandoned": consumer.abandoned[:5],
                  "abandoned_n": len(consumer.abandoned), "receiver_reconnects": consumer.reconnects},
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        "cpu_s": round(cpu, 3),
     }
 
 

@@ -53,6 +53,11 @@ class Azurite:
         self._proc: subprocess.Popen | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The Azurite process (node), while it runs."""
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    @property
     def connection_string(self) -> str:
         return connection_string(self.host, self.port)
 

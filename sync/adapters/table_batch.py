@@ -15,6 +15,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
@@ -29,6 +30,7 @@ Operation = tuple  # ("create" | "update" | "upsert" | "delete", entity[, {"mode
 _BOUNDARY = re.compile(r'boundary="?([^";\s]+)"?', re.I)
 _STATUS = re.compile(r"^HTTP/1\.[01] (\d{3})")
 _INDEX = re.compile(r"^(\d+):")
+_HEADER = re.compile(r"^([A-Za-z0-9-]+):[ \t]*([^\r\n]*)", re.M)
 
 
 @dataclass
@@ -93,7 +95,28 @@ def _key(value: Any) -> str:
 
 
 def _json(entity: Mapping[str, Any]) -> str:
-    return json.dumps(_add_entity_properties(dict(entity)), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(_properties(entity), separators=(",", ":"), ensure_ascii=False)
+
+
+def _properties(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The entity's JSON properties. The types the adapter writes (str, bool, int32, aware datetime) are written
+    here as the SDK writes them (a JSON string is an Edm.String without annotation); any other value hands the
+    whole entity to the SDK's serializer, so its rules (Enum, Int64 tuples, bytes, UUID, errors) still apply."""
+    out: dict[str, Any] = {}
+    for name, value in entity.items():
+        kind = type(value)
+        if kind is str or kind is bool:
+            out[name] = value
+        elif value is None:
+            continue
+        elif kind is int and -(2**31) <= value < 2**31:
+            out[name] = value
+        elif kind is datetime and value.tzinfo is not None:
+            out[name] = value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            out[f"{name}@odata.type"] = "Edm.DateTime"
+        else:
+            return _add_entity_properties(dict(entity))
+    return out
 
 
 def decode(content_type: str, body: bytes) -> list[Part]:
@@ -102,44 +125,35 @@ def decode(content_type: str, body: bytes) -> list[Part]:
     if not match:
         raise ValueError(f"not a multipart answer: {content_type!r}")
     parts: list[Part] = []
-    for mime_headers, content in _mime_parts(body.decode("utf-8", errors="replace"), match.group(1)):
-        nested = _BOUNDARY.search(mime_headers.get("content-type", "")) if "multipart" in mime_headers.get(
-            "content-type", "").lower() else None
+    for head, content in _mime_parts(body.decode("utf-8", errors="replace"), match.group(1)):
+        nested = _BOUNDARY.search(head) if "multipart/mixed" in head.lower() else None
         if nested:
-            parts.extend(_http_part(content) for _, content in _mime_parts(content, nested.group(1)))
+            parts.extend(_http_part(inner) for _, inner in _mime_parts(content, nested.group(1)))
         else:
             parts.append(_http_part(content))
     return parts
 
 
-def _mime_parts(text: str, boundary: str) -> list[tuple[dict[str, str], str]]:
+def _mime_parts(text: str, boundary: str) -> list[tuple[str, str]]:
+    """(MIME header block, content) of each part between ``--boundary`` lines, up to the closing one."""
     out = []
     for chunk in text.split(f"--{boundary}")[1:]:
         if chunk.startswith("--"):
             break
-        head, _, content = chunk.lstrip("\r\n").partition("\r\n\r\n") if "\r\n\r\n" in chunk else \
-            chunk.lstrip("\n").partition("\n\n")
-        out.append((_headers(head), content))
+        chunk = chunk.lstrip("\r\n")
+        head, _, content = chunk.partition("\r\n\r\n") if "\r\n\r\n" in chunk else chunk.partition("\n\n")
+        out.append((head, content))
     return out
-
-
-def _headers(block: str) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in block.splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
 
 
 def _http_part(content: str) -> Part:
     content = content.lstrip("\r\n")
     head, _, body = content.partition("\r\n\r\n") if "\r\n\r\n" in content else content.partition("\n\n")
-    status_line, _, rest = head.partition("\n")
-    status = _STATUS.match(status_line.strip())
+    status = _STATUS.match(head)
     if not status:
-        raise ValueError(f"not an HTTP answer in the changeset: {status_line[:80]!r}")
-    return Part(int(status.group(1)), _headers(rest), body.strip())
+        raise ValueError(f"not an HTTP answer in the changeset: {head[:80]!r}")
+    headers = {name.lower(): value.strip() for name, value in _HEADER.findall(head)}
+    return Part(int(status.group(1)), headers, body.strip())
 
 
 def transaction_error(part: Part) -> TableTransactionError:

@@ -102,3 +102,33 @@ def test_answers_that_are_not_a_changeset_are_errors_not_silence():
         decode("multipart/mixed; boundary=b", b"--b\r\nContent-Type: application/http\r\n\r\nnonsense\r\n--b--")
     exc = transaction_error(Part(500, {}, "<html>oops</html>"))
     assert (exc.index, exc.error_code, exc.status_code) == (0, None, 500)
+
+
+def test_entity_properties_are_the_sdks_apart_from_redundant_string_annotations():
+    import enum
+    import uuid as uuidlib
+    from datetime import timedelta
+
+    from azure.data.tables._serialize import _add_entity_properties
+
+    from sync.adapters.table_batch import _properties
+
+    class Colour(str, enum.Enum):
+        RED = "red"
+
+    cet = timezone(timedelta(hours=1))
+    entities = [
+        {"PartitionKey": "p", "RowKey": "r", "s": "x", "b": False, "n": -(2**31), "m": 2**31 - 1, "none": None,
+         "at": datetime(2026, 11, 27, 10, 0, 0, 5, tzinfo=cet)},
+        {"PartitionKey": "p", "RowKey": "r", "naive": datetime(2026, 1, 1)},  # the SDK's rules, not ours
+        {"PartitionKey": "p", "RowKey": "r", "colour": Colour.RED, "f": 0.5, "id": uuidlib.UUID(int=7),
+         "big": (2**40, "Edm.Int64"), "raw": b"\x00\xff"},
+    ]
+    for entity in entities:
+        sdk = _add_entity_properties(entity)
+        expected = {k: v for k, v in sdk.items() if not (k.endswith("@odata.type") and v == "Edm.String")}
+        assert {k: v for k, v in _properties(entity).items()
+                if not (k.endswith("@odata.type") and v == "Edm.String")} == expected
+    assert _properties(entities[0])["at"] == "2026-11-27T09:00:00.000005Z"
+    with pytest.raises(TypeError):
+        _properties({"PartitionKey": "p", "RowKey": "r", "huge": 2**40})  # as the SDK refuses it
