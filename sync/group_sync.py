@@ -157,13 +157,29 @@ class _Segment:
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         started = time.monotonic()
         pages = 0
-        async for page in svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link):
-            await self.apply(page.users)
-            pages += 1
-            over_budget = time.monotonic() - started > svc.settings.segment_time_budget_s
-            if page.next_link and (pages >= svc.settings.max_pages_per_message or over_budget):
-                await self.continue_later(page.next_link)
-                return
+        source = svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link).__aiter__()
+        ahead: asyncio.Future | None = asyncio.ensure_future(_next_or_none(source))
+        try:
+            while ahead is not None:
+                page = await ahead
+                ahead = None
+                if page is None:
+                    break
+                pages += 1
+                # Fetch the next page while this one is written, unless this segment ends with this page: then the
+                # follow-up message reads it (a page fetched here would be read twice).
+                last_of_segment = pages >= svc.settings.max_pages_per_message
+                if page.next_link and not last_of_segment:
+                    ahead = asyncio.ensure_future(_next_or_none(source))
+                await self.apply(page.users)
+                over_budget = time.monotonic() - started > svc.settings.segment_time_budget_s
+                if page.next_link and (last_of_segment or over_budget):
+                    await self.continue_later(page.next_link)
+                    return
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
         await self.finish()
 
     async def apply(self, users: list[DirectoryUser]) -> None:
@@ -212,13 +228,17 @@ class _Segment:
             return
         recent = self.svc.recent
         mine, known, waiting = recent.reserve(self.run.id, absent)
+        joining: list[str] = []  # users another worker of this run wrote as wanted: only their membership is new
         for uid, stored in known.items():
-            self.join_or_reread(uid, stored, wanted, flags, reread)
+            self.join_or_reread(uid, stored, wanted, joining, reread)
+        # Their membership merges touch rows that exist and rows the creates below do not: send them meanwhile.
+        merging = asyncio.ensure_future(self.join(joining))
         try:
             await self.create(mine, wanted, updates, flags)
         finally:
             for uid in mine:  # anything not settled by an outcome: waiters find out for themselves
                 recent.settle(self.run.id, uid, None)
+            await merging
         if waiting:
             retry: list[str] = []
             for uid, stored in zip(waiting, await asyncio.gather(*waiting.values())):
@@ -227,6 +247,11 @@ class _Segment:
                 else:
                     self.join_or_reread(uid, stored, wanted, flags, reread)
             await self.create(retry, wanted, updates, flags)
+
+    async def join(self, uids: list[str]) -> None:
+        if uids:
+            await self.svc.users.set_membership(self.org, uids, self.job.group_id, True)
+            self.seen.update(uids)
 
     def join_or_reread(self, uid: str, stored: bytes, wanted: dict[str, Desired], flags: list[str],
                        reread: list[str]) -> None:
@@ -428,6 +453,14 @@ async def _note_error(svc: Services, job: GroupJob, text: str) -> None:
         await update_progress(svc, job, note)
     except Exception:  # best effort: the original error is what matters and is re-raised by the caller
         log.warning("could not record a group's error", exc_info=True)
+
+
+async def _next_or_none(pages):
+    """The next item of an async iterator, or None at its end (a StopAsyncIteration cannot cross a Future)."""
+    try:
+        return await pages.__anext__()
+    except StopAsyncIteration:
+        return None
 
 
 # ---------------------------------------------------------------- fan-in

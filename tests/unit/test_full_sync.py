@@ -206,8 +206,11 @@ async def test_large_group_continues_in_follow_up_messages(svc, tenant):
     for i in range(40):
         tenant.add_user(f"m{i:02d}", groups=[OPS])
     sub = await connect(svc, groups=(OPS,))
+    before = svc.directory.requests
     view = await full_sync(svc, sub)
     assert view.run.status == "succeeded" and view.counts.created == 42
+    # 6 pages in 3 messages of 2: each read once, although a worker reads a page ahead while it writes one.
+    assert svc.directory.requests - before == 6
     tenant.members[OPS] = [u for u in tenant.members[OPS] if u not in ("m00", "m39")]
     view = await full_sync(svc, sub, times=2)
     assert view.run.status == "succeeded" and view.counts.deactivated == 2
