@@ -63,7 +63,7 @@ from ..ports import (
     UsernameTaken,
     Users,
 )
-from . import table_batch
+from . import table_wire
 
 log = get_logger(__name__)
 
@@ -164,8 +164,8 @@ class TableStore:
         await self._service.close()
 
     async def transaction(self, table: TableClient, operations: list[tuple]) -> list[dict[str, Any]]:
-        """One entity-group transaction (see ``table_batch``: the SDK's own encoder was most of the worker's CPU)."""
-        return await table_batch.submit(table, operations)
+        """One entity-group transaction (see ``table_wire``: the SDK's own encoder was most of the worker's CPU)."""
+        return await table_wire.submit(table, operations)
 
     def count_write(self, entities: int, *, users: int = 0, memberships: int = 0) -> None:
         self.counters.requests += 1
@@ -761,8 +761,7 @@ class TableUsers(_Repository, Users):
         table = await self._table()
         query = f"PartitionKey eq @pk and subscriptionId eq @sub and {membership_property(group_id)} eq true"
         try:
-            async for e in table.query_entities(query, parameters={"pk": key(org), "sub": subscription_id},
-                                                select=_MEMBER_COLUMNS, results_per_page=1000):
+            async for e in table_wire.query(table, query, {"pk": key(org), "sub": subscription_id}, select=_MEMBER_COLUMNS):
                 yield MemberState(id=e["id"], username=e["username"], email=e.get("email"),
                                   display_name=e["displayName"], given_name=e.get("givenName"),
                                   surname=e.get("surname"), status=e["status"], status_reason=e.get("statusReason"),
@@ -785,8 +784,8 @@ class TableUsers(_Repository, Users):
         props = {membership_property(g): g for g in group_ids}
         query = "PartitionKey eq @pk and subscriptionId eq @sub and kind eq 'user'"
         try:
-            async for e in table.query_entities(query, parameters={"pk": key(org), "sub": subscription_id},
-                                                select=_SCOPE_COLUMNS + list(props), results_per_page=1000):
+            async for e in table_wire.query(table, query, {"pk": key(org), "sub": subscription_id},
+                                            select=_SCOPE_COLUMNS + list(props)):
                 yield ScopeState(id=e["id"], status=e["status"], source_type=e["sourceType"],
                                  enrollment_email=e.get("emailState"), last_run_id=e.get("lastRunId"),
                                  last_change=e.get("lastChange"),

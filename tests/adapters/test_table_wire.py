@@ -7,7 +7,7 @@ from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
-from sync.adapters.table_batch import submit
+from sync.adapters.table_wire import query, submit
 
 STAMP = datetime(2026, 11, 27, 9, 30, 15, 250000, tzinfo=timezone.utc)
 PK = "org%2F1 'quoted' Zoë"
@@ -71,3 +71,38 @@ async def test_a_missing_table_is_an_http_error_with_the_services_status(tables)
     with pytest.raises(HttpResponseError) as failed:
         await submit(service.get_table_client("nosuchtable"), [("create", {"PartitionKey": "a", "RowKey": "b"})])
     assert failed.value.status_code in (400, 404)
+
+
+async def test_query_pages_through_everything_and_answers_like_query_entities(tables):
+    _, table = tables
+    other = "org-b"
+    ops = [("create", {"PartitionKey": PK, "RowKey": f"r{i:03d}", "i": i, "even": i % 2 == 0, "at": STAMP,
+                       "name": f"O'Brien {i}", "big": (2**40 + i, "Edm.Int64")}) for i in range(95)]
+    for chunk in (ops[:50], ops[50:]):
+        await submit(table, chunk)
+    await submit(table, [("create", {"PartitionKey": other, "RowKey": "r001", "i": 1, "even": False})])
+
+    mine = [e async for e in query(table, "PartitionKey eq @pk and even eq true", {"pk": PK}, page_size=7)]
+    sdks = [e async for e in table.query_entities("PartitionKey eq @pk and even eq true", parameters={"pk": PK})]
+    assert [e["RowKey"] for e in mine] == [e["RowKey"] for e in sdks] and len(mine) == 48
+    first = mine[0]
+    assert (first["i"], first["even"], first["at"], first["name"], first["big"]) == (0, True, STAMP, "O'Brien 0", 2**40)
+    assert not any(k.startswith("odata.") or "@odata" in k for k in first)
+
+    selected = [e async for e in query(table, "PartitionKey eq @pk and i lt @n", {"pk": PK, "n": 3}, select=["i"])]
+    assert [e["i"] for e in selected] == [0, 1, 2] and "name" not in selected[0]
+
+
+async def test_query_parameters_cannot_change_the_filter(tables):
+    _, table = tables
+    await submit(table, [("create", {"PartitionKey": PK, "RowKey": "a", "name": "x"})])
+    hostile = "x' or PartitionKey ne 'nothing"
+    assert [e async for e in query(table, "PartitionKey eq @pk and name eq @name", {"pk": PK, "name": hostile})] == []
+    assert [e["RowKey"] async for e in query(table, "PartitionKey eq @pk and name eq @name", {"pk": PK, "name": "x"})] == ["a"]
+
+
+async def test_query_of_a_missing_table_is_an_http_error(tables):
+    service, _ = tables
+    with pytest.raises(HttpResponseError) as failed:
+        [e async for e in query(service.get_table_client("nosuchtable"), "PartitionKey eq @pk", {"pk": "a"})]
+    assert failed.value.status_code == 404

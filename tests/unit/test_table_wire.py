@@ -7,7 +7,7 @@ import pytest
 from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
-from sync.adapters.table_batch import Part, decode, encode, transaction_error
+from sync.adapters.table_wire import Part, decode, encode, transaction_error
 
 ENDPOINT = "https://acct.table.core.windows.net"
 
@@ -111,7 +111,7 @@ def test_entity_properties_are_the_sdks_apart_from_redundant_string_annotations(
 
     from azure.data.tables._serialize import _add_entity_properties
 
-    from sync.adapters.table_batch import _properties
+    from sync.adapters.table_wire import _properties
 
     class Colour(str, enum.Enum):
         RED = "red"
@@ -132,3 +132,21 @@ def test_entity_properties_are_the_sdks_apart_from_redundant_string_annotations(
     assert _properties(entities[0])["at"] == "2026-11-27T09:00:00.000005Z"
     with pytest.raises(TypeError):
         _properties({"PartitionKey": "p", "RowKey": "r", "huge": 2**40})  # as the SDK refuses it
+
+
+def test_query_entities_convert_annotated_values_and_drop_metadata():
+    import math
+
+    from sync.adapters.table_wire import _entity
+
+    raw = {"odata.etag": "W/\"x\"", "PartitionKey": "p", "RowKey": "r", "Timestamp": "2026-11-27T21:07:08.5866937Z",
+           "Timestamp@odata.type": "Edm.DateTime", "at": "2026-01-02T03:04:05Z", "at@odata.type": "Edm.DateTime",
+           "big": "1099511627776", "big@odata.type": "Edm.Int64", "f": "NaN", "f@odata.type": "Edm.Double",
+           "raw": "AP8=", "raw@odata.type": "Edm.Binary", "g": "00000000-0000-0000-0000-000000000007",
+           "g@odata.type": "Edm.Guid", "n": 5, "on": True, "s": "text"}
+    e = _entity(raw)
+    assert e["Timestamp"] == datetime(2026, 11, 27, 21, 7, 8, 586693, tzinfo=timezone.utc)
+    assert e["at"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert e["big"] == 2**40 and math.isnan(e["f"]) and e["raw"] == b"\x00\xff"
+    assert (e["g"], e["n"], e["on"], e["s"]) == ("00000000-0000-0000-0000-000000000007", 5, True, "text")
+    assert set(e) == {"PartitionKey", "RowKey", "Timestamp", "at", "big", "f", "raw", "g", "n", "on", "s"}
