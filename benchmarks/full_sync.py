@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--import-runs", type=int, default=5, help="interpreters started per import measurement")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take before giving up")
     parser.add_argument("--stock-azurite", action="store_true",
-                        help="run Azurite without local/azurite_point_lookups.js (point lookups scan the partition)")
+                        help="run Azurite without local/azurite_speedups.js (lookups and query pages scan the table)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the stand-ins are stopped on the way out
 
@@ -173,12 +173,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_script(["benchmarks/floor.py", *common], "graph warm-up")
             httpx.post(f"{origin}/_fake/latency", json={"ms": args.latency_ms}).raise_for_status()
 
-            with Azurite(point_lookups=not args.stock_azurite) as azurite:
+            with Azurite(speedups=not args.stock_azurite) as azurite:
                 floor = run_script(["benchmarks/floor.py", *common, *concurrency, "--tables", azurite.connection_string],
                                    "floor", timeout=args.timeout)
                 azurite_cpu["floor"] = _cpu_seconds(azurite.pid)
             _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
-            with Azurite(point_lookups=not args.stock_azurite) as azurite:
+            with Azurite(speedups=not args.stock_azurite) as azurite:
                 env = _env(**APP_SETTINGS, TABLES_CONNECTION_STRING=azurite.connection_string,
                            ServiceBusConnection=bus.ready["serviceBus"], GRAPH_BASE_URL=base_url, AUTHORITY_HOST=origin)
                 worker_args = ["benchmarks/worker.py", "--tenant", tenant_id, "--groups", ",".join(group_ids),

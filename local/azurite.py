@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POINT_LOOKUPS = ROOT / "local" / "azurite_point_lookups.js"
+SPEEDUPS = ROOT / "local" / "azurite_speedups.js"
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft; not a secret).
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -43,13 +43,13 @@ class Azurite:
     """Starts and stops one Azurite Table service."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, location: str | None = None,
-                 point_lookups: bool = True) -> None:
+                 speedups: bool = True) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.location = location
-        # Preload local/azurite_point_lookups.js so Azurite finds an entity by its key instead of scanning its
-        # partition (see that file). False runs stock Azurite, e.g. to measure what the preload changes.
-        self.point_lookups = point_lookups
+        # Preload local/azurite_speedups.js so Azurite finds an entity by its key and pages a partition in RowKey
+        # order, as Table Storage does (see that file). False runs stock Azurite, e.g. to measure what it changes.
+        self.speedups = speedups
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -69,8 +69,8 @@ class Azurite:
         else:
             args += ["--inMemoryPersistence"]
         env = dict(os.environ)
-        if self.point_lookups:
-            env["NODE_OPTIONS"] = f'{env.get("NODE_OPTIONS", "")} --require "{POINT_LOOKUPS}"'.strip()
+        if self.speedups:
+            env["NODE_OPTIONS"] = f'{env.get("NODE_OPTIONS", "")} --require "{SPEEDUPS}"'.strip()
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True, cwd=str(ROOT), env=env)
         deadline = time.monotonic() + timeout

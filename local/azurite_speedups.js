@@ -1,0 +1,105 @@
+// Preloaded into Azurite by local/azurite.py (node --require). Local tooling only: it makes Azurite 3.35's Table
+// service find entities the way Table Storage does (by key, and a partition's rows in RowKey order) instead of
+// scanning, so a 100,000-user partition behaves like one. Answers are unchanged (tests/local/test_azurite.py).
+//
+// 1. Point lookups. Azurite finds an entity with collection.findOne({PartitionKey, RowKey}); LokiJS answers an
+//    implicit $and with the index of its *first* property only, so every point read, insert, update, merge and
+//    delete scanned the whole partition: a first sync of n users into one partition cost O(n^2) (20k users 123 s,
+//    50k 1,368 s). Asking RowKey first uses the RowKey index and leaves only the rows sharing that RowKey.
+// 2. Queries. Every page of a query ran the filter over every entity of the table, sorted all matches and kept
+//    1,000, so paging through a partition cost O(n^2 / 1000). For a filter that is a conjunction containing
+//    `PartitionKey eq '<pk>'`, the partition's rows are kept sorted by RowKey (rebuilt after a write to the
+//    table) and a page starts at its continuation by binary search and stops after the page is full. Any other
+//    filter takes Azurite's own path.
+"use strict";
+const path = require("path");
+
+const azurite = path.dirname(require.resolve("azurite/package.json", { paths: [process.cwd(), __dirname] }));
+const Loki = require(require.resolve("lokijs", { paths: [azurite] }));
+const { default: LokiTableMetadataStore } = require(path.join(azurite, "dist/src/table/persistence/LokiTableMetadataStore"));
+const { default: QueryGenerator } = require(path.join(azurite, "dist/src/table/persistence/LokiTableStoreQueryGenerator"));
+
+// 1. Point lookups by RowKey index.
+const findOne = Loki.Collection.prototype.findOne;
+Loki.Collection.prototype.findOne = function (query) {
+  if (query && typeof query === "object" && this.binaryIndices && this.binaryIndices.RowKey) {
+    const keys = Object.keys(query);
+    if (keys.length === 2 && keys[0] === "PartitionKey" && keys[1] === "RowKey" &&
+        typeof query.PartitionKey === "string" && typeof query.RowKey === "string") {
+      return findOne.call(this, { RowKey: query.RowKey, PartitionKey: query.PartitionKey });
+    }
+  }
+  return findOne.call(this, query);
+};
+
+// 2. Single-partition queries in RowKey order. Every write to a collection bumps its version.
+for (const name of ["insertOne", "update", "remove", "removeBatch", "removeBatchByPositions", "clear"]) {
+  const original = Loki.Collection.prototype[name];
+  Loki.Collection.prototype[name] = function (...args) {
+    this.__dirsyncVersion = (this.__dirsyncVersion || 0) + 1;
+    return original.apply(this, args);
+  };
+}
+
+const byRowKey = (a, b) => (a.RowKey < b.RowKey ? -1 : a.RowKey > b.RowKey ? 1 : 0);
+
+function partitionRows(collection, pk) {
+  const version = collection.__dirsyncVersion || 0;
+  let cache = collection.__dirsyncPartitions;
+  if (!cache || cache.version !== version) {
+    cache = collection.__dirsyncPartitions = { version, rows: new Map() };
+  }
+  let rows = cache.rows.get(pk);
+  if (!rows) {
+    rows = collection.find({ PartitionKey: pk }).slice().sort(byRowKey);
+    cache.rows.set(pk, rows);
+  }
+  return rows;
+}
+
+// The PartitionKey a filter pins, when the filter is a conjunction of terms one of which is PartitionKey eq '<pk>'.
+function singlePartition(filter) {
+  if (typeof filter !== "string" || !filter || filter.includes("\u0000")) return undefined;
+  const literals = [];
+  const shape = filter.replace(/'(?:[^']|'')*'/g, (text) => `\u0000${literals.push(text.slice(1, -1).replace(/''/g, "'")) - 1}\u0000`);
+  if (/\b(or|not)\b/i.test(shape) || shape.includes("'")) return undefined;
+  const pins = [...shape.matchAll(/(?:^|[\s(])PartitionKey\s+eq\s+\u0000(\d+)\u0000/g)];
+  const mentions = (shape.match(/PartitionKey/g) || []).length;
+  if (pins.length !== 1 || mentions !== 1) return undefined;
+  return literals[Number(pins[0][1])];
+}
+
+function lowerBound(rows, rowKey) {
+  let lo = 0;
+  let hi = rows.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (rows[mid].RowKey < rowKey) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+const queryTableEntities = LokiTableMetadataStore.prototype.queryTableEntities;
+LokiTableMetadataStore.prototype.queryTableEntities = async function (context, account, table, queryOptions,
+                                                                      nextPartitionKey, nextRowKey) {
+  const pk = singlePartition(queryOptions && queryOptions.filter);
+  if (pk === undefined) {
+    return queryTableEntities.call(this, context, account, table, queryOptions, nextPartitionKey, nextRowKey);
+  }
+  const collection = this.getEntityCollection(account, table, context);
+  const where = QueryGenerator.generateQueryForPersistenceLayer(queryOptions, context);
+  const maxResults = this.getMaxResultsOption(queryOptions);
+  const afterPk = this.decodeContinuationHeader(nextPartitionKey);
+  const fromRk = this.decodeContinuationHeader(nextRowKey);
+  const result = [];
+  if (afterPk === undefined || afterPk <= pk) {
+    const rows = partitionRows(collection, pk);
+    let i = afterPk === pk && fromRk !== undefined ? lowerBound(rows, fromRk) : 0;
+    for (; i < rows.length && result.length <= maxResults; i++) {
+      if (where(rows[i])) result.push(rows[i]);
+    }
+  }
+  const response = this.adjustQueryResultforTop(result, maxResults);
+  return [result, response.nextPartitionKeyResponse, response.nextRowKeyResponse];
+};
