@@ -197,9 +197,9 @@ class Consumer:
                 return
             await _settle(receiver.complete_message, message)
         finally:
-            await renewer.close()
             self.jobs.append(time.perf_counter() - started)
-            slots.release()
+            slots.release()  # as local/function_host.py: the slot is free before the renewer has wound down
+            await renewer.close()
 
 
 async def _settle(action: Any, message: Any) -> None:

@@ -248,8 +248,10 @@ class FunctionHost:
                 return
             await _settle(receiver.complete_message, message)
         finally:
-            await renewer.close()
+            # The message is settled (or left to redelivery): its slot is free now. Closing the renewer waits for
+            # its loop to wake (it sleeps a second at a time), which must not hold up the next message.
             slots.release()
+            await renewer.close()
 
     # ------------------------------------------------------------ timers
 
