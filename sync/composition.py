@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
+from .concurrency import KeyedLocks
 from .model import utcnow
 from .ports import Directory, Groups, JobQueue, Runs, Subscriptions, Users
 from .recent import RecentUsers
@@ -27,6 +28,7 @@ class Services:
     mail_sender: Any = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
+    finalizing: KeyedLocks = field(default_factory=KeyedLocks)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     async def close(self) -> None:

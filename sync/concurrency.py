@@ -1,7 +1,9 @@
 """Optimistic concurrency: read, change, write conditionally on the ETag, and start over when someone else won."""
 from __future__ import annotations
 
-from typing import Awaitable, Callable, TypeVar
+import asyncio
+import contextlib
+from typing import AsyncIterator, Awaitable, Callable, Hashable, TypeVar
 
 from .errors import PreconditionFailed
 
@@ -28,3 +30,28 @@ async def optimistic(read: Callable[[], Awaitable[T | None]], change: Callable[[
         except PreconditionFailed:
             continue
     raise PreconditionFailed("the row kept changing; giving up for now")
+
+
+class KeyedLocks:
+    """One asyncio lock per key while anyone holds or waits for it (this process only)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)

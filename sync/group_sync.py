@@ -470,8 +470,15 @@ async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approve
     """When every group has finished: recount, deprovision (unless a group failed or the guard trips), end the run.
 
     Safe to call any number of times from any worker: it does nothing until all groups are finished, its writes
-    are idempotent, and the run's terminal transition is conditional on the run's ETag.
+    are idempotent, and the run's terminal transition is conditional on the run's ETag. Within one process the
+    calls for a run take turns: when the last two groups finish together, the second finds the run ended by the
+    first instead of reading every user of the subscription again (across processes that can still happen).
     """
+    async with svc.finalizing.hold((org, sub_id, run_id)):
+        await _finalize(svc, org, sub_id, run_id, approved_by=approved_by)
+
+
+async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approved_by: str | None) -> None:
     view = await svc.runs.view(org, sub_id, run_id)
     if view is None or not all(g.finished for g in view.groups):
         return

@@ -309,3 +309,33 @@ async def test_a_fingerprint_from_an_earlier_run_is_not_trusted(svc, tenant):
     tenant.members[SALES].append("ann")
     await full_sync(svc, sub)
     assert users_of(svc)["ann@contoso.example"].status == "Active"
+
+
+async def test_groups_finishing_together_read_the_subscription_once(svc, tenant, monkeypatch):
+    """Two workers of one process reach the fan-in together: the second finds the run ended, not a second scan."""
+    from sync import group_sync
+
+    sub = await connect(svc, groups=(SALES, ENG))
+    run = await runs.start(svc, caller(), sub.id)
+    finalize = group_sync.finalize
+
+    async def not_yet(*args, **kwargs):
+        return None
+
+    monkeypatch.setattr(group_sync, "finalize", not_yet)  # both groups finish; nobody has fanned in yet
+    await deliver(svc)
+    monkeypatch.setattr(group_sync, "finalize", finalize)
+    reads = []
+    scope = svc.users.subscription_scope
+
+    async def slow_scope(*args):
+        reads.append(args)
+        async for user in scope(*args):
+            await asyncio.sleep(0)  # a real store answers page by page: the other worker runs meanwhile
+            yield user
+
+    svc.users.subscription_scope = slow_scope
+    await asyncio.gather(finalize(svc, sub.org, sub.id, run.id), finalize(svc, sub.org, sub.id, run.id))
+    view = await runs.get(svc, caller(), sub.id, run.id)
+    assert view.run.status == "succeeded" and view.counts.created == len(users_of(svc))
+    assert len(reads) == 1 and len(svc.finalizing) == 0
