@@ -287,7 +287,9 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     print(f"  CPU s (full sync | re-sync): worker {full.get('cpu_s')} | {resync.get('cpu_s')}, Azurite"
           f" {full.get('store_cpu_s')} | {resync.get('store_cpu_s')}; Azurite during the floor {r.get('azurite_cpu_floor_s')}")
     print(f"  worker RSS MB: ready {sync['rss_mb_ready']}, after full sync {full['rss_mb']},"
-          f" after re-sync {resync['rss_mb']}, peak {sync['peak_rss_mb']}")
+          f" after re-sync {resync['rss_mb']}, peak {sync['peak_rss_mb']}; highest sampled (every 0.2 s):"
+          f" full sync {full.get('rss_peak_mb')} at {full.get('rss_peak_at_s')} s, re-sync {resync.get('rss_peak_mb')}"
+          f" at {resync.get('rss_peak_at_s')} s")
     print()
 
 

@@ -233,6 +233,8 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
     totals.clear()
     directory_before = svc.directory.requests
     (await graph.post("/_fake/stats/reset")).raise_for_status()
+    peak = {"mb": 0.0, "at_s": 0.0}
+    sampling = asyncio.create_task(_sample_rss(peak, time.perf_counter()))
     store = psutil.Process(store_pid) if store_pid else None
     store_cpu = sum(store.cpu_times()[:2]) if store else 0.0
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -244,6 +246,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
             break
         await asyncio.sleep(0.1)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    sampling.cancel()
     store_cpu = sum(store.cpu_times()[:2]) - store_cpu if store else None
     await consumer.settled()
     view = await svc.runs.view(caller.org, sub_id, run.id)
@@ -267,9 +270,20 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
                  "seconds_max": round(max(consumer.jobs, default=0), 3), "abandoned": consumer.abandoned[:5],
                  "abandoned_n": len(consumer.abandoned), "receiver_reconnects": consumer.reconnects},
         "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        "rss_peak_mb": round(peak["mb"], 1), "rss_peak_at_s": round(peak["at_s"], 1),
         "cpu_s": round(cpu, 3),
         "store_cpu_s": None if store_cpu is None else round(store_cpu, 3),
     }
+
+
+async def _sample_rss(peak: dict[str, float], started: float, every: float = 0.2) -> None:
+    """The highest RSS seen during a run, and when (seconds after its start): where a peak comes from."""
+    process = psutil.Process()
+    while True:
+        mb = process.memory_info().rss / 2**20
+        if mb > peak["mb"]:
+            peak["mb"], peak["at_s"] = mb, time.perf_counter() - started
+        await asyncio.sleep(every)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
