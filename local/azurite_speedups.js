@@ -8,9 +8,9 @@
 //    50k 1,368 s). Asking RowKey first uses the RowKey index and leaves only the rows sharing that RowKey.
 // 2. Queries. Every page of a query ran the filter over every entity of the table, sorted all matches and kept
 //    1,000, so paging through a partition cost O(n^2 / 1000). For a filter that is a conjunction containing
-//    `PartitionKey eq '<pk>'`, the partition's rows are kept sorted by RowKey (rebuilt after a write to the
-//    table) and a page starts at its continuation by binary search and stops after the page is full. Any other
-//    filter takes Azurite's own path.
+//    `PartitionKey eq '<pk>'`, the partition's rows are kept sorted by RowKey (sorted when first queried, then
+//    kept in order as rows are written) and a page starts at its continuation by binary search and stops once
+//    the page is full. Any other filter takes Azurite's own path.
 "use strict";
 const path = require("path");
 
@@ -32,27 +32,93 @@ Loki.Collection.prototype.findOne = function (query) {
   return findOne.call(this, query);
 };
 
-// 2. Single-partition queries in RowKey order. Every write to a collection bumps its version.
-for (const name of ["insertOne", "update", "remove", "removeBatch", "removeBatchByPositions", "clear"]) {
+// 2. Single-partition queries in RowKey order. A partition's rows are sorted once, when it is first queried, and
+//    kept sorted as rows are inserted, replaced and removed (anything unusual drops the collection's cache).
+function rowsOf(collection, pk) {
+  return collection.__dirsyncRows && collection.__dirsyncRows.get(pk);
+}
+
+function forget(collection) {
+  collection.__dirsyncRows = undefined;
+}
+
+function place(collection, doc) {
+  const rows = doc && rowsOf(collection, doc.PartitionKey);
+  if (rows) rows.splice(upperBound(rows, doc.RowKey), 0, doc);
+}
+
+function drop(collection, doc) {
+  const rows = doc && rowsOf(collection, doc.PartitionKey);
+  if (!rows) return;
+  for (let i = lowerBound(rows, doc.RowKey); i < rows.length && rows[i].RowKey === doc.RowKey; i++) {
+    if (rows[i] === doc) {
+      rows.splice(i, 1);
+      return;
+    }
+  }
+  forget(collection); // not where it should be: rebuild rather than guess
+}
+
+function tracked(name, change) {
   const original = Loki.Collection.prototype[name];
   Loki.Collection.prototype[name] = function (...args) {
-    this.__dirsyncVersion = (this.__dirsyncVersion || 0) + 1;
-    return original.apply(this, args);
+    if (!this.__dirsyncRows) return original.apply(this, args);
+    try {
+      return change.call(this, original, args);
+    } catch (error) {
+      forget(this);
+      throw error;
+    }
   };
+}
+
+tracked("insertOne", function (original, args) {
+  const inserted = original.apply(this, args);
+  if (inserted) place(this, this.get(inserted.$loki));
+  return inserted;
+});
+tracked("update", function (original, args) {
+  const doc = args[0];
+  if (Array.isArray(doc) || !doc || doc.$loki === undefined) {
+    forget(this);
+    return original.apply(this, args);
+  }
+  const before = this.get(doc.$loki);
+  const result = original.apply(this, args);
+  const after = this.get(doc.$loki);
+  if (before !== after) { // Azurite replaces a row with a new object; it never changes a key in place
+    drop(this, before);
+    place(this, after);
+  }
+  return result;
+});
+tracked("remove", function (original, args) {
+  let doc = args[0];
+  if (typeof doc === "number") doc = this.get(doc);
+  if (Array.isArray(doc) || !doc || doc.$loki === undefined) {
+    forget(this);
+    return original.apply(this, args);
+  }
+  const stored = this.get(doc.$loki);
+  const result = original.apply(this, args);
+  drop(this, stored);
+  return result;
+});
+for (const name of ["removeBatch", "removeBatchByPositions", "clear"]) {
+  tracked(name, function (original, args) {
+    forget(this);
+    return original.apply(this, args);
+  });
 }
 
 const byRowKey = (a, b) => (a.RowKey < b.RowKey ? -1 : a.RowKey > b.RowKey ? 1 : 0);
 
 function partitionRows(collection, pk) {
-  const version = collection.__dirsyncVersion || 0;
-  let cache = collection.__dirsyncPartitions;
-  if (!cache || cache.version !== version) {
-    cache = collection.__dirsyncPartitions = { version, rows: new Map() };
-  }
-  let rows = cache.rows.get(pk);
+  if (!collection.__dirsyncRows) collection.__dirsyncRows = new Map();
+  let rows = collection.__dirsyncRows.get(pk);
   if (!rows) {
-    rows = collection.find({ PartitionKey: pk }).slice().sort(byRowKey);
-    cache.rows.set(pk, rows);
+    rows = collection.find({ PartitionKey: pk }).filter((doc) => doc.PartitionKey === pk).sort(byRowKey);
+    collection.__dirsyncRows.set(pk, rows);
   }
   return rows;
 }
@@ -75,6 +141,17 @@ function lowerBound(rows, rowKey) {
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (rows[mid].RowKey < rowKey) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function upperBound(rows, rowKey) {
+  let lo = 0;
+  let hi = rows.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (rows[mid].RowKey <= rowKey) lo = mid + 1;
     else hi = mid;
   }
   return lo;

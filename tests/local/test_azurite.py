@@ -100,10 +100,11 @@ def _load(client, rows) -> None:
             client.submit_transaction(batch[i:i + 100])
 
 
-def _paged(client, query: str, per_page: int, between=None) -> list[tuple[str, str]]:
+def _paged(client, query: str, per_page: int, between=None) -> list[tuple]:
     out = []
     for n, page in enumerate(client.query_entities(query, results_per_page=per_page).by_page()):
-        out += [(e["PartitionKey"], e["RowKey"]) for e in page]
+        out += [(e["PartitionKey"], e["RowKey"], tuple(sorted((k, v) for k, v in e.items() if k != "Timestamp")))
+                for e in page]
         if between and n == 0:
             between(client)
     return out
@@ -115,9 +116,13 @@ def test_query_pages_answer_like_stock_azurite(azurite):
             for pk in ("p1", "p2", "it's", "p10") for i, rk in enumerate(
                 ["10", "9", "010", "1e3", "a", "B", "|n|x", "Zoë", "z", *[f"u{j:03d}" for j in range(60)]])]
 
-    def write_between(client) -> None:  # before and after the continuation, and a delete
+    def write_between(client) -> None:  # before and after the continuation, a merge, a replace and a delete
         client.upsert_entity({"PartitionKey": "p1", "RowKey": "0000", "n": 1, "kind": "user"})
         client.upsert_entity({"PartitionKey": "p1", "RowKey": "zzzz", "n": 99, "kind": "user"})
+        client.upsert_entity({"PartitionKey": "p1", "RowKey": "u030", "merged": True}, mode=UpdateMode.MERGE)
+        client.update_entity({"PartitionKey": "p1", "RowKey": "u031", "n": -31}, mode=UpdateMode.REPLACE)
+        client.submit_transaction([("upsert", {"PartitionKey": "p1", "RowKey": "u032", "batch": 1}, {"mode": "merge"}),
+                                   ("create", {"PartitionKey": "p1", "RowKey": "u0325"})])
         client.delete_entity("p1", "u059")
 
     stock = Azurite(speedups=False).start()
@@ -137,4 +142,6 @@ def test_query_pages_answer_like_stock_azurite(azurite):
         stock.stop()
     assert answers["preloaded"] == answers["stock"]
     assert len(answers["stock"][0]) == 69
-    assert ("p1", "zzzz") in answers["stock"][-1] and ("p1", "u059") not in answers["stock"][-1]
+    last = {(pk, rk): dict(props) for pk, rk, props in answers["stock"][-1]}
+    assert ("p1", "zzzz") in last and ("p1", "u059") not in last and ("p1", "u0325") in last
+    assert last[("p1", "u030")]["merged"] is True and last[("p1", "u031")]["n"] == -31 and "kind" not in last[("p1", "u031")]
