@@ -8,8 +8,8 @@
 //    50k 1,368 s). Asking RowKey first uses the RowKey index and leaves only the rows sharing that RowKey.
 // 2. Queries. Every page of a query ran the filter over every entity of the table, sorted all matches and kept
 //    1,000, so paging through a partition cost O(n^2 / 1000). For a filter that is a conjunction containing
-//    `PartitionKey eq '<pk>'`, the partition's rows are kept sorted by RowKey (sorted when first queried, then
-//    kept in order as rows are written) and a page starts at its continuation by binary search and stops once
+//    `PartitionKey eq '<pk>'`, the partition's rows are kept sorted by RowKey (sorted when first queried; later
+//    writes merged in by the next query) and a page starts at its continuation by binary search and stops once
 //    the page is full. Any other filter takes Azurite's own path.
 "use strict";
 const path = require("path");
@@ -32,9 +32,10 @@ Loki.Collection.prototype.findOne = function (query) {
   return findOne.call(this, query);
 };
 
-// 2. Single-partition queries in RowKey order. A partition's rows are sorted once, when it is first queried, and
-//    kept sorted as rows are inserted, replaced and removed (anything unusual drops the collection's cache).
-function rowsOf(collection, pk) {
+// 2. Single-partition queries in RowKey order. A partition's rows are sorted once, when it is first queried;
+//    later writes are noted (rows added, rows removed) and merged into the order by the next query that reads
+//    the partition, which costs a pass over it instead of a sort. Anything unusual drops the cache.
+function entryOf(collection, pk) {
   return collection.__dirsyncRows && collection.__dirsyncRows.get(pk);
 }
 
@@ -43,20 +44,14 @@ function forget(collection) {
 }
 
 function place(collection, doc) {
-  const rows = doc && rowsOf(collection, doc.PartitionKey);
-  if (rows) rows.splice(upperBound(rows, doc.RowKey), 0, doc);
+  const entry = doc && entryOf(collection, doc.PartitionKey);
+  if (!entry) return;
+  if (!entry.removed.delete(doc)) entry.added.push(doc); // a removed row put back (a rollback) is there already
 }
 
 function drop(collection, doc) {
-  const rows = doc && rowsOf(collection, doc.PartitionKey);
-  if (!rows) return;
-  for (let i = lowerBound(rows, doc.RowKey); i < rows.length && rows[i].RowKey === doc.RowKey; i++) {
-    if (rows[i] === doc) {
-      rows.splice(i, 1);
-      return;
-    }
-  }
-  forget(collection); // not where it should be: rebuild rather than guess
+  const entry = doc && entryOf(collection, doc.PartitionKey);
+  if (entry) entry.removed.add(doc);
 }
 
 function tracked(name, change) {
@@ -115,12 +110,32 @@ const byRowKey = (a, b) => (a.RowKey < b.RowKey ? -1 : a.RowKey > b.RowKey ? 1 :
 
 function partitionRows(collection, pk) {
   if (!collection.__dirsyncRows) collection.__dirsyncRows = new Map();
-  let rows = collection.__dirsyncRows.get(pk);
-  if (!rows) {
-    rows = collection.find({ PartitionKey: pk }).filter((doc) => doc.PartitionKey === pk).sort(byRowKey);
-    collection.__dirsyncRows.set(pk, rows);
+  let entry = collection.__dirsyncRows.get(pk);
+  if (!entry) {
+    const rows = collection.find({ PartitionKey: pk }).filter((doc) => doc.PartitionKey === pk).sort(byRowKey);
+    entry = { rows, added: [], removed: new Set() };
+    collection.__dirsyncRows.set(pk, entry);
+  } else if (entry.added.length || entry.removed.size) {
+    const { removed } = entry;
+    const added = entry.added.filter((doc) => !removed.has(doc)).sort(byRowKey);
+    const rows = entry.rows;
+    const merged = [];
+    let i = 0;
+    let j = 0;
+    while (i < rows.length || j < added.length) {
+      if (i < rows.length && removed.has(rows[i])) {
+        i++;
+      } else if (j >= added.length || (i < rows.length && byRowKey(rows[i], added[j]) <= 0)) {
+        merged.push(rows[i++]);
+      } else {
+        merged.push(added[j++]);
+      }
+    }
+    entry.rows = merged;
+    entry.added = [];
+    removed.clear();
   }
-  return rows;
+  return entry.rows;
 }
 
 // The PartitionKey a filter pins, when the filter is a conjunction of terms one of which is PartitionKey eq '<pk>'.
@@ -141,17 +156,6 @@ function lowerBound(rows, rowKey) {
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
     if (rows[mid].RowKey < rowKey) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-function upperBound(rows, rowKey) {
-  let lo = 0;
-  let hi = rows.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (rows[mid].RowKey <= rowKey) lo = mid + 1;
     else hi = mid;
   }
   return lo;
