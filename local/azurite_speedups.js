@@ -138,8 +138,10 @@ function partitionRows(collection, pk) {
   return entry.rows;
 }
 
-// The PartitionKey a filter pins, when the filter is a conjunction of terms one of which is PartitionKey eq '<pk>'.
-function singlePartition(filter) {
+// What a filter pins when it is a conjunction of terms, one of which is PartitionKey eq '<pk>': the partition, and
+// the terms `<property> eq true|false`, which Azurite evaluates as `properties[name] === value` (a cheap test that
+// rejects most rows of a sparse query before the interpreter runs; the interpreter still decides).
+function pinned(filter) {
   if (typeof filter !== "string" || !filter || filter.includes("\u0000")) return undefined;
   const literals = [];
   const shape = filter.replace(/'(?:[^']|'')*'/g, (text) => `\u0000${literals.push(text.slice(1, -1).replace(/''/g, "'")) - 1}\u0000`);
@@ -147,7 +149,10 @@ function singlePartition(filter) {
   const pins = [...shape.matchAll(/(?:^|[\s(])PartitionKey\s+eq\s+\u0000(\d+)\u0000/g)];
   const mentions = (shape.match(/PartitionKey/g) || []).length;
   if (pins.length !== 1 || mentions !== 1) return undefined;
-  return literals[Number(pins[0][1])];
+  const flags = [...shape.matchAll(/(?:^|[\s(])([A-Za-z_][A-Za-z0-9_]*)\s+eq\s+(true|false)(?=[\s)]|$)/gi)]
+    .filter((m) => m[1] !== "RowKey")
+    .map((m) => [m[1], m[2].toLowerCase() === "true"]);
+  return { pk: literals[Number(pins[0][1])], flags };
 }
 
 function lowerBound(rows, rowKey) {
@@ -164,8 +169,8 @@ function lowerBound(rows, rowKey) {
 const queryTableEntities = LokiTableMetadataStore.prototype.queryTableEntities;
 LokiTableMetadataStore.prototype.queryTableEntities = async function (context, account, table, queryOptions,
                                                                       nextPartitionKey, nextRowKey) {
-  const pk = singlePartition(queryOptions && queryOptions.filter);
-  if (pk === undefined) {
+  const pin = pinned(queryOptions && queryOptions.filter);
+  if (pin === undefined) {
     return queryTableEntities.call(this, context, account, table, queryOptions, nextPartitionKey, nextRowKey);
   }
   const collection = this.getEntityCollection(account, table, context);
@@ -174,10 +179,15 @@ LokiTableMetadataStore.prototype.queryTableEntities = async function (context, a
   const afterPk = this.decodeContinuationHeader(nextPartitionKey);
   const fromRk = this.decodeContinuationHeader(nextRowKey);
   const result = [];
+  const { pk, flags } = pin;
   if (afterPk === undefined || afterPk <= pk) {
     const rows = partitionRows(collection, pk);
     let i = afterPk === pk && fromRk !== undefined ? lowerBound(rows, fromRk) : 0;
-    for (; i < rows.length && result.length <= maxResults; i++) {
+    rows: for (; i < rows.length && result.length <= maxResults; i++) {
+      const properties = rows[i].properties || {};
+      for (const [name, value] of flags) {
+        if (properties[name] !== value) continue rows;
+      }
       if (where(rows[i])) result.push(rows[i]);
     }
   }

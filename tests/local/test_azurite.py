@@ -64,7 +64,7 @@ for (let p = 0; p < 6; p++) for (let r = 0; r < 410; r++) {
 }
 const store = require(require("path").join(require("path").dirname(require.resolve("azurite/package.json")),
   "dist/src/table/persistence/LokiTableMetadataStore")).default;
-const queries = store.prototype.queryTableEntities.toString().includes("singlePartition");
+const queries = store.prototype.queryTableEntities.toString().includes("pinned(");
 console.log(JSON.stringify({ replaced: patched.toString().includes("RowKey: query.RowKey"), queries, checked, mismatches }));
 """
 
@@ -90,6 +90,9 @@ FILTERS = [
     "PartitionKey ge 'p1' and PartitionKey lt 'p3'",
     "PartitionKey eq 'p1' and PartitionKey eq 'p2'",
     "PartitionKey eq 'nothing'",
+    "PartitionKey eq 'p1' and subscriptionId eq 's' and flag eq true",
+    "(flag eq false) and PartitionKey eq 'p2'",
+    "PartitionKey eq 'p1' and flag eq TRUE and n lt 40",
 ]
 
 
@@ -112,7 +115,9 @@ def _paged(client, query: str, per_page: int, between=None) -> list[tuple]:
 
 def test_query_pages_answer_like_stock_azurite(azurite):
     """Differential: the preloaded query path against stock Azurite, including writes between two pages."""
-    rows = [{"PartitionKey": pk, "RowKey": rk, "n": i, "kind": "user" if i % 3 else "claim", "name": "x or not y"}
+    flags = [True, False, "true", None]  # None: the property is absent
+    rows = [{"PartitionKey": pk, "RowKey": rk, "n": i, "kind": "user" if i % 3 else "claim", "name": "x or not y",
+             "subscriptionId": "s", **({"flag": flags[i % 4]} if flags[i % 4] is not None else {})}
             for pk in ("p1", "p2", "it's", "p10") for i, rk in enumerate(
                 ["10", "9", "010", "1e3", "a", "B", "|n|x", "Zoë", "z", *[f"u{j:03d}" for j in range(60)]])]
 
