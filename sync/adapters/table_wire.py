@@ -178,20 +178,32 @@ def transaction_error(part: Part) -> TableTransactionError:
     return exc
 
 
+def _endpoint(table: TableClient) -> str:
+    return f"{table.scheme}://{table._primary_hostname}"  # as TableClient addresses its own requests
+
+
+async def _send(table: TableClient, request: HttpRequest, expected: int) -> Any:
+    """``request`` through the client's pipeline (auth, retries, timeouts); an HttpResponseError unless ``expected``.
+
+    Streamed, so the pipeline's content decoder leaves the body (multipart or JSON) to the caller.
+    """
+    response = await table._client.send_request(request, stream=True)
+    await response.read()
+    if response.status_code != expected:
+        exc = HttpResponseError(response=response)
+        exc.error_code = response.headers.get("x-ms-error-code")
+        raise exc
+    return response
+
+
 async def submit(table: TableClient, operations: list[Operation]) -> list[dict[str, Any]]:
     """Commit ``operations`` (at most 100, one partition) as one transaction; the ETag of each, in order."""
-    endpoint = f"{table.scheme}://{table._primary_hostname}"  # as TableClient.submit_transaction addresses it
+    endpoint = _endpoint(table)
     content_type, body = encode(endpoint, table.table_name, operations)
     request = HttpRequest("POST", f"{endpoint}/$batch", content=body, headers={
         "Content-Type": content_type, "Accept": "application/json", "DataServiceVersion": "3.0",
         "MaxDataServiceVersion": "3.0;NetFx", "x-ms-version": table.api_version})
-    # The client's pipeline: auth, retries, timeouts. Streamed, so its content decoder leaves the multipart alone.
-    response = await table._client.send_request(request, stream=True)
-    await response.read()
-    if response.status_code != 202:
-        exc = HttpResponseError(response=response)
-        exc.error_code = response.headers.get("x-ms-error-code")
-        raise exc
+    response = await _send(table, request, 202)
     parts = decode(response.headers.get("Content-Type", ""), response.content)
     failed = next((p for p in parts if not 200 <= p.status < 300), None)
     if failed is not None:
@@ -205,7 +217,7 @@ async def submit(table: TableClient, operations: list[Operation]) -> list[dict[s
 async def query(table: TableClient, query_filter: str, parameters: Mapping[str, Any] | None = None, *,
                 select: list[str] | None = None, page_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
     """The entities matching ``query_filter`` (with ``@name`` parameters), page by page, as plain dicts."""
-    endpoint = f"{table.scheme}://{table._primary_hostname}"
+    endpoint = _endpoint(table)
     params: dict[str, str] = {"$filter": _parameter_filter_substitution(dict(parameters or {}), query_filter),
                               "$top": str(page_size)}
     if select:
@@ -217,12 +229,7 @@ async def query(table: TableClient, query_filter: str, parameters: Mapping[str, 
         # Encoded here: HttpRequest puts ``params`` into the URL as they are.
         request = HttpRequest("GET", url + "?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items()),
                               headers=headers)
-        response = await table._client.send_request(request, stream=True)
-        await response.read()
-        if response.status_code != 200:
-            exc = HttpResponseError(response=response)
-            exc.error_code = response.headers.get("x-ms-error-code")
-            raise exc
+        response = await _send(table, request, 200)
         for raw in json.loads(response.content).get("value", []):
             yield _entity(raw)
         next_pk = response.headers.get("x-ms-continuation-NextPartitionKey")
