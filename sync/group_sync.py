@@ -167,7 +167,8 @@ class _Segment:
                     break
                 pages += 1
                 # Fetch the next page while this one is written, unless this segment ends with this page: then the
-                # follow-up message reads it (a page fetched here would be read twice).
+                # follow-up message reads it (a page fetched here would be read twice). A segment cut by its time
+                # budget (minutes, rare) drops the page it read ahead; the follow-up reads it again.
                 last_of_segment = pages >= svc.settings.max_pages_per_message
                 if page.next_link and not last_of_segment:
                     ahead = asyncio.ensure_future(_next_or_none(source))
