@@ -183,10 +183,10 @@ LokiTableMetadataStore.prototype.queryTableEntities = async function (context, a
   if (afterPk === undefined || afterPk <= pk) {
     const rows = partitionRows(collection, pk);
     let i = afterPk === pk && fromRk !== undefined ? lowerBound(rows, fromRk) : 0;
-    rows: for (; i < rows.length && result.length <= maxResults; i++) {
+    candidates: for (; i < rows.length && result.length <= maxResults; i++) {
       const properties = rows[i].properties || {};
       for (const [name, value] of flags) {
-        if (properties[name] !== value) continue rows;
+        if (properties[name] !== value) continue candidates;
       }
       if (where(rows[i])) result.push(rows[i]);
     }
