@@ -284,6 +284,7 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
         print(f"  {name:<28}{a[0]:>8} items {a[1]:>9.2f} s | {b[0]:>8} items {b[1]:>9.2f} s")
     wire = full["wire"]["seconds"]
     print("  table HTTP round trips      " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(wire.items())))
+    print(f"  timeline (full sync | re-sync): {full.get('timeline')} | {resync.get('timeline')}")
     print(f"  CPU s (full sync | re-sync): worker {full.get('cpu_s')} | {resync.get('cpu_s')}, Azurite"
           f" {full.get('store_cpu_s')} | {resync.get('store_cpu_s')}; Azurite during the floor {r.get('azurite_cpu_floor_s')}")
     print(f"  worker RSS MB: ready {sync['rss_mb_ready']}, after full sync {full['rss_mb']},"

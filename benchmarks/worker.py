@@ -153,6 +153,7 @@ class Consumer:
 
     def reset(self) -> None:
         self.jobs: list[float] = []
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each delivery, perf_counter
         self.abandoned: list[str] = []
         self.reconnects: list[str] = []
 
@@ -198,6 +199,7 @@ class Consumer:
             await _settle(receiver.complete_message, message)
         finally:
             self.jobs.append(time.perf_counter() - started)
+            self.spans.append((started, time.perf_counter()))
             slots.release()  # as local/function_host.py: the slot is free before the renewer has wound down
             await renewer.close()
 
@@ -266,6 +268,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
                   "membership_rows": counters.membership_rows},
         "wire": transport.summary(),
         "calls": {k: [v[0], round(v[1], 3)] for k, v in sorted(totals.items())},
+        "timeline": _timeline(consumer.spans, started, started + seconds),
         "jobs": {"n": len(consumer.jobs), "seconds_sum": round(sum(consumer.jobs), 3),
                  "seconds_max": round(max(consumer.jobs, default=0), 3), "abandoned": consumer.abandoned[:5],
                  "abandoned_n": len(consumer.abandoned), "receiver_reconnects": consumer.reconnects},
@@ -274,6 +277,15 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
         "cpu_s": round(cpu, 3),
         "store_cpu_s": None if store_cpu is None else round(store_cpu, 3),
     }
+
+
+def _timeline(spans: list[tuple[float, float]], started: float, ended: float) -> dict[str, float]:
+    """Where a run's wall time went: before the first delivery, deliveries, after the last one ended."""
+    if not spans:
+        return {}
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    return {"first_delivery_s": round(first - started, 3), "last_delivery_end_s": round(last - started, 3),
+            "after_last_delivery_s": round(ended - last, 3)}
 
 
 def _peak_rss_mb() -> float:
