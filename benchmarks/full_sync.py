@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "--write-concurrency", "8"]
 
     children: list[Any] = []
-    azurite_cpu: dict[str, float | None] = {}
+    azurite_cpu_floor: float | None = None
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tenant_file = Path(tmp) / "tenant.json"
         tenant_file.write_text(json.dumps(tenant, ensure_ascii=False), encoding="utf-8")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with Azurite(speedups=not args.stock_azurite) as azurite:
                 floor = run_script(["benchmarks/floor.py", *common, *concurrency, "--tables", azurite.connection_string],
                                    "floor", timeout=args.timeout)
-                azurite_cpu["floor"] = _cpu_seconds(azurite.pid)
+                azurite_cpu_floor = _cpu_seconds(azurite.pid)
             _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
             with Azurite(speedups=not args.stock_azurite) as azurite:
                 env = _env(**APP_SETTINGS, TABLES_CONNECTION_STRING=azurite.connection_string,
@@ -186,7 +186,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
                 sync = run_script(worker_args, "sync worker", env=env, timeout=2 * args.timeout + 120)
-                azurite_cpu["sync"] = _cpu_seconds(azurite.pid)
             _progress(f"sync: full {sync['full']['seconds']} s ({sync['full']['status']}), "
                       f"re-sync {sync.get('resync', {}).get('seconds')} s")
         finally:
@@ -212,8 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "import_function_app_s": import_time("function_app", args.import_runs),
         "import_azure_functions_s": import_time("azure.functions", args.import_runs),
     }
-    report(args, {**result, "azurite_cpu_floor_s": azurite_cpu.get("floor"), "azurite_cpu_sync_s": azurite_cpu.get("sync")},
-           floor, sync, writes_floor)
+    report(args, {**result, "azurite_cpu_floor_s": azurite_cpu_floor}, floor, sync, writes_floor)
     print(json.dumps({k: result[k] for k in KEYS}), flush=True)
     return result
 
