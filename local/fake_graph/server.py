@@ -6,19 +6,29 @@ Runs aiohttp on its own event loop in a daemon thread so synchronous tests and t
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import logging
 import re
+import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from ..identity.platform import (
+    ADMIN_TOOL_ROLES,
+    Admin,
+    AppRegistration,
+    IdentityPlatform,
+    ManagedIdentity,
+    TokenError,
+)
+from ..identity.server import AuthorityRoutes
+from ..identity.tls import LocalCA
 from ..server_thread import ServerThread
 from .odata import (
     ADVANCED_HINT,
@@ -55,6 +65,34 @@ SYSTEM_OPTIONS = ("$select", "$top", "$filter", "$search", "$count", "$orderby",
 CAST = r"(?:/(?P<cast>(?:microsoft\.)?graph\.(?:user|group|device)))?"
 
 Handler = Callable[[web.Request, "Tenant | None", dict[str, str]], Awaitable[web.StreamResponse]]
+
+# Application permissions that allow each kind of Graph call (any one suffices); from each API's permissions table.
+USER_READ = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+MEMBERSHIP_READ = frozenset({"GroupMember.Read.All", "Group.Read.All", "GroupMember.ReadWrite.All",
+                             "Group.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+DEVICE_READ = frozenset({"Device.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+ORG_READ = frozenset({"Organization.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+USER_WRITE = frozenset({"User.ReadWrite.All", "Directory.ReadWrite.All"})
+GROUP_WRITE = frozenset({"Group.ReadWrite.All", "Directory.ReadWrite.All"})
+MEMBER_WRITE = frozenset({"GroupMember.ReadWrite.All", "Group.ReadWrite.All", "Directory.ReadWrite.All"})
+
+
+def required_roles(method: str, template: str) -> list[frozenset[str]]:
+    """The permission sets a call needs (one role of each set): memberships, and user objects where users are read."""
+    if template == "/v1.0/organization":
+        return [ORG_READ]
+    if method != "GET":
+        if "/members" in template:
+            return [MEMBER_WRITE]
+        return [USER_WRITE] if template.startswith("/v1.0/users") else [GROUP_WRITE]
+    needs: list[frozenset[str]] = []
+    if template.startswith("/v1.0/groups"):
+        needs.append(MEMBERSHIP_READ)
+    if template.startswith("/v1.0/users") or template.endswith(("/members", "/transitiveMembers")) or ".user" in template:
+        needs.append(USER_READ)
+    if template.startswith("/v1.0/devices") or ".device" in template:
+        needs.append(DEVICE_READ)
+    return needs
 
 
 class _Query:
@@ -95,7 +133,8 @@ class FakeGraph(ServerThread):
     """A fake Microsoft Graph for one or more tenants, served over real HTTP from a background thread."""
 
     def __init__(self, tenants: list[dict | str | Path] | tuple = (), host: str = "127.0.0.1", port: int = 0,
-                 latency_ms: float = 0):
+                 latency_ms: float = 0, registration: AppRegistration | None = None,
+                 managed_identity: ManagedIdentity | None = None, tls: LocalCA | None = None, authority_port: int = 0):
         self.tenants: dict[str, Tenant] = {}
         for source in tenants:
             self._install(Tenant(load_tenant(source)))
@@ -106,12 +145,15 @@ class FakeGraph(ServerThread):
         self._faults: list[dict[str, Any]] = []
         self._requests = 0
         self._by_route: Counter[str] = Counter()
-        self._deny = False
-        self._consent_tenant: str | None = None
-        self._revoked: set[str] = set()
-        self._grants: list[dict[str, Any]] = []
+        self.identity = IdentityPlatform(registration, managed_identity, tenant_lookup=self._lookup_tenant)
+        self.identity.default_tenant = lambda: next(iter(self.tenants), None)
+        self._authority_routes = AuthorityRoutes(self.identity)
+        self.tls = tls
+        self._requested_authority_port = authority_port
+        self.authority_port: int | None = None
         super().__init__()
         self._runner: web.AppRunner | None = None
+        self._authority_runner: web.AppRunner | None = None
         self._routes = self._build_routes()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -129,6 +171,14 @@ class FakeGraph(ServerThread):
         """The Graph base URL the SDK's request adapter should use."""
         return f"{self.origin}/v1.0"
 
+    @property
+    def authority(self) -> str:
+        """The local Microsoft identity platform (AUTHORITY_HOST), e.g. https://127.0.0.1:54322."""
+        if self.authority_port is None:
+            raise RuntimeError("FakeGraph is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.authority_port}"
+
     thread_name = "fake-graph"
 
     async def _serve(self) -> None:
@@ -139,11 +189,22 @@ class FakeGraph(ServerThread):
         site = web.TCPSite(self._runner, self.host, self._requested_port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self.tls is None:
+            self.tls = await asyncio.get_running_loop().run_in_executor(None, LocalCA.create)
+        authority = web.Application(client_max_size=1024**2)
+        authority.router.add_route("*", "/{tail:.*}", self._handle_authority)
+        self._authority_runner = web.AppRunner(authority, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        await self._authority_runner.setup()
+        await web.TCPSite(self._authority_runner, self.host, self._requested_authority_port,
+                          ssl_context=self.tls.server_context()).start()
+        self.authority_port = self._authority_runner.addresses[0][1]
+        self.identity.origin = self.authority
 
     async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._authority_runner, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._authority_runner = None
 
     # --- Python control API (same effects as the /_fake endpoints) ----------------------------
 
@@ -177,8 +238,17 @@ class FakeGraph(ServerThread):
         self._call(self._faults.clear)
 
     def set_consent(self, **changes: Any) -> dict:
-        """Same as POST /_fake/consent: deny, tenant, revoked, revokedTenant."""
+        """Same as POST /_fake/consent: deny, tenant, wids, roles, propagationSeconds, revoked, revokedTenant."""
         return self._call(self._set_consent, changes)
+
+    def set_authority(self, **changes: Any) -> dict:
+        """Same as POST /_fake/authority: tokenLifetimeSeconds, clientSecretExpired."""
+        return self._call(self._set_authority, changes)
+
+    def token_for(self, tenant_id: str, roles: tuple[str, ...] | list[str] | None = None,
+                  lifetime_s: float | None = None) -> str:
+        """Same as POST /_fake/token: a Graph token of a tenant admin's own tool (default roles: read and write all)."""
+        return self._call(self._admin_token, {"tenant": tenant_id, "roles": roles, "lifetimeSeconds": lifetime_s})
 
     def set_latency(self, ms: float) -> None:
         """Per-request latency for every Graph request."""
@@ -188,6 +258,14 @@ class FakeGraph(ServerThread):
 
     def _install(self, tenant: Tenant) -> None:
         self.tenants[tenant.tenant_id] = tenant
+
+    def _lookup_tenant(self, name: str) -> tuple[str, str] | None:
+        """A tenant named by id or verified domain, as (tenant id, domain)."""
+        lowered = name.lower()
+        for tenant in self.tenants.values():
+            if lowered in (tenant.tenant_id.lower(), tenant.domain.lower()):
+                return tenant.tenant_id, tenant.domain
+        return None
 
     def _tenant(self, tenant_id: str) -> Tenant:
         tenant = self.tenants.get(tenant_id)
@@ -203,29 +281,75 @@ class FakeGraph(ServerThread):
         self._by_route.clear()
 
     def _consent_state(self) -> dict[str, Any]:
-        return {"deny": self._deny, "tenant": self._consent_tenant, "revoked": sorted(self._revoked),
-                "grants": list(self._grants)}
+        identity = self.identity
+        admin = identity.admin
+        return {"deny": identity.deny, "tenant": admin.tenant if admin else None,
+                "wids": list(admin.wids) if admin else None, "revoked": sorted(identity.revoked),
+                "roles": list(identity.next_grant[0]), "propagationSeconds": identity.next_grant[1],
+                "grants": [{"tenant": tid, "roles": list(g.roles), "at": g.at, "propagationSeconds": g.propagation_s}
+                           for tid, g in identity.grants.items()]}
 
     def _set_consent(self, body: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {"deny", "tenant", "revoked", "revokedTenant"}
+        unknown = set(body) - {"deny", "tenant", "wids", "roles", "propagationSeconds", "revoked", "revokedTenant"}
         if unknown:
             raise bad_request(f"Unknown consent settings: {', '.join(sorted(unknown))}.", code="BadRequest")
+        identity = self.identity
         if "deny" in body:
-            self._deny = bool(body["deny"])
-        if "tenant" in body:
-            self._consent_tenant = body["tenant"]
+            identity.deny = bool(body["deny"])
+        if "tenant" in body or "wids" in body:
+            tenant = body.get("tenant") or (identity.admin.tenant if identity.admin else None)
+            wids = body.get("wids")
+            if wids is not None and (not isinstance(wids, list) or not all(isinstance(w, str) for w in wids)):
+                raise bad_request("'wids' must be a list of directory role template ids.", code="BadRequest")
+            identity.admin = Admin(tenant, tuple(wids) if wids is not None else Admin(tenant).wids) if tenant else None
+        if "roles" in body or "propagationSeconds" in body:
+            roles = body.get("roles", list(identity.next_grant[0]))
+            seconds = body.get("propagationSeconds", 0)
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise bad_request("'roles' must be a list of application role names.", code="BadRequest")
+            if not isinstance(seconds, (int, float)) or seconds < 0:
+                raise bad_request("'propagationSeconds' must be a non-negative number.", code="BadRequest")
+            identity.next_grant = (tuple(roles), float(seconds))
         if "revoked" in body:
             target = body.get("revokedTenant") or body.get("tenant")
             if body["revoked"]:
                 target = target or next(iter(self.tenants), None)
                 if target is None:
                     raise bad_request("No tenant to revoke consent for.", code="BadRequest")
-                self._revoked.add(target)
+                identity.revoke(target)
             elif target:
-                self._revoked.discard(target)
+                identity.revoked.discard(target)
             else:
-                self._revoked.clear()
+                identity.revoked.clear()
         return self._consent_state()
+
+    def _authority_state(self) -> dict[str, Any]:
+        secrets_ = self.identity.registration.secrets
+        return {"tokenLifetimeSeconds": self.identity.token_lifetime_s,
+                "clientSecretExpired": bool(secrets_) and all(s.expires_at <= time.time() for s in secrets_)}
+
+    def _set_authority(self, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - {"tokenLifetimeSeconds", "clientSecretExpired"}
+        if unknown:
+            raise bad_request(f"Unknown authority settings: {', '.join(sorted(unknown))}.", code="BadRequest")
+        if "tokenLifetimeSeconds" in body:
+            seconds = body["tokenLifetimeSeconds"]
+            if not isinstance(seconds, int) or isinstance(seconds, bool) or not 1 <= seconds <= 86400:
+                raise bad_request("'tokenLifetimeSeconds' must be an integer from 1 to 86400.", code="BadRequest")
+            self.identity.token_lifetime_s = seconds
+        if "clientSecretExpired" in body:
+            for secret in self.identity.registration.secrets:
+                secret.expires_at = time.time() - 1 if body["clientSecretExpired"] else float("inf")
+        return self._authority_state()
+
+    def _admin_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        tenant = body.get("tenant")
+        if not isinstance(tenant, str) or tenant not in self.tenants:
+            raise bad_request("'tenant' must be the id of a loaded tenant.", code="BadRequest")
+        roles = body.get("roles")
+        roles = tuple(ADMIN_TOOL_ROLES if roles is None else roles)
+        token = self.identity.app_token(tenant, roles, body.get("lifetimeSeconds"), app_id="fake-admin-tool")
+        return {"access_token": token, "token_type": "Bearer"}
 
     def _add_faults(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         parsed = []
@@ -285,8 +409,10 @@ class FakeGraph(ServerThread):
             if route_error is not None:
                 raise route_error
             assert handler is not None
-            # The sign-in page is Microsoft's, not Graph's: no bearer token there.
-            tenant = None if handler == self._admin_consent else self._authenticate(request)
+            tenant, roles = self._authenticate(request)
+            for needed in required_roles(request.method, template):
+                if not roles & needed:
+                    raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
             return await handler(request, tenant, params)
         except GraphError as exc:
             return self._error(request, exc)
@@ -305,30 +431,25 @@ class FakeGraph(ServerThread):
         message = fault["message"] or f"Injected fault: HTTP {status}."
         return GraphError(status, code, message, headers)
 
-    def _authenticate(self, request: web.Request) -> Tenant:
+    def _authenticate(self, request: web.Request) -> tuple[Tenant, set[str]]:
+        """The tenant and application roles of a valid bearer token; 401 InvalidAuthenticationToken otherwise."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
+        challenge = {"WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/'
+                                         'oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"'}
         if not header or scheme.lower() != "bearer" or not token:
-            raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty.",
-                             {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
-        if token.startswith("local:"):
-            tenant = self.tenants.get(token[len("local:"):])
-            if tenant is None:
-                raise GraphError(401, "InvalidAuthenticationToken",
-                                 "Access token validation failure. Invalid audience or unknown tenant.",
-                                 {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'})
-        elif self.tenants:
-            tenant = next(iter(self.tenants.values()))
-        else:
-            raise GraphError(401, "InvalidAuthenticationToken", "No tenant is loaded.")
-        if tenant.tenant_id in self._revoked:
-            raise GraphError(
-                401, "InvalidAuthenticationToken",
-                f"Access token validation failure: the application's consent in tenant {tenant.tenant_id} was revoked.",
-                {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
-            )
-        return tenant
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty.", challenge)
+        try:
+            claims = self.identity.verify_access_token(token)
+        except ValueError as exc:
+            raise GraphError(401, "InvalidAuthenticationToken", str(exc), challenge) from None
+        tenant = self.tenants.get(claims["tid"])
+        if tenant is None:
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience "
+                             "or unknown tenant.", challenge)
+        roles = claims.get("roles")
+        return tenant, set(roles) if isinstance(roles, list) else set()
 
     def _error(self, request: web.Request, exc: GraphError) -> web.Response:
         body = {"error": {"code": exc.code, "message": exc.message, "innerError": {
@@ -374,8 +495,6 @@ class FakeGraph(ServerThread):
              fixed("/v1.0/groups/{id}/members/{memberId}/$ref")),
             (r"/v1\.0/groups/(?P<id>[^/]+)/(?P<rel>members|transitiveMembers)" + CAST + r"(?P<count>/\$count)?",
              {"GET": self._list_members}, members_template),
-            (r"/(?P<tenant>[^/]+)/v2\.0/adminconsent", {"GET": self._admin_consent},
-             fixed("/{tenant}/v2.0/adminconsent")),
         ]
         return [(re.compile(pattern, re.IGNORECASE), methods, template) for pattern, methods, template in routes]
 
@@ -556,50 +675,36 @@ class FakeGraph(ServerThread):
         tenant.remove_member(params["id"], params["member"])
         return web.Response(status=204)
 
-    # --- Microsoft sign-in: the admin consent page --------------------------------------------
+    # --- the local Microsoft identity platform (HTTPS, its own port) -----------------------------
 
-    async def _admin_consent(self, request: web.Request, tenant: None, params: dict[str, str]) -> web.Response:
-        query = request.query
-        for required in ("client_id", "redirect_uri"):
-            if not query.get(required):
-                return self._signin_error(
-                    f"AADSTS900144: The request body must contain the following parameter: '{required}'.")
-        redirect_uri = query["redirect_uri"]
-        parts = urlsplit(redirect_uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return self._signin_error(f"AADSTS50011: The redirect URI '{redirect_uri}' is not a valid absolute URL.")
-        tenant_id = self._consenting_tenant(params["tenant"])
-        if tenant_id is None:
-            return self._signin_error("AADSTS90002: Tenant not found. No tenant is loaded in the fake.")
-        answer: list[tuple[str, str]]
-        if self._deny:
-            answer = [("error", "access_denied"), ("error_subcode", "cancel"),
-                      ("error_description", "AADSTS65004: User declined to consent to access the app.")]
-        else:
-            answer = [("admin_consent", "True"), ("tenant", tenant_id)]
-            if query.get("scope"):
-                answer.append(("scope", query["scope"]))
-            self._revoked.discard(tenant_id)
-            self._grants.append({"tenant": tenant_id, "clientId": query["client_id"], "scope": query.get("scope")})
-        if "state" in query:
-            answer.append(("state", query["state"]))
-        existing = parse_qsl(parts.query, keep_blank_values=True)
-        location = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(existing + answer), parts.fragment))
-        return web.Response(status=302, headers={"Location": location})
-
-    def _consenting_tenant(self, path_tenant: str) -> str | None:
-        for tenant in self.tenants.values():
-            if path_tenant.lower() in (tenant.tenant_id.lower(), tenant.domain.lower()):
-                return tenant.tenant_id
-        if self._consent_tenant:
-            return self._consent_tenant
-        return next(iter(self.tenants), None)
-
-    @staticmethod
-    def _signin_error(message: str) -> web.Response:
-        page = (f"<!DOCTYPE html><html><head><title>Sign in to your account</title></head><body>"
-                f"<h1>Sorry, but we're having trouble signing you in.</h1><p>{html.escape(message)}</p></body></html>")
-        return web.Response(status=400, text=page, content_type="text/html")
+    async def _handle_authority(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/_fake" or path.startswith("/_fake/"):
+            return await self._handle(request)
+        template, handler, params = self._authority_routes.resolve(request.method, path)
+        self._requests += 1
+        self._by_route[f"{request.method} {template}"] += 1
+        try:
+            fault = self._take_fault(request.method, unquote(request.raw_path))
+            if fault is not None:
+                if fault["delayMs"]:
+                    await asyncio.sleep(fault["delayMs"] / 1000)
+                if fault["status"] is not None:
+                    if isinstance(fault["code"], int):  # an AADSTS code: the token endpoint's error shape
+                        exc = TokenError(fault["status"], "invalid_grant" if fault["status"] < 500 else "temporarily_unavailable",
+                                         fault["code"], fault["message"] or "Injected fault.")
+                        return web.json_response(exc.body(self.authority), status=exc.status,
+                                                 headers=self._fault_error(fault).headers)
+                    raise self._fault_error(fault)
+            if handler is None:
+                status = 405 if template != "(unmatched authority)" else 404
+                raise GraphError(status, "NotFound", f"No such endpoint: {request.method} {path}")
+            return await handler(request, params)
+        except GraphError as exc:
+            return self._error(request, exc)
+        except Exception:
+            log.exception("local authority failed on %s %s", request.method, request.raw_path)
+            return self._error(request, GraphError(500, "generalException", "An internal error occurred in the fake."))
 
     # --- /_fake control endpoints ------------------------------------------------------------
 
@@ -614,6 +719,12 @@ class FakeGraph(ServerThread):
             return self._json(request, self._consent_state())
         if route == "POST /_fake/consent":
             return self._json(request, self._set_consent(await self._body(request)))
+        if route == "GET /_fake/authority":
+            return self._json(request, self._authority_state())
+        if route == "POST /_fake/authority":
+            return self._json(request, self._set_authority(await self._body(request)))
+        if route == "POST /_fake/token":
+            return self._json(request, self._admin_token(await self._body(request)))
         if route == "GET /_fake/faults":
             return self._json(request, {"faults": self._faults})
         if route == "POST /_fake/faults":
@@ -633,9 +744,8 @@ class FakeGraph(ServerThread):
         if route == "POST /_fake/reset":
             self._faults.clear()
             self._reset_stats()
-            self._deny, self._consent_tenant, self.latency_ms = False, None, 0.0
-            self._revoked.clear()
-            self._grants.clear()
+            self.latency_ms = 0.0
+            self.identity.reset()
             return self._json(request, {"reset": True})
         if route == "GET /_fake/tenants":
             return self._json(request, {"tenants": [
