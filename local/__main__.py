@@ -43,6 +43,8 @@ class DevHost:
         self.restarts = 0
         self.stopping = False
         self.settings: dict[str, str] = {}
+        self.process_env: dict[str, str] = {}  # not app settings: what the platform gives the host (CA trust, MSI)
+        self.identity_folder: Path | None = None  # the local CA and the app's certificate, removed on stop
         self._host_ready = asyncio.Event()
         self._control: web.AppRunner | None = None
         self.control_port = args.control_port or free_port()
@@ -70,12 +72,22 @@ class DevHost:
                                           lock_duration_s=self.args.lock_duration)
             self.broker.start()
             s["ServiceBusConnection"] = self.broker.connection_string
+        redirect_uri = os.environ.get("CONSENT_REDIRECT_URI") or f"http://127.0.0.1:{self.port}/api/directory/consent"
         if not self.given("GRAPH_BASE_URL"):
             from .fake_graph import DEMO_TENANT, FakeGraph
+            from .identity import LocalApp
 
+            client_id = os.environ.get("GRAPH_CLIENT_ID") or LOCAL_CLIENT_ID
+            app = LocalApp.create(client_id, [redirect_uri], client_secret=self.given("GRAPH_CLIENT_SECRET"))
+            self.identity_folder = app.tls.folder
             tenants = self.args.tenant or [str(DEMO_TENANT)]
-            self.graph = FakeGraph(tenants=tenants, port=self.args.graph_port, latency_ms=self.args.latency_ms).start()
-            s.update(GRAPH_BASE_URL=self.graph.base_url, GRAPH_CREDENTIAL="local_static", AUTHORITY_HOST=self.graph.origin)
+            self.graph = FakeGraph(tenants=tenants, port=self.args.graph_port, latency_ms=self.args.latency_ms,
+                                   registration=app.registration, managed_identity=app.managed_identity,
+                                   tls=app.tls, authority_port=self.args.authority_port).start()
+            identity = app.app_settings(os.environ.get("GRAPH_CREDENTIAL") or "secret", self.graph.authority)
+            self.process_env = {k: identity.pop(k) for k in ("SSL_CERT_FILE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER")
+                                if k in identity}
+            s.update(GRAPH_BASE_URL=self.graph.base_url, **identity)
         if not self.given("SMTP_HOST"):
             from .smtp_sink import SmtpSink
 
@@ -89,7 +101,7 @@ class DevHost:
             "ENROLLMENT_QUEUE": queues[1],
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,
-            "CONSENT_REDIRECT_URI": f"http://127.0.0.1:{self.port}/api/directory/consent",
+            "CONSENT_REDIRECT_URI": redirect_uri,
             "PORTAL_BASE_URL": "http://localhost:3000",
             "PORTAL_NAME": "Contoso Identity Portal",
             "MAIL_FROM": "Contoso Identity Portal <no-reply@portal.localhost>",
@@ -98,7 +110,7 @@ class DevHost:
         self.settings = {**defaults, **s, **{k: os.environ[k] for k in APP_SETTINGS if os.environ.get(k)}}
 
     async def start_function_host(self) -> None:
-        env = {**os.environ, **self.settings, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **self.process_env, **self.settings, "PYTHONPATH": str(ROOT)}
         self._host_ready.clear()
         self.host_proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "local.function_host", "--port", str(self.port),
@@ -157,6 +169,8 @@ class DevHost:
         return "READY " + json.dumps({
             "api": f"http://127.0.0.1:{self.port}/api",
             "graph": self.settings["GRAPH_BASE_URL"],
+            "authority": self.settings.get("AUTHORITY_HOST", ""),
+            "authorityCa": self.process_env.get("SSL_CERT_FILE", ""),
             "serviceBus": self.settings.get("ServiceBusConnection", ""),
             "tables": self.settings.get("TABLES_CONNECTION_STRING", ""),
             "outbox": str(Path(self.args.outbox).resolve()),
@@ -179,6 +193,10 @@ class DevHost:
                      self.graph and self.graph.stop, self.broker and self.broker.stop, self.azurite and self.azurite.stop):
             if stop:
                 stop()
+        if self.identity_folder is not None:
+            import shutil
+
+            shutil.rmtree(self.identity_folder, ignore_errors=True)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -206,6 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="keep Azurite's data in this folder (default: in memory)")
     parser.add_argument("--latency-ms", type=int, default=0, help="delay every fake Graph answer, like a real network")
     parser.add_argument("--graph-port", type=int, default=0)
+    parser.add_argument("--authority-port", type=int, default=0, help="HTTPS port of the local identity platform")
     parser.add_argument("--servicebus-port", type=int, default=0)
     parser.add_argument("--smtp-port", type=int, default=0)
     parser.add_argument("--control-port", type=int, default=0)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -44,6 +44,7 @@ class Portal:
 
     api: str
     token: str
+    ca: str | None = None  # the local authority's CA bundle (READY's authorityCa), for the browser's sign-in pages
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
 
     def call(self, method: str, path: str, *, expect: int | tuple[int, ...] = (200, 201, 202, 204), **kw: Any) -> Any:
@@ -56,16 +57,42 @@ class Portal:
     def create_subscription(self, name: str) -> dict:
         return self.call("POST", "/directory/subscriptions", json={"name": name}, expect=201)
 
-    def authorize(self, sub_id: str, graph_origin: str | None = None) -> dict[str, str]:
-        """Walk the admin-consent flow: the authorize URL, Microsoft's redirect, our callback. Returns its outcome."""
+    def authorize(self, sub_id: str, *, swap_tenant: str | None = None) -> dict[str, str]:
+        """Walk admin consent as the admin's browser does; the portal's outcome (``signinError`` if Microsoft refused).
+
+        Microsoft's consent page → our callback (GET) → Microsoft's sign-in → its form_post to our callback (POST) →
+        the portal. ``swap_tenant`` rewrites the ``tenant`` of Microsoft's redirect on the way back, as an attacker can.
+        """
         url = self.call("POST", f"/directory/subscriptions/{sub_id}/authorize")["authorizeUrl"]
-        consent = self.http.get(url, follow_redirects=False)  # the sign-in page (the fake tenant's, locally)
-        if consent.status_code != 302:
-            raise RuntimeError(f"the consent page answered {consent.status_code}")
-        callback = self.http.get(consent.headers["location"], follow_redirects=False)
-        if callback.status_code != 302:
-            raise RuntimeError(f"the consent callback answered {callback.status_code}: {callback.text[:200]}")
-        return {k: v[0] for k, v in parse_qs(urlsplit(callback.headers["location"]).query).items()}
+        return self.follow_consent(url, swap_tenant=swap_tenant)
+
+    def follow_consent(self, url: str, *, swap_tenant: str | None = None) -> dict[str, str]:
+        """From Microsoft's admin-consent URL to the portal (see ``authorize``)."""
+        from local.identity.server import parse_form_post
+
+        with httpx.Client(timeout=60, verify=self.ca or True) as browser:
+            consent = browser.get(url, follow_redirects=False)
+            if consent.status_code != 302:
+                return {"signinError": _page_error(consent)}
+            back = consent.headers["location"]
+            if swap_tenant:
+                parts = urlsplit(back)
+                query = [(k, swap_tenant if k == "tenant" else v) for k, v in parse_qsl(parts.query)]
+                back = parts._replace(query=urlencode(query)).geturl()
+            step = self.http.get(back, follow_redirects=False)
+            if step.status_code != 302:
+                raise RuntimeError(f"the consent callback answered {step.status_code}: {step.text[:200]}")
+            location = step.headers["location"]
+            if "/oauth2/v2.0/authorize?" not in location:  # back to the portal (an error, or a replay)
+                return _outcome(location)
+            signin = browser.get(location, follow_redirects=False)
+            if signin.status_code != 200:
+                return {"signinError": _page_error(signin)}
+            action, fields = parse_form_post(signin.text)
+            done = self.http.post(action, data=fields, follow_redirects=False)
+            if done.status_code != 302:
+                raise RuntimeError(f"the sign-in callback answered {done.status_code}: {done.text[:200]}")
+            return _outcome(done.headers["location"])
 
     def update(self, sub_id: str, **fields: Any) -> dict:
         return self.call("PATCH", f"/directory/subscriptions/{sub_id}", json=fields)
@@ -114,6 +141,17 @@ class Portal:
         return self.call("GET", "/groups")["groups"]
 
 
+def _outcome(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def _page_error(response: httpx.Response) -> str:
+    import re
+
+    found = re.search(r"AADSTS\d+[^<]*", response.text)
+    return found.group(0) if found else f"HTTP {response.status_code}"
+
+
 @dataclass
 class FakeTenantAdmin:
     """Changes the fake tenant the way an Azure admin changes a real one (Graph writes) and drives its controls."""
@@ -121,13 +159,18 @@ class FakeTenantAdmin:
     graph: str  # .../v1.0
     tenant_id: str
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=60))
+    _token: tuple[str, float] | None = None
 
     @property
     def origin(self) -> str:
         return self.graph.rsplit("/v1.0", 1)[0]
 
     def _graph(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        response = self.http.request(method, self.graph + path, headers={"Authorization": f"Bearer local:{self.tenant_id}"}, **kw)
+        """A Graph call with a token of the tenant admin's own tool (never the app's: it may only read)."""
+        if self._token is None or self._token[1] < time.time() + 60:
+            token = self.control("POST", "/token", json={"tenant": self.tenant_id})["access_token"]
+            self._token = (token, time.time() + 3000)
+        response = self.http.request(method, self.graph + path, headers={"Authorization": f"Bearer {self._token[0]}"}, **kw)
         response.raise_for_status()
         return response
 

@@ -160,7 +160,8 @@ class Demo:
         """Start ``python -m local`` on free ports, its log going to a file."""
         with self.step("Local stack: Azurite, Service Bus, fake Entra tenant (Contoso), SMTP sink, function host"):
             self.host.start(timeout=90)
-            self.portal = Portal(self.host.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org="contoso"))
+            self.portal = Portal(self.host.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org="contoso"),
+                                 ca=self.host.ready["authorityCa"])
             self.admin = FakeTenantAdmin(self.host.ready["graph"], TENANT_ID)
             self.outbox = Path(self.host.ready["outbox"])
             self.out.line(f"API {self.host.ready['api']}    dev host log {display_path(self.log)}")

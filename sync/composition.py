@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .concurrency import KeyedLocks
 from .model import utcnow
-from .ports import Directory, Groups, JobQueue, Runs, Subscriptions, Users
+from .ports import Directory, Groups, JobQueue, Runs, SignIns, Subscriptions, Users
 from .recent import RecentUsers
 from .settings import Settings
 
@@ -25,6 +25,7 @@ class Services:
     groups: Groups
     directory: Directory
     queue: JobQueue
+    sign_ins: SignIns | None = None
     mail_sender: Any = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
@@ -40,6 +41,7 @@ class Services:
 def build(settings: Settings) -> Services:
     """Real adapters for these settings (Table Storage, Microsoft Graph, Service Bus, the mail sender)."""
     from .adapters.graph import GraphDirectory
+    from .adapters.identity import OidcSignIns
     from .adapters.servicebus import ServiceBusQueue
     from .adapters.tables import TableStore
 
@@ -55,7 +57,8 @@ def build(settings: Settings) -> Services:
         queue = ServiceBusQueue.from_namespace(
             settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue)
     directory = GraphDirectory(settings.graph_base_url, graph_credential_factory(settings),
-                               allowed_hosts=_graph_hosts(settings), concurrency=settings.graph_concurrency)
+                               allowed_hosts=_graph_hosts(settings), concurrency=settings.graph_concurrency,
+                               max_tenants=settings.graph_tenant_cache)
     services = Services(
         settings=settings,
         subscriptions=store.subscriptions,
@@ -64,6 +67,7 @@ def build(settings: Settings) -> Services:
         groups=store.groups,
         directory=directory,
         queue=queue,
+        sign_ins=OidcSignIns(settings.authority_host, settings.graph_client_id),
         mail_sender=_mail_sender(settings),
     )
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
@@ -90,10 +94,6 @@ def graph_credential_factory(settings: Settings) -> Callable[[str], Any]:
     """A function giving an app-only credential for a customer tenant id, as the settings choose."""
 
     def for_tenant(tenant_id: str) -> Any:
-        if settings.graph_credential == "local_static":
-            from .adapters.graph import StaticTokenCredential
-
-            return StaticTokenCredential(f"local:{tenant_id}")
         if settings.graph_credential == "secret":
             from azure.identity.aio import ClientSecretCredential
 

@@ -167,3 +167,15 @@ def deprovisioned(user: User, run_id: str, now: datetime) -> User:
 def guard_trips(to_deactivate: int, active_synced: int, percent: float, min_users: int) -> bool:
     """True when deactivating this many users looks like a mistake that a person should confirm."""
     return to_deactivate > min_users and to_deactivate * 100 > active_synced * percent
+
+
+def consent_propagation_left(consented_at: datetime | None, now: datetime, grace_s: float) -> float:
+    """Seconds left of the window after a consent in which Microsoft may still answer as if it were missing.
+
+    Microsoft documents that a fresh consent takes a while to replicate: tokens can come without the new roles and
+    token requests can fail with AADSTS65001/700016 (https://learn.microsoft.com/entra/identity-platform/
+    reference-error-codes). Inside the window such answers mean "wait", outside it "consent lost".
+    """
+    if consented_at is None:
+        return 0.0
+    return max(0.0, grace_s - (now - consented_at).total_seconds())

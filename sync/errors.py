@@ -77,10 +77,25 @@ class Transient(SyncError):
 
 
 class AuthorizationLost(SyncError):
-    """The customer tenant no longer grants us access (admin consent revoked)."""
+    """The customer tenant does not grant us access (admin consent revoked, or not yet propagated).
+
+    ``may_be_propagating``: Microsoft answers the same way for a while right after a consent (a token without the
+    new roles, 403 from Graph, AADSTS65001/700016 from the token endpoint); the use case decides by the consent's age.
+    """
 
     status = 409
     code = "consent_revoked"
+
+    def __init__(self, message: str, *, code: str | None = None, may_be_propagating: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.may_be_propagating = may_be_propagating
+
+
+class CredentialInvalid(SyncError):
+    """Our own app credential is refused (secret invalid or expired): an operator must fix it; retrying cannot."""
+
+    status = 503
+    code = "credential_invalid"
 
 
 class PreconditionFailed(SyncError):

@@ -20,6 +20,7 @@ from .decisions import (
     Desired,
     Skip,
     change_of,
+    consent_propagation_left,
     deprovisioned,
     desired_user,
     fingerprint,
@@ -30,7 +31,7 @@ from .decisions import (
     synced_user_id,
     updated_user,
 )
-from .errors import AuthorizationLost, InvalidInput, NotFound, PreconditionFailed
+from .errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, PreconditionFailed
 from .logs import get_logger
 from .model import (
     Counts,
@@ -57,6 +58,7 @@ log = get_logger(__name__)
 
 MAX_ERRORS_PER_GROUP = 50
 MAX_STALE_ROUNDS = 6
+PROPAGATION_RETRY_S = 5.0
 
 
 async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = False) -> None:
@@ -84,9 +86,20 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
     await _mark_running(svc, run)
     try:
         await _Segment(svc, sub, run, job, progress, redelivered).execute()
-    except AuthorizationLost:
+    except AuthorizationLost as exc:
+        left = consent_propagation_left(sub.consented_at, svc.clock(), svc.settings.consent_propagation_grace_s)
+        if exc.may_be_propagating and left > 0:
+            # A fresh consent still replicating: try this segment again a little later, as a scheduled copy, rather
+            # than by redelivery (which would spend the message's deliveries in seconds).
+            delay = min(PROPAGATION_RETRY_S, left)
+            await _note_error(svc, job, f"consent_propagating: {exc.message}")
+            await svc.queue.send_group_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
+            log.info("consent still propagating; group retried later", extra={**ctx, "delay_s": delay})
+            return
         await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id)
         await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked")
+    except CredentialInvalid as exc:
+        await fail_group(svc, job, "credential_invalid", exc.message)
     except NotFound:
         await fail_group(svc, job, "group_not_found", f"group {job.group_id} no longer exists in the directory")
     except InvalidInput as exc:

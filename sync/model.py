@@ -101,6 +101,8 @@ class Subscription:
     active_run_id: str | None = None
     last_run_id: str | None = None
     consent_nonce: str | None = None
+    consented_at: datetime | None = None  # when the last admin consent was proven (its roles may still propagate)
+    consented_by: str | None = None  # object id of the admin whose signed sign-in proved the tenant
     deleting: bool = False
     etag: str | None = field(default=None, compare=False)
 
@@ -435,15 +437,17 @@ class GroupJob:
     group_id: str
     segment: int = 0
     next_link: str | None = None
+    attempt: int = 0  # copies scheduled while a fresh consent propagates (distinct ids: duplicate detection)
 
     @property
     def message_id(self) -> str:
-        return f"{self.run_id}:{self.group_id}:{self.segment}"
+        base = f"{self.run_id}:{self.group_id}:{self.segment}"
+        return f"{base}:wait{self.attempt}" if self.attempt else base
 
     def to_json(self) -> str:
         return json.dumps(
             {"org": self.org, "subscriptionId": self.subscription_id, "runId": self.run_id,
-             "groupId": self.group_id, "segment": self.segment, "nextLink": self.next_link},
+             "groupId": self.group_id, "segment": self.segment, "nextLink": self.next_link, "attempt": self.attempt},
             separators=(",", ":"),
         )
 
@@ -451,7 +455,18 @@ class GroupJob:
     def from_json(cls, text: str | bytes) -> "GroupJob":
         data = json.loads(text)
         return cls(org=str(data["org"]), subscription_id=str(data["subscriptionId"]), run_id=str(data["runId"]),
-                   group_id=str(data["groupId"]), segment=int(data.get("segment", 0)), next_link=data.get("nextLink"))
+                   group_id=str(data["groupId"]), segment=int(data.get("segment", 0)), next_link=data.get("nextLink"),
+                   attempt=int(data.get("attempt", 0)))
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """An admin's Microsoft sign-in whose id_token was verified: the tenant it proves and the directory roles held."""
+
+    tenant_id: str
+    object_id: str
+    directory_roles: tuple[str, ...]  # role template ids (the id_token's wids)
+    username: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from .model import (
     Run,
     RunView,
     ScopeState,
+    SignIn,
     Subscription,
     SyncedGroup,
     User,
@@ -196,11 +197,20 @@ class Directory(abc.ABC):
         """Transitive user members, a page at a time, starting at ``next_link`` when given."""
 
 
+class SignIns(abc.ABC):
+    """Microsoft's OpenID Connect sign-in of the admin who consented."""
+
+    @abc.abstractmethod
+    async def verify(self, id_token: str, *, nonce: str) -> SignIn:
+        """The verified sign-in; InvalidInput (code ``tenant_unverified``) for any token Microsoft did not sign for us."""
+
+
 class JobQueue(abc.ABC):
     """Service Bus queues between the functions."""
 
     @abc.abstractmethod
-    async def send_group_jobs(self, jobs: list[GroupJob]) -> None: ...
+    async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
+        """Queue group jobs, now or ``delay_s`` later (a job waiting for a fresh consent to propagate)."""
 
     @abc.abstractmethod
     async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:

@@ -1,7 +1,6 @@
 """Typed app settings: one frozen dataclass read from the environment once, failing with the bad keys named."""
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -10,7 +9,7 @@ from urllib.parse import urlsplit
 from .errors import SettingsError
 
 MIN_SECRET_BYTES = 32
-GRAPH_CREDENTIALS = ("secret", "certificate", "managed_identity", "local_static")
+GRAPH_CREDENTIALS = ("secret", "certificate", "managed_identity")
 SMTP_SECURITY = ("starttls", "tls", "none")
 MAIL_SENDERS = ("smtp", "none")
 
@@ -63,6 +62,8 @@ class Settings:
     run_stale_after_minutes: int
     enrollment_token_ttl_hours: int
     graph_concurrency: int
+    consent_propagation_grace_s: float
+    graph_tenant_cache: int
     mail: MailSettings | None
 
     @classmethod
@@ -98,6 +99,8 @@ class Settings:
             run_stale_after_minutes=int(reader.number("RUN_STALE_AFTER_MINUTES", 180, 1, 10**6)),
             enrollment_token_ttl_hours=int(reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168, 1, 24 * 365)),
             graph_concurrency=int(reader.number("GRAPH_CONCURRENCY", 4, 1, 64)),
+            consent_propagation_grace_s=reader.number("CONSENT_PROPAGATION_GRACE_SECONDS", 600.0, 0.0, 86400.0),
+            graph_tenant_cache=int(reader.number("GRAPH_TENANT_CACHE", 1000, 1, 100_000)),
             mail=_mail_settings(reader),
         )
         _cross_checks(settings, reader)
@@ -134,21 +137,13 @@ def _cross_checks(s: Settings, reader: "_Reader") -> None:
         reader.fail("GRAPH_CLIENT_SECRET", "is required when GRAPH_CREDENTIAL is 'secret'")
     if s.graph_credential == "certificate" and not s.graph_certificate_path:
         reader.fail("GRAPH_CLIENT_CERTIFICATE_PATH", "is required when GRAPH_CREDENTIAL is 'certificate'")
-    if s.graph_credential == "local_static" and not is_loopback_url(s.graph_base_url):
-        reader.fail("GRAPH_CREDENTIAL", "'local_static' is only accepted when GRAPH_BASE_URL is a loopback address")
+    if urlsplit(s.authority_host).scheme != "https":
+        reader.fail("AUTHORITY_HOST", "must be an https URL: the app sends its client secret or assertion there, and "
+                    "azure-identity refuses any other scheme")
+    if s.graph_credential == "managed_identity" and not s.managed_identity_client_id:
+        reader.fail("MANAGED_IDENTITY_CLIENT_ID", "is required when GRAPH_CREDENTIAL is 'managed_identity'")
     if s.mail and s.mail.smtp_password and not s.mail.smtp_username:
         reader.fail("SMTP_USERNAME", "is required when SMTP_PASSWORD is set")
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for http(s) URLs whose host is localhost or a loopback IP."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Reader:

@@ -1,23 +1,20 @@
 """Use cases of the "Directory Sync" page: subscriptions, admin consent, username attribute, groups."""
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlencode
 
-from . import signing
 from .composition import Services
 from .concurrency import optimistic
+from .decisions import consent_propagation_left
 from .errors import (
     AuthorizationLost,
     Conflict,
+    CredentialInvalid,
     InvalidInput,
     NotFound,
     PreconditionFailed,
-    SyncError,
     Transient,
 )
 from .logs import get_logger
@@ -34,8 +31,6 @@ from .ports import Stale
 
 log = get_logger(__name__)
 
-CONSENT_STATE_PURPOSE = "consent-state"
-CONSENT_STATE_TTL = timedelta(minutes=10)
 MAX_NAME_LENGTH = 200
 MAX_GROUPS = 200  # each selected group is a property on every member's row; Table entities allow 252
 MIN_SEARCH = 4
@@ -140,97 +135,6 @@ async def modify(svc: Services, caller: Caller, sub_id: str,
         raise Conflict("the subscription is being changed by someone else; try again", code="concurrent_update") from None
 
 
-# ---------------------------------------------------------------- admin consent
-
-
-async def authorize_url(svc: Services, caller: Caller, sub_id: str) -> str:
-    """The Microsoft admin-consent URL a Global Admin of the customer's tenant must open."""
-    nonce = secrets.token_urlsafe(16)
-
-    async def remember(sub: Subscription) -> Subscription:
-        return replace(sub, consent_nonce=nonce, updated_at=svc.clock())
-
-    sub = await modify(svc, caller, sub_id, remember)
-    s = svc.settings
-    expires = int((svc.clock() + CONSENT_STATE_TTL).timestamp())
-    state = signing.sign(s.signing_secret, CONSENT_STATE_PURPOSE, {"org": sub.org, "sub": sub.id, "n": nonce, "exp": expires})
-    query = urlencode({"client_id": s.graph_client_id, "scope": "https://graph.microsoft.com/.default",
-                       "redirect_uri": s.consent_redirect_uri, "state": state})
-    return f"{s.authority_host}/organizations/v2.0/adminconsent?{query}"
-
-
-async def complete_consent(svc: Services, params: dict[str, str]) -> str:
-    """Handle Microsoft's redirect after admin consent; returns where to send the browser (always the portal)."""
-    s = svc.settings
-    back = f"{s.portal_base_url}{s.portal_consent_return_path}"
-    try:
-        claims = _consent_claims(svc, params.get("state", ""))
-    except SyncError as exc:
-        log.warning("consent callback refused", extra={"reason": exc.code})
-        return f"{back}?{urlencode({'consent': 'error', 'error': exc.code})}"
-    outcome = {"subscriptionId": claims["sub"]}
-    error = params.get("error")
-    if error:
-        # Consumes the state too, so the same link cannot be replayed later.
-        try:
-            await _consume(svc, claims, tenant=None)
-        except SyncError:  # already used (a reload of Microsoft's error page) or the subscription is gone
-            pass
-        outcome.update(consent="error", error=_safe_code(error))
-        return f"{back}?{urlencode(outcome)}"
-    tenant = (params.get("tenant") or "").strip()
-    if params.get("admin_consent", "").lower() != "true" or not _plausible_id(tenant):
-        outcome.update(consent="error", error="consent_not_granted")
-        return f"{back}?{urlencode(outcome)}"
-    try:
-        await _consume(svc, claims, tenant=tenant)
-    except SyncError as exc:
-        outcome.update(consent="error", error=exc.code)
-        return f"{back}?{urlencode(outcome)}"
-    outcome["consent"] = "granted"
-    return f"{back}?{urlencode(outcome)}"
-
-
-def _consent_claims(svc: Services, state: str) -> dict[str, Any]:
-    if not state:
-        raise InvalidInput("the consent callback carried no state", code="missing_state")
-    claims = signing.verify(svc.settings.signing_secret, CONSENT_STATE_PURPOSE, state)
-    if not all(isinstance(claims.get(k), str) for k in ("org", "sub", "n")) or not isinstance(claims.get("exp"), int):
-        raise InvalidInput("the consent state is malformed", code="invalid_state")
-    if claims["exp"] < int(svc.clock().timestamp()):
-        raise InvalidInput("the consent link has expired; start again from the portal", code="state_expired")
-    return claims
-
-
-async def _consume(svc: Services, claims: dict[str, Any], tenant: str | None) -> None:
-    """Use the state's nonce once; with a tenant, record consent."""
-    caller = Caller(org=claims["org"], subject="microsoft-consent", role="Owner")
-
-    async def apply(sub: Subscription) -> Subscription:
-        if sub.consent_nonce is None or not secrets.compare_digest(sub.consent_nonce, claims["n"]):
-            raise InvalidInput("this consent link was already used or replaced by a newer one", code="state_used")
-        if tenant is None:
-            return replace(sub, consent_nonce=None, updated_at=svc.clock())
-        if sub.azure_tenant_id and sub.azure_tenant_id != tenant:
-            raise Conflict("consent came from a different tenant than this directory is connected to",
-                           code="tenant_mismatch")
-        return replace(sub, consent_nonce=None, azure_tenant_id=tenant, status=SubscriptionStatus.AUTHORIZED,
-                       updated_at=svc.clock())
-
-    try:
-        sub = await modify(svc, caller, claims["sub"], apply)
-    except NotFound:
-        raise InvalidInput("the subscription no longer exists", code="subscription_not_found") from None
-    if tenant:
-        log.info("admin consent recorded", extra={"org": sub.org, "subscription": sub.id})
-
-
-def _safe_code(text: str) -> str:
-    """Microsoft's error code, reduced to characters that cannot smuggle anything into the portal URL."""
-    cleaned = "".join(c for c in text if c.isalnum() or c == "_")[:64]
-    return cleaned or "consent_error"
-
-
 # ---------------------------------------------------------------- groups
 
 
@@ -287,10 +191,18 @@ async def _authorized(svc: Services, caller: Caller, sub_id: str) -> Subscriptio
 async def _directory_call(svc: Services, sub: Subscription, call: Awaitable[Any]) -> Any:
     try:
         return await call
-    except AuthorizationLost:
+    except AuthorizationLost as exc:
+        left = consent_propagation_left(sub.consented_at, svc.clock(), svc.settings.consent_propagation_grace_s)
+        if exc.may_be_propagating and left > 0:
+            log.info("consent still propagating", extra={"org": sub.org, "subscription": sub.id})
+            raise Transient("Microsoft is still applying the new admin consent; try again in a few seconds",
+                            retry_after=min(5.0, left), code="consent_propagating") from None
         await mark_consent_revoked(svc, sub.org, sub.id)
         raise AuthorizationLost("the directory no longer grants access; ask a Global Admin to authorize again",
                                 code="consent_revoked") from None
+    except CredentialInvalid:
+        raise CredentialInvalid("the service's own Microsoft credential is invalid or expired; the operator has been "
+                                "alerted in the logs") from None
     except Transient as exc:
         raise Transient("Microsoft Graph is busy or unavailable; try again shortly",
                         retry_after=exc.retry_after or 5, code="directory_unavailable") from None

@@ -66,7 +66,8 @@ def unit_env(**overrides: str) -> dict[str, str]:
         "ServiceBusConnection": "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=local;SharedAccessKey=local;UseDevelopmentEmulator=true",
         "GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
         "GRAPH_CLIENT_ID": "00000000-0000-0000-0000-00000000c11e",
-        "GRAPH_CREDENTIAL": "local_static",
+        "GRAPH_CREDENTIAL": "secret",
+        "GRAPH_CLIENT_SECRET": "unit-test-client-secret",
         "CONSENT_REDIRECT_URI": "http://127.0.0.1:7071/api/directory/consent",
         "PORTAL_BASE_URL": "https://portal.example",
         "MAIL_FROM": "Identity Portal <no-reply@portal.example>",
@@ -410,13 +411,15 @@ class RecordingQueue(JobQueue):
         self.group_jobs: list[GroupJob] = []
         self.enrollment_jobs: list[EnrollmentJob] = []
         self.delays: list[float] = []
+        self.group_delays: list[float] = []
         self.fail_next: Exception | None = None
 
-    async def send_group_jobs(self, jobs: list[GroupJob]) -> None:
+    async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
         if self.fail_next:
             exc, self.fail_next = self.fail_next, None
             raise exc
         self.group_jobs.extend(jobs)
+        self.group_delays.extend([delay_s] * len(jobs))
 
     async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
         self.enrollment_jobs.extend(jobs)

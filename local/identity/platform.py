@@ -279,7 +279,7 @@ class IdentityPlatform:
 
     def _check_certificate_assertion(self, assertion: str, header: dict, thumbprint: str, token_url: str) -> None:
         reg = self.registration
-        key = reg.certificate_keys().get(thumbprint)
+        key = reg.certificate_keys().get(str(thumbprint).rstrip("="))  # azure-identity keeps base64's padding
         if key is None:
             raise TokenError(401, "invalid_client", 700027, f"The certificate with identifier used to sign the client "
                              f"assertion is not registered on application. [Reason - The key was not found., "

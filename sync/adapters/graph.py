@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
-from ..errors import AuthorizationLost, InvalidInput, NotFound, Transient
+from ..errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, Transient
 from ..logs import get_logger
 from ..model import DirectoryGroup, DirectoryUser, UserPage
 from ..ports import Directory
@@ -25,8 +25,16 @@ USER_SELECT = [
 GROUP_SELECT = ["id", "displayName", "description", "mail"]
 PAGE_SIZE = 999  # Graph's maximum for membership listings
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
-# Token errors that mean the tenant no longer grants us access (rather than our own credential being wrong).
-CONSENT_LOST_CODES = ("AADSTS65001", "AADSTS700016", "AADSTS7000112", "AADSTS90002", "AADSTS90072", "AADSTS50020", "AADSTS500011")
+# The token endpoint's error_codes (https://learn.microsoft.com/entra/identity-platform/reference-error-codes):
+# the tenant does not grant us access — 7000229 no service principal (the app was deleted from the tenant),
+# 7000112 app disabled, 90002 tenant not found, 500011 Graph's principal missing in the tenant; and two that
+# Microsoft also answers for a while right after a consent, before it has replicated: 65001 not consented and
+# 700016 app not found in the directory.
+CONSENT_LOST_CODES = frozenset({7000229, 7000112, 90002, 500011, 65001, 700016})
+PROPAGATION_CODES = frozenset({65001, 700016})
+# Our own credential is refused: 7000215 invalid secret, 7000222 expired secret, 700027 / 700024 bad certificate
+# assertion, 70021 no matching federated credential, 7000218 no credential sent.
+CREDENTIAL_CODES = frozenset({7000215, 7000222, 700027, 700024, 70021, 7000218, 700023})
 
 
 def escape_search(text: str) -> str:
@@ -34,78 +42,78 @@ def escape_search(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-class StaticTokenCredential:
-    """A credential that presents a fixed bearer token; settings accept it only for a loopback Graph URL."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
-
-        return AccessToken(self._token, int(time.time()) + 3600)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> "StaticTokenCredential":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
-
-
 class GraphDirectory(Directory):
     """Reads groups and their transitive user members of any consented tenant."""
 
     def __init__(self, base_url: str, credential_for: Callable[[str], Any], *, timeout_s: float = 60.0,
-                 allowed_hosts: list[str] | None = None, concurrency: int = 4) -> None:
+                 allowed_hosts: list[str] | None = None, concurrency: int = 4, max_tenants: int = 1000) -> None:
         self._base_url = base_url.rstrip("/")
         self._credential_for = credential_for
         self._timeout_s = timeout_s
         self._allowed_hosts = allowed_hosts
-        self._adapters: dict[str, Any] = {}
-        self._credentials: list[Any] = []
+        # One credential (and its token cache) per customer tenant, least recently used evicted beyond max_tenants.
+        self._adapters: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self._max_tenants = max_tenants
+        self._closing: set[asyncio.Task] = set()
+        self._credential_errors_logged = 0
         self._http: Any = None
         self.requests = 0
         self._limit = asyncio.Semaphore(concurrency)
 
-    def _adapter(self, tenant_id: str) -> Any:
-        adapter = self._adapters.get(tenant_id)
-        if adapter is None:
-            import httpx
-            from kiota_authentication_azure.azure_identity_authentication_provider import (
-                AzureIdentityAuthenticationProvider,
-            )
-            from msgraph import GraphRequestAdapter, GraphServiceClient
-            from msgraph_core import GraphClientFactory
+    def forget(self, tenant_id: str) -> None:
+        """Drop the tenant's credential and cached token, so the next call asks the authority for a fresh one."""
+        entry = self._adapters.pop(tenant_id, None)
+        if entry is not None:
+            self._close_later(entry[1])
 
-            if self._http is None:
-                self._http = GraphClientFactory.create_with_default_middleware(
-                    client=httpx.AsyncClient(timeout=httpx.Timeout(self._timeout_s, connect=10.0),
-                                             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
-                )
-            credential = self._credential_for(tenant_id)
-            self._credentials.append(credential)
-            auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=self._allowed_hosts or [])
-            adapter = GraphRequestAdapter(auth, client=self._http)
-            GraphServiceClient(request_adapter=adapter)  # registers the JSON (de)serializers, so error bodies parse
-            adapter.base_url = self._base_url
-            self._adapters[tenant_id] = adapter
+    def _close_later(self, credential: Any) -> None:
+        closer = getattr(credential, "close", None)
+        if closer is not None:
+            task = asyncio.ensure_future(closer())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _adapter(self, tenant_id: str) -> Any:
+        entry = self._adapters.get(tenant_id)
+        if entry is not None:
+            self._adapters.move_to_end(tenant_id)
+            return entry[0]
+        import httpx
+        from kiota_authentication_azure.azure_identity_authentication_provider import (
+            AzureIdentityAuthenticationProvider,
+        )
+        from msgraph import GraphRequestAdapter, GraphServiceClient
+        from msgraph_core import GraphClientFactory
+
+        if self._http is None:
+            self._http = GraphClientFactory.create_with_default_middleware(
+                client=httpx.AsyncClient(timeout=httpx.Timeout(self._timeout_s, connect=10.0),
+                                         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+            )
+        credential = self._credential_for(tenant_id)
+        auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=self._allowed_hosts or [])
+        adapter = GraphRequestAdapter(auth, client=self._http)
+        GraphServiceClient(request_adapter=adapter)  # registers the JSON (de)serializers, so error bodies parse
+        adapter.base_url = self._base_url
+        self._adapters[tenant_id] = (adapter, credential)
+        while len(self._adapters) > self._max_tenants:
+            _, (_, oldest) = self._adapters.popitem(last=False)
+            self._close_later(oldest)
         return adapter
 
     async def search_groups(self, tenant_id: str, text: str, limit: int) -> list[DirectoryGroup]:
         from kiota_abstractions.base_request_configuration import RequestConfiguration
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
-        adapter = self._adapter(tenant_id)
-        params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
-            search=f'"displayName:{escape_search(text)}"', select=GROUP_SELECT, top=limit, orderby=["displayName"],
-        )
-        config = RequestConfiguration(query_parameters=params)
-        config.headers.add("ConsistencyLevel", "eventual")
-        info = GroupsRequestBuilder(adapter, {}).to_get_request_information(config)
-        data = await self._get_json(adapter, info, interactive=True)
+        def request(adapter: Any) -> Any:
+            params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
+                search=f'"displayName:{escape_search(text)}"', select=GROUP_SELECT, top=limit, orderby=["displayName"],
+            )
+            config = RequestConfiguration(query_parameters=params)
+            config.headers.add("ConsistencyLevel", "eventual")
+            return GroupsRequestBuilder(adapter, {}).to_get_request_information(config)
+
+        data = await self._get_json(tenant_id, request, interactive=True)
         return [_group(item) for item in data.get("value", [])]
 
     async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
@@ -114,14 +122,14 @@ class GraphDirectory(Directory):
             GroupItemRequestBuilder,
         )
 
-        adapter = self._adapter(tenant_id)
-
         async def one(gid: str) -> DirectoryGroup | None:
-            params = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=GROUP_SELECT)
-            info = GroupItemRequestBuilder(adapter, {"group%2Did": gid}).to_get_request_information(
-                RequestConfiguration(query_parameters=params))
+            def request(adapter: Any) -> Any:
+                params = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=GROUP_SELECT)
+                return GroupItemRequestBuilder(adapter, {"group%2Did": gid}).to_get_request_information(
+                    RequestConfiguration(query_parameters=params))
+
             try:
-                return _group(await self._get_json(adapter, info, interactive=True))
+                return _group(await self._get_json(tenant_id, request, interactive=True))
             except (NotFound, InvalidInput):
                 return None
 
@@ -134,29 +142,51 @@ class GraphDirectory(Directory):
             GraphUserRequestBuilder,
         )
 
-        adapter = self._adapter(tenant_id)
-        if next_link:
-            builder = GraphUserRequestBuilder(adapter, next_link)
-            info = builder.to_get_request_information()
-        else:
+        def first(adapter: Any) -> Any:
             params = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(select=USER_SELECT, top=PAGE_SIZE)
             builder = GraphUserRequestBuilder(adapter, {"group%2Did": group_id})
-            info = builder.to_get_request_information(RequestConfiguration(query_parameters=params))
+            return builder.to_get_request_information(RequestConfiguration(query_parameters=params))
+
+        def following(link: str) -> Callable[[Any], Any]:
+            return lambda adapter: GraphUserRequestBuilder(adapter, link).to_get_request_information()
+
+        request = following(next_link) if next_link else first
         while True:
-            data = await self._get_json(adapter, info)
+            data = await self._get_json(tenant_id, request)
             link = data.get("@odata.nextLink")
             yield UserPage([_user(item) for item in data.get("value", [])], link)
             if not link:
                 return
-            info = GraphUserRequestBuilder(adapter, link).to_get_request_information()
+            request = following(link)
 
-    async def _get_json(self, adapter: Any, info: Any, *, interactive: bool = False) -> dict[str, Any]:
-        """One GET through the SDK's middleware; errors mapped onto our tree."""
+    async def _get_json(self, tenant_id: str, request: Callable[[Any], Any], *,
+                        interactive: bool = False) -> dict[str, Any]:
+        """One GET through the SDK's middleware, errors mapped onto our tree.
+
+        A 401 means Graph refused the token itself (expired, e.g. by clock skew, or invalid): the tenant's cached
+        token is dropped and the call is tried once more with a fresh one. A 403 or a consent error also drops it,
+        so a token issued before the consent's roles had propagated is not used again.
+        """
+        for attempt in (1, 2):
+            try:
+                return await self._send(self._adapter(tenant_id), request, interactive)
+            except _TokenRejected:
+                self.forget(tenant_id)
+                if attempt == 2:
+                    raise Transient("Microsoft Graph refused two fresh tokens (401); try again later",
+                                    code="token_rejected") from None
+            except AuthorizationLost:
+                self.forget(tenant_id)
+                raise
+        raise AssertionError("unreachable")
+
+    async def _send(self, adapter: Any, request: Callable[[Any], Any], interactive: bool) -> dict[str, Any]:
         from azure.core.exceptions import ClientAuthenticationError
         from kiota_abstractions.api_error import APIError
         from kiota_http.middleware.options import RetryHandlerOption
         from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
+        info = request(adapter)
         if interactive:  # a person is waiting: fail fast with 503 rather than retry for a minute
             info.add_request_options([RetryHandlerOption(delay=1.0, max_retries=1)])
         try:
@@ -166,7 +196,7 @@ class GraphDirectory(Directory):
         except APIError as exc:
             raise _map_api_error(exc) from None
         except ClientAuthenticationError as exc:
-            raise _map_token_error(exc) from None
+            raise self._map_token_error(exc) from None
         except Exception as exc:  # httpx transport errors arrive under many names; all mean "try again"
             import httpx
 
@@ -175,13 +205,46 @@ class GraphDirectory(Directory):
             raise
         return json.loads(raw) if raw else {}
 
+    def _map_token_error(self, exc: Exception) -> Exception:
+        codes = token_error_codes(exc)
+        if codes & CONSENT_LOST_CODES:
+            return AuthorizationLost("the tenant does not grant this app access (admin consent missing, revoked or the "
+                                     f"app removed: AADSTS{min(codes & CONSENT_LOST_CODES)})",
+                                     may_be_propagating=bool(codes & PROPAGATION_CODES))
+        if codes & CREDENTIAL_CODES:
+            # An operator problem, the same for every tenant: log it at error level a few times, not per group.
+            self._credential_errors_logged += 1
+            if self._credential_errors_logged <= 1:
+                log.error("the app's Microsoft credential was refused; renew it (secret, certificate or federated "
+                          "credential of the app registration)", extra={"error_codes": sorted(codes)})
+            return CredentialInvalid("the app's own Microsoft credential is invalid or expired; the operator must renew "
+                                     f"it (AADSTS{min(codes & CREDENTIAL_CODES)})")
+        log.warning("token request failed", extra={"error_type": type(exc).__name__, "error_codes": sorted(codes)})
+        return Transient("could not obtain a token for Microsoft Graph", code="token_unavailable")
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-        for credential in self._credentials:
-            closer = getattr(credential, "close", None)
-            if closer:
-                await closer()
+        for _, credential in self._adapters.values():
+            self._close_later(credential)
+        self._adapters.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class _TokenRejected(Exception):
+    """Graph answered 401: the token itself was refused."""
+
+
+def token_error_codes(exc: Exception) -> frozenset[int]:
+    """The ``error_codes`` of the token endpoint's JSON answer carried by azure-identity's error (not its text)."""
+    response = getattr(exc, "response", None)
+    try:
+        body = json.loads(response.text()) if response is not None else {}
+        codes = body.get("error_codes") if isinstance(body, dict) else None
+        return frozenset(int(c) for c in codes) if isinstance(codes, list) else frozenset()
+    except (ValueError, TypeError, AttributeError):
+        return frozenset()
 
 
 def _map_api_error(exc: Any) -> Exception:
@@ -191,8 +254,11 @@ def _map_api_error(exc: Any) -> Exception:
     if error is not None:
         code = getattr(error, "code", "") or ""
     headers = getattr(exc, "response_headers", None) or {}
-    if status in (401, 403):
-        return AuthorizationLost(f"Microsoft Graph refused access ({status} {code}); the tenant's admin consent was revoked")
+    if status == 401:
+        return _TokenRejected(code)
+    if status == 403:
+        return AuthorizationLost(f"Microsoft Graph refused access (403 {code}); the app lacks the permissions it needs "
+                                 "in this tenant", may_be_propagating=True)
     if status == 404:
         return NotFound(f"Microsoft Graph has no such object ({code or 'Request_ResourceNotFound'})", code="directory_object_not_found")
     if status == 400:
@@ -210,15 +276,6 @@ def _retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None
-
-
-def _map_token_error(exc: Exception) -> Exception:
-    text = str(exc)
-    if any(code in text for code in CONSENT_LOST_CODES):
-        return AuthorizationLost("the tenant no longer grants this app access (admin consent revoked or app removed)")
-    # Our own credential is wrong or expired: an operator problem, not the customer's. Retry and alert.
-    log.error("token acquisition failed for a tenant", extra={"error_type": type(exc).__name__})
-    return Transient("could not obtain a token for Microsoft Graph", code="token_unavailable")
 
 
 def _str(value: Any) -> str | None:

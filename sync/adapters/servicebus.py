@@ -42,12 +42,14 @@ class ServiceBusQueue(JobQueue):
     def from_namespace(cls, namespace: str, credential: Any, group_queue: str, enrollment_queue: str) -> "ServiceBusQueue":
         return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue)
 
-    async def send_group_jobs(self, jobs: list[GroupJob]) -> None:
-        await self._send(self._group_queue, [
-            ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
-                              subject="group-sync", application_properties={"runId": job.run_id})
-            for job in jobs
-        ])
+    async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
+        messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
+                                      subject="group-sync", application_properties={"runId": job.run_id})
+                    for job in jobs]
+        if delay_s > 0:
+            await self._schedule(self._group_queue, messages, delay_s)
+        else:
+            await self._send(self._group_queue, messages)
 
     async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
         messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",

@@ -304,6 +304,8 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "activeRunId": sub.active_run_id,
         "lastRunId": sub.last_run_id,
         "consentNonce": sub.consent_nonce,
+        "consentedAt": sub.consented_at,
+        "consentedBy": sub.consented_by,
         "deleting": sub.deleting,
     }
 
@@ -325,6 +327,8 @@ def _sub_from(e: Any) -> Subscription:
         active_run_id=e.get("activeRunId"),
         last_run_id=e.get("lastRunId"),
         consent_nonce=e.get("consentNonce"),
+        consented_at=_dt(e["consentedAt"]) if e.get("consentedAt") else None,
+        consented_by=e.get("consentedBy"),
         deleting=bool(e.get("deleting")),
         etag=_etag(e),
     )

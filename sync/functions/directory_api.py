@@ -5,10 +5,10 @@ from typing import Any
 
 import azure.functions as func
 
-from .. import composition, runs, subscriptions
+from .. import composition, consent, runs, subscriptions
 from ..logs import get_logger
 from ..model import Subscription, iso
-from .http import Reply, handle, json_body, json_response, query, route
+from .http import Reply, form_body, handle, json_body, json_response, query, route
 
 log = get_logger(__name__)
 bp = func.Blueprint()
@@ -82,17 +82,21 @@ async def delete_subscription(req: func.HttpRequest) -> func.HttpResponse:
 async def authorize_subscription(req: func.HttpRequest) -> func.HttpResponse:
     async def act(svc, caller):
         json_body(req)  # accepted but unused; still refused when malformed or too large
-        return {"authorizeUrl": await subscriptions.authorize_url(svc, caller, route(req, "subscriptionId"))}
+        return {"authorizeUrl": await consent.authorize_url(svc, caller, route(req, "subscriptionId"))}
     return await handle(req, act)
 
 
 @bp.function_name("consent_callback")
-@bp.route(route="directory/consent", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(route="directory/consent", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
-    """Where Microsoft sends the Global Admin's browser back; always redirects to the portal, never elsewhere."""
+    """Microsoft's redirects: admin consent (GET) goes on to the admin's sign-in; the signed sign-in (POST, form_post)
+    records consent. Redirects only to the portal or to Microsoft's sign-in at AUTHORITY_HOST, never elsewhere."""
     try:
         svc = await composition.services()
-        location = await subscriptions.complete_consent(svc, query(req))
+        if req.method == "POST":
+            location = await consent.complete_sign_in(svc, form_body(req))
+        else:
+            location = await consent.complete_consent(svc, query(req))
     except Exception:
         log.exception("consent callback failed")
         return json_response(500, {"code": "internal_error", "message": "the consent could not be recorded; try again"})

@@ -66,6 +66,20 @@ def json_body(req: func.HttpRequest) -> dict[str, Any]:
     return body
 
 
+def form_body(req: func.HttpRequest) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body (what a form_post page submits); empty when too large or not a form."""
+    from urllib.parse import parse_qsl
+
+    raw = req.get_body() or b""
+    kind = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if len(raw) > 64 * 1024 or kind != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        return dict(parse_qsl(raw.decode("ascii"), keep_blank_values=True, max_num_fields=20))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+
+
 def route(req: func.HttpRequest, name: str) -> str:
     return req.route_params.get(name, "")
 

@@ -25,7 +25,8 @@ def devhost(tmp_path_factory):
 @pytest.fixture
 def portal(devhost):
     """The portal backend of a fresh organisation (so tests never see each other's rows)."""
-    return Portal(devhost.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org="org-" + secrets.token_hex(4)))
+    return Portal(devhost.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org="org-" + secrets.token_hex(4)),
+                  ca=devhost.ready["authorityCa"])
 
 
 @pytest.fixture

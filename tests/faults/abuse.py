@@ -71,7 +71,7 @@ class Victim:
         org = "victim-" + secrets.token_hex(4)
         token = portal_token(LOCAL_PORTAL_TOKEN_SECRET, org=org)
         tokens.append(token)
-        portal = Portal(devhost.ready["api"], token)
+        portal = Portal(devhost.ready["api"], token, ca=devhost.ready["authorityCa"])
         t = with_large_group(3)
         admin = FakeTenantAdmin.load(devhost.ready["graph"], t.tenant)
         sub = connect(portal, [t.ids["eng"], t.ids["sales"]], sendEnrollmentEmail=True)

@@ -49,7 +49,7 @@ def new_portal(devhost):
         org = "org-" + secrets.token_hex(4)
         token = portal_token(LOCAL_PORTAL_TOKEN_SECRET, org=org, role=role)
         SESSION_TOKENS.append(token)
-        portal = Portal(devhost.ready["api"], token)
+        portal = Portal(devhost.ready["api"], token, ca=devhost.ready["authorityCa"])
         portal.org = org  # type: ignore[attr-defined]
         return portal
     return make

@@ -49,7 +49,7 @@ def new_portal_module(devhost):
 
     def load(tenant):
         FakeTenantAdmin.load(devhost.ready["graph"], tenant)
-    return Portal(devhost.ready["api"], token), load
+    return Portal(devhost.ready["api"], token, ca=devhost.ready["authorityCa"]), load
 
 
 @schema.parametrize()

@@ -1,0 +1,193 @@
+"""Admin consent, with the consenting tenant proven by a signed Microsoft sign-in.
+
+Microsoft's admin-consent redirect carries ``tenant`` as a plain query parameter, which anybody can write
+(https://learn.microsoft.com/entra/identity-platform/v2-admin-consent: "sign the user into your app" to identify
+the organization). So the callback never records it. The sequence:
+
+1. ``POST …/authorize`` → ``{AUTHORITY_HOST}/organizations/v2.0/adminconsent?…&state=S1``; S1 is HMAC-signed
+   (org, subscription, nonce n, expiry 10 minutes) and n is stored on the subscription.
+2. Microsoft → ``GET /api/directory/consent?admin_consent=True&tenant=T&state=S1``: S1 is checked (and n still
+   current), nothing is written, and the browser goes on to the OpenID Connect sign-in at tenant T
+   (``response_type=id_token``, ``response_mode=form_post``) with state S2 = S1's claims + T, and a nonce derived
+   from n with the signing secret (so only our server can know it, and it binds the sign-in to this link).
+3. Microsoft → ``POST /api/directory/consent`` with ``id_token`` and S2: the id_token is verified (signature,
+   ``aud``, ``iss`` = ``{authority}/{tid}/v2.0``, ``exp``, ``nonce``), its ``tid`` must be T, and the account must
+   hold a role that can grant Microsoft Graph application permissions; only then is n consumed and the
+   subscription authorized for ``tid``.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from . import signing
+from .composition import Services
+from .errors import Conflict, InvalidInput, NotFound, SyncError, Transient
+from .logs import get_logger
+from .model import Caller, SignIn, Subscription, SubscriptionStatus
+from .subscriptions import modify
+
+log = get_logger(__name__)
+
+CONSENT_STATE_PURPOSE = "consent-state"
+SIGNIN_STATE_PURPOSE = "consent-signin"
+CONSENT_STATE_TTL = timedelta(minutes=10)
+GRAPH_DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
+# Only these directory roles can grant tenant-wide consent to Microsoft Graph *application* permissions
+# (https://learn.microsoft.com/entra/identity/enterprise-apps/grant-admin-consent#prerequisites); Cloud Application
+# and Application Administrators can consent to other APIs' permissions but not to Graph app roles.
+CONSENTING_ROLES = {
+    "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
+}
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+async def authorize_url(svc: Services, caller: Caller, sub_id: str) -> str:
+    """The Microsoft admin-consent URL a Global Admin of the customer's tenant must open."""
+    nonce = secrets.token_urlsafe(16)
+
+    async def remember(sub: Subscription) -> Subscription:
+        return replace(sub, consent_nonce=nonce, updated_at=svc.clock())
+
+    sub = await modify(svc, caller, sub_id, remember)
+    s = svc.settings
+    expires = int((svc.clock() + CONSENT_STATE_TTL).timestamp())
+    state = signing.sign(s.signing_secret, CONSENT_STATE_PURPOSE, {"org": sub.org, "sub": sub.id, "n": nonce, "exp": expires})
+    query = urlencode({"client_id": s.graph_client_id, "scope": GRAPH_DEFAULT_SCOPE,
+                       "redirect_uri": s.consent_redirect_uri, "state": state})
+    return f"{s.authority_host}/organizations/v2.0/adminconsent?{query}"
+
+
+async def complete_consent(svc: Services, params: dict[str, str]) -> str:
+    """Microsoft's admin-consent redirect (step 2): where the browser goes next — the sign-in, or the portal."""
+    back = _portal(svc)
+    try:
+        claims = _claims(svc, CONSENT_STATE_PURPOSE, params.get("state", ""))
+    except SyncError as exc:
+        log.warning("consent callback refused", extra={"reason": exc.code})
+        return f"{back}?{urlencode({'consent': 'error', 'error': exc.code})}"
+    outcome = {"subscriptionId": claims["sub"]}
+    if params.get("error"):
+        try:  # consumes the state too, so the same link cannot be replayed later
+            await _consume(svc, claims)
+        except SyncError:  # already used (a reload of Microsoft's error page) or the subscription is gone
+            pass
+        return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': _safe_code(params['error'])})}"
+    tenant = (params.get("tenant") or "").strip()
+    if params.get("admin_consent", "").lower() != "true" or not _GUID.fullmatch(tenant):
+        return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': 'consent_not_granted'})}"
+    try:
+        await _current(svc, claims)
+    except SyncError as exc:
+        return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': exc.code})}"
+    s = svc.settings
+    state = signing.sign(s.signing_secret, SIGNIN_STATE_PURPOSE, {**claims, "t": tenant.lower()})
+    query = urlencode({"client_id": s.graph_client_id, "response_type": "id_token", "response_mode": "form_post",
+                       "redirect_uri": s.consent_redirect_uri, "scope": "openid profile", "state": state,
+                       "nonce": sign_in_nonce(s.signing_secret, claims["n"])})
+    return f"{s.authority_host}/{tenant.lower()}/oauth2/v2.0/authorize?{query}"
+
+
+async def complete_sign_in(svc: Services, form: dict[str, str]) -> str:
+    """The admin's signed sign-in (step 3): record consent for the proven tenant; always back to the portal."""
+    back = _portal(svc)
+    try:
+        claims = _claims(svc, SIGNIN_STATE_PURPOSE, form.get("state", ""))
+        if not isinstance(claims.get("t"), str):
+            raise InvalidInput("the sign-in state names no tenant", code="invalid_state")
+    except SyncError as exc:
+        log.warning("consent sign-in refused", extra={"reason": exc.code})
+        return f"{back}?{urlencode({'consent': 'error', 'error': exc.code})}"
+    outcome = {"subscriptionId": claims["sub"]}
+    try:
+        if form.get("error"):
+            raise InvalidInput("the sign-in failed at Microsoft", code="signin_failed")
+        await _current(svc, claims)
+        sign_in = await svc.sign_ins.verify(form.get("id_token", ""),
+                                            nonce=sign_in_nonce(svc.settings.signing_secret, claims["n"]))
+        check_sign_in(sign_in, claims["t"])
+        sub = await _consume(svc, claims, sign_in)
+    except Transient as exc:
+        log.warning("consent sign-in could not be verified now", extra={"reason": exc.code})
+        return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': exc.code})}"
+    except SyncError as exc:
+        log.warning("consent sign-in refused", extra={"reason": exc.code, "subscription": claims["sub"]})
+        return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': exc.code})}"
+    log.info("admin consent recorded", extra={"org": sub.org, "subscription": sub.id})
+    return f"{back}?{urlencode({**outcome, 'consent': 'granted'})}"
+
+
+def check_sign_in(sign_in: SignIn, tenant: str) -> None:
+    """The verified sign-in must be of the tenant that consented, by an account allowed to consent for it."""
+    if sign_in.tenant_id.lower() != tenant.lower():
+        raise InvalidInput("the signed-in account is not of the tenant named in Microsoft's consent redirect",
+                           code="tenant_unverified")
+    if not set(sign_in.directory_roles) & set(CONSENTING_ROLES):
+        raise InvalidInput(f"only a {' or '.join(CONSENTING_ROLES.values())} can connect a directory",
+                           code="admin_role_required")
+
+
+def sign_in_nonce(signing_secret: str, consent_nonce: str) -> str:
+    """The OpenID Connect nonce of a consent link: derived from its stored nonce, known only to the server."""
+    mac = hmac.new(signing_secret.encode(), f"oidc-nonce:{consent_nonce}".encode(), hashlib.sha256).digest()
+    return signing._b64(mac)
+
+
+def _claims(svc: Services, purpose: str, state: str) -> dict[str, Any]:
+    if not state:
+        raise InvalidInput("the consent callback carried no state", code="missing_state")
+    claims = signing.verify(svc.settings.signing_secret, purpose, state)
+    if not all(isinstance(claims.get(k), str) for k in ("org", "sub", "n")) or not isinstance(claims.get("exp"), int):
+        raise InvalidInput("the consent state is malformed", code="invalid_state")
+    if claims["exp"] < int(svc.clock().timestamp()):
+        raise InvalidInput("the consent link has expired; start again from the portal", code="state_expired")
+    return claims
+
+
+async def _current(svc: Services, claims: dict[str, Any]) -> Subscription:
+    """The subscription, if the state's nonce is still its current one (read only)."""
+    sub = await svc.subscriptions.get(claims["org"], claims["sub"])
+    if sub is None or sub.deleting:
+        raise InvalidInput("the subscription no longer exists", code="subscription_not_found")
+    if sub.consent_nonce is None or not secrets.compare_digest(sub.consent_nonce, claims["n"]):
+        raise InvalidInput("this consent link was already used or replaced by a newer one", code="state_used")
+    return sub
+
+
+async def _consume(svc: Services, claims: dict[str, Any], sign_in: SignIn | None = None) -> Subscription:
+    """Use the state's nonce once; with a verified sign-in, record consent for its tenant."""
+    caller = Caller(org=claims["org"], subject="microsoft-consent", role="Owner")
+
+    async def apply(sub: Subscription) -> Subscription:
+        if sub.consent_nonce is None or not secrets.compare_digest(sub.consent_nonce, claims["n"]):
+            raise InvalidInput("this consent link was already used or replaced by a newer one", code="state_used")
+        if sign_in is None:
+            return replace(sub, consent_nonce=None, updated_at=svc.clock())
+        tenant = sign_in.tenant_id.lower()
+        if sub.azure_tenant_id and sub.azure_tenant_id.lower() != tenant:
+            raise Conflict("consent came from a different tenant than this directory is connected to",
+                           code="tenant_mismatch")
+        return replace(sub, consent_nonce=None, azure_tenant_id=tenant, status=SubscriptionStatus.AUTHORIZED,
+                       consented_at=svc.clock(), consented_by=sign_in.object_id, updated_at=svc.clock())
+
+    try:
+        return await modify(svc, caller, claims["sub"], apply)
+    except NotFound:
+        raise InvalidInput("the subscription no longer exists", code="subscription_not_found") from None
+
+
+def _portal(svc: Services) -> str:
+    return f"{svc.settings.portal_base_url}{svc.settings.portal_consent_return_path}"
+
+
+def _safe_code(text: str) -> str:
+    """Microsoft's error code, reduced to characters that cannot smuggle anything into the portal URL."""
+    cleaned = "".join(c for c in text if c.isalnum() or c == "_")[:64]
+    return cleaned or "consent_error"
