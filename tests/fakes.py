@@ -27,6 +27,7 @@ from sync.model import (
     Run,
     RunView,
     ScopeState,
+    SignIn,
     Subscription,
     SyncedGroup,
     User,
@@ -39,6 +40,7 @@ from sync.ports import (
     Groups,
     JobQueue,
     Runs,
+    SignIns,
     Stale,
     Subscriptions,
     Updated,
@@ -441,6 +443,27 @@ class RecordingMailSender(MailSender):
         self.sent.append(email)
 
 
+GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
+
+
+class FakeSignIns(SignIns):
+    """Microsoft's sign-in as a dict: ``issue`` makes an id_token it will later "verify"; anything else is refused."""
+
+    def __init__(self) -> None:
+        self.issued: dict[str, tuple[SignIn, str]] = {}
+
+    def issue(self, tenant: str, *, nonce: str, roles: tuple[str, ...] = (GLOBAL_ADMIN,)) -> str:
+        token = f"id-token-{len(self.issued) + 1}"
+        self.issued[token] = (SignIn(tenant_id=tenant, object_id=f"oid-{tenant}", directory_roles=roles), nonce)
+        return token
+
+    async def verify(self, id_token: str, *, nonce: str) -> SignIn:
+        found = self.issued.get(id_token)
+        if found is None or found[1] != nonce:
+            raise InvalidInput("the sign-in's id_token is not valid", code="tenant_unverified")
+        return found[0]
+
+
 def make_services(**settings_overrides: str) -> Services:
     """Services wired to the in-memory fakes, with a movable clock."""
     return Services(
@@ -451,6 +474,7 @@ def make_services(**settings_overrides: str) -> Services:
         groups=MemoryGroups(),
         directory=FakeDirectory(),
         queue=RecordingQueue(),
+        sign_ins=FakeSignIns(),
         mail_sender=RecordingMailSender(),
         clock=Clock(),
     )

@@ -62,3 +62,11 @@ async def call(name: str, *, method: str | None = None, body: Any = None, raw: b
     content = resp.get_body()
     data = json.loads(content) if content and resp.mimetype == "application/json" else None
     return resp.status_code, data, dict(resp.headers)
+
+
+def svc_of_triggers() -> Any:
+    """The Services every trigger uses in logic tests (installed by the ``svc`` fixture)."""
+    from sync import composition
+
+    assert composition._override is not None, "use the svc fixture"
+    return composition._override

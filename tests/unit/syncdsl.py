@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
-from sync import group_sync, runs, subscriptions
+from sync import consent, group_sync, runs, subscriptions
 from sync.composition import Services
 from sync.model import Caller, GroupJob, RunView, Subscription, User
 
@@ -20,15 +20,27 @@ async def connect(svc: Services, *, org: str = "org-a", tenant: str = TENANT, gr
     """An authorized subscription with ``groups`` selected and ``options`` (API field names) set."""
     who = caller(org)
     sub = await subscriptions.create(svc, who, {"name": "Contoso"})
-    url = await subscriptions.authorize_url(svc, who, sub.id)
-    state = parse_qs(urlsplit(url).query)["state"][0]
-    location = await subscriptions.complete_consent(svc, {"admin_consent": "True", "tenant": tenant, "state": state})
+    location = await consent_as(svc, who, sub.id, tenant)
     assert "consent=granted" in location, location
     if options:
         await subscriptions.update(svc, who, sub.id, options)
     if groups:
         await subscriptions.select_groups(svc, who, sub.id, {"groupIds": list(groups)})
     return await subscriptions.get(svc, who, sub.id)
+
+
+async def consent_as(svc: Services, who: Caller, sub_id: str, tenant: str, *, signed_in_tenant: str | None = None,
+                     roles: tuple[str, ...] | None = None) -> str:
+    """Admin consent for ``tenant`` and the admin's sign-in (of ``signed_in_tenant``, default the same): the portal URL."""
+    url = await consent.authorize_url(svc, who, sub_id)
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    signin = await consent.complete_consent(svc, {"admin_consent": "True", "tenant": tenant, "state": state})
+    if "/oauth2/v2.0/authorize?" not in signin:
+        return signin
+    query = {k: v[0] for k, v in parse_qs(urlsplit(signin).query).items()}
+    extra = {} if roles is None else {"roles": roles}
+    id_token = svc.sign_ins.issue(signed_in_tenant or tenant, nonce=query["nonce"], **extra)
+    return await consent.complete_sign_in(svc, {"id_token": id_token, "state": query["state"]})
 
 
 async def deliver(svc: Services, *, times: int = 1, limit: int = 10_000) -> int:

@@ -4,22 +4,15 @@ import socket
 import pytest
 
 from sync import composition
-from sync.adapters.graph import StaticTokenCredential
 from tests.fakes import unit_env, unit_settings
 
 CLOUD = {"GRAPH_BASE_URL": "https://graph.microsoft.com/v1.0"}
 
 
-async def test_local_static_presents_a_per_tenant_token():
-    credential = composition.graph_credential_factory(unit_settings())("tenant-1")
-    assert isinstance(credential, StaticTokenCredential)
-    assert (await credential.get_token("https://graph.microsoft.com/.default")).token == "local:tenant-1"
-
-
 @pytest.mark.parametrize("overrides,kind", [
     ({"GRAPH_CREDENTIAL": "secret", "GRAPH_CLIENT_SECRET": "s"}, "ClientSecretCredential"),
     ({"GRAPH_CREDENTIAL": "certificate", "GRAPH_CLIENT_CERTIFICATE_PATH": "/nonexistent.pem"}, "CertificateCredential"),
-    ({"GRAPH_CREDENTIAL": "managed_identity"}, "FederatedIdentityCredential"),
+    ({"GRAPH_CREDENTIAL": "managed_identity", "MANAGED_IDENTITY_CLIENT_ID": "mi-1"}, "FederatedIdentityCredential"),
 ])
 async def test_cloud_credentials_are_per_tenant(overrides, kind):
     factory = composition.graph_credential_factory(unit_settings(**CLOUD, **overrides))

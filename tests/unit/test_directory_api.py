@@ -1,7 +1,7 @@
 """The Directory Sync page's HTTP functions on fakes: the flow, bad input, consent state abuse, roles."""
 import json
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -30,7 +30,9 @@ async def new_sub(name="Contoso AD"):
     return body
 
 
-async def consent(sub_id, *, tenant=TENANT, **extra):
+async def consent(sub_id, *, tenant=TENANT, signed_in=None, **extra):
+    """Microsoft's admin-consent redirect to the callback, then (when it sends the browser there) the admin's sign-in
+    of ``signed_in`` (default: ``tenant``) posted back: (authorize URL, state, where the browser ends up)."""
     status, body, _ = await call("authorize_subscription", route={"subscriptionId": sub_id})
     assert status == 200
     url = body["authorizeUrl"]
@@ -38,7 +40,23 @@ async def consent(sub_id, *, tenant=TENANT, **extra):
     params = {"admin_consent": "True", "tenant": tenant, "state": state, **extra}
     status, _, headers = await call("consent_callback", params=params, auth=None)
     assert status == 302
-    return url, state, headers["Location"]
+    location = headers["Location"]
+    if "/oauth2/v2.0/authorize?" in location:
+        return url, state, await sign_in(location, signed_in or tenant)
+    return url, state, location
+
+
+async def sign_in(location, tenant, **issue):
+    """The form_post of Microsoft's sign-in page for ``location``, as an admin of ``tenant``: where the browser goes."""
+    from tests.helpers import svc_of_triggers
+
+    query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    id_token = svc_of_triggers().sign_ins.issue(tenant, nonce=query["nonce"], **issue)
+    form = urlencode({"id_token": id_token, "state": query["state"]}).encode()
+    status, _, headers = await call("consent_callback", method="POST", raw=form, auth=None,
+                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 302
+    return headers["Location"]
 
 
 def outcome(location):
@@ -164,7 +182,7 @@ async def test_consent_state_cannot_be_replayed_forged_expired_or_swapped(svc, t
     _, state, location = await consent(a["id"])
     assert outcome(location)[1]["consent"] == "granted"
     # replayed
-    status, _, headers = await call("consent_callback", params={"admin_consent": "True", "tenant": "evil-tenant", "state": state}, auth=None)
+    status, _, headers = await call("consent_callback", params={"admin_consent": "True", "tenant": TENANT, "state": state}, auth=None)
     assert outcome(headers["Location"])[1]["error"] == "state_used"
     # forged: a state signed with another key, or with its body edited to name B
     forged = signing.sign("another-signing-secret-of-sufficient-length", "consent-state",

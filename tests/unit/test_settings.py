@@ -41,15 +41,21 @@ def test_bad_values_are_named(key, value, fragment):
     assert key in str(err.value) and fragment in str(err.value)
 
 
-def test_static_local_credential_only_for_loopback_graph():
-    with pytest.raises(SettingsError, match="loopback"):
-        unit_settings(GRAPH_BASE_URL="https://graph.microsoft.com/v1.0")
-    assert unit_settings(GRAPH_BASE_URL="http://localhost:8080/v1.0").graph_credential == "local_static"
+def test_the_authority_must_be_https_and_there_is_no_static_credential():
+    with pytest.raises(SettingsError, match="AUTHORITY_HOST: must be an https URL"):
+        unit_settings(AUTHORITY_HOST="http://127.0.0.1:8081")
+    with pytest.raises(SettingsError, match="GRAPH_CREDENTIAL: must be one of secret, certificate, managed_identity"):
+        unit_settings(GRAPH_CREDENTIAL="local_static")
+    with pytest.raises(SettingsError, match="MANAGED_IDENTITY_CLIENT_ID"):
+        unit_settings(GRAPH_CREDENTIAL="managed_identity")
+    s = unit_settings(AUTHORITY_HOST="https://127.0.0.1:8443")
+    assert s.authority_host == "https://127.0.0.1:8443" and s.consent_propagation_grace_s == 600
+    assert unit_settings(CONSENT_PROPAGATION_GRACE_SECONDS="30").consent_propagation_grace_s == 30
 
 
 def test_client_secret_required_for_secret_credential():
     with pytest.raises(SettingsError, match="GRAPH_CLIENT_SECRET"):
-        unit_settings(GRAPH_CREDENTIAL="secret", GRAPH_BASE_URL="https://graph.microsoft.com/v1.0")
+        unit_settings(GRAPH_CREDENTIAL="secret", GRAPH_CLIENT_SECRET="", GRAPH_BASE_URL="https://graph.microsoft.com/v1.0")
 
 
 def test_mail_can_be_disabled():
