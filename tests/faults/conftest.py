@@ -74,7 +74,11 @@ def no_fault_left_behind(devhost):
     yield
     devhost.control("DELETE", "/tables/faults")
     devhost.control("POST", "/servicebus/faults", json={"duplicateDeliveries": False})
-    FakeTenantAdmin(devhost.ready["graph"], "-").control("DELETE", "/faults")
+    fake = FakeTenantAdmin(devhost.ready["graph"], "-")
+    fake.control("DELETE", "/faults")
+    fake.control("POST", "/authority", json={"tokenLifetimeSeconds": 3600, "clientSecretExpired": False})
+    fake.control("POST", "/consent", json={"deny": False, "roles": ["User.Read.All", "GroupMember.Read.All"],
+                                           "propagationSeconds": 0})
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus):

@@ -8,10 +8,12 @@ import httpx
 import pytest
 
 from local.__main__ import LOCAL_SIGNING_SECRET
+from local.client import FakeTenantAdmin
 from sync import signing
-from sync.subscriptions import CONSENT_STATE_PURPOSE
+from sync.consent import CONSENT_STATE_PURPOSE
 from tests.faults import figures
 from tests.faults.abuse import assert_error
+from tests.faults.helpers import expect_error
 from tests.faults.tenants import with_large_group
 
 pytestmark = pytest.mark.faults
@@ -26,24 +28,47 @@ def state_claims(state: str) -> dict:
 
 
 class Callback:
-    """Microsoft's redirect to the app, as a browser would follow it."""
+    """Microsoft's redirects to the app, as a browser would follow them."""
 
     def __init__(self, devhost):
         self.url = devhost.ready["api"] + "/directory/consent"
+        self.authority = devhost.ready["authority"]
+        self.ca = devhost.ready["authorityCa"]
         self.tried = 0
 
     def __call__(self, params: dict | list, headers: dict | None = None) -> dict[str, str]:
-        """Call the callback; assert it redirects to the portal's page and nowhere else; its query parameters."""
+        """Call the callback; assert it redirects to the portal's page (or Microsoft's sign-in) and nowhere else."""
         response = httpx.get(self.url, params=params, headers=headers, follow_redirects=False, timeout=30)
         self.tried += 1
+        return self._back(response)
+
+    def _back(self, response: httpx.Response) -> dict[str, str]:
         assert response.status_code == 302, (response.status_code, response.text[:200])
         location = urlsplit(response.headers["location"])
+        if f"{location.scheme}://{location.netloc}" == self.authority:  # on to the admin's sign-in, nothing recorded
+            assert location.path.endswith("/oauth2/v2.0/authorize"), location
+            return {"signIn": response.headers["location"]}
         assert f"{location.scheme}://{location.netloc}" == PORTAL and location.path == RETURN_PATH, location
         assert not location.fragment and "\r" not in response.headers["location"]
         query = {k: v[0] for k, v in parse_qs(location.query).items()}
         assert set(query) <= {"consent", "error", "subscriptionId"}, query
         assert all(c.isalnum() or c in "_-" for c in query.get("error", "")), query
         return query
+
+    def sign_in(self, location: str) -> dict[str, str]:
+        """Microsoft's sign-in page for ``location`` (as the account the fake signs in with), its form posted back."""
+        from local.identity.server import parse_form_post
+
+        page = httpx.get(location, verify=self.ca, timeout=30)
+        if page.status_code != 200:
+            return {"signinError": page.text[page.text.find("AADSTS"):][:80]}
+        action, fields = parse_form_post(page.text)
+        assert action == self.url
+        return self.post(fields)
+
+    def post(self, fields: dict[str, str]) -> dict[str, str]:
+        self.tried += 1
+        return self._back(httpx.post(self.url, data=fields, follow_redirects=False, timeout=30))
 
 
 def consent_url(portal, sub: str) -> tuple[str, dict]:
@@ -96,7 +121,7 @@ def test_forged_expired_replayed_and_swapped_states_change_nothing(devhost, port
     assert all(s["status"] == "authorization_required" and s["azureTenantId"] is None for s in subs.values())
 
     # The genuine state works once; replayed (with any tenant) it is refused and changes nothing.
-    assert callback({**granted, "state": state_a}) == {"subscriptionId": a, "consent": "granted"}
+    assert callback.sign_in(callback({**granted, "state": state_a})["signIn"]) == {"subscriptionId": a, "consent": "granted"}
     for tenant in (tid, "00000000-0000-0000-0000-000000000bad"):
         assert callback({**granted, "tenant": tenant, "state": state_a})["error"] == "state_used"
     assert portal.call("GET", f"/directory/subscriptions/{a}")["azureTenantId"] == tid
@@ -106,10 +131,12 @@ def test_forged_expired_replayed_and_swapped_states_change_nothing(devhost, port
     assert callback(denied) == {"subscriptionId": b, "consent": "error", "error": "access_denied"}  # reloaded
     assert callback({**granted, "state": state_b})["error"] == "state_used"
     assert portal.call("GET", f"/directory/subscriptions/{b}")["status"] == "authorization_required"
-    # Consent from another tenant for a subscription already connected to one.
+    # Consent (proven by its admin's sign-in) from another tenant for a subscription already connected to one.
+    other = with_large_group(2)
+    load_tenant(other.tenant)
     state, _ = consent_url(portal, a)
-    assert callback({**granted, "tenant": "00000000-0000-0000-0000-000000000bad", "state": state})["error"] == \
-        "tenant_mismatch"
+    signin = callback({**granted, "tenant": other.tenant["tenantId"], "state": state})["signIn"]
+    assert callback.sign_in(signin)["error"] == "tenant_mismatch"
     assert portal.call("GET", f"/directory/subscriptions/{a}")["azureTenantId"] == tid
     figures.tried("consent callback: forged, expired, replayed, swapped", callback.tried)
 
@@ -131,7 +158,49 @@ def test_no_url_parameter_or_header_can_redirect_the_browser_elsewhere(devhost, 
         callback({"state": "x"}, headers={"Host": "evil.example", "X-Forwarded-Host": "evil.example",
                                           "Referer": target.strip(), "X-Original-URL": "/evil"})
     assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorization_required"
-    # Only GET: other methods are refused (and never redirect).
-    for method in ("POST", "PUT", "DELETE"):
+    # The sign-in's form_post (POST) redirects only to the portal too, whatever it carries.
+    for target in evil:
+        for name in names + ["id_token"]:
+            callback.post({"state": state, name: target})
+    # Only GET and POST: other methods are refused (and never redirect).
+    for method in ("PUT", "DELETE", "PATCH"):
         assert_error(httpx.request(method, callback.url, params={"state": state}, timeout=30), 405)
     figures.tried("consent callback: open-redirect attempts", callback.tried + 3)
+
+
+def test_another_customers_tenant_cannot_be_bound_by_forging_or_swapping_the_tenant(devhost, new_portal, load_tenant):
+    """The cross-customer attack: a victim tenant consented for its own org; an attacker org tries to bind it."""
+    victim_t, attacker_t = with_large_group(3), with_large_group(3)
+    victim_tid, attacker_tid = victim_t.tenant["tenantId"], attacker_t.tenant["tenantId"]
+    victim, attacker = new_portal(), new_portal()
+    load_tenant(victim_t.tenant)  # the victim's Global Admin consents, honestly
+    honest = victim.create_subscription("Victim")["id"]
+    assert victim.authorize(honest) == {"subscriptionId": honest, "consent": "granted"}
+    assert victim.call("GET", f"/directory/subscriptions/{honest}")["azureTenantId"] == victim_tid
+
+    load_tenant(attacker_t.tenant)  # from now on the browser is signed in as the attacker's own Global Admin
+    callback = Callback(devhost)
+    sub = attacker.create_subscription("Mallory")["id"]
+    # 1. A forged callback: the attacker's own valid state, the victim's tenant id.
+    state, _ = consent_url(attacker, sub)
+    signin = callback({"admin_consent": "True", "tenant": victim_tid, "state": state})["signIn"]
+    assert f"/{victim_tid}/oauth2/v2.0/authorize" in signin
+    assert "AADSTS50020" in callback.sign_in(signin)["signinError"]  # Microsoft will not sign them in there
+    # ...and their own tenant's sign-in, carrying the victim's tenant in our signed state, proves the wrong tenant.
+    own = signin.replace(f"/{victim_tid}/", f"/{attacker_tid}/")
+    assert callback.sign_in(own) == {"subscriptionId": sub, "consent": "error", "error": "tenant_unverified"}
+    # 2. A genuine walk through Microsoft's pages with the tenant swapped on the way back.
+    assert "AADSTS50020" in attacker.authorize(sub, swap_tenant=victim_tid)["signinError"]
+    # 3. A non-admin account of the victim's tenant (a member or guest there) signs in for real.
+    FakeTenantAdmin(devhost.ready["graph"], victim_tid).control("POST", "/consent", json={"tenant": victim_tid, "wids": []})
+    state, _ = consent_url(attacker, sub)
+    signin = callback({"admin_consent": "True", "tenant": victim_tid, "state": state})["signIn"]
+    assert callback.sign_in(signin) == {"subscriptionId": sub, "consent": "error", "error": "admin_role_required"}
+    after = attacker.call("GET", f"/directory/subscriptions/{sub}")
+    assert (after["status"], after["azureTenantId"]) == ("authorization_required", None)
+    expect_error(lambda: attacker.search_groups(sub, "Depa"), 409, "not_authorized")
+    # The honest walk of the attacker's own tenant binds exactly that tenant.
+    load_tenant(attacker_t.tenant)
+    assert attacker.authorize(sub) == {"subscriptionId": sub, "consent": "granted"}
+    assert attacker.call("GET", f"/directory/subscriptions/{sub}")["azureTenantId"] == attacker_tid
+    figures.tried("consent: another customer's tenant forged, swapped, signed in without a role", callback.tried + 2)
