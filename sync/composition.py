@@ -56,7 +56,10 @@ def build(settings: Settings) -> Services:
     else:
         queue = ServiceBusQueue.from_namespace(
             settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue)
-    directory = GraphDirectory(settings.graph_base_url, graph_credential_factory(settings),
+    from .adapters.credentials import TenantCredentials
+
+    credentials = TenantCredentials(settings)
+    directory = GraphDirectory(settings.graph_base_url, credentials.for_tenant,
                                allowed_hosts=_graph_hosts(settings), concurrency=settings.graph_concurrency,
                                max_tenants=settings.graph_tenant_cache)
     services = Services(
@@ -71,7 +74,7 @@ def build(settings: Settings) -> Services:
         mail_sender=_mail_sender(settings),
     )
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
-    services.closers += [store.close, queue.close, directory.close]
+    services.closers += [store.close, queue.close, credentials.close, directory.close]
     return services
 
 
@@ -91,50 +94,11 @@ def _graph_hosts(settings: Settings) -> list[str]:
 
 
 def graph_credential_factory(settings: Settings) -> Callable[[str], Any]:
-    """A function giving an app-only credential for a customer tenant id, as the settings choose."""
+    """A function giving an app-only credential for a customer tenant id, as the settings choose (one connection
+    each; ``build`` shares one among all tenants instead, see ``adapters/credentials.py``)."""
+    from .adapters.credentials import TenantCredentials
 
-    def for_tenant(tenant_id: str) -> Any:
-        if settings.graph_credential == "secret":
-            from azure.identity.aio import ClientSecretCredential
-
-            return ClientSecretCredential(tenant_id, settings.graph_client_id, settings.graph_client_secret,
-                                          authority=settings.authority_host)
-        if settings.graph_credential == "certificate":
-            from azure.identity.aio import CertificateCredential
-
-            return CertificateCredential(tenant_id, settings.graph_client_id, settings.graph_certificate_path,
-                                         authority=settings.authority_host)
-        # managed_identity: a federated credential on the app registration trusts our managed identity, so no
-        # secret is stored anywhere. The assertion is the identity's token for the token-exchange audience.
-        return FederatedIdentityCredential(tenant_id, settings.graph_client_id, settings.authority_host,
-                                           settings.managed_identity_client_id)
-
-    return for_tenant
-
-
-class FederatedIdentityCredential:
-    """App-only tokens for a customer tenant, proven by our managed identity instead of a stored secret."""
-
-    EXCHANGE_SCOPE = "api://AzureADTokenExchange/.default"
-
-    def __init__(self, tenant_id: str, client_id: str, authority: str, identity_client_id: str | None) -> None:
-        from azure.identity.aio import (
-            ClientAssertionCredential,
-            ManagedIdentityCredential,
-        )
-
-        self._managed = ManagedIdentityCredential(client_id=identity_client_id)
-        self._assertion = ""
-        # ClientAssertionCredential calls its function synchronously; get_token refreshes the assertion first.
-        self._inner = ClientAssertionCredential(tenant_id, client_id, lambda: self._assertion, authority=authority)
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        self._assertion = (await self._managed.get_token(self.EXCHANGE_SCOPE)).token
-        return await self._inner.get_token(*scopes, **kwargs)
-
-    async def close(self) -> None:
-        await self._inner.close()
-        await self._managed.close()
+    return TenantCredentials(settings, shared_transport=False).for_tenant
 
 
 def _mail_sender(settings: Settings) -> Any:
