@@ -1,8 +1,9 @@
 """Secrets never reach the logs or the API's answers.
 
 Counted as secrets: the app's own keys (PORTAL_TOKEN_SECRET, SIGNING_SECRET), the credentials it holds for others
-(GRAPH_CLIENT_SECRET, SMTP_PASSWORD, the Table Storage account key, the Service Bus key), access tokens (every portal
-token the suite used, and the Graph bearer ``local:<tenant id>`` that stands in for a real Graph token) and the
+(GRAPH_CLIENT_SECRET — the secret the local authority checks —, SMTP_PASSWORD, the Table Storage account key, the
+Service Bus key), access tokens (every portal token the suite used, and any JWT: the Graph tokens the local authority
+issues, the consenting admin's id_tokens, the managed identity's assertions) and the
 single-use values that act as credentials (consent nonces, enrollment tokens: they belong in the browser and the
 invitation, not in a log). Not secrets: ids (org, subscription, tenant, user), names and addresses.
 
@@ -90,8 +91,11 @@ def test_no_secret_in_the_log_or_in_any_answer(devhost, portal, load_tenant, vic
     assert leaked_to_log == []
     assert leaked_in_answers == []
     # Bearer tokens of any kind, and anything that looks like a dumped header or connection string.
-    for pattern in (r"local:[0-9a-f]{8}-", r"Bearer\s+[A-Za-z0-9_\-]{10,}", r"(?i)authorization['\"]?\s*[:=]",
-                    r"AccountKey=", r"(?i)password['\"]?\s*[=:]\s*\S", r"/enroll\?token="):
+    # A JWT of any kind (Graph access tokens, the managed identity's assertion, id_tokens of the consent sign-in,
+    # client assertions) and the app's client secret or certificate key never reach the log or an answer.
+    jwt_like = r"eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\."
+    for pattern in (jwt_like, r"Bearer\s+[A-Za-z0-9_\-]{10,}", r"(?i)authorization['\"]?\s*[:=]", r"BEGIN PRIVATE KEY",
+                    r"AccountKey=", r"(?i)password['\"]?\s*[=:]\s*\S", r"/enroll\?token=", r"client_secret="):
         assert not re.search(pattern, log), pattern
-    for pattern in (r"local:[0-9a-f]{8}-", r"Bearer\s+eyJ", r"AccountKey=", r"/enroll\?token="):
+    for pattern in (jwt_like, r"Bearer\s+eyJ", r"AccountKey=", r"/enroll\?token=", r"client_secret="):
         assert not any(re.search(pattern, a) for a in answers), pattern  # (the API's texts may name the header)
