@@ -1,4 +1,4 @@
-"""Use cases of the "Directory Sync" page: subscriptions, admin consent, username attribute, groups."""
+"""Use cases of the "Directory Sync" page: subscriptions, username attribute, groups (admin consent: consent.py)."""
 from __future__ import annotations
 
 import uuid

@@ -248,7 +248,8 @@ class FakeGraph(ServerThread):
     def token_for(self, tenant_id: str, roles: tuple[str, ...] | list[str] | None = None,
                   lifetime_s: float | None = None) -> str:
         """Same as POST /_fake/token: a Graph token of a tenant admin's own tool (default roles: read and write all)."""
-        return self._call(self._admin_token, {"tenant": tenant_id, "roles": roles, "lifetimeSeconds": lifetime_s})
+        body = {"tenant": tenant_id, "roles": None if roles is None else list(roles), "lifetimeSeconds": lifetime_s}
+        return self._call(self._admin_token, body)["access_token"]
 
     def set_latency(self, ms: float) -> None:
         """Per-request latency for every Graph request."""

@@ -32,32 +32,39 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
 from local.fake_graph import DEMO_TENANT, FakeGraph, generate_tenant, load_tenant, transitive_user_members
+from local.identity.platform import CLOUD_APPLICATION_ADMINISTRATOR, AppRegistration, ClientSecret
+from local.identity.tls import LocalCA
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = load_tenant(DEMO_TENANT)
 DEMO_TID = DEMO["tenantId"]
 TRANSITIVE_USERS = "GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user"
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+SECRET = "local-test-secret"
+CALLBACK = "http://localhost:7071/api/consent/callback?portal=1"
+PORTAL_CALLBACK = "https://portal.example/cb"
 
 
 # --- fixtures and helpers --------------------------------------------------------------------
 
 
-class StaticTokenCredential:
-    """What local mode hands to kiota: an async get_token returning a fixed bearer token."""
+class FakeTokenCredential:
+    """A test double for the app's credential: an async get_token giving a valid Graph token of ``tenant_id``
+    (the fake's admin-tool token, read and write all; the real credentials are tested in test_authority.py)."""
 
-    def __init__(self, token: str):
-        self.token = token
+    def __init__(self, fake: FakeGraph, tenant_id: str):
+        self.fake, self.tenant_id = fake, tenant_id
 
     async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-        return AccessToken(self.token, int(time.time()) + 3600)
+        return AccessToken(self.fake.token_for(self.tenant_id), int(time.time()) + 3600)
 
 
 class Graph:
-    """A GraphServiceClient bound to the fake plus its adapter (closed by the fixture)."""
+    """A GraphServiceClient bound to the fake for one of its tenants, plus its adapter (closed by the fixture)."""
 
-    def __init__(self, fake: FakeGraph, token: str):
+    def __init__(self, fake: FakeGraph, tenant_id: str):
         auth = AzureIdentityAuthenticationProvider(
-            StaticTokenCredential(token), scopes=["https://graph.microsoft.com/.default"],
+            FakeTokenCredential(fake, tenant_id), scopes=["https://graph.microsoft.com/.default"],
             allowed_hosts=["127.0.0.1"])
         self.adapter = GraphRequestAdapter(auth)
         self.adapter.base_url = fake.base_url
@@ -67,24 +74,53 @@ class Graph:
         await self.adapter._http_client.aclose()
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """One local CA for the module's fakes (making one per test costs two RSA keys)."""
+    return LocalCA.create(tmp_path_factory.mktemp("authority-ca"))
+
+
+def registration() -> AppRegistration:
+    return AppRegistration(client_id=CLIENT_ID, home_tenant="0perat0r-0000-0000-0000-000000000000",
+                           redirect_uris=[CALLBACK, PORTAL_CALLBACK], secrets=[ClientSecret(SECRET)])
+
+
 @pytest.fixture
-def fake():
-    with FakeGraph(tenants=[DEMO_TENANT]) as server:
+def fake(tls):
+    with FakeGraph(tenants=[DEMO_TENANT], registration=registration(), tls=tls) as server:
         yield server
 
 
 @pytest.fixture
 async def graph(fake):
-    g = Graph(fake, f"local:{DEMO_TID}")
+    g = Graph(fake, DEMO_TID)
     yield g.client
     await g.close()
 
 
 @pytest.fixture
 async def http(fake):
-    async with httpx.AsyncClient(base_url=fake.origin, headers={"Authorization": f"Bearer local:{DEMO_TID}"},
+    async with httpx.AsyncClient(base_url=fake.origin, headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID)}"},
                                  timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+async def authority(fake):
+    """A browser/HTTP client of the local identity platform (HTTPS, trusting the local CA; no redirects followed)."""
+    async with httpx.AsyncClient(base_url=fake.authority, verify=str(fake.tls.ca_file), timeout=10) as client:
+        yield client
+
+
+def consent_params(**extra: str) -> dict[str, str]:
+    return {"client_id": CLIENT_ID, "redirect_uri": CALLBACK, **extra}
+
+
+async def app_token(authority: httpx.AsyncClient, tenant: str) -> httpx.Response:
+    """The app's client-credentials token request for Graph in ``tenant`` (what ClientSecretCredential sends)."""
+    return await authority.post(f"/{tenant}/oauth2/v2.0/token", data={
+        "grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": SECRET,
+        "scope": "https://graph.microsoft.com/.default"})
 
 
 def group_id(name: str, tenant: dict = DEMO) -> str:
@@ -264,7 +300,7 @@ async def test_count_segment_and_silently_ignored_count(graph, http):
 async def test_nested_group_of_2500_pages_in_exactly_three_requests():
     tenant = nested_tenant()
     with FakeGraph(tenants=[tenant]) as fake:
-        graph = Graph(fake, "local:big-tenant")
+        graph = Graph(fake, "big-tenant")
         builder = graph.client.groups.by_group_id("big").transitive_members.graph_user
         query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(
             top=999, select=["id", "displayName", "mail", "accountEnabled"])
@@ -323,7 +359,7 @@ async def test_transitive_members_survive_a_membership_cycle():
     }
     assert transitive_user_members(tenant, "a") == ["u0", "u1", "u2"]
     with FakeGraph(tenants=[tenant]) as fake:
-        async with httpx.AsyncClient(headers={"Authorization": "Bearer local:cycle"}) as http:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {fake.token_for('cycle')}"}) as http:
             body = (await http.get(f"{fake.base_url}/groups/a/transitiveMembers")).json()
     assert [m["id"] for m in body["value"]] == ["u0", "b", "u1", "c", "u2"]
 
