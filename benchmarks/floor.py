@@ -7,6 +7,8 @@ the rows a full sync must write (a new user's row and username claim, or a membe
 user another group already wrote) to Azurite in transactions of 100 entities, hand-serialized and signed, with
 the same concurrency as the app: ``maxConcurrentCalls`` groups at once, ``GRAPH_CONCURRENCY`` Graph requests and
 the Table store's transaction limit in flight. No SDK, no reads, no conflicts (one process knows every user).
+Graph checks every bearer token: one token with the app's read roles is asked of the fake once
+(``POST /_fake/token``), before the clock starts, and sent with every page.
 The last line printed is a JSON object with the measured seconds and what was sent.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import httpx
 
 USER_SELECT = "id,displayName,userPrincipalName,mail,givenName,surname,accountEnabled,onPremisesSamAccountName,employeeId,userType"
 PAGE_SIZE = 999
+APP_ROLES = ["User.Read.All", "GroupMember.Read.All"]  # what admin consent grants the app
 MAX_TRANSACTION = 100
 INNER_STATUS = re.compile(r"^HTTP/1\.1 (\d{3})", re.M)
 
@@ -112,7 +115,7 @@ class Floor:
     """One run of the floor: the groups' pages in, the rows out."""
 
     graph: str
-    tenant: str
+    token: str
     tables: Tables
     table: str
     org: str
@@ -131,7 +134,7 @@ class Floor:
         while url:
             async with self.graph_limit:
                 response = await _retrying(lambda: http.get(url, params=params,
-                                                            headers={"Authorization": f"Bearer local:{self.tenant}"}))
+                                                            headers={"Authorization": f"Bearer {self.token}"}))
             self.graph_requests += 1
             response.raise_for_status()
             data = response.json()
@@ -179,12 +182,22 @@ class Floor:
         await asyncio.gather(*sent)
 
 
+async def graph_token(http: httpx.AsyncClient, graph: str, tenant: str) -> str:
+    """A Graph token of ``tenant`` with the app's roles, from the fake's control endpoint (valid for a day)."""
+    origin = graph.rstrip("/").rsplit("/v1.0", 1)[0]
+    response = await http.post(f"{origin}/_fake/token", json={"tenant": tenant, "roles": APP_ROLES,
+                                                                "lifetimeSeconds": 86400})
+    response.raise_for_status()
+    return response.json()["access_token"]
+
+
 async def run(args: argparse.Namespace) -> dict:
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=120, limits=limits) as graph_http, \
             httpx.AsyncClient(timeout=120, limits=limits) as table_http:
         tables = Tables.from_connection_string(args.tables, table_http) if args.tables else None
-        floor = Floor(args.graph.rstrip("/"), args.tenant, tables, args.table, args.org, args.subscription,
+        token = await graph_token(graph_http, args.graph, args.tenant)
+        floor = Floor(args.graph.rstrip("/"), token, tables, args.table, args.org, args.subscription,
                       asyncio.Semaphore(args.graph_concurrency), asyncio.Semaphore(args.write_concurrency),
                       graph_only=not args.tables)
         if tables:
@@ -207,7 +220,7 @@ async def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", required=True, help="the fake tenant's Graph base URL (…/v1.0)")
-    parser.add_argument("--tenant", required=True, help="tenant id (bearer token local:<id>)")
+    parser.add_argument("--tenant", required=True, help="tenant id (its Graph token is fetched from the fake)")
     parser.add_argument("--groups", required=True, help="comma-separated group ids")
     parser.add_argument("--tables", help="Table Storage connection string; without it only Graph is paged (a warm-up)")
     parser.add_argument("--table", default="floorUsers")

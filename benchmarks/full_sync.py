@@ -37,15 +37,16 @@ MAX_TRANSACTION = 100
 KEYS = ("users", "groups", "memberships", "graph_requests", "graph_floor", "table_writes", "table_write_floor",
         "full_sync_s", "floor_s", "resync_s", "resync_user_writes", "resync_membership_writes", "peak_rss_mb",
         "import_function_app_s", "import_azure_functions_s")
-# Local-only secrets (the dev host's defaults); never used in Azure.
+CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"  # the app registration the fake's identity platform holds
+CONSENT_REDIRECT_URI = "http://127.0.0.1:7071/api/directory/consent"
+# Local-only secrets (the dev host's defaults); never used in Azure. The Graph credential's settings come from the
+# fake's identity platform (see graph_settings).
 APP_SETTINGS = {
     "PORTAL_TOKEN_SECRET": "local-dev-portal-token-secret-not-for-production",
     "SIGNING_SECRET": "local-dev-signing-secret-not-for-production-00",
-    "GRAPH_CLIENT_ID": "00000000-0000-0000-0000-00000000d5c1",
-    "GRAPH_CREDENTIAL": "local_static",
     "GROUP_SYNC_QUEUE": "group-sync",
     "ENROLLMENT_QUEUE": "enrollment-email",
-    "CONSENT_REDIRECT_URI": "http://127.0.0.1:7071/api/directory/consent",
+    "CONSENT_REDIRECT_URI": CONSENT_REDIRECT_URI,
     "PORTAL_BASE_URL": "http://localhost:3000",
     "MAIL_SENDER": "none",
     "TABLE_PREFIX": "bench",
@@ -82,6 +83,17 @@ _NOT_RUN: dict[str, Any] = {"seconds": None, "status": "not run", "counts": {}, 
 
 def _progress(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def graph_settings(ready: dict[str, str]) -> dict[str, str]:
+    """The worker's Graph credential settings: ``LocalApp.app_settings("secret", authority)`` of the fake's app.
+
+    ``python -m local.fake_graph`` creates that LocalApp (registration ``CLIENT_ID`` with the consent redirect URI,
+    a client secret, its CA) and prints what the settings need. SSL_CERT_FILE is in the worker's environment from
+    its start, so aiohttp (azure-identity's transport) trusts the local authority's CA when it is imported.
+    """
+    return {"GRAPH_CLIENT_ID": CLIENT_ID, "GRAPH_CREDENTIAL": "secret", "AUTHORITY_HOST": ready["authority"],
+            "SSL_CERT_FILE": ready["authorityCa"], "GRAPH_CLIENT_SECRET": ready["clientSecret"]}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -162,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tenant_id = tenant["tenantId"]
         del tenant
         try:
-            graph = Child("-m", "local.fake_graph", "--tenant", str(tenant_file), "--port", "0")
+            graph = Child("-m", "local.fake_graph", "--tenant", str(tenant_file), "--port", "0",
+                          "--client-id", CLIENT_ID, "--redirect-uri", CONSENT_REDIRECT_URI)
             children.append(graph)
             bus = Child("-m", "local.broker", "--port", "0", "--queue", "group-sync", "--queue", "enrollment-email")
             children.append(bus)
@@ -179,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 azurite_cpu_floor = _cpu_seconds(azurite.pid)
             _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
             with Azurite(speedups=not args.stock_azurite) as azurite:
-                env = _env(**APP_SETTINGS, TABLES_CONNECTION_STRING=azurite.connection_string,
-                           ServiceBusConnection=bus.ready["serviceBus"], GRAPH_BASE_URL=base_url, AUTHORITY_HOST=origin)
+                env = _env(**APP_SETTINGS, **graph_settings(graph.ready), GRAPH_BASE_URL=base_url,
+                           TABLES_CONNECTION_STRING=azurite.connection_string, ServiceBusConnection=bus.ready["serviceBus"])
                 worker_args = ["benchmarks/worker.py", "--tenant", tenant_id, "--groups", ",".join(group_ids),
                                "--timeout", str(args.timeout), "--store-pid", str(azurite.pid)]
                 if args.profile:
@@ -266,6 +279,8 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
           f" + bookkeeping {writes_floor['bookkeeping']}")
     print(f"  floor script: {floor['write_requests']} transactions, {floor['entities']} entities, "
           f"{floor['graph_requests']} Graph requests")
+    print(f"  token requests to the authority {full.get('token_requests', 0):>6} | {resync.get('token_requests', 0):<10}"
+          " (not in graph requests; the tenant's token is cached from selecting the groups)")
 
     print("\nwhere the worker's time went (seconds summed over concurrent jobs)")
     print(f"  group jobs {full['jobs']['n']}, sum {full['jobs']['seconds_sum']} s, longest {full['jobs']['seconds_max']} s,"

@@ -15,13 +15,15 @@ import functools
 import inspect
 import json
 import logging
+import os
 import resource
+import ssl
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,8 +32,9 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 from azure.core.pipeline.transport import AioHttpTransport  # noqa: E402
 
+from local.identity.server import parse_form_post  # noqa: E402
 from local.receiving import receive_into  # noqa: E402
-from sync import group_sync, runs, subscriptions  # noqa: E402
+from sync import consent, group_sync, runs, subscriptions  # noqa: E402
 from sync.composition import Services, build  # noqa: E402
 from sync.model import Caller, GroupJob, RunStatus  # noqa: E402
 from sync.settings import Settings  # noqa: E402
@@ -214,12 +217,32 @@ async def _settle(action: Any, message: Any) -> None:
         logging.getLogger("bench").warning("settling a message failed; the broker redelivers it")
 
 
+async def grant_consent(svc: Services, caller: Caller, sub_id: str, tenant_id: str) -> None:
+    """The admin's consent as the browser walks it: Microsoft's admin-consent page at the (local) authority, our
+    callback, the OpenID Connect sign-in there, and the signed sign-in posted back to us."""
+    cafile = os.environ.get("SSL_CERT_FILE")
+    verify = ssl.create_default_context(cafile=cafile) if cafile else True
+    async with httpx.AsyncClient(verify=verify, timeout=30, follow_redirects=False) as browser:
+        answer = await browser.get(await consent.authorize_url(svc, caller, sub_id))
+        if answer.status_code != 302:
+            raise RuntimeError(f"admin consent page answered {answer.status_code}: {answer.text[:300]}")
+        callback = dict(parse_qsl(urlsplit(answer.headers["location"]).query))
+        if callback.get("tenant") != tenant_id:
+            raise RuntimeError(f"admin consent redirected with {callback}, not for tenant {tenant_id}")
+        sign_in = await consent.complete_consent(svc, callback)
+        page = await browser.get(sign_in)
+        if page.status_code != 200:
+            raise RuntimeError(f"sign-in at {sign_in} answered {page.status_code}: {page.text[:300]}")
+        _action, fields = parse_form_post(page.text)
+        back = await consent.complete_sign_in(svc, fields)
+    if "consent=granted" not in back:
+        raise RuntimeError(f"consent not recorded: {back}")
+
+
 async def connect(svc: Services, caller: Caller, tenant_id: str, group_ids: list[str]) -> str:
     """An authorized subscription with the groups selected, as the portal's admin would leave it."""
     sub = await subscriptions.create(svc, caller, {"name": "Benchmark"})
-    url = await subscriptions.authorize_url(svc, caller, sub.id)
-    state = parse_qs(urlsplit(url).query)["state"][0]
-    await subscriptions.complete_consent(svc, {"admin_consent": "True", "tenant": tenant_id, "state": state})
+    await grant_consent(svc, caller, sub.id, tenant_id)
     await subscriptions.update(svc, caller, sub.id, {"deactivateBlockedUsers": True, "sendEnrollmentEmail": False,
                                                      "nightlySync": False})
     await subscriptions.select_groups(svc, caller, sub.id, {"groupIds": group_ids})
@@ -261,7 +284,9 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
         "errors": [e.to_api() for e in view.run.errors][:5] if view else [],
         "unfinished_groups": [g.group_id for g in view.groups if not g.finished] if view else [],
         "deliveries_in_hand": len(consumer.running),
-        "graph_requests": stats["requests"],
+        # The fake also counts its authority's requests (token, sign-in): only Graph's are the sync's.
+        "graph_requests": sum(n for route, n in stats["byRoute"].items() if route.split(" ", 1)[-1].startswith("/v1.0")),
+        "token_requests": stats["byRoute"].get("POST /{tenant}/oauth2/v2.0/token", 0),
         "graph_by_route": stats["byRoute"],
         "directory_requests": svc.directory.requests - directory_before,
         "store": {"requests": counters.requests, "entities": counters.entities, "user_rows": counters.user_rows,

@@ -1,10 +1,32 @@
-"""The Graph adapter (msgraph-sdk) against the fake tenant over real HTTP."""
+"""The Graph adapter (msgraph-sdk) against the fake tenant over real HTTP, with azure-identity's real credential.
+
+Every tenant's token comes from the local identity platform (``fake.authority``, HTTPS with the local CA trusted
+in this process), issued only once the tenant has consented; Graph checks each token and its roles.
+"""
+import asyncio
+
+import httpx
 import pytest
+from azure.core.credentials import AccessToken
+from azure.identity.aio import ClientSecretCredential
 
 from local.fake_graph import FakeGraph
-from sync.adapters.graph import GraphDirectory, StaticTokenCredential, escape_search
-from sync.errors import AuthorizationLost, NotFound, Transient
+from local.identity import LocalApp, trust_in_this_process
+from sync.adapters.graph import GraphDirectory, escape_search
+from sync.errors import AuthorizationLost, CredentialInvalid, NotFound, Transient
 from tests.e2e.tenants import TenantBuilder, big
+
+CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"
+REDIRECT_URI = "http://127.0.0.1:7071/api/directory/consent"
+TOKEN_ROUTE = "POST /{tenant}/oauth2/v2.0/token"
+APP_ROLES = ("User.Read.All", "GroupMember.Read.All")
+
+
+def _small() -> TenantBuilder:
+    t = TenantBuilder()
+    t.user("dee")
+    t.group("team", "Team", ["dee"])
+    return t
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +43,56 @@ def tenants():
 
 
 @pytest.fixture(scope="module")
-def fake(tenants):
-    server = FakeGraph(tenants=[t.tenant for t in tenants]).start()
+def others():
+    """Two more consented tenants (for the credential cache) and one that never consented."""
+    return {"second": _small(), "third": _small(), "unconsented": _small()}
+
+
+@pytest.fixture(scope="module")
+def app():
+    return LocalApp.create(CLIENT_ID, [REDIRECT_URI])
+
+
+@pytest.fixture(scope="module")
+def fake(tenants, others, app):
+    server = FakeGraph(tenants=[t.tenant for t in (*tenants, *others.values())], registration=app.registration,
+                       managed_identity=app.managed_identity, tls=app.tls).start()
+    trust_in_this_process(app.tls.ca_file)  # aiohttp (azure-identity's transport) was imported with the fake
     yield server
     server.stop()
 
 
 @pytest.fixture
-async def directory(fake):
-    d = GraphDirectory(fake.base_url, lambda tid: StaticTokenCredential(f"local:{tid}"), allowed_hosts=["127.0.0.1"])
-    fake.clear_faults()
-    fake.reset_stats()
+def consented(fake, tenants, others):
+    """Every test starts from a clean authority: no faults, no stats, the default lifetime, these tenants consented."""
+    httpx.post(f"{fake.origin}/_fake/reset", timeout=10).raise_for_status()
+    ids = [t.tenant["tenantId"] for t in (*tenants, others["second"], others["third"])]
+    for tid in ids:
+        fake.identity.consent(tid)
+    return ids
+
+
+def credential_factory(fake, app, secret=None):
+    def for_tenant(tid):
+        return ClientSecretCredential(tid, app.registration.client_id, secret or app.client_secret,
+                                      authority=fake.authority)
+    return for_tenant
+
+
+@pytest.fixture
+async def directory(fake, app, consented):
+    d = GraphDirectory(fake.base_url, credential_factory(fake, app), allowed_hosts=["127.0.0.1"])
     yield d
     await d.close()
+
+
+def graph_requests(fake) -> int:
+    """Requests to Graph itself (the authority's token requests are counted by the same server)."""
+    return sum(n for route, n in fake.stats()["byRoute"].items() if route.split(" ", 1)[1].startswith("/v1.0"))
+
+
+def token_requests(fake) -> int:
+    return fake.stats()["byRoute"].get(TOKEN_ROUTE, 0)
 
 
 def test_escape_search():
@@ -65,9 +124,11 @@ async def test_a_2500_member_nested_group_takes_three_requests(directory, fake, 
     pages = [p async for p in directory.group_user_pages(large.tenant["tenantId"], large.ids["outer"])]
     assert [len(p.users) for p in pages] == [999, 999, 502]
     assert len({u.id for p in pages for u in p.users}) == 2500
-    assert fake.stats()["requests"] == 3
+    assert graph_requests(fake) == 3
+    assert token_requests(fake) == 1  # one token for the tenant, reused by every page
     resumed = [p async for p in directory.group_user_pages(large.tenant["tenantId"], large.ids["outer"], pages[0].next_link)]
     assert [len(p.users) for p in resumed] == [999, 502]
+    assert token_requests(fake) == 1
 
 
 async def test_throttling_is_retried_by_the_sdk(directory, fake, tenants):
@@ -75,7 +136,7 @@ async def test_throttling_is_retried_by_the_sdk(directory, fake, tenants):
     fake.add_fault(path="/transitiveMembers", status=429, retry_after=1, times=1)
     pages = [p async for p in directory.group_user_pages(small.tenant["tenantId"], small.ids["sales"])]
     assert len(pages[0].users) == 3
-    assert fake.stats()["requests"] == 2
+    assert graph_requests(fake) == 2
 
 
 async def test_errors_are_mapped(directory, fake, tenants):
@@ -89,8 +150,121 @@ async def test_errors_are_mapped(directory, fake, tenants):
     assert "503" in err.value.message
     fake.clear_faults()
     fake.set_consent(revoked=True, revokedTenant=tid)
+    directory.forget(tid)  # the token cached before the revocation is still valid at Graph until it expires
+    with pytest.raises(AuthorizationLost):
+        await directory.search_groups(tid, "sales", 10)
+
+
+async def test_a_refused_client_secret_is_credential_invalid(fake, app, consented, tenants):
+    small, _ = tenants
+    d = GraphDirectory(fake.base_url, credential_factory(fake, app, secret="not-the-secret"), allowed_hosts=["127.0.0.1"])
     try:
-        with pytest.raises(AuthorizationLost):
-            await directory.search_groups(tid, "sales", 10)
+        with pytest.raises(CredentialInvalid) as err:
+            await d.search_groups(small.tenant["tenantId"], "sales", 10)
+        assert "7000215" in err.value.message
+        assert graph_requests(fake) == 0
     finally:
-        fake.set_consent(revoked=False, revokedTenant=tid)
+        await d.close()
+
+
+async def test_a_revoked_tenant_is_authorization_lost_once_its_token_expired(directory, fake, tenants):
+    small, _ = tenants
+    tid = small.tenant["tenantId"]
+    fake.set_authority(tokenLifetimeSeconds=2)
+    assert [g.id for g in await directory.search_groups(tid, "Sales Team", 10)] == [small.ids["sales"]]
+    fake.set_consent(revoked=True, revokedTenant=tid)
+    await asyncio.sleep(2.5)
+    with pytest.raises(AuthorizationLost) as err:
+        await directory.search_groups(tid, "sales", 10)
+    assert err.value.may_be_propagating is False
+    assert "7000229" in err.value.message
+    assert token_requests(fake) == 2
+
+
+async def test_a_tenant_that_never_consented_may_still_be_propagating(directory, fake, others):
+    tid = others["unconsented"].tenant["tenantId"]
+    with pytest.raises(AuthorizationLost) as err:
+        await directory.search_groups(tid, "team", 10)
+    assert err.value.may_be_propagating is True
+    assert "700016" in err.value.message
+    assert graph_requests(fake) == 0
+
+
+async def test_a_token_without_roles_is_refused_and_the_credential_dropped(directory, fake, others):
+    t = others["second"]
+    tid = t.tenant["tenantId"]
+    fake.identity.next_grant = (APP_ROLES, 30.0)  # consented, but the roles are not in tokens for 30 s
+    fake.identity.consent(tid, *fake.identity.next_grant)
+    with pytest.raises(AuthorizationLost) as err:
+        await directory.search_groups(tid, "team", 10)
+    assert err.value.may_be_propagating is True and "403" in err.value.message
+    assert token_requests(fake) == 1
+    with pytest.raises(AuthorizationLost):  # the token without roles was not kept: a new one is asked for
+        await directory.search_groups(tid, "team", 10)
+    assert token_requests(fake) == 2
+    fake.identity.consent(tid, APP_ROLES)  # the roles have propagated
+    assert [g.id for g in await directory.search_groups(tid, "team", 10)] == [t.ids["team"]]
+    assert token_requests(fake) == 3
+
+
+async def test_an_expired_cached_token_is_replaced(directory, fake, tenants):
+    small, _ = tenants
+    tid = small.tenant["tenantId"]
+    fake.set_authority(tokenLifetimeSeconds=2)
+    assert len([p async for p in directory.group_user_pages(tid, small.ids["sales"])][0].users) == 3
+    await asyncio.sleep(2.5)
+    assert len([p async for p in directory.group_user_pages(tid, small.ids["sales"])][0].users) == 3
+    assert token_requests(fake) == 2
+
+
+class _StaleFirst:
+    """A credential whose cache still holds a token Graph has already seen expire (clock skew), then the real one."""
+
+    def __init__(self, stale: str, real) -> None:
+        self._stale, self._real = stale, real
+
+    async def get_token(self, *scopes, **kwargs):
+        if self._stale:
+            token, self._stale = self._stale, None
+            return AccessToken(token, 4102444800)  # "valid until 2100" as far as the client knows
+        return await self._real.get_token(*scopes, **kwargs)
+
+    async def close(self):
+        await self._real.close()
+
+
+async def test_a_token_graph_refuses_with_401_is_dropped_and_the_call_retried(fake, app, consented, tenants):
+    small, _ = tenants
+    tid = small.tenant["tenantId"]
+    real = credential_factory(fake, app)
+    stale = fake.token_for(tid, roles=APP_ROLES, lifetime_s=-60)  # signed by the authority, expired a minute ago
+    made = []
+
+    def for_tenant(t):
+        made.append(t)
+        return _StaleFirst(stale, real(t)) if len(made) == 1 else real(t)
+
+    d = GraphDirectory(fake.base_url, for_tenant, allowed_hosts=["127.0.0.1"])
+    try:
+        pages = [p async for p in d.group_user_pages(tid, small.ids["sales"])]
+        assert len(pages[0].users) == 3
+        assert made == [tid, tid]  # the refused token's credential was dropped and a fresh one made
+        assert graph_requests(fake) == 2 and token_requests(fake) == 1
+    finally:
+        await d.close()
+
+
+async def test_beyond_max_tenants_the_least_recently_used_credential_is_evicted(fake, app, consented, tenants, others):
+    small, _ = tenants
+    first, second, third = small, others["second"], others["third"]
+    d = GraphDirectory(fake.base_url, credential_factory(fake, app), allowed_hosts=["127.0.0.1"], max_tenants=2)
+    try:
+        for t, name in ((first, "sales"), (second, "team"), (third, "team")):
+            assert await d.get_groups(t.tenant["tenantId"], [t.ids[name]])
+        assert token_requests(fake) == 3
+        await d.get_groups(third.tenant["tenantId"], [third.ids["team"]])  # cached: no new token
+        assert token_requests(fake) == 3
+        await d.get_groups(first.tenant["tenantId"], [first.ids["sales"]])  # evicted: a new token
+        assert token_requests(fake) == 4
+    finally:
+        await d.close()
