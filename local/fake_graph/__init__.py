@@ -2,7 +2,7 @@
 
     from local.fake_graph import FakeGraph, load_tenant, generate_tenant
     fake = FakeGraph(tenants=[DEMO_TENANT]).start()
-    ...  # point the SDK's request adapter at fake.base_url, bearer token "local:<tenantId>"
+    ...  # the SDK's request adapter at fake.base_url, tokens from fake.authority (or fake.token_for(tid) in tests)
     fake.stop()
 """
 

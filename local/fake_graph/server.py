@@ -74,6 +74,7 @@ DEVICE_READ = frozenset({"Device.Read.All", "Directory.Read.All", "Directory.Rea
 ORG_READ = frozenset({"Organization.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"})
 USER_WRITE = frozenset({"User.ReadWrite.All", "Directory.ReadWrite.All"})
 GROUP_WRITE = frozenset({"Group.ReadWrite.All", "Directory.ReadWrite.All"})
+DEVICE_WRITE = frozenset({"Device.ReadWrite.All", "Directory.ReadWrite.All"})
 MEMBER_WRITE = frozenset({"GroupMember.ReadWrite.All", "Group.ReadWrite.All", "Directory.ReadWrite.All"})
 
 
@@ -84,11 +85,15 @@ def required_roles(method: str, template: str) -> list[frozenset[str]]:
     if method != "GET":
         if "/members" in template:
             return [MEMBER_WRITE]
+        if template.startswith("/v1.0/devices"):
+            return [DEVICE_WRITE]
         return [USER_WRITE] if template.startswith("/v1.0/users") else [GROUP_WRITE]
     needs: list[frozenset[str]] = []
     if template.startswith("/v1.0/groups"):
         needs.append(MEMBERSHIP_READ)
-    if template.startswith("/v1.0/users") or template.endswith(("/members", "/transitiveMembers")) or ".user" in template:
+    # Members listed (or counted) untyped or cast to users are user objects: reading them needs a user permission.
+    untyped_members = re.search(r"/(members|transitiveMembers)(/\$count)?$", template) is not None
+    if template.startswith("/v1.0/users") or untyped_members or ".user" in template:
         needs.append(USER_READ)
     if template.startswith("/v1.0/devices") or ".device" in template:
         needs.append(DEVICE_READ)

@@ -417,24 +417,29 @@ async def test_delay_only_fault_slows_without_failing(fake, http):
     assert time.monotonic() - started < 0.3
 
 
-async def test_revoked_consent_answers_401_until_consent_is_granted_again(fake, graph, http):
+async def test_revoked_consent_refuses_new_tokens_until_consent_is_granted_again(fake, authority):
+    fake.identity.consent(DEMO_TID)
+    before = (await app_token(authority, DEMO_TID)).json()["access_token"]
     fake.set_consent(revoked=True, revokedTenant=DEMO_TID)
-    with pytest.raises(ODataError) as caught:
-        await graph.groups.get()
-    assert caught.value.response_status_code == 401
-    assert caught.value.error.code == "InvalidAuthenticationToken"
+    refused = await app_token(authority, DEMO_TID)
+    assert refused.status_code == 401 and refused.json()["error_codes"] == [7000229]
+    # No CAE for app-only tokens of a multi-tenant app: a token issued before the revocation works until it expires.
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {before}"}) as http:
+        assert (await http.get(f"{fake.base_url}/groups")).status_code == 200
 
-    response = await http.get(f"/{DEMO_TID}/v2.0/adminconsent",
-                              params={"client_id": "app", "redirect_uri": "http://localhost/cb"})
+    response = await authority.get(f"/{DEMO_TID}/v2.0/adminconsent", params=consent_params())
     assert response.status_code == 302
-    assert len((await graph.groups.get()).value) == 8
+    assert fake.set_consent()["revoked"] == []
+    after = await app_token(authority, DEMO_TID)
+    assert after.status_code == 200
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {after.json()['access_token']}"}) as http:
+        assert len((await http.get(f"{fake.base_url}/groups")).json()["value"]) == 8
 
 
-async def test_admin_consent_redirects_back_with_the_tenant(fake, http):
-    params = {"client_id": "11111111-2222-3333-4444-555555555555", "state": "s t&ate=1",
-              "redirect_uri": "http://localhost:7071/api/consent/callback?portal=1",
-              "scope": "https://graph.microsoft.com/.default"}
-    response = await http.get("/organizations/v2.0/adminconsent", params=params)
+async def test_admin_consent_redirects_back_with_the_tenant(fake, authority):
+    other = fake.add_tenant(generate_tenant(users=5, groups=1, seed=11, domain="fabrikam.example"))
+    params = consent_params(state="s t&ate=1", scope="https://graph.microsoft.com/.default")
+    response = await authority.get("/organizations/v2.0/adminconsent", params=params)
     assert response.status_code == 302
     location = urlsplit(response.headers["Location"])
     assert (location.netloc, location.path) == ("localhost:7071", "/api/consent/callback")
@@ -442,30 +447,53 @@ async def test_admin_consent_redirects_back_with_the_tenant(fake, http):
     assert answer == {"portal": ["1"], "admin_consent": ["True"], "tenant": [DEMO_TID], "state": ["s t&ate=1"],
                       "scope": ["https://graph.microsoft.com/.default"]}
 
-    fake.set_consent(tenant="another-tenant")
-    response = await http.get("/common/v2.0/adminconsent", params=params)
-    assert parse_qs(urlsplit(response.headers["Location"]).query)["tenant"] == ["another-tenant"]
-    response = await http.get(f"/{DEMO_TID}/v2.0/adminconsent", params=params)
-    assert parse_qs(urlsplit(response.headers["Location"]).query)["tenant"] == [DEMO_TID]
-    grants = (await http.get("/_fake/consent")).json()["grants"]
-    assert [g["tenant"] for g in grants] == [DEMO_TID, "another-tenant", DEMO_TID]
+    fake.set_consent(tenant=other)  # the browser is now signed in as the other tenant's Global Administrator
+    response = await authority.get("/common/v2.0/adminconsent", params=params)
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["tenant"] == [other]
+    response = await authority.get("/fabrikam.example/v2.0/adminconsent", params=params)  # a verified domain
+    assert parse_qs(urlsplit(response.headers["Location"]).query)["tenant"] == [other]
+    response = await authority.get(f"/{DEMO_TID}/v2.0/adminconsent", params=params)  # not that account's tenant
+    assert response.status_code == 400 and "AADSTS50020" in response.text
+    grants = (await authority.get("/_fake/consent")).json()["grants"]
+    assert [g["tenant"] for g in grants] == [DEMO_TID, other]
+    assert all(g["roles"] == ["User.Read.All", "GroupMember.Read.All"] for g in grants)
 
 
-async def test_admin_consent_denied(http):
-    assert (await http.post("/_fake/consent", json={"deny": True})).json()["deny"] is True
-    response = await http.get("/organizations/v2.0/adminconsent",
-                              params={"client_id": "app", "redirect_uri": "https://portal.example/cb", "state": "42"})
+async def test_admin_consent_denied(fake, authority):
+    assert (await authority.post("/_fake/consent", json={"deny": True})).json()["deny"] is True
+    response = await authority.get("/organizations/v2.0/adminconsent",
+                                   params=consent_params(redirect_uri=PORTAL_CALLBACK, state="42"))
     assert response.status_code == 302
+    assert response.headers["Location"].startswith(PORTAL_CALLBACK + "?")
     answer = parse_qs(urlsplit(response.headers["Location"]).query)
     assert answer["error"] == ["access_denied"] and answer["state"] == ["42"]
     assert "admin_consent" not in answer and "tenant" not in answer and answer["error_description"]
+    assert fake.set_consent()["grants"] == []
 
 
-@pytest.mark.parametrize("params", [{"redirect_uri": "http://localhost/cb"}, {"client_id": "app"},
-                                    {"client_id": "app", "redirect_uri": "not a url"}])
-async def test_admin_consent_without_required_parameters_is_a_400_page(http, params):
-    response = await http.get("/organizations/v2.0/adminconsent", params=params)
-    assert response.status_code == 400 and "AADSTS" in response.text
+async def test_admin_consent_needs_a_role_that_may_grant_application_permissions(fake, authority):
+    fake.set_consent(tenant=DEMO_TID, wids=[CLOUD_APPLICATION_ADMINISTRATOR])
+    response = await authority.get("/organizations/v2.0/adminconsent", params=consent_params())
+    assert response.status_code == 400 and "AADSTS90094" in response.text
+    assert fake.set_consent()["grants"] == []
+
+
+@pytest.mark.parametrize("params, code", [
+    ({"redirect_uri": CALLBACK}, "AADSTS900144"),
+    ({"client_id": CLIENT_ID}, "AADSTS900144"),
+    ({"client_id": CLIENT_ID, "redirect_uri": "not a url"}, "AADSTS50011"),
+    ({"client_id": CLIENT_ID, "redirect_uri": "https://attacker.example/cb"}, "AADSTS50011"),
+    ({"client_id": "app", "redirect_uri": CALLBACK}, "AADSTS700016"),
+])
+async def test_admin_consent_without_a_registered_app_and_redirect_is_a_400_page(authority, params, code):
+    response = await authority.get("/organizations/v2.0/adminconsent", params=params)
+    assert response.status_code == 400 and code in response.text
+    assert "Location" not in response.headers
+
+
+async def test_admin_consent_page_is_not_served_by_graph(http):
+    response = await http.get("/organizations/v2.0/adminconsent", params=consent_params())
+    assert response.status_code == 404
 
 
 # --- writes -----------------------------------------------------------------------------------
@@ -532,9 +560,9 @@ async def test_write_errors(http):
 # --- tenants and authentication --------------------------------------------------------------
 
 
-async def test_two_tenants_are_selected_by_token():
+async def test_two_tenants_are_selected_by_token(tls):
     other = generate_tenant(users=30, groups=3, seed=7, domain="fabrikam.example")
-    with FakeGraph(tenants=[DEMO_TENANT, other]) as fake:
+    with FakeGraph(tenants=[DEMO_TENANT, other], tls=tls) as fake:
         async def names(token: str | None) -> tuple[int, list[str]]:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with httpx.AsyncClient(headers=headers) as http:
@@ -543,17 +571,38 @@ async def test_two_tenants_are_selected_by_token():
                 return response.status_code, [response.json()["error"]["code"]]
             return 200, sorted(g["displayName"] for g in response.json()["value"])
 
-        assert await names(f"local:{other['tenantId']}") == (200, sorted(g["displayName"] for g in other["groups"]))
-        assert (await names(f"local:{DEMO_TID}"))[1] == sorted(g["displayName"] for g in DEMO["groups"])
-        assert (await names("eyJ0eXAiOiJKV1Qi.some.jwt"))[1] == sorted(g["displayName"] for g in DEMO["groups"])
-        assert await names("local:unknown") == (401, ["InvalidAuthenticationToken"])
+        assert await names(fake.token_for(other["tenantId"])) == (200, sorted(g["displayName"] for g in other["groups"]))
+        assert (await names(fake.token_for(DEMO_TID)))[1] == sorted(g["displayName"] for g in DEMO["groups"])
+        # Every token is verified: no static tokens, no "any JWT means the first tenant", no unknown tenants.
+        assert await names("eyJ0eXAiOiJKV1Qi.some.jwt") == (401, ["InvalidAuthenticationToken"])
+        assert await names(f"local:{DEMO_TID}") == (401, ["InvalidAuthenticationToken"])
+        unloaded = fake.identity.app_token("00000000-0000-0000-0000-0000000000aa", ("Group.Read.All",))
+        assert await names(unloaded) == (401, ["InvalidAuthenticationToken"])
         assert await names(None) == (401, ["InvalidAuthenticationToken"])
 
-        graph = Graph(fake, f"local:{other['tenantId']}")
+        graph = Graph(fake, other["tenantId"])
         org = await graph.client.organization.get()
         await graph.close()
         assert org.value[0].id == other["tenantId"]
         assert org.value[0].verified_domains[0].name == "fabrikam.example"
+
+
+async def test_each_route_needs_its_application_permissions(fake):
+    read_only = fake.token_for(DEMO_TID, roles=["User.Read.All", "GroupMember.Read.All"])
+    async with httpx.AsyncClient(base_url=fake.base_url, headers={"Authorization": f"Bearer {read_only}"}) as http:
+        finance = group_id("Finance")
+        assert (await http.get(f"/groups/{finance}/transitiveMembers/microsoft.graph.user")).status_code == 200
+        assert (await http.get("/users")).status_code == 200
+        for response in [await http.get("/devices"), await http.get("/organization"),
+                         await http.patch(f"/users/{user_id('Lee Gu')}", json={"accountEnabled": False}),
+                         await http.delete(f"/groups/{finance}/members/{user_id('Patti Fernandez')}/$ref")]:
+            assert response.status_code == 403, response.request.url
+            assert response.json()["error"]["code"] == "Authorization_RequestDenied"
+    members_only = fake.token_for(DEMO_TID, roles=["GroupMember.Read.All"])
+    async with httpx.AsyncClient(base_url=fake.base_url, headers={"Authorization": f"Bearer {members_only}"}) as http:
+        assert (await http.get("/groups")).status_code == 200
+        assert (await http.get(f"/groups/{group_id('Finance')}/members")).status_code == 403  # members are users too
+    assert fake.dump_tenant(DEMO_TID) == DEMO  # nothing was written
 
 
 async def test_tenants_can_be_loaded_replaced_and_dumped(fake, http):
@@ -640,15 +689,17 @@ def test_demo_tenant_has_what_the_demos_need():
 def test_stop_releases_the_port_and_thread():
     threads = threading.active_count()
     fake = FakeGraph(tenants=[DEMO_TENANT]).start()
-    port = fake.port
-    assert httpx.get(f"{fake.base_url}/groups", headers={"Authorization": f"Bearer local:{DEMO_TID}"}).status_code == 200
+    ports = fake.port, fake.authority_port
+    assert httpx.get(f"{fake.base_url}/groups",
+                     headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID)}"}).status_code == 200
     fake.stop()
     assert threading.active_count() == threads
-    with socket.socket() as sock:
-        # SO_REUSEADDR tolerates TIME_WAIT leftovers but still fails if anything is listening.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
+    for port in ports:
+        with socket.socket() as sock:
+            # SO_REUSEADDR tolerates TIME_WAIT leftovers but still fails if anything is listening.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
 
 
 def test_cli_prints_ready_and_stops_on_sigterm():
@@ -658,9 +709,17 @@ def test_cli_prints_ready_and_stops_on_sigterm():
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY ")
-        base_url = json.loads(line[len("READY "):])["graph"]
-        response = httpx.get(f"{base_url}/groups", headers={"Authorization": f"Bearer local:{DEMO_TID}"})
+        ready = json.loads(line[len("READY "):])
+        assert set(ready) == {"graph", "authority", "authorityCa", "clientSecret", "clientCertificate"}
+        base_url = ready["graph"]
+        token = httpx.post(f"{ready['authority']}/_fake/token", json={"tenant": DEMO_TID},
+                           verify=ready["authorityCa"]).json()["access_token"]
+        response = httpx.get(f"{base_url}/groups", headers={"Authorization": f"Bearer {token}"})
         assert len(response.json()["value"]) == 8
+        refused = httpx.post(f"{ready['authority']}/{DEMO_TID}/oauth2/v2.0/token", verify=ready["authorityCa"], data={
+            "grant_type": "client_credentials", "client_id": "00000000-0000-0000-0000-00000000d5c1",
+            "client_secret": ready["clientSecret"], "scope": "https://graph.microsoft.com/.default"})
+        assert refused.json()["error_codes"] == [700016]  # the demo tenant has not consented yet
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
