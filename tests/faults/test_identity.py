@@ -14,6 +14,16 @@ def token_requests(admin) -> int:
     return sum(n for route, n in admin.control("GET", "/stats")["byRoute"].items() if "oauth2/v2.0/token" in route)
 
 
+def synced_with_short_tokens(portal, load_tenant, seconds: int):
+    """A tenant whose tokens live ``seconds``, connected and synced once: (tenant, its admin, subscription id)."""
+    t = with_large_group(3)
+    admin = load_tenant(t.tenant)
+    admin.control("POST", "/authority", json={"tokenLifetimeSeconds": seconds})
+    sub = connect(portal, [t.ids["eng"], t.ids["large"]])
+    assert sync(portal, sub)["status"] == "succeeded"
+    return t, admin, sub
+
+
 def test_a_fresh_consent_propagates_for_a_while_and_is_never_taken_for_revoked(devhost, portal, load_tenant):
     t = with_large_group(3)
     admin = load_tenant(t.tenant)
@@ -46,11 +56,7 @@ def test_a_run_started_right_after_consent_waits_for_propagation(devhost, portal
 
 
 def test_revocation_takes_effect_when_the_issued_token_expires_and_deactivates_nobody(devhost, portal, load_tenant):
-    t = with_large_group(3)
-    admin = load_tenant(t.tenant)
-    admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 5})
-    sub = connect(portal, [t.ids["eng"], t.ids["large"]])
-    assert sync(portal, sub)["status"] == "succeeded"
+    t, admin, sub = synced_with_short_tokens(portal, load_tenant, 5)
     before = {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()}
     admin.control("POST", "/consent", json={"revoked": True, "revokedTenant": t.tenant["tenantId"]})
     figures.fault("admin consent revoked (5-second tokens)")
@@ -64,11 +70,7 @@ def test_revocation_takes_effect_when_the_issued_token_expires_and_deactivates_n
 
 
 def test_an_expired_client_secret_fails_runs_at_once_with_credential_invalid(devhost, portal, load_tenant):
-    t = with_large_group(3)
-    admin = load_tenant(t.tenant)
-    admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 2})
-    sub = connect(portal, [t.ids["eng"], t.ids["large"]])
-    assert sync(portal, sub)["status"] == "succeeded"
+    t, admin, sub = synced_with_short_tokens(portal, load_tenant, 2)
     admin.control("POST", "/authority", json={"clientSecretExpired": True})
     figures.fault("the app's client secret expired")
     time.sleep(2.5)
