@@ -23,6 +23,12 @@ class InvalidInput(SyncError):
     code = "invalid_request"
 
 
+class PageTokenExpired(InvalidInput):
+    """Graph no longer accepts a page's nextLink (400 Directory_ExpiredPageToken): the listing must start again."""
+
+    code = "page_token_expired"
+
+
 class Unauthenticated(SyncError):
     """No valid caller identity (HTTP 401)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from . import runs as runs_uc
 from . import subscriptions
@@ -31,7 +31,7 @@ from .decisions import (
     synced_user_id,
     updated_user,
 )
-from .errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, PreconditionFailed
+from .errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, PageTokenExpired, PreconditionFailed
 from .logs import get_logger
 from .model import (
     Counts,
@@ -50,6 +50,7 @@ from .model import (
     SubscriptionStatus,
     SyncedGroup,
     User,
+    UserPage,
     UserStatus,
 )
 from .ports import Created, Exists, Stale, Updated, UsernameTaken
@@ -59,6 +60,7 @@ log = get_logger(__name__)
 MAX_ERRORS_PER_GROUP = 50
 MAX_STALE_ROUNDS = 6
 PROPAGATION_RETRY_S = 5.0
+MAX_LISTING_RESTARTS = 3
 
 
 async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = False) -> None:
@@ -169,9 +171,16 @@ class _Segment:
         self.snapshot = {m.id: _Known.of(m, self.run.id)
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         started = time.monotonic()
-        pages = 0
         source = svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link).__aiter__()
         ahead: asyncio.Future | None = asyncio.ensure_future(_next_or_none(source))
+        try:
+            await self._pages(source, ahead, started)
+        except PageTokenExpired:
+            await self.start_over()
+
+    async def _pages(self, source: AsyncIterator[UserPage], ahead: asyncio.Future | None, started: float) -> None:
+        svc = self.svc
+        pages = 0
         try:
             while ahead is not None:
                 page = await ahead
@@ -382,12 +391,28 @@ class _Segment:
             await self.svc.queue.send_enrollment_jobs(self.invitations)
             self.invitations = []
 
-    async def continue_later(self, next_link: str) -> None:
+    async def start_over(self) -> None:
+        """Graph refused the page token: read the group again from its first page, in a new segment.
+
+        What this and earlier segments saw is kept (they were members when read; the union only ever keeps a member
+        one run longer), the writes already made are idempotent, and after MAX_LISTING_RESTARTS the group fails.
+        """
+        job = self.job
+        if job.restarts >= MAX_LISTING_RESTARTS:
+            raise InvalidInput(f"Microsoft Graph's page tokens for group {job.group_id} expired {job.restarts + 1} times "
+                               "before its listing could finish", code="page_token_expired")
+        log.warning("page token expired; the group's listing starts again", extra={
+            "org": job.org, "subscription": job.subscription_id, "run": job.run_id, "group": job.group_id,
+            "segment": job.segment, "restarts": job.restarts + 1})
+        await self.continue_later(None, restarts=job.restarts + 1)
+
+    async def continue_later(self, next_link: str | None, *, restarts: int | None = None) -> None:
         """Hand the rest of a large group to a follow-up message so no execution runs too long."""
         job, svc = self.job, self.svc
         await self.flush_invitations()
         await svc.runs.save_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment, self.seen)
-        follow = replace(job, segment=job.segment + 1, next_link=next_link)
+        follow = replace(job, segment=job.segment + 1, next_link=next_link, attempt=0,
+                         restarts=job.restarts if restarts is None else restarts)
         await svc.queue.send_group_jobs([follow])
 
         def advance(p: GroupProgress) -> GroupProgress | None:

@@ -438,6 +438,7 @@ class GroupJob:
     segment: int = 0
     next_link: str | None = None
     attempt: int = 0  # copies scheduled while a fresh consent propagates (distinct ids: duplicate detection)
+    restarts: int = 0  # times the group's listing started again from its first page (an expired page token)
 
     @property
     def message_id(self) -> str:
@@ -447,7 +448,8 @@ class GroupJob:
     def to_json(self) -> str:
         return json.dumps(
             {"org": self.org, "subscriptionId": self.subscription_id, "runId": self.run_id,
-             "groupId": self.group_id, "segment": self.segment, "nextLink": self.next_link, "attempt": self.attempt},
+             "groupId": self.group_id, "segment": self.segment, "nextLink": self.next_link, "attempt": self.attempt,
+             "restarts": self.restarts},
             separators=(",", ":"),
         )
 
@@ -456,7 +458,7 @@ class GroupJob:
         data = json.loads(text)
         return cls(org=str(data["org"]), subscription_id=str(data["subscriptionId"]), run_id=str(data["runId"]),
                    group_id=str(data["groupId"]), segment=int(data.get("segment", 0)), next_link=data.get("nextLink"),
-                   attempt=int(data.get("attempt", 0)))
+                   attempt=int(data.get("attempt", 0)), restarts=int(data.get("restarts", 0)))
 
 
 @dataclass(frozen=True)

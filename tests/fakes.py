@@ -14,6 +14,7 @@ from sync.errors import (
     AuthorizationLost,
     InvalidInput,
     NotFound,
+    PageTokenExpired,
     PreconditionFailed,
     Transient,
 )
@@ -362,6 +363,7 @@ class FakeDirectory(Directory):
         self.tenants: dict[str, FakeTenant] = {}
         self.page_size = page_size
         self.fail: dict[str, Exception] = {}
+        self.expire_links: dict[str, int] = {}  # group id -> how many of its nextLinks answer "expired"
         self.revoked: set[str] = set()
         self.requests = 0
 
@@ -397,6 +399,9 @@ class FakeDirectory(Directory):
         ids = [u for u in t.members[group_id] if u in t.users]
         start = int(next_link.rsplit("=", 1)[1]) if next_link else 0
         while True:
+            if start and self.expire_links.get(group_id, 0) > 0:  # a nextLink used: Graph may say it expired
+                self.expire_links[group_id] -= 1
+                raise PageTokenExpired("Directory_ExpiredPageToken")
             chunk = ids[start : start + self.page_size]
             start += self.page_size
             link = f"fake://{group_id}?skip={start}" if start < len(ids) else None

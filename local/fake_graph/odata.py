@@ -59,21 +59,22 @@ def parse_top(value: str | None) -> int:
     return top
 
 
-def encode_skiptoken(offset: int, last_id: str) -> str:
-    """An opaque token remembering where the next page starts (offset and the last id served)."""
-    raw = f"{offset}|{last_id}".encode()
+def encode_skiptoken(offset: int, last_id: str, issued_at: float = 0.0) -> str:
+    """An opaque token remembering where the next page starts (offset, the last id served, when it was issued)."""
+    raw = f"{offset}|{int(issued_at)}|{last_id}".encode()
     return "X" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_skiptoken(token: str) -> tuple[int, str]:
-    """Inverse of encode_skiptoken; a foreign or damaged token is a 400."""
+def decode_skiptoken(token: str) -> tuple[int, str, float]:
+    """Inverse of encode_skiptoken: (offset, last id, issued at); a foreign or damaged token is a 400."""
     try:
         if not token.startswith("X"):
             raise ValueError
         body = token[1:]
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-        offset, _, last_id = raw.partition("|")
-        return int(offset), last_id
+        offset, _, rest = raw.partition("|")
+        issued, _, last_id = rest.partition("|")
+        return int(offset), last_id, float(issued)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise bad_request("Invalid $skiptoken value.")
 

@@ -66,6 +66,8 @@ CAST = r"(?:/(?P<cast>(?:microsoft\.)?graph\.(?:user|group|device)))?"
 
 Handler = Callable[[web.Request, "Tenant | None", dict[str, str]], Awaitable[web.StreamResponse]]
 
+DEFAULT_SKIPTOKEN_LIFETIME_S = 120.0  # Graph documents none; Directory_ExpiredPageToken is seen in the field
+
 # Application permissions that allow each kind of Graph call (any one suffices); from each API's permissions table.
 USER_READ = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
 MEMBERSHIP_READ = frozenset({"GroupMember.Read.All", "Group.Read.All", "GroupMember.ReadWrite.All",
@@ -147,6 +149,8 @@ class FakeGraph(ServerThread):
         self._requested_port = port
         self.port: int | None = None
         self.latency_ms = float(latency_ms)
+        self.skiptoken_lifetime_s = DEFAULT_SKIPTOKEN_LIFETIME_S
+        self.short_pages = True
         self._faults: list[dict[str, Any]] = []
         self._requests = 0
         self._by_route: Counter[str] = Counter()
@@ -347,6 +351,26 @@ class FakeGraph(ServerThread):
             for secret in self.identity.registration.secrets:
                 secret.expires_at = time.time() - 1 if body["clientSecretExpired"] else float("inf")
         return self._authority_state()
+
+    def _paging_state(self) -> dict[str, Any]:
+        return {"skiptokenLifetimeSeconds": self.skiptoken_lifetime_s, "shortPages": self.short_pages}
+
+    def _set_paging(self, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - {"skiptokenLifetimeSeconds", "shortPages"}
+        if unknown:
+            raise bad_request(f"Unknown paging settings: {', '.join(sorted(unknown))}.", code="BadRequest")
+        if "skiptokenLifetimeSeconds" in body:
+            seconds = body["skiptokenLifetimeSeconds"]
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+                raise bad_request("'skiptokenLifetimeSeconds' must be a non-negative number.", code="BadRequest")
+            self.skiptoken_lifetime_s = float(seconds)
+        if "shortPages" in body:
+            self.short_pages = bool(body["shortPages"])
+        return self._paging_state()
+
+    def set_paging(self, **changes: Any) -> dict:
+        """Same as POST /_fake/paging: skiptokenLifetimeSeconds, shortPages."""
+        return self._call(self._set_paging, changes)
 
     def _admin_token(self, body: dict[str, Any]) -> dict[str, Any]:
         tenant = body.get("tenant")
@@ -561,15 +585,23 @@ class FakeGraph(ServerThread):
         start = 0
         token = query.get("$skiptoken")
         if token is not None:
-            start = result.position_after(*decode_skiptoken(token))
-        ids = result.ids[start:start + top]
+            offset, last_id, issued_at = decode_skiptoken(token)
+            if time.time() - issued_at > self.skiptoken_lifetime_s:
+                raise GraphError(400, "Directory_ExpiredPageToken",
+                                 "The specified page token value has expired and can no longer be included in your request.")
+            start = result.position_after(offset, last_id)
+        size = top
+        if self.short_pages and top >= 20 and start + top < len(result.ids):
+            size = top - 1 - start % 7  # Graph may serve fewer than $top and still link a next page
+        ids = result.ids[start:start + size]
         typed = kind is not None
         parts = ['{"@odata.context":', json.dumps(self._context(request, context, select))]
         if query.count and token is None:
             parts.append(f',"@odata.count":{len(result.ids)}')
         if start + len(ids) < len(result.ids):
             parts.append(',"@odata.nextLink":')
-            parts.append(json.dumps(self._next_link(request, query, encode_skiptoken(start + len(ids), ids[-1]))))
+            skiptoken = encode_skiptoken(start + len(ids), ids[-1], time.time())
+            parts.append(json.dumps(self._next_link(request, query, skiptoken)))
         parts.append(',"value":[')
         parts.append(",".join(tenant.item_json(oid, select, typed) for oid in ids))
         parts.append("]}")
@@ -740,6 +772,10 @@ class FakeGraph(ServerThread):
         if route == "DELETE /_fake/faults":
             self._faults.clear()
             return self._json(request, {"faults": []})
+        if route == "GET /_fake/paging":
+            return self._json(request, self._paging_state())
+        if route == "POST /_fake/paging":
+            return self._json(request, self._set_paging(await self._body(request)))
         if route == "POST /_fake/latency":
             body = await self._body(request)
             ms = body.get("ms")
@@ -751,6 +787,7 @@ class FakeGraph(ServerThread):
             self._faults.clear()
             self._reset_stats()
             self.latency_ms = 0.0
+            self.skiptoken_lifetime_s, self.short_pages = DEFAULT_SKIPTOKEN_LIFETIME_S, True
             self.identity.reset()
             return self._json(request, {"reset": True})
         if route == "GET /_fake/tenants":

@@ -11,7 +11,7 @@ import json
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
-from ..errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, Transient
+from ..errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, PageTokenExpired, Transient
 from ..logs import get_logger
 from ..model import DirectoryGroup, DirectoryUser, UserPage
 from ..ports import Directory
@@ -261,6 +261,8 @@ def _map_api_error(exc: Any) -> Exception:
                                  "in this tenant", may_be_propagating=True)
     if status == 404:
         return NotFound(f"Microsoft Graph has no such object ({code or 'Request_ResourceNotFound'})", code="directory_object_not_found")
+    if status == 400 and code == "Directory_ExpiredPageToken":
+        return PageTokenExpired("Microsoft Graph's page token expired before the next page was read")
     if status == 400:
         return InvalidInput(f"Microsoft Graph rejected the query ({code})", code="directory_bad_request")
     if status == 429 or status >= 500:

