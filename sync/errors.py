@@ -104,6 +104,13 @@ class CredentialInvalid(SyncError):
     code = "credential_invalid"
 
 
+class PermissionMissing(SyncError):
+    """The tenant's consent lacks a permission the sync needs; Graph answered with less rather than an error."""
+
+    status = 409
+    code = "permission_missing"
+
+
 class PreconditionFailed(SyncError):
     """An optimistic-concurrency write lost the race (ETag mismatch); callers re-read and retry."""
 

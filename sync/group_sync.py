@@ -31,7 +31,15 @@ from .decisions import (
     synced_user_id,
     updated_user,
 )
-from .errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, PageTokenExpired, PreconditionFailed
+from .errors import (
+    AuthorizationLost,
+    CredentialInvalid,
+    InvalidInput,
+    NotFound,
+    PageTokenExpired,
+    PermissionMissing,
+    PreconditionFailed,
+)
 from .logs import get_logger
 from .model import (
     Counts,
@@ -102,6 +110,8 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked")
     except CredentialInvalid as exc:
         await fail_group(svc, job, "credential_invalid", exc.message)
+    except PermissionMissing as exc:
+        await fail_group(svc, job, exc.code, exc.message)
     except NotFound:
         await fail_group(svc, job, "group_not_found", f"group {job.group_id} no longer exists in the directory")
     except InvalidInput as exc:
@@ -391,6 +401,20 @@ class _Segment:
             await self.svc.queue.send_enrollment_jobs(self.invitations)
             self.invitations = []
 
+    async def check_not_hidden(self) -> None:
+        """A group listed no members: if its membership is hidden, that may be all Graph lets us see. Fail, never empty it.
+
+        Without Member.Read.Hidden a hidden-membership group's member list is unreadable; the docs leave the answer
+        open, and an empty list is the one that would deprovision everybody, so an empty hidden group is refused.
+        """
+        job = self.job
+        found = await self.svc.directory.get_groups(self.sub.azure_tenant_id, [job.group_id])
+        group = found.get(job.group_id)
+        if group is not None and group.hidden_membership:
+            raise PermissionMissing(f"group {group.display_name or job.group_id} hides its membership and listed no "
+                                    "members: grant the app Member.Read.Hidden (or deselect the group if it is empty)",
+                                    code="hidden_membership")
+
     async def start_over(self) -> None:
         """Graph refused the page token: read the group again from its first page, in a new segment.
 
@@ -432,6 +456,8 @@ class _Segment:
         seen = self.seen
         if job.segment > 0:
             seen = seen | await svc.runs.load_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment)
+        if not seen:
+            await self.check_not_hidden()
         left = [uid for uid in self.snapshot if uid not in seen]
         if left:
             await svc.users.set_membership(job.org, left, job.group_id, False)

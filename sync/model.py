@@ -414,6 +414,11 @@ class DirectoryGroup:
     display_name: str
     description: str | None = None
     mail: str | None = None
+    visibility: str | None = None  # Public, Private, or HiddenMembership (members listed only to Member.Read.Hidden)
+
+    @property
+    def hidden_membership(self) -> bool:
+        return (self.visibility or "").lower() == "hiddenmembership"
 
     def to_api(self) -> dict[str, Any]:
         return {"id": self.id, "displayName": self.display_name, "description": self.description, "mail": self.mail}

@@ -440,9 +440,16 @@ class FakeGraph(ServerThread):
                 raise route_error
             assert handler is not None
             tenant, roles = self._authenticate(request)
+            limited: set[str] = set()
+            member_listing = request.method == "GET" and ("/members" in template or "/transitiveMembers" in template)
             for needed in required_roles(request.method, template):
                 if not roles & needed:
+                    if member_listing and needed in (USER_READ, DEVICE_READ) and roles & MEMBERSHIP_READ:
+                        # "Limited information returned for inaccessible member objects": id and type, the rest null
+                        limited.add("user" if needed is USER_READ else "device")
+                        continue
                     raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+            request["roles"], request["limited"] = roles, frozenset(limited)
             return await handler(request, tenant, params)
         except GraphError as exc:
             return self._error(request, exc)
@@ -554,7 +561,7 @@ class FakeGraph(ServerThread):
         return f"{request.scheme}://{request.host}/v1.0/$metadata#{fragment}{selected}{'/$entity' if entity else ''}"
 
     def _page(self, request: web.Request, tenant: Tenant, query: _Query, source: tuple, kind: str | None,
-              context: str) -> web.Response:
+              context: str, limited: frozenset[str] = frozenset()) -> web.Response:
         """One page of a directory collection, with @odata.nextLink/$skiptoken paging and $count."""
         resource = RESOURCE[kind]
         type_name = TYPE_NAME.get(kind, "microsoft.graph.directoryObject")
@@ -603,7 +610,8 @@ class FakeGraph(ServerThread):
             skiptoken = encode_skiptoken(start + len(ids), ids[-1], time.time())
             parts.append(json.dumps(self._next_link(request, query, skiptoken)))
         parts.append(',"value":[')
-        parts.append(",".join(tenant.item_json(oid, select, typed) for oid in ids))
+        parts.append(",".join(self._limited_json(tenant, oid, select, typed) if tenant.kind[oid] in limited
+                              else tenant.item_json(oid, select, typed) for oid in ids))
         parts.append("]}")
         return self._json(request, "".join(parts))
 
@@ -653,10 +661,21 @@ class FakeGraph(ServerThread):
         transitive = params["rel"].lower() == "transitivemembers"
         kind = params["cast"].rsplit(".", 1)[1].lower() if "cast" in params else None
         source = ("members", group["id"], transitive, kind)
+        # A group whose membership is hidden lists its members only to Member.Read.Hidden. Without it the docs
+        # leave the answer open; the fake answers what is most dangerous to a sync: an empty collection.
+        hidden = str(group.get("visibility") or "").lower() == "hiddenmembership"
+        if hidden and "Member.Read.Hidden" not in request.get("roles", set()):
+            source = ("members", None, transitive, kind)
         if "count" in params:
             return self._count(request, tenant, source, kind)
         context = f"{kind}s" if kind else "directoryObjects"
-        return self._page(request, tenant, _Query(request), source, kind, context)
+        return self._page(request, tenant, _Query(request), source, kind, context, request.get("limited", frozenset()))
+
+    @staticmethod
+    def _limited_json(tenant: Tenant, oid: str, select: tuple[str, ...] | None, typed: bool) -> str:
+        """A member the token may not read: only @odata.type and id; every other property null."""
+        full = tenant.represent(oid, select, typed)
+        return json.dumps({k: (v if k in ("@odata.type", "id") else None) for k, v in full.items()})
 
     async def _organization(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
         org = {

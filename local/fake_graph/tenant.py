@@ -406,7 +406,10 @@ class Tenant:
             ids = list(self.groups)
         else:
             _, group_id, transitive, cast = source
-            ids = self.transitive(group_id) if transitive else list(self.members[group_id])
+            if group_id is None:  # a listing the caller may not see (hidden membership): nothing
+                ids = []
+            else:
+                ids = self.transitive(group_id) if transitive else list(self.members[group_id])
             if cast is not None:
                 ids = [oid for oid in ids if self.kind[oid] == cast]
         if predicate is not None:

@@ -11,7 +11,15 @@ import json
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
-from ..errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, PageTokenExpired, Transient
+from ..errors import (
+    AuthorizationLost,
+    CredentialInvalid,
+    InvalidInput,
+    NotFound,
+    PageTokenExpired,
+    PermissionMissing,
+    Transient,
+)
 from ..logs import get_logger
 from ..model import DirectoryGroup, DirectoryUser, UserPage
 from ..ports import Directory
@@ -22,7 +30,7 @@ USER_SELECT = [
     "id", "displayName", "userPrincipalName", "mail", "givenName", "surname", "accountEnabled",
     "onPremisesSamAccountName", "employeeId", "userType",
 ]
-GROUP_SELECT = ["id", "displayName", "description", "mail"]
+GROUP_SELECT = ["id", "displayName", "description", "mail", "visibility"]
 PAGE_SIZE = 999  # Graph's maximum for membership listings
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 # The token endpoint's error_codes (https://learn.microsoft.com/entra/identity-platform/reference-error-codes):
@@ -154,7 +162,14 @@ class GraphDirectory(Directory):
         while True:
             data = await self._get_json(tenant_id, request)
             link = data.get("@odata.nextLink")
-            yield UserPage([_user(item) for item in data.get("value", [])], link)
+            items = data.get("value", [])
+            if any(_limited(item) for item in items):
+                # Without User.Read.All Graph still lists user members, with only id and @odata.type
+                # (https://learn.microsoft.com/graph/permissions-overview#limited-information-returned-for-inaccessible-member-objects):
+                # writing them would blank every user, skipping them would deprovision them.
+                raise PermissionMissing("Microsoft Graph returned the group's members without their properties: the "
+                                        "tenant's consent lacks User.Read.All; ask a Global Admin to consent again")
+            yield UserPage([_user(item) for item in items], link)
             if not link:
                 return
             request = following(link)
@@ -306,4 +321,10 @@ def _group(item: dict[str, Any]) -> DirectoryGroup:
         display_name=_str(item.get("displayName")) or "",
         description=_str(item.get("description")),
         mail=_str(item.get("mail")),
+        visibility=_str(item.get("visibility")),
     )
+
+
+def _limited(item: dict[str, Any]) -> bool:
+    """A member Graph returned with limited information: every user has a userPrincipalName and a displayName."""
+    return item.get("userPrincipalName") is None and item.get("displayName") is None

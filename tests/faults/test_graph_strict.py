@@ -1,5 +1,7 @@
 """Graph as strict as Microsoft documents it (and as it behaves where the docs are silent): expired page tokens,
 short pages."""
+import time
+
 import pytest
 
 from local.fake_graph import transitive_user_members
@@ -53,3 +55,54 @@ def test_page_tokens_really_expire_with_their_lifetime(devhost, portal, load_ten
     assert after[route] - before.get(route, 0) >= 4  # three pages, and the page whose token expired read again
     members = transitive_user_members(t.tenant, t.ids["large"])
     assert len(members) > 2100 and sorted(u["azureObjectId"] for u in portal.users()) == sorted(members)
+
+
+def _with_roles(admin, tenant_id, roles):
+    """What the tenant's next consent grants (the test then walks the consent)."""
+    admin.control("POST", "/consent", json={"tenant": tenant_id, "roles": roles})
+
+
+def test_without_user_read_all_the_run_fails_permission_missing_and_writes_nothing(devhost, portal, load_tenant):
+    t = with_large_group(3)
+    admin = load_tenant(t.tenant)
+    tid = t.tenant["tenantId"]
+    admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 1})  # a new consent applies at once
+    sub = connect(portal, [t.ids["eng"], t.ids["sales"]])
+    assert sync(portal, sub)["status"] == "succeeded"
+    before = {u["id"]: u for u in portal.users()}
+    admin.remove_member(t.ids["sales"], t.ids["ann.lee"])  # would be deprovisioned by a complete run
+    _with_roles(admin, tid, ["GroupMember.Read.All"])  # consent again, without User.Read.All
+    assert portal.authorize(sub)["consent"] == "granted"
+    time.sleep(1.5)  # the host's cached token (with User.Read.All) has expired
+    run = sync(portal, sub)
+    figures.fault("graph members with limited information (no User.Read.All)")
+    assert run["status"] == "failed", run
+    codes = {e["code"] for e in run["errors"]}
+    assert codes == {"permission_missing"} and any("User.Read.All" in e["message"] for e in run["errors"])
+    after = {u["id"]: u for u in portal.users()}
+    assert after == before  # no user blanked, nobody deprovisioned
+    assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorized"
+
+
+def test_a_hidden_membership_group_without_member_read_hidden_fails_and_deprovisions_nobody(devhost, portal, load_tenant):
+    t = with_large_group(3)
+    hidden = next(g for g in t.tenant["groups"] if g["id"] == t.ids["sales"])
+    hidden["visibility"] = "HiddenMembership"
+    admin = load_tenant(t.tenant)
+    tid = t.tenant["tenantId"]
+    _with_roles(admin, tid, ["User.Read.All", "GroupMember.Read.All", "Member.Read.Hidden"])
+    admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 1})  # a new consent applies at once
+    sub = connect(portal, [t.ids["eng"], t.ids["sales"]])
+    first = sync(portal, sub)
+    assert first["status"] == "succeeded" and first["counts"]["created"] > 0, first
+    before = {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()}
+    # Consent again without Member.Read.Hidden: Graph now lists the hidden group as empty.
+    _with_roles(admin, tid, ["User.Read.All", "GroupMember.Read.All"])
+    assert portal.authorize(sub)["consent"] == "granted"
+    time.sleep(1.5)
+    run = sync(portal, sub)
+    figures.fault("graph hidden membership listed as empty (no Member.Read.Hidden)")
+    assert run["status"] == "failed", run
+    assert [e["code"] for e in run["errors"]] == ["hidden_membership"]
+    assert "Member.Read.Hidden" in run["errors"][0]["message"]
+    assert {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()} == before

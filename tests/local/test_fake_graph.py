@@ -726,3 +726,51 @@ def test_cli_prints_ready_and_stops_on_sigterm():
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- strict Graph: limited member objects, hidden membership, page tokens -----------------------
+
+
+async def test_members_without_a_user_permission_come_back_with_id_and_type_only(fake):
+    sales = next(g for g in DEMO["groups"] if g["displayName"] == "Sales Team")
+    url = f"{fake.base_url}/groups/{sales['id']}/transitiveMembers/microsoft.graph.user"
+    params = {"$select": "id,displayName,userPrincipalName,mail,accountEnabled"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        limited = await client.get(url, params=params,
+                                   headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['GroupMember.Read.All'])}"})
+        full = await client.get(url, params=params,
+                                headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['GroupMember.Read.All', 'User.Read.All'])}"})
+    assert limited.status_code == full.status_code == 200
+    items, complete = limited.json()["value"], full.json()["value"]
+    assert [i["id"] for i in items] == [i["id"] for i in complete] and items
+    assert all(i["@odata.type"] == "#microsoft.graph.user" and i["displayName"] is None and i["mail"] is None
+               and i["userPrincipalName"] is None and i["accountEnabled"] is None for i in items)
+    assert all(i["userPrincipalName"] for i in complete)
+
+
+async def test_a_hidden_membership_group_lists_nobody_without_member_read_hidden(tls):
+    tenant = json.loads(json.dumps(DEMO))
+    group = next(g for g in tenant["groups"] if g["displayName"] == "Sales Team")
+    group["visibility"] = "HiddenMembership"
+    with FakeGraph(tenants=[tenant], registration=registration(), tls=tls) as fake:
+        url = f"{fake.base_url}/groups/{group['id']}/transitiveMembers/microsoft.graph.user"
+        async with httpx.AsyncClient(timeout=10) as client:
+            async def members(roles):
+                response = await client.get(url, headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID, roles)}"})
+                assert response.status_code == 200
+                return response.json()["value"]
+            assert await members(["User.Read.All", "GroupMember.Read.All"]) == []
+            assert len(await members(["User.Read.All", "GroupMember.Read.All", "Member.Read.Hidden"])) > 0
+            info = await client.get(f"{fake.base_url}/groups/{group['id']}", params={"$select": "id,visibility"},
+                                    headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID)}"})
+            assert info.json()["visibility"] == "HiddenMembership"
+
+
+async def test_a_page_token_used_after_its_lifetime_is_directory_expired_page_token(fake):
+    fake.set_paging(skiptokenLifetimeSeconds=0.5)
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID)}"}) as client:
+        first = (await client.get(f"{fake.base_url}/users", params={"$top": "2"})).json()
+        await asyncio.sleep(1.1)
+        late = await client.get(first["@odata.nextLink"])
+    assert late.status_code == 400 and late.json()["error"]["code"] == "Directory_ExpiredPageToken"
+    assert fake.set_paging(skiptokenLifetimeSeconds=120)["skiptokenLifetimeSeconds"] == 120

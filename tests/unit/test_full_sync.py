@@ -251,6 +251,34 @@ async def test_a_group_whose_page_tokens_keep_expiring_fails_and_deprovisions_no
     assert svc.directory.expire_links[OPS] == 100 - 4  # the first listing and three restarts
 
 
+async def test_a_hidden_membership_group_that_lists_nobody_fails_instead_of_emptying(svc, tenant):
+    from sync.model import DirectoryGroup
+
+    sub = await connect(svc, groups=(SALES, ENG))
+    await full_sync(svc, sub)
+    active = {u.username for u in users_of(svc).values() if u.status == "Active"}
+    tenant.groups[SALES] = DirectoryGroup(SALES, "Sales", visibility="HiddenMembership")
+    tenant.members[SALES] = []  # what Graph shows without Member.Read.Hidden
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
+    assert {u.username for u in users_of(svc).values() if u.status == "Active"} == active
+    assert all(SALES in u.group_ids for u in users_of(svc).values() if u.username.startswith("ann"))
+
+
+async def test_members_without_their_properties_fail_the_run_and_blank_nobody(svc, tenant):
+    from sync.errors import PermissionMissing
+
+    sub = await connect(svc, groups=(SALES, ENG))
+    await full_sync(svc, sub)
+    before = dict(svc.users.rows)
+    tenant.remove(SALES, "ann")
+    svc.directory.fail[SALES] = PermissionMissing("lacks User.Read.All")
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed" and "permission_missing" in {e.code for e in view.errors}
+    assert {k: (u.status, u.display_name) for k, u in svc.users.rows.items()} == \
+        {k: (u.status, u.display_name) for k, u in before.items()}
+
+
 async def test_consent_revoked_mid_run_fails_the_run_and_marks_the_subscription(svc, tenant):
     sub = await connect(svc, groups=(SALES, ENG))
     await full_sync(svc, sub)
