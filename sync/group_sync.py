@@ -39,6 +39,7 @@ from .errors import (
     PageTokenExpired,
     PermissionMissing,
     PreconditionFailed,
+    Transient,
 )
 from .logs import get_logger
 from .model import (
@@ -68,6 +69,9 @@ log = get_logger(__name__)
 MAX_ERRORS_PER_GROUP = 50
 MAX_STALE_ROUNDS = 6
 PROPAGATION_RETRY_S = 5.0
+IN_PROCESS_WAIT_S = 5.0  # the Graph adapter waits out a Retry-After up to this long itself
+MAX_RETRY_AFTER_S = 900.0
+MAX_SCHEDULED_WAITS = 20  # scheduled copies of one segment (propagation and throttling); then redelivery as usual
 MAX_LISTING_RESTARTS = 3
 
 
@@ -98,7 +102,7 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         await _Segment(svc, sub, run, job, progress, redelivered).execute()
     except AuthorizationLost as exc:
         left = consent_propagation_left(sub.consented_at, svc.clock(), svc.settings.consent_propagation_grace_s)
-        if exc.may_be_propagating and left > 0:
+        if exc.may_be_propagating and left > 0 and job.attempt < MAX_SCHEDULED_WAITS:
             # A fresh consent still replicating: try this segment again a little later, as a scheduled copy, rather
             # than by redelivery (which would spend the message's deliveries in seconds).
             delay = min(PROPAGATION_RETRY_S, left)
@@ -116,6 +120,17 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         await fail_group(svc, job, "group_not_found", f"group {job.group_id} no longer exists in the directory")
     except InvalidInput as exc:
         await fail_group(svc, job, exc.code, exc.message)
+    except Transient as exc:
+        if exc.retry_after and exc.retry_after > IN_PROCESS_WAIT_S and job.attempt < MAX_SCHEDULED_WAITS:
+            # Graph asked for a long pause: honour it with a scheduled copy of this segment (its own message id),
+            # instead of sleeping in the function or spending a delivery on an immediate redelivery.
+            delay = min(exc.retry_after, MAX_RETRY_AFTER_S)
+            await _note_error(svc, job, f"throttled: {exc.message}; retrying in {delay:.0f} s")
+            await svc.queue.send_group_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
+            log.info("throttled; group segment rescheduled", extra={**ctx, "delay_s": delay})
+            return
+        await _note_error(svc, job, f"{type(exc).__name__}: {exc.message[:300]}")
+        raise
     except Exception as exc:
         # Transient or unexpected: note why on the group, then let Service Bus redeliver (and in the end dead-letter).
         await _note_error(svc, job, f"{type(exc).__name__}: {getattr(exc, 'message', str(exc))[:300]}")

@@ -32,6 +32,9 @@ USER_SELECT = [
 ]
 GROUP_SELECT = ["id", "displayName", "description", "mail", "visibility"]
 PAGE_SIZE = 999  # Graph's maximum for membership listings
+INTERACTIVE_WAIT_S = 2.0  # a person waiting: one short wait, else 503 with Retry-After at once
+WORKER_WAIT_S = 5.0  # a worker waits this long in-process; a longer Retry-After reschedules its message
+WORKER_RETRIES = 3
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 # The token endpoint's error_codes (https://learn.microsoft.com/entra/identity-platform/reference-error-codes):
 # the tenant does not grant us access — 7000229 no service principal (the app was deleted from the tenant),
@@ -66,7 +69,13 @@ class GraphDirectory(Directory):
         self._credential_errors_logged = 0
         self._http: Any = None
         self.requests = 0
-        self._limit = asyncio.Semaphore(concurrency)
+        # Fair share: workers and people get separate pools of `concurrency` requests, and within the people's pool
+        # one tenant holds at most half, so one org's 200 group look-ups or a 100,000-member sync never queue another
+        # org's search behind them. A request waiting out a Retry-After holds no slot (see _get_json).
+        self._worker_pool = asyncio.Semaphore(concurrency)
+        self._interactive_pool = asyncio.Semaphore(concurrency)
+        self._interactive_per_tenant = max(1, concurrency // 2)
+        self._tenant_slots: dict[str, asyncio.Semaphore] = {}
 
     def forget(self, tenant_id: str) -> None:
         """Drop the tenant's credential and cached token, so the next call asks the authority for a fresh one."""
@@ -181,31 +190,55 @@ class GraphDirectory(Directory):
         A 401 means Graph refused the token itself (expired, e.g. by clock skew, or invalid): the tenant's cached
         token is dropped and the call is tried once more with a fresh one. A 403 or a consent error also drops it,
         so a token issued before the consent's roles had propagated is not used again.
+
+        Throttling (429/503 with Retry-After) and transient failures are retried here rather than in the SDK's
+        RetryHandler, which would sleep up to 180 s holding the request's slot: a person waits at most
+        INTERACTIVE_WAIT_S once, a worker at most WORKER_WAIT_S a few times; anything longer is raised as Transient
+        with its Retry-After (an HTTP 503 for the portal; a rescheduled message for a worker).
         """
-        for attempt in (1, 2):
+        token_retried = False
+        waits = 0
+        while True:
             try:
-                return await self._send(self._adapter(tenant_id), request, interactive)
+                return await self._send(tenant_id, request, interactive)
             except _TokenRejected:
                 self.forget(tenant_id)
-                if attempt == 2:
+                if token_retried:
                     raise Transient("Microsoft Graph refused two fresh tokens (401); try again later",
                                     code="token_rejected") from None
+                token_retried = True
             except AuthorizationLost:
                 self.forget(tenant_id)
                 raise
-        raise AssertionError("unreachable")
+            except Transient as exc:
+                wait = exc.retry_after if exc.retry_after is not None else min(8.0, 0.5 * 2 ** waits)
+                allowed = (1, INTERACTIVE_WAIT_S) if interactive else (WORKER_RETRIES, WORKER_WAIT_S)
+                if waits >= allowed[0] or wait > allowed[1]:
+                    raise
+                waits += 1
+                await asyncio.sleep(wait)  # outside every slot
 
-    async def _send(self, adapter: Any, request: Callable[[Any], Any], interactive: bool) -> dict[str, Any]:
+    def _slots(self, tenant_id: str, interactive: bool) -> tuple[asyncio.Semaphore, ...]:
+        if not interactive:
+            return (self._worker_pool,)
+        mine = self._tenant_slots.get(tenant_id)
+        if mine is None:
+            if len(self._tenant_slots) > 4 * self._max_tenants:
+                self._tenant_slots = {t: s for t, s in self._tenant_slots.items() if s.locked()}
+            mine = self._tenant_slots[tenant_id] = asyncio.Semaphore(self._interactive_per_tenant)
+        return (mine, self._interactive_pool)
+
+    async def _send(self, tenant_id: str, request: Callable[[Any], Any], interactive: bool) -> dict[str, Any]:
         from azure.core.exceptions import ClientAuthenticationError
         from kiota_abstractions.api_error import APIError
         from kiota_http.middleware.options import RetryHandlerOption
         from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
+        adapter = self._adapter(tenant_id)
         info = request(adapter)
-        if interactive:  # a person is waiting: fail fast with 503 rather than retry for a minute
-            info.add_request_options([RetryHandlerOption(delay=1.0, max_retries=1)])
+        info.add_request_options([RetryHandlerOption(max_retries=0)])  # retried by _get_json, holding no slot
         try:
-            async with self._limit:
+            async with _Held(*self._slots(tenant_id, interactive)):
                 self.requests += 1
                 raw = await adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})
         except APIError as exc:
@@ -245,6 +278,28 @@ class GraphDirectory(Directory):
         self._adapters.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class _Held:
+    """Hold several semaphores, in order, for one request."""
+
+    def __init__(self, *semaphores: asyncio.Semaphore) -> None:
+        self._semaphores = semaphores
+
+    async def __aenter__(self) -> None:
+        taken = []
+        try:
+            for semaphore in self._semaphores:
+                await semaphore.acquire()
+                taken.append(semaphore)
+        except BaseException:
+            for semaphore in reversed(taken):
+                semaphore.release()
+            raise
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for semaphore in reversed(self._semaphores):
+            semaphore.release()
 
 
 class _TokenRejected(Exception):

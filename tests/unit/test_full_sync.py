@@ -400,3 +400,22 @@ async def test_groups_finishing_together_read_the_subscription_once(svc, tenant,
     view = await runs.get(svc, caller(), sub.id, run.id)
     assert view.run.status == "succeeded" and view.counts.created == len(users_of(svc))
     assert len(reads) == 1 and len(svc.finalizing) == 0
+
+
+async def test_a_long_retry_after_reschedules_the_segment_instead_of_sleeping(svc, tenant):
+    from sync import group_sync
+
+    sub = await connect(svc, groups=(SALES,))
+    run = await runs.start(svc, caller(), sub.id)
+    svc.directory.fail[SALES] = Transient("429", retry_after=120)
+    [job] = svc.queue.take_group_jobs()
+    await group_sync.handle_group_job(svc, job)  # returns: the message completes, a copy waits 120 s
+    [later] = svc.queue.take_group_jobs()
+    assert later.attempt == 1 and later.message_id != job.message_id and svc.queue.group_delays[-1] == 120
+    svc.directory.fail[SALES] = Transient("503", retry_after=2)  # short: the adapter's own wait; here, redelivery
+    with pytest.raises(Transient):
+        await group_sync.handle_group_job(svc, later)
+    del svc.directory.fail[SALES]
+    await group_sync.handle_group_job(svc, later)
+    view = await runs.get(svc, caller(), sub.id, run.id)
+    assert view.run.status == "succeeded"
