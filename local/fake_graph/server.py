@@ -67,6 +67,7 @@ CAST = r"(?:/(?P<cast>(?:microsoft\.)?graph\.(?:user|group|device)))?"
 Handler = Callable[[web.Request, "Tenant | None", dict[str, str]], Awaitable[web.StreamResponse]]
 
 DEFAULT_SKIPTOKEN_LIFETIME_S = 120.0  # Graph documents none; Directory_ExpiredPageToken is seen in the field
+DEFAULT_SEARCH_LAG_S = 5.0  # advanced queries read an eventually consistent index (aad-advanced-queries)
 
 # Application permissions that allow each kind of Graph call (any one suffices); from each API's permissions table.
 USER_READ = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
@@ -151,6 +152,7 @@ class FakeGraph(ServerThread):
         self.latency_ms = float(latency_ms)
         self.skiptoken_lifetime_s = DEFAULT_SKIPTOKEN_LIFETIME_S
         self.short_pages = True
+        self.set_search_lag(DEFAULT_SEARCH_LAG_S)
         self._faults: list[dict[str, Any]] = []
         self._requests = 0
         self._by_route: Counter[str] = Counter()
@@ -367,6 +369,11 @@ class FakeGraph(ServerThread):
         if "shortPages" in body:
             self.short_pages = bool(body["shortPages"])
         return self._paging_state()
+
+    @staticmethod
+    def set_search_lag(seconds: float) -> None:
+        """How long $search's index lags a write (same as POST /_fake/search {"lagSeconds"})."""
+        Tenant.search_lag_s = float(seconds)
 
     def set_paging(self, **changes: Any) -> dict:
         """Same as POST /_fake/paging: skiptokenLifetimeSeconds, shortPages."""
@@ -791,6 +798,15 @@ class FakeGraph(ServerThread):
         if route == "DELETE /_fake/faults":
             self._faults.clear()
             return self._json(request, {"faults": []})
+        if route == "POST /_fake/search":
+            body = await self._body(request)
+            lag = body.get("lagSeconds")
+            if set(body) - {"lagSeconds"} or not isinstance(lag, (int, float)) or isinstance(lag, bool) or lag < 0:
+                raise bad_request("The body is {\"lagSeconds\": n} with n >= 0.", code="BadRequest")
+            self.set_search_lag(float(lag))
+            return self._json(request, {"lagSeconds": Tenant.search_lag_s})
+        if route == "GET /_fake/search":
+            return self._json(request, {"lagSeconds": Tenant.search_lag_s})
         if route == "GET /_fake/paging":
             return self._json(request, self._paging_state())
         if route == "POST /_fake/paging":
@@ -807,6 +823,7 @@ class FakeGraph(ServerThread):
             self._reset_stats()
             self.latency_ms = 0.0
             self.skiptoken_lifetime_s, self.short_pages = DEFAULT_SKIPTOKEN_LIFETIME_S, True
+            self.set_search_lag(DEFAULT_SEARCH_LAG_S)
             self.identity.reset()
             return self._json(request, {"reset": True})
         if route == "GET /_fake/tenants":

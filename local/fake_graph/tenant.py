@@ -7,6 +7,7 @@ lists, transitive expansions and serialized items) and every write bumps `versio
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -270,6 +271,7 @@ class Tenant:
             self.members[stored["id"]] = list(dict.fromkeys(group["members"]))
             self._member_sets[stored["id"]] = set(self.members[stored["id"]])
         self.version = 0
+        self.indexed_at: dict[str, float] = {}  # objects created or changed: when $search's index catches up
         self._results: OrderedDict[tuple, Result] = OrderedDict()
         self._fragments: OrderedDict[tuple, dict[str, str]] = OrderedDict()
         self._tokens: dict[tuple[str, str], list[str]] = {}
@@ -295,6 +297,12 @@ class Tenant:
         if real is None or self.kind[real] != kind:
             raise not_found(oid)
         return self.objects[real]
+
+    def _reindex(self, oid: str) -> None:
+        """The object is new or changed: $search finds it only once the lagging index has caught up."""
+        self.indexed_at[oid] = time.monotonic() + self.search_lag_s
+
+    search_lag_s = 0.0  # set by the server (POST /_fake/search {"lagSeconds"})
 
     def _changed(self, *oids: str) -> None:
         self.version += 1
@@ -414,11 +422,16 @@ class Tenant:
                 ids = [oid for oid in ids if self.kind[oid] == cast]
         if predicate is not None:
             ids = [oid for oid in ids if predicate(lambda prop, _oid=oid: self.value(_oid, prop))]
+        lagging = False
         if search is not None:
             matches = compile_search(search, self.value, self.tokens)
-            ids = [oid for oid in ids if matches(oid)]
+            now = time.monotonic()
+            lagging = any(t > now for t in self.indexed_at.values())
+            ids = [oid for oid in ids if matches(oid) and self.indexed_at.get(oid, 0.0) <= now]
         if orderby is not None:
             ids.sort(key=lambda oid: sort_key(self.value(oid, orderby.prop)), reverse=orderby.descending)
+        if lagging:  # the answer changes as the index catches up: not cached
+            return Result(ids)
         return self._remember(key, Result(ids))
 
     # --- writes (what an admin does in the Entra portal) ---------------------------------------
@@ -470,6 +483,7 @@ class Tenant:
         user.update(props)
         self._put("user", user)
         self._changed(oid)
+        self._reindex(oid)
         return user
 
     def update(self, kind: str, oid: str, body: dict) -> None:
@@ -480,6 +494,7 @@ class Tenant:
             self._check_upn(props["userPrincipalName"], except_id=obj["id"])
         obj.update(props)
         self._changed(obj["id"])
+        self._reindex(obj["id"])
 
     def delete(self, kind: str, oid: str) -> None:
         """DELETE a user, group or device: it also leaves every group it was a member of."""
@@ -516,6 +531,7 @@ class Tenant:
         self.members[oid] = list(dict.fromkeys(member_ids))
         self._member_sets[oid] = set(self.members[oid])
         self._changed(oid)
+        self._reindex(oid)
         return group
 
     def _ref_target(self, url: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable
 
@@ -32,6 +33,7 @@ USER_SELECT = [
 ]
 GROUP_SELECT = ["id", "displayName", "description", "mail", "visibility"]
 PAGE_SIZE = 999  # Graph's maximum for membership listings
+RETIRED_GRACE_S = 120.0  # a dropped or evicted credential is closed this much later (requests may still use it)
 INTERACTIVE_WAIT_S = 2.0  # a person waiting: one short wait, else 503 with Retry-After at once
 WORKER_WAIT_S = 5.0  # a worker waits this long in-process; a longer Retry-After reschedules its message
 WORKER_RETRIES = 3
@@ -46,6 +48,11 @@ PROPAGATION_CODES = frozenset({65001, 700016})
 # Our own credential is refused: 7000215 invalid secret, 7000222 expired secret, 700027 / 700024 bad certificate
 # assertion, 70021 no matching federated credential, 7000218 no credential sent.
 CREDENTIAL_CODES = frozenset({7000215, 7000222, 700027, 700024, 70021, 7000218, 700023})
+
+
+def escape_filter_string(text: str) -> str:
+    """Text safe inside an OData string literal ('…'): a single quote is doubled, as OData requires."""
+    return text.replace("'", "''")
 
 
 def escape_search(text: str) -> str:
@@ -66,6 +73,7 @@ class GraphDirectory(Directory):
         self._adapters: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._max_tenants = max_tenants
         self._closing: set[asyncio.Task] = set()
+        self._retired: list[tuple[float, Any]] = []
         self._credential_errors_logged = 0
         self._http: Any = None
         self.requests = 0
@@ -84,6 +92,12 @@ class GraphDirectory(Directory):
             self._close_later(entry[1])
 
     def _close_later(self, credential: Any) -> None:
+        """Retire a credential: requests already under way may still use it, so it is closed a while later."""
+        self._retired.append((time.monotonic(), credential))
+        while self._retired and time.monotonic() - self._retired[0][0] > RETIRED_GRACE_S:
+            self._close_now(self._retired.pop(0)[1])
+
+    def _close_now(self, credential: Any) -> None:
         closer = getattr(credential, "close", None)
         if closer is not None:
             task = asyncio.ensure_future(closer())
@@ -107,7 +121,7 @@ class GraphDirectory(Directory):
                 client=httpx.AsyncClient(timeout=httpx.Timeout(self._timeout_s, connect=10.0),
                                          limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
             )
-        credential = self._credential_for(tenant_id)
+        credential = _OneTokenRequestAtATime(self._credential_for(tenant_id))
         auth = AzureIdentityAuthenticationProvider(credential, scopes=[GRAPH_SCOPE], allowed_hosts=self._allowed_hosts or [])
         adapter = GraphRequestAdapter(auth, client=self._http)
         GraphServiceClient(request_adapter=adapter)  # registers the JSON (de)serializers, so error bodies parse
@@ -119,10 +133,16 @@ class GraphDirectory(Directory):
         return adapter
 
     async def search_groups(self, tenant_id: str, text: str, limit: int) -> list[DirectoryGroup]:
+        """Groups whose name has a word starting with ``text`` ($search), or that start with it ($filter).
+
+        $search reads an index that is only eventually consistent (https://learn.microsoft.com/graph/aad-advanced-queries),
+        so a group created a moment ago is missing from it; ``startswith(displayName, …)`` without advanced query
+        parameters is strongly consistent. Both are asked at once and merged.
+        """
         from kiota_abstractions.base_request_configuration import RequestConfiguration
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
-        def request(adapter: Any) -> Any:
+        def searched(adapter: Any) -> Any:
             params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
                 search=f'"displayName:{escape_search(text)}"', select=GROUP_SELECT, top=limit, orderby=["displayName"],
             )
@@ -130,8 +150,16 @@ class GraphDirectory(Directory):
             config.headers.add("ConsistencyLevel", "eventual")
             return GroupsRequestBuilder(adapter, {}).to_get_request_information(config)
 
-        data = await self._get_json(tenant_id, request, interactive=True)
-        return [_group(item) for item in data.get("value", [])]
+        def filtered(adapter: Any) -> Any:
+            params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
+                filter=f"startswith(displayName,'{escape_filter_string(text)}')", select=GROUP_SELECT, top=limit)
+            return GroupsRequestBuilder(adapter, {}).to_get_request_information(
+                RequestConfiguration(query_parameters=params))
+
+        found = await asyncio.gather(self._get_json(tenant_id, searched, interactive=True),
+                                     self._get_json(tenant_id, filtered, interactive=True))
+        merged = {item["id"]: _group(item) for data in found for item in data.get("value", [])}
+        return sorted(merged.values(), key=lambda g: (g.display_name.casefold(), g.id))[:limit]
 
     async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
         from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -273,11 +301,29 @@ class GraphDirectory(Directory):
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-        for _, credential in self._adapters.values():
-            self._close_later(credential)
+        for _, credential in [*self._adapters.values(), *((None, c) for _, c in self._retired)]:
+            self._close_now(credential)
         self._adapters.clear()
+        self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+class _OneTokenRequestAtATime:
+    """A tenant's credential whose concurrent callers share one token request (azure-identity would send one each)."""
+
+    def __init__(self, credential: Any) -> None:
+        self._credential = credential
+        self._lock = asyncio.Lock()
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        async with self._lock:  # the first caller fetches; the others then read azure-identity's cache
+            return await self._credential.get_token(*scopes, **kwargs)
+
+    async def close(self) -> None:
+        closer = getattr(self._credential, "close", None)
+        if closer is not None:
+            await closer()
 
 
 class _Held:
