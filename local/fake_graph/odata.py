@@ -463,12 +463,18 @@ class _FilterParser:
                 self.i += 1
                 values.append(_norm(self.literal()))
             self.expect(")")
+            if len(values) > MAX_IN_VALUES:  # as Graph answers (its docs name no number; 15 is what it enforces)
+                raise GraphError(400, "Request_UnsupportedQuery", "Too many child clauses specified in search filter "
+                                 f"expression containing 'OR' operators: {len(values)}. Max allowed: {MAX_IN_VALUES}.")
             return lambda o: _norm(o(prop)) in values
         value = _norm(self.literal())
         if op == "ne":
             self.uses_advanced("ne")
             return lambda o: _norm(o(prop)) != value
         return lambda o: _norm(o(prop)) == value
+
+
+MAX_IN_VALUES = 15
 
 
 def _norm(value: Any) -> Any:
