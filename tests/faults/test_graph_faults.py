@@ -75,7 +75,7 @@ def test_graph_errors_during_group_search_and_selection_answer_503_with_retry_af
     assert [g["displayName"] for g in portal.search_groups(sub, "Depa")] == [
         "Engineering Department", "Large Department", "Sales Department", "Support Department"]
     # Persistently: 503 temporarily_unavailable with Retry-After, and the selection is unchanged.
-    faults.add(f"/groups/{t.ids['sales']}", status=429, retry_after=1, times=2)
+    faults.add(t.ids['sales'], status=429, retry_after=1, times=2)  # the look-up: $filter=id in (…, sales)
     refused = portal.http.put(f"{portal.api}/directory/subscriptions/{sub}/groups",
                               headers={"Authorization": f"Bearer {portal.token}"},
                               json={"groupIds": [t.ids["eng"], t.ids["sales"]]})
