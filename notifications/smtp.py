@@ -9,6 +9,8 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
+from sync.mailbox import is_single_address
+
 from .senders import MailError, MailSender, OutgoingEmail
 
 
@@ -34,12 +36,12 @@ class SmtpSender(MailSender):
         self._s = settings
 
     async def send(self, email: OutgoingEmail) -> None:
-        if any(c in email.to_address for c in "\r\n") or "@" not in email.to_address:
-            raise MailError("the recipient address is not valid", permanent=True)
+        if not is_single_address(email.to_address):
+            raise MailError("the recipient is not exactly one e-mail address", permanent=True)
         message = build_message(email, self._s.mail_from)
-        await asyncio.to_thread(self._send_blocking, message)
+        await asyncio.to_thread(self._send_blocking, message, email.to_address)
 
-    def _send_blocking(self, message: EmailMessage) -> None:
+    def _send_blocking(self, message: EmailMessage, recipient: str) -> None:
         s = self._s
         try:
             if s.smtp_security == "tls":
@@ -52,7 +54,8 @@ class SmtpSender(MailSender):
                     client.starttls(context=ssl.create_default_context())
                 if s.smtp_username:
                     client.login(s.smtp_username, s.smtp_password or "")
-                client.send_message(message)
+                # The envelope names exactly the one recipient; never what a header might be parsed into.
+                client.send_message(message, to_addrs=[recipient])
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise MailError(f"the relay refused the recipient ({codes})", permanent=all(c >= 500 for c in codes)) from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Iterable
 
+from .mailbox import is_single_address
 from .model import (
     DirectoryUser,
     EmailState,
@@ -42,6 +43,7 @@ class Desired:
     surname: str | None
     status: str
     status_reason: str | None
+    email_refused: bool = False  # the directory's mail was not exactly one address: synced without e-mail
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,13 @@ def desired_user(user: DirectoryUser, sub: Subscription) -> Desired | Skip:
     if len(username) > MAX_USERNAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in username):
         return Skip("invalid_username", f"{label} ({user.id}) has a {sub.username_attribute} that cannot be a username")
     blocked = sub.deactivate_blocked_users and user.account_enabled is False
+    email = email_of(user)
+    refused = email is not None and not is_single_address(email)
     return Desired(
         azure_object_id=user.id,
         username=username,
-        email=email_of(user),
+        email=None if refused else email,
+        email_refused=refused,
         display_name=(user.display_name or username).strip(),
         given_name=user.given_name,
         surname=user.surname,

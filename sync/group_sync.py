@@ -186,6 +186,7 @@ class _Segment:
     seen: set[str] = field(default_factory=set)
     snapshot: dict[str, "_Known"] = field(default_factory=dict)
     invitations: list[EnrollmentJob] = field(default_factory=list)
+    refused_mail: set[str] = field(default_factory=set)
 
     @property
     def org(self) -> str:
@@ -246,6 +247,10 @@ class _Segment:
                 continue
             if uid in wanted:
                 continue
+            if desired.email_refused:
+                self.refused_mail.add(uid)
+                self.report("invalid_mail", f"{desired.display_name} ({du.id}) has a mail that is not exactly one "
+                            "e-mail address: synced without e-mail, no invitation", user_id=uid)
             wanted[uid] = desired
             known = self.snapshot.get(uid)
             if known is None:
@@ -386,7 +391,8 @@ class _Segment:
         if user.enrollment_email == EmailState.QUEUED:
             self.counts = self.counts.bump("emailsQueued")
             self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id))
-        elif user.enrollment_email is None and self.sub.send_enrollment_email and user.status == UserStatus.ACTIVE:
+        elif (user.enrollment_email is None and self.sub.send_enrollment_email and user.status == UserStatus.ACTIVE
+              and user.id not in self.refused_mail):  # a refused mail was reported as invalid_mail already
             self.skip("no_email_address", f"{user.username} has no e-mail address; no invitation sent", user_id=user.id)
 
     def created_by_a_lost_attempt(self, user: User, desired: Desired) -> bool:
@@ -406,6 +412,10 @@ class _Segment:
 
     def skip(self, code: str, message: str, user_id: str | None = None) -> None:
         self.counts = self.counts.skip(code)
+        self.report(code, message, user_id)
+
+    def report(self, code: str, message: str, user_id: str | None = None) -> None:
+        """An error on the run's report (the user may still be synced)."""
         if len(self.errors) < MAX_ERRORS_PER_GROUP:
             self.errors.append(RunError(code, message, group_id=self.job.group_id, user_id=user_id))
         else:

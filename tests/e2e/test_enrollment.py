@@ -81,3 +81,35 @@ def test_option_off_sends_nothing(devhost, portal, load_tenant):
     assert sync(portal, sub)["counts"]["created"] == 3
     time.sleep(1)
     assert emails_to(devhost, t.domain) == []
+
+
+def test_a_directory_mail_can_never_add_a_recipient(devhost, portal, load_tenant):
+    """Separators, a NEL or a line separator followed by a header: the user is synced with no e-mail, no invitation."""
+    t = TenantBuilder()
+    d = t.domain
+    hostile = {
+        "carl.comma": f"carl.comma@{d},attacker@evil.example",
+        "carl.semi": f"carl.semi@{d};attacker@evil.example",
+        "carl.nel": f"carl.nel@{d}\u0085Bcc: attacker@evil.example",
+        "carl.ls": f"carl.ls@{d}\u2028Bcc: attacker@evil.example",
+        "carl.name": '"Carl" <attacker@evil.example>',
+    }
+    for name, mail in hostile.items():
+        t.user(name, mail=mail)
+    t.user("honest.user")
+    t.group("all", "Everyone", [*hostile, "honest.user"])
+    load_tenant(t.tenant)
+    sub = connect(portal, [t.ids["all"]], sendEnrollmentEmail=True)
+    run = sync(portal, sub)
+    assert run["status"] == "succeeded" and run["counts"]["created"] == 6, run
+    assert sorted(e["code"] for e in run["errors"]) == ["invalid_mail"] * len(hostile)
+    users = {u["username"]: u for u in portal.users()}
+    assert all(users[f"{name}@{d}"]["email"] is None for name in hostile)
+    time.sleep(2)  # any invitation would have arrived by now
+    arrived = emails_to(devhost, d)
+    assert [m["X-Envelope-To"] for m in arrived] == [f"honest.user@{d}"]
+    from pathlib import Path
+
+    for path in Path(devhost.ready["outbox"]).glob("*.eml"):
+        head = path.read_bytes().split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+        assert "evil.example" not in head, head  # no envelope, To or Bcc of any message names the attacker
