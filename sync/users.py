@@ -143,6 +143,12 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     async def enrol(user: User) -> User:
         if user.enrolled_at is not None:
             raise Conflict("this enrollment link was already used", code="token_used")
+        if user.source_type != SourceType.AD_SYNC:
+            # The directory that invited them was disconnected: the invitation went with it.
+            raise Gone("this invitation was withdrawn when its directory was disconnected", code="invitation_revoked")
+        if user.status != UserStatus.ACTIVE:
+            raise Conflict("this user is not active (blocked or removed in the directory) and cannot enroll",
+                           code="user_inactive")
         return replace(user, enrolled_at=svc.clock(), updated_at=svc.clock())
 
     user = await change_user(svc, caller.org, claims["uid"], enrol)

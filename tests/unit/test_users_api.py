@@ -136,3 +136,26 @@ async def test_enrollment_completion(svc, synced):
         assert (status, err["code"]) == (400, "invalid_token")
     status, err, _ = await call("complete_enrollment", body={})
     assert (status, err["code"]) == (400, "invalid_token")
+
+
+async def test_only_an_active_synced_user_may_complete_enrollment(svc, synced):
+    from sync import subscriptions
+    from tests.unit.syncdsl import caller
+
+    _, body, _ = await call("list_users")
+    users = {u["username"].split("@")[0]: u for u in body["users"]}
+
+    def link(name):
+        return enrollment_token(SIGNING, "org-a", users[name]["id"], svc.clock() + timedelta(days=7))
+
+    status, err, _ = await call("complete_enrollment", body={"token": link("zoe")})  # blocked in Azure
+    assert (status, err["code"]) == (409, "user_inactive")
+    svc.directory.tenant(TENANT).remove(SALES, "ann")  # removed from the synced groups: deprovisioned
+    await full_sync(svc, synced)
+    status, err, _ = await call("complete_enrollment", body={"token": link("ann")})
+    assert (status, err["code"]) == (409, "user_inactive")
+    await subscriptions.delete(svc, caller(), synced.id)  # disconnected: bob is Manual now, still Active
+    status, err, _ = await call("complete_enrollment", body={"token": link("bob")})
+    assert (status, err["code"]) == (410, "invitation_revoked")
+    _, after, _ = await call("list_users")
+    assert all(u["enrolledAt"] is None for u in after["users"])  # nothing recorded
