@@ -35,6 +35,9 @@ class Settings:
     """Every app setting the function app reads, validated. Secrets are kept out of ``repr``."""
 
     portal_token_secret: str = field(repr=False)
+    portal_token_max_lifetime_s: float
+    portal_token_audience: str | None
+    portal_token_issuer: str | None
     signing_secret: str = field(repr=False)
     tables_connection_string: str | None = field(repr=False)
     tables_endpoint: str | None
@@ -72,6 +75,9 @@ class Settings:
         reader = _Reader(os.environ if env is None else env)
         settings = cls(
             portal_token_secret=reader.secret("PORTAL_TOKEN_SECRET"),
+            portal_token_max_lifetime_s=reader.number("PORTAL_TOKEN_MAX_LIFETIME_HOURS", 24.0, 0.01, 24 * 30) * 3600,
+            portal_token_audience=reader.optional("PORTAL_TOKEN_AUDIENCE"),
+            portal_token_issuer=reader.optional("PORTAL_TOKEN_ISSUER"),
             signing_secret=reader.secret("SIGNING_SECRET"),
             tables_connection_string=reader.optional("TABLES_CONNECTION_STRING"),
             tables_endpoint=reader.optional("TABLES_ENDPOINT"),

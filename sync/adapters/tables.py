@@ -864,8 +864,9 @@ def _decode_token(token: str | None) -> str:
         after = data["after"]
         if not isinstance(after, str) or len(after) > 1024:
             raise ValueError
+        after.encode("utf-8")  # a lone surrogate (json allows "\ud800") is no RowKey: the same 400 as any other
         return after
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, UnicodeEncodeError):
         raise InvalidInput("continuationToken is not one this API returned", code="invalid_continuation_token") from None
 
 

@@ -35,7 +35,9 @@ async def handle(req: func.HttpRequest, action: Action) -> func.HttpResponse:
     """Authenticate and authorize the portal caller, run ``action``, and answer JSON."""
     try:
         svc = await composition.services()
-        caller = authorize(authenticate(req.headers, svc.settings.portal_token_secret))
+        s = svc.settings
+        caller = authorize(authenticate(req.headers, s.portal_token_secret, max_lifetime_s=s.portal_token_max_lifetime_s,
+                                        audience=s.portal_token_audience, issuer=s.portal_token_issuer))
         result = await action(svc, caller)
     except SyncError as exc:
         return error_response(exc)
