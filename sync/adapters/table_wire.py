@@ -103,7 +103,8 @@ def _key(value: Any) -> str:
 
 
 def _json(entity: Mapping[str, Any]) -> str:
-    return json.dumps(_properties(entity), separators=(",", ":"), ensure_ascii=False)
+    # Escaped like the SDK (json.dumps defaults): raw U+2028/U+2029 made Azurite answer 500 to the whole batch.
+    return json.dumps(_properties(entity), separators=(",", ":"))
 
 
 def _properties(entity: Mapping[str, Any]) -> dict[str, Any]:
