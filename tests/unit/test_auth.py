@@ -1,4 +1,4 @@
-"""The caller-identity matrix of ../shared/API.md, through the real HTTP functions."""
+"""The caller-identity matrix of docs/API.md, through the real HTTP functions."""
 import base64
 import json
 import time
