@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from . import subscriptions
 from .composition import Services
 from .concurrency import optimistic
-from .errors import Conflict, NotFound, Transient
+from .errors import Conflict, InvalidInput, NotFound, Transient
 from .logs import get_logger
 from .model import (
     Caller,
@@ -32,6 +32,14 @@ def new_run_id(now: datetime) -> str:
     """Run ids sort newest first (Table Storage lists keys in ascending order) and are unguessable."""
     inverted = 10**13 - int(now.timestamp() * 1000)
     return f"{inverted:013d}-{secrets.token_hex(4)}"
+
+
+async def start_requested(svc: Services, caller: Caller, sub_id: str, body: dict) -> Run:
+    """``POST …/sync``: a Full Sync, refusing any body field (a misspelt option must never start a real sync)."""
+    if body:
+        raise InvalidInput(f"unknown field(s): {', '.join(sorted(body))[:200]}; a Full Sync takes no options",
+                           code="unknown_field")
+    return await start(svc, caller, sub_id)
 
 
 async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manual") -> Run:

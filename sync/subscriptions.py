@@ -64,6 +64,8 @@ async def list_all(svc: Services, caller: Caller) -> list[Subscription]:
 
 async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any]) -> Subscription:
     """Change the name, username attribute or options."""
+    if not body:
+        raise InvalidInput(f"send at least one of {', '.join(PATCHABLE)}", code="empty_patch")
     _only(body, PATCHABLE)
     changes: dict[str, Any] = {}
     if "name" in body:

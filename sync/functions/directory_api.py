@@ -110,7 +110,7 @@ async def search_directory_groups(req: func.HttpRequest) -> func.HttpResponse:
         params = query(req)
         groups = await subscriptions.search_groups(svc, caller, route(req, "subscriptionId"), params.get("search"))
         return {"groups": groups}
-    return await handle(req, act)
+    return await handle(req, act, query_params=("search",))
 
 
 @bp.function_name("select_groups")
@@ -135,8 +135,7 @@ async def list_selected_groups(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=ONE + "/sync", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def start_full_sync(req: func.HttpRequest) -> func.HttpResponse:
     async def act(svc, caller):
-        json_body(req)
-        run = await runs.start(svc, caller, route(req, "subscriptionId"))
+        run = await runs.start_requested(svc, caller, route(req, "subscriptionId"), json_body(req))
         location = f"/api/{SUBS}/{run.subscription_id}/runs/{run.id}"
         return Reply(202, {"runId": run.id, "status": run.status}, {"Location": location})
     return await handle(req, act)

@@ -31,9 +31,16 @@ class Reply:
 Action = Callable[[composition.Services, Caller], Awaitable[Any]]
 
 
-async def handle(req: func.HttpRequest, action: Action) -> func.HttpResponse:
-    """Authenticate and authorize the portal caller, run ``action``, and answer JSON."""
+async def handle(req: func.HttpRequest, action: Action, *, query_params: tuple[str, ...] = ()) -> func.HttpResponse:
+    """Authenticate and authorize the portal caller, run ``action``, and answer JSON.
+
+    Every endpoint answers an unknown query parameter alike (400 ``unknown_parameter``); ``query_params`` are the
+    ones this endpoint reads.
+    """
     try:
+        unknown = sorted(set(query(req)) - set(query_params))
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s): {', '.join(unknown)[:200]}", code="unknown_parameter")
         svc = await composition.services()
         s = svc.settings
         caller = authorize(authenticate(req.headers, s.portal_token_secret, max_lifetime_s=s.portal_token_max_lifetime_s,
@@ -87,7 +94,8 @@ def route(req: func.HttpRequest, name: str) -> str:
 
 
 def query(req: func.HttpRequest) -> dict[str, str]:
-    return {k: v for k, v in req.params.items()}
+    """The query parameters, less ``code``: the Functions host's key parameter, never the app's."""
+    return {k: v for k, v in req.params.items() if k != "code"}
 
 
 def error_response(exc: SyncError) -> func.HttpResponse:

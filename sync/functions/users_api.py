@@ -14,7 +14,7 @@ bp = func.Blueprint()
 async def list_users(req: func.HttpRequest) -> func.HttpResponse:
     async def act(svc, caller):
         return await users.page(svc, caller, query(req))
-    return await handle(req, act)
+    return await handle(req, act, query_params=("status", "sourceType", "search", "pageSize", "continuationToken"))
 
 
 @bp.function_name("create_user")

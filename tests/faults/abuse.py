@@ -17,7 +17,8 @@ from tests.faults.tenants import with_large_group
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI = json.loads((ROOT / "openapi.json").read_text())
-ANONYMOUS = {("GET", "/api/health"), ("GET", "/api/directory/consent"), ("POST", "/api/directory/consent")}
+ANONYMOUS = {("GET", "/api/health"), ("GET", "/api/directory/consent"), ("POST", "/api/directory/consent"),
+             ("GET", "/api/openapi.json")}
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 

@@ -233,7 +233,7 @@ async def test_missing_state_redirects_with_error(svc):
     assert status == 302 and outcome(headers["Location"])[1] == {"consent": "error", "error": "missing_state"}
 
 
-@pytest.mark.parametrize("name", [n for n in http_function_names() if n not in ("health", "consent_callback")])
+@pytest.mark.parametrize("name", [n for n in http_function_names() if n not in ("health", "consent_callback", "openapi")])
 async def test_every_endpoint_refuses_other_roles_and_no_token(svc, name):
     template, _ = http_route_of(name)
     route = {p: "x" for p in ("subscriptionId", "runId", "userId") if "{" + p + "}" in template}
@@ -241,3 +241,27 @@ async def test_every_endpoint_refuses_other_roles_and_no_token(svc, name):
     assert status == 403 and body["code"] == "role_not_allowed"
     status, body, _ = await call(name, route=route, auth=None)
     assert status == 401 and set(body) >= {"code", "message"}
+
+
+async def test_unknown_query_parameters_empty_patches_and_sync_options_are_refused_alike(svc, tenant):
+    sub = await new_sub()
+    for name, route in (("list_subscriptions", {}), ("get_subscription", {"subscriptionId": sub["id"]}),
+                        ("list_runs", {"subscriptionId": sub["id"]}), ("list_users", {}), ("list_groups", {})):
+        status, body, _ = await call(name, route=route, params={"sorting": "x"})
+        assert (status, body["code"]) == (400, "unknown_parameter"), name
+    # The Functions host's key parameter is never the app's business.
+    assert (await call("list_subscriptions", params={"code": "function-key"}))[0] == 200
+    status, body, _ = await call("update_subscription", route={"subscriptionId": sub["id"]}, body={})
+    assert (status, body["code"]) == (400, "empty_patch")
+    await consent(sub["id"])
+    await call("select_groups", route={"subscriptionId": sub["id"]}, body={"groupIds": [SALES]})
+    for options in ({"dryRun": True}, {"dryrun": True}, {"groups": [SALES]}):
+        status, body, _ = await call("start_full_sync", route={"subscriptionId": sub["id"]}, body=options)
+        assert (status, body["code"]) == (400, "unknown_field"), options
+    assert svc.queue.group_jobs == []  # a misspelt option started nothing
+    assert (await call("start_full_sync", route={"subscriptionId": sub["id"]}, body={}))[0] == 202
+
+
+async def test_the_api_description_needs_no_token(svc):
+    status, body, _ = await call("openapi", auth=None)
+    assert status == 200 and body["openapi"].startswith("3")

@@ -40,9 +40,9 @@ def test_function_names_are_unique_and_bindings_valid():
             assert "NIGHTLY_SYNC_SCHEDULE" in settings_sample
 
 
-def test_only_health_and_consent_are_anonymous():
+def test_only_health_consent_and_the_api_description_are_anonymous():
     anonymous = {name for name, spec in _functions() if spec["bindings"][0].get("authLevel") == "ANONYMOUS"}
-    assert anonymous == {"health", "consent_callback"}
+    assert anonymous == {"health", "consent_callback", "openapi"}
 
 
 def test_openapi_describes_exactly_the_registered_routes():
