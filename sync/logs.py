@@ -6,6 +6,7 @@ for handlers (such as OpenTelemetry's) that read them.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, MutableMapping
 
@@ -21,6 +22,8 @@ class FieldsAdapter(logging.LoggerAdapter):
 
 
 def _value(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):  # counts and lists as JSON, never Python reprs
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
     text = str(value)
     return f'"{text}"' if (" " in text or not text) else text
 

@@ -1,6 +1,7 @@
 """HTTP functions of the Directory Sync page: subscriptions, consent, groups, Full Sync and its runs."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import azure.functions as func
@@ -8,7 +9,7 @@ import azure.functions as func
 from .. import composition, consent, runs, subscriptions
 from ..logs import get_logger
 from ..model import Subscription, iso
-from .http import Reply, form_body, handle, json_body, json_response, query, route
+from .http import Reply, form_body, handle, json_body, json_response, log_request, query, route
 
 log = get_logger(__name__)
 bp = func.Blueprint()
@@ -91,6 +92,7 @@ async def authorize_subscription(req: func.HttpRequest) -> func.HttpResponse:
 async def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
     """Microsoft's redirects: admin consent (GET) goes on to the admin's sign-in; the signed sign-in (POST, form_post)
     records consent. Redirects only to the portal or to Microsoft's sign-in at AUTHORITY_HOST, never elsewhere."""
+    started = time.perf_counter()
     try:
         svc = await composition.services()
         if req.method == "POST":
@@ -99,7 +101,9 @@ async def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
             location = await consent.complete_consent(svc, query(req))
     except Exception:
         log.exception("consent callback failed")
+        log_request(req, 500, started)
         return json_response(500, {"code": "internal_error", "message": "the consent could not be recorded; try again"})
+    log_request(req, 302, started)
     return func.HttpResponse(status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
 
 

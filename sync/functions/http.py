@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -37,6 +39,15 @@ async def handle(req: func.HttpRequest, action: Action, *, query_params: tuple[s
     Every endpoint answers an unknown query parameter alike (400 ``unknown_parameter``); ``query_params`` are the
     ones this endpoint reads.
     """
+    started = time.perf_counter()
+    seen: dict[str, str] = {}
+    response = await _answer(req, action, query_params, seen)
+    log_request(req, response.status_code, started, org=seen.get("org"), code=seen.get("code"))
+    return response
+
+
+async def _answer(req: func.HttpRequest, action: Action, query_params: tuple[str, ...],
+                  seen: dict[str, str]) -> func.HttpResponse:
     try:
         unknown = sorted(set(query(req)) - set(query_params))
         if unknown:
@@ -45,18 +56,39 @@ async def handle(req: func.HttpRequest, action: Action, *, query_params: tuple[s
         s = svc.settings
         caller = authorize(authenticate(req.headers, s.portal_token_secret, max_lifetime_s=s.portal_token_max_lifetime_s,
                                         audience=s.portal_token_audience, issuer=s.portal_token_issuer))
+        seen["org"] = caller.org
         result = await action(svc, caller)
     except SyncError as exc:
+        seen["code"] = exc.code
         return error_response(exc)
     except SettingsError:
         log.exception("the function app is misconfigured")
         return json_response(500, {"code": "misconfigured", "message": "the service is misconfigured; see its logs"})
     except Exception:
-        log.exception("unhandled error in an HTTP function", extra={"route": req.route_params})
+        log.exception("unhandled error in an HTTP function", extra={"path": _path(req)})
         return json_response(500, {"code": "internal_error", "message": "an unexpected error occurred; it has been logged"})
     if isinstance(result, Reply):
         return json_response(result.status, result.body, result.headers)
     return json_response(200, result)
+
+
+def log_request(req: func.HttpRequest, status: int, started: float, *, org: str | None = None,
+                code: str | None = None) -> None:
+    """One line per request: method, path (never its query: a function key may ride there), status, time, org."""
+    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    fields: dict[str, Any] = {"method": req.method, "path": _path(req), "status": status,
+                              "duration_ms": round((time.perf_counter() - started) * 1000, 1)}
+    if org:
+        fields["org"] = org
+    if code:
+        fields["code"] = code
+    log.log(level, "http request", extra=fields)
+
+
+def _path(req: func.HttpRequest) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(req.url).path[:300]
 
 
 def json_body(req: func.HttpRequest) -> dict[str, Any]:
