@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from .azurite import Azurite, connection_string, free_port
+from .lifecycle import PORT_IN_USE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Local defaults, documented in the README so a developer can mint a portal token for curl. Never used in Azure.
@@ -42,6 +43,8 @@ class DevHost:
         self.host_proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.stopping = False
+        self.failed: str | None = None
+        self.done = asyncio.Event()
         self.settings: dict[str, str] = {}
         self.process_env: dict[str, str] = {}  # not app settings: what the platform gives the host (CA trust, MSI)
         self.identity_folder: Path | None = None  # the local CA and the app's certificate, removed on stop
@@ -112,9 +115,11 @@ class DevHost:
     async def start_function_host(self) -> None:
         env = {**os.environ, **self.process_env, **self.settings, "PYTHONPATH": str(ROOT)}
         self._host_ready.clear()
+        from .lifecycle import die_with_parent
+
         self.host_proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "local.function_host", "--port", str(self.port),
-            cwd=str(ROOT), env=env, stdout=asyncio.subprocess.PIPE, stderr=None)
+            cwd=str(ROOT), env=env, stdout=asyncio.subprocess.PIPE, stderr=None, preexec_fn=die_with_parent)
         asyncio.create_task(self._watch(self.host_proc))
         await asyncio.wait_for(self._host_ready.wait(), timeout=60)
 
@@ -128,6 +133,10 @@ class DevHost:
             else:
                 print(line, file=sys.stderr, flush=True)
         code = await proc.wait()
+        if code == PORT_IN_USE and not self.stopping:
+            self.failed = f"port {self.port} is in use: stop what listens there, or start with --port N (0: any free port)"
+            self.done.set()
+            return
         if not self.stopping and proc is self.host_proc:
             self.restarts += 1
             print(f"function host exited with {code}; restarting (restart #{self.restarts})", file=sys.stderr, flush=True)
@@ -200,19 +209,32 @@ class DevHost:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from .lifecycle import port_free
+
+    if not port_free("127.0.0.1", args.port):
+        print(f"port {args.port} is in use: stop what listens there, or start with --port N (0: any free port)",
+              file=sys.stderr, flush=True)
+        return 2
     host = DevHost(args)
-    done = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, host.done.set)
     try:
         host.start_stand_ins()
         await host.start_control()
-        await host.start_function_host()
-        print(host.ready_line(), flush=True)
-        await done.wait()
+        started = asyncio.ensure_future(host.start_function_host())
+        await asyncio.wait([started, asyncio.ensure_future(host.done.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if host.failed or host.done.is_set() and not started.done():
+            started.cancel()
+        else:
+            await started
+            print(host.ready_line(), flush=True)
+            await host.done.wait()
     finally:
         await host.stop()
+    if host.failed:
+        print(host.failed, file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

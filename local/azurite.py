@@ -71,8 +71,10 @@ class Azurite:
         env = dict(os.environ)
         if self.speedups:
             env["NODE_OPTIONS"] = f'{env.get("NODE_OPTIONS", "")} --require "{SPEEDUPS}"'.strip()
+        from .lifecycle import die_with_parent
+
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      start_new_session=True, cwd=str(ROOT), env=env)
+                                      start_new_session=True, cwd=str(ROOT), env=env, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

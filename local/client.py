@@ -225,8 +225,10 @@ class DevHostProcess:
             cmd += ["--outbox", self.outbox]
         stderr = open(self.log, "ab") if self.log else None
         try:
+            from local.lifecycle import die_with_parent
+
             self.proc = subprocess.Popen(cmd, cwd=str(ROOT), env={**os.environ, **self.env}, stdout=subprocess.PIPE,
-                                         stderr=stderr, text=True, start_new_session=True)
+                                         stderr=stderr, text=True, start_new_session=True, preexec_fn=die_with_parent)
         finally:
             if stderr:
                 stderr.close()

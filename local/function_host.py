@@ -148,7 +148,14 @@ class FunctionHost:
         web_app.router.add_route("*", r"/api/{tail:[\s\S]*}", self._http)  # any path, newlines (%0A) too
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError as exc:
+            from local.lifecycle import PORT_IN_USE
+
+            print(f"port {self.port} is in use ({exc.strerror}); start with --port N (0: any free port)",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(PORT_IN_USE) from None
         if self.queues:
             connection = self.env.get("ServiceBusConnection")
             if not connection:
