@@ -15,7 +15,8 @@ from .senders import MailError, OutgoingEmail
 
 log = get_logger(__name__)
 
-SEND_LEASE = timedelta(minutes=5)
+SEND_LEASE = timedelta(minutes=5)  # a claim older than this was left by a delivery that died: it is taken over
+MAX_LEASE_WAITS = 12
 
 
 async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
@@ -23,6 +24,8 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
     if svc.mail_sender is None:
         raise SettingsError("MAIL_SENDER is 'none': enrollment e-mails cannot be sent")
     user = await _claim(svc, job)
+    if isinstance(user, tuple):  # another delivery holds the claim: maybe it died before sending
+        return await _after_the_lease(svc, job, user[1])
     if isinstance(user, str):
         return user
     s = svc.settings
@@ -60,9 +63,21 @@ async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) 
     return "retry_scheduled"
 
 
-async def _claim(svc: Services, job: EnrollmentJob) -> User | str:
-    """Mark the user as being e-mailed (ETag), or say why no e-mail is due."""
-    reason = "user_gone"
+async def _after_the_lease(svc: Services, job: EnrollmentJob, lease_until) -> str:
+    """Check again once the other delivery's claim has run out: sent by then, or sent by us (at least once)."""
+    if job.waits >= MAX_LEASE_WAITS:
+        log.warning("invitation claim never released", extra={"org": job.org, "user": job.user_id})
+        return "being_sent"
+    delay = max(1.0, (lease_until - svc.clock()).total_seconds() + 1.0)
+    await svc.queue.send_enrollment_jobs([replace(job, waits=job.waits + 1)], delay_s=delay)
+    log.info("invitation claimed by another delivery; checking again after its lease",
+             extra={"org": job.org, "user": job.user_id, "in_s": int(delay)})
+    return "rescheduled"
+
+
+async def _claim(svc: Services, job: EnrollmentJob) -> User | str | tuple:
+    """Mark the user as being e-mailed (ETag), or say why no e-mail is due ((reason, lease end) when claimed elsewhere)."""
+    reason: str | tuple = "user_gone"
 
     async def claim(user: User) -> User | None:
         nonlocal reason
@@ -73,7 +88,7 @@ async def _claim(svc: Services, job: EnrollmentJob) -> User | str:
         elif state in (EmailState.FAILED, None):
             reason = "not_due"
         elif state == EmailState.SENDING and user.enrollment_email_lease_until and user.enrollment_email_lease_until > now:
-            reason = "being_sent"
+            reason = ("being_sent", user.enrollment_email_lease_until)
         elif user.status != UserStatus.ACTIVE or not user.email:
             reason = "skipped"
             return _outcome(user, EmailState.FAILED, now, error="the user is inactive or has no e-mail address")

@@ -161,13 +161,15 @@ class _Known:
 
     fingerprint: bytes
     created_by_this_run: bool  # may be an earlier attempt's creation it never reported: read it in full
-    invitation_queued: bool
+    invitation_queued: bool  # queued by this run (re-queued if this delivery is a redelivery)
+    invitation_stuck: bool = False  # an earlier run's invitation still claimed ("sending"): its sender may have died
 
     @classmethod
     def of(cls, member: MemberState, run_id: str) -> "_Known":
         this_run = member.last_run_id == run_id
         return cls(fingerprint(member), this_run and member.last_change == Change.CREATED,
-                   this_run and member.enrollment_email == EmailState.QUEUED)
+                   this_run and member.enrollment_email == EmailState.QUEUED,
+                   not this_run and member.enrollment_email == EmailState.SENDING)
 
 
 @dataclass
@@ -257,6 +259,8 @@ class _Segment:
                 absent.append(uid)
             elif known.fingerprint == fingerprint(desired) and not known.created_by_this_run:
                 self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
+                if known.invitation_stuck:  # the mailer takes the claim over once its lease ran out
+                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
             else:
                 reread.append(uid)
         updates: list[tuple[User, Desired]] = []

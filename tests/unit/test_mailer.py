@@ -109,8 +109,32 @@ async def test_a_send_in_progress_elsewhere_is_not_repeated_until_its_lease_ends
     async def claim(u):
         return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock().replace(year=2100))
     await change_user(svc, "org-a", invited[0].user_id, claim)
-    assert await send_invitation(svc, invited[0]) == "being_sent"
+    job = invited[0]
+    svc.queue.enrollment_jobs.clear()
+    assert await send_invitation(svc, job) == "rescheduled"  # not sent twice, not forgotten either
     assert svc.mail_sender.sent == []
+    [later] = svc.queue.enrollment_jobs
+    assert later.waits == 1 and later.message_id != job.message_id and svc.queue.delays[-1] > 3600
+
+
+async def test_a_delivery_that_died_after_claiming_never_loses_the_invitation(svc, invited):
+    """The host is killed between the claim and the send: the redelivery waits out the lease, then sends once."""
+    from dataclasses import replace
+
+    from notifications.mailer import SEND_LEASE
+    from sync.users import change_user
+
+    async def claim(u):  # what the killed delivery had written
+        return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock() + SEND_LEASE)
+    await change_user(svc, "org-a", invited[0].user_id, claim)
+    job = next(j for j in invited if j.user_id == invited[0].user_id)
+    svc.queue.enrollment_jobs.clear()
+    assert await send_invitation(svc, job) == "rescheduled"  # the redelivery, a few seconds later
+    [later] = svc.queue.enrollment_jobs
+    svc.clock.advance(seconds=svc.queue.delays[-1])
+    assert await send_invitation(svc, later) == "sent"
+    assert await send_invitation(svc, later) == "already_sent"
+    assert [m.to_address for m in svc.mail_sender.sent] == ["tom@contoso.example"]
 
 
 async def test_dead_lettered_invitation_is_recorded(svc, invited):
@@ -128,3 +152,24 @@ async def test_retries_back_off_and_give_up(svc, invited):
     assert await send_invitation(svc, svc.queue.enrollment_jobs[-1]) == "failed"
     tom = users_of(svc)["tom@contoso.example"]
     assert tom.enrollment_email == EmailState.FAILED and "gave up after" in tom.enrollment_email_error
+
+
+async def test_the_next_run_requeues_an_invitation_an_earlier_run_left_claimed(svc, invited):
+    from dataclasses import replace
+
+    from sync import runs
+    from sync.users import change_user
+    from tests.unit.syncdsl import caller, deliver
+
+    tom = users_of(svc)["tom@contoso.example"]
+
+    async def stuck(u):  # claimed by a delivery that died, and its message is gone
+        return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock())
+    await change_user(svc, "org-a", tom.id, stuck)
+    svc.queue.enrollment_jobs.clear()
+    svc.clock.advance(minutes=10)
+    await runs.start(svc, caller(), tom.subscription_id)
+    await deliver(svc)
+    assert [j.user_id for j in svc.queue.enrollment_jobs] == [tom.id]
+    assert await send_invitation(svc, svc.queue.enrollment_jobs[0]) == "sent"
+    assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.SENT
