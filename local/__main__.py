@@ -83,6 +83,10 @@ class DevHost:
             client_id = os.environ.get("GRAPH_CLIENT_ID") or LOCAL_CLIENT_ID
             app = LocalApp.create(client_id, [redirect_uri], client_secret=self.given("GRAPH_CLIENT_SECRET"))
             self.identity_folder = app.tls.folder
+            if self.args.port:  # `make run` (a fixed port): where `python -m local.browser` and curl --cacert find it
+                known = ROOT / ".local" / "authority-ca.pem"
+                known.parent.mkdir(parents=True, exist_ok=True)
+                known.write_bytes(app.tls.bundle_file.read_bytes())
             tenants = self.args.tenant or [str(DEMO_TENANT)]
             self.graph = FakeGraph(tenants=tenants, port=self.args.graph_port, latency_ms=self.args.latency_ms,
                                    registration=app.registration, managed_identity=app.managed_identity,
