@@ -189,6 +189,7 @@ class _Segment:
     snapshot: dict[str, "_Known"] = field(default_factory=dict)
     invitations: list[EnrollmentJob] = field(default_factory=list)
     refused_mail: set[str] = field(default_factory=set)
+    pages_read: int = 0
 
     @property
     def org(self) -> str:
@@ -216,6 +217,7 @@ class _Segment:
                 if page is None:
                     break
                 pages += 1
+                self.pages_read += 1
                 # Fetch the next page while this one is written, unless this segment ends with this page: then the
                 # follow-up message reads it (a page fetched here would be read twice). A segment cut by its time
                 # budget (minutes, rare) drops the page it read ahead; the follow-up reads it again.
@@ -472,6 +474,7 @@ class _Segment:
             if p.finished or p.segment > job.segment:
                 return None
             return replace(p, state=GroupState.RUNNING, segment=follow.segment, counts=p.counts + self.counts,
+                           pages=p.pages + self.pages_read,
                            errors=(p.errors + tuple(self.errors))[:MAX_ERRORS_PER_GROUP],
                            errors_dropped=p.errors_dropped + self.dropped + max(0, len(p.errors) + len(self.errors) - MAX_ERRORS_PER_GROUP),
                            updated_at=svc.clock())
@@ -498,7 +501,7 @@ class _Segment:
         def complete(p: GroupProgress) -> GroupProgress | None:
             if p.finished or p.segment > job.segment:
                 return None
-            return replace(p, state=GroupState.DONE, counts=p.counts + self.counts,
+            return replace(p, state=GroupState.DONE, counts=p.counts + self.counts, pages=p.pages + self.pages_read,
                            errors=(p.errors + tuple(self.errors))[:MAX_ERRORS_PER_GROUP],
                            errors_dropped=p.errors_dropped + self.dropped + max(0, len(p.errors) + len(self.errors) - MAX_ERRORS_PER_GROUP),
                            user_count=len(seen), last_error=None, updated_at=now, finished_at=now)

@@ -194,6 +194,7 @@ class GroupProgress:
     last_error: str | None = None
     updated_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
+    pages: int = 0  # Graph pages read for this group (all its segments and restarts)
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -244,6 +245,16 @@ class RunView:
         return total
 
     @property
+    def progress(self) -> dict[str, int]:
+        """What a portal can draw while the run is in flight: groups, Graph pages and memberships processed so far."""
+        processed = 0
+        for g in self.groups:
+            c = g.counts
+            processed += c.created + c.updated + c.reactivated + c.unchanged + c.skipped
+        return {"groupsDone": self.groups_done, "groupsTotal": len(self.run.group_ids),
+                "pagesRead": sum(g.pages for g in self.groups), "membershipsProcessed": processed}
+
+    @property
     def last_activity(self) -> datetime:
         return max([self.run.updated_at, *(g.updated_at for g in self.groups)])
 
@@ -265,6 +276,10 @@ class RunView:
             "groupsTotal": len(self.run.group_ids),
             "groupsDone": self.groups_done,
             "counts": self.counts.to_api(),
+            # While a run is in flight its counts are per-group sums (a user in three groups counts three times,
+            # one joining a group counts as unchanged): only the recount at the end is final. Progress is true.
+            "countsFinal": self.run.status in RunStatus.TERMINAL,
+            "progress": self.progress,
             "errors": [e.to_api() for e in errors[: self.MAX_ERRORS]],
             "errorsTruncated": dropped,
             "startedAt": iso(self.run.started_at),

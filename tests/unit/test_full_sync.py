@@ -419,3 +419,26 @@ async def test_a_long_retry_after_reschedules_the_segment_instead_of_sleeping(sv
     await group_sync.handle_group_job(svc, later)
     view = await runs.get(svc, caller(), sub.id, run.id)
     assert view.run.status == "succeeded"
+
+
+async def test_a_running_run_shows_true_progress_and_marks_its_counts_partial(svc, tenant):
+    from sync import group_sync
+
+    svc.directory.page_size = 7
+    svc.settings = svc.settings.__class__(**{**svc.settings.__dict__, "max_pages_per_message": 2})
+    for i in range(40):
+        tenant.add_user(f"m{i:02d}", groups=[OPS])
+    sub = await connect(svc, groups=(OPS, SALES))
+    run = await runs.start(svc, caller(), sub.id)
+    jobs = svc.queue.take_group_jobs()
+    first = next(j for j in jobs if j.group_id == OPS)
+    others = [j for j in jobs if j.group_id != OPS]
+    await group_sync.handle_group_job(svc, first)  # two pages of the 42-member group, then a follow-up
+    mid = (await runs.get(svc, caller(), sub.id, run.id)).to_api()
+    assert mid["status"] == "running" and mid["countsFinal"] is False
+    assert mid["progress"] == {"groupsDone": 0, "groupsTotal": 2, "pagesRead": 2, "membershipsProcessed": 14}
+    svc.queue.group_jobs.extend(others)
+    await deliver(svc)
+    done = (await runs.get(svc, caller(), sub.id, run.id)).to_api()
+    assert done["status"] == "succeeded" and done["countsFinal"] is True
+    assert done["progress"]["groupsDone"] == 2 and done["progress"]["pagesRead"] == 6 + 1
