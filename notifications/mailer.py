@@ -16,7 +16,6 @@ from .senders import MailError, OutgoingEmail
 log = get_logger(__name__)
 
 SEND_LEASE = timedelta(minutes=5)  # a claim older than this was left by a delivery that died: it is taken over
-MAX_LEASE_WAITS = 12
 
 
 async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
@@ -24,8 +23,6 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
     if svc.mail_sender is None:
         raise SettingsError("MAIL_SENDER is 'none': enrollment e-mails cannot be sent")
     user = await _claim(svc, job)
-    if isinstance(user, tuple):  # another delivery holds the claim: maybe it died before sending
-        return await _after_the_lease(svc, job, user[1])
     if isinstance(user, str):
         return user
     s = svc.settings
@@ -63,21 +60,14 @@ async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) 
     return "retry_scheduled"
 
 
-async def _after_the_lease(svc: Services, job: EnrollmentJob, lease_until) -> str:
-    """Check again once the other delivery's claim has run out: sent by then, or sent by us (at least once)."""
-    if job.waits >= MAX_LEASE_WAITS:
-        log.warning("invitation claim never released", extra={"org": job.org, "user": job.user_id})
-        return "being_sent"
-    delay = max(1.0, (lease_until - svc.clock()).total_seconds() + 1.0)
-    await svc.queue.send_enrollment_jobs([replace(job, waits=job.waits + 1)], delay_s=delay)
-    log.info("invitation claimed by another delivery; checking again after its lease",
-             extra={"org": job.org, "user": job.user_id, "in_s": int(delay)})
-    return "rescheduled"
+async def _claim(svc: Services, job: EnrollmentJob) -> User | str:
+    """Mark the user as being e-mailed (ETag), or say why no e-mail is due.
 
-
-async def _claim(svc: Services, job: EnrollmentJob) -> User | str | tuple:
-    """Mark the user as being e-mailed (ETag), or say why no e-mail is due ((reason, lease end) when claimed elsewhere)."""
-    reason: str | tuple = "user_gone"
+    A claim is a lease: a delivery that died holding it (between the claim and recording the outcome) leaves the
+    user ``sending``; once the lease has run out the claim is taken over — by a later delivery, or by the next run,
+    which re-queues every invitation an earlier run left ``sending`` (group_sync), so none is lost.
+    """
+    reason = "user_gone"
 
     async def claim(user: User) -> User | None:
         nonlocal reason
@@ -88,7 +78,7 @@ async def _claim(svc: Services, job: EnrollmentJob) -> User | str | tuple:
         elif state in (EmailState.FAILED, None):
             reason = "not_due"
         elif state == EmailState.SENDING and user.enrollment_email_lease_until and user.enrollment_email_lease_until > now:
-            reason = ("being_sent", user.enrollment_email_lease_until)
+            reason = "being_sent"
         elif user.status != UserStatus.ACTIVE or not user.email:
             reason = "skipped"
             return _outcome(user, EmailState.FAILED, now, error="the user is inactive or has no e-mail address")

@@ -499,20 +499,18 @@ class EnrollmentJob:
     user_id: str
     run_id: str | None = None
     attempt: int = 0  # retries after the relay refused for a while
-    waits: int = 0  # copies scheduled for when another delivery's claim (lease) runs out
 
     @property
     def message_id(self) -> str:
         base = f"enroll:{self.org}:{self.user_id}"
-        base = f"{base}:retry{self.attempt}" if self.attempt else base
-        return f"{base}:wait{self.waits}" if self.waits else base
+        return f"{base}:retry{self.attempt}" if self.attempt else base
 
     def to_json(self) -> str:
-        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt,
-                           "waits": self.waits}, separators=(",", ":"))
+        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt},
+                          separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EnrollmentJob":
         data = json.loads(text)
         return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
-                   attempt=int(data.get("attempt") or 0), waits=int(data.get("waits") or 0))
+                   attempt=int(data.get("attempt") or 0))

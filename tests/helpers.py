@@ -15,7 +15,7 @@ from tests.fakes import SECRET
 def token(org: str = "org-a", role: str = "Administrator", sub: str = "admin@portal", *, secret: str = SECRET,
           exp: float | None = None, alg: str = "HS256", **claims: Any) -> str:
     """A portal token; pass claim=None to leave a claim out."""
-    payload = {"org": org, "sub": sub, "role": role, "exp": int(exp if exp is not None else time.time() + 600), **claims}
+    payload = {"org": org, "sub": sub, "role": role, "exp": int(exp if exp is not None else time.time() + 6 * 3600), **claims}  # outlives a long test session
     payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode(payload, secret, algorithm=alg)
 
