@@ -200,11 +200,16 @@ async def test_missing_username_attribute_is_skipped(svc, tenant):
     assert view.counts.skippedReasons == {"missing_username_attribute": 2}
 
 
-async def test_large_group_continues_in_follow_up_messages(svc, tenant):
+def large_ops_group(svc, tenant) -> None:
+    """OPS gets 40 more members (42 in all), read 7 a page and 2 pages a message: 6 pages in 3 messages."""
     svc.directory.page_size = 7
     svc.settings = svc.settings.__class__(**{**svc.settings.__dict__, "max_pages_per_message": 2})
     for i in range(40):
         tenant.add_user(f"m{i:02d}", groups=[OPS])
+
+
+async def test_large_group_continues_in_follow_up_messages(svc, tenant):
+    large_ops_group(svc, tenant)
     sub = await connect(svc, groups=(OPS,))
     before = svc.directory.requests
     view = await full_sync(svc, sub)
@@ -219,10 +224,7 @@ async def test_large_group_continues_in_follow_up_messages(svc, tenant):
 
 
 async def test_an_expired_page_token_restarts_the_group_instead_of_failing_it(svc, tenant):
-    svc.directory.page_size = 7
-    svc.settings = svc.settings.__class__(**{**svc.settings.__dict__, "max_pages_per_message": 2})
-    for i in range(40):
-        tenant.add_user(f"m{i:02d}", groups=[OPS])
+    large_ops_group(svc, tenant)
     sub = await connect(svc, groups=(OPS,))
     await full_sync(svc, sub)
     tenant.members[OPS] = [u for u in tenant.members[OPS] if u != "m00"]  # one member leaves
@@ -424,10 +426,7 @@ async def test_a_long_retry_after_reschedules_the_segment_instead_of_sleeping(sv
 async def test_a_running_run_shows_true_progress_and_marks_its_counts_partial(svc, tenant):
     from sync import group_sync
 
-    svc.directory.page_size = 7
-    svc.settings = svc.settings.__class__(**{**svc.settings.__dict__, "max_pages_per_message": 2})
-    for i in range(40):
-        tenant.add_user(f"m{i:02d}", groups=[OPS])
+    large_ops_group(svc, tenant)
     sub = await connect(svc, groups=(OPS, SALES))
     run = await runs.start(svc, caller(), sub.id)
     jobs = svc.queue.take_group_jobs()
