@@ -105,10 +105,7 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         if exc.may_be_propagating and left > 0 and job.attempt < MAX_SCHEDULED_WAITS:
             # A fresh consent still replicating: try this segment again a little later, as a scheduled copy, rather
             # than by redelivery (which would spend the message's deliveries in seconds).
-            delay = min(PROPAGATION_RETRY_S, left)
-            await _note_error(svc, job, f"consent_propagating: {exc.message}")
-            await svc.queue.send_group_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
-            log.info("consent still propagating; group retried later", extra={**ctx, "delay_s": delay})
+            await _retry_later(svc, job, min(PROPAGATION_RETRY_S, left), f"consent_propagating: {exc.message}", ctx)
             return
         await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id)
         await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked")
@@ -124,10 +121,7 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         if exc.retry_after and exc.retry_after > IN_PROCESS_WAIT_S and job.attempt < MAX_SCHEDULED_WAITS:
             # Graph asked for a long pause: honour it with a scheduled copy of this segment (its own message id),
             # instead of sleeping in the function or spending a delivery on an immediate redelivery.
-            delay = min(exc.retry_after, MAX_RETRY_AFTER_S)
-            await _note_error(svc, job, f"throttled: {exc.message}; retrying in {delay:.0f} s")
-            await svc.queue.send_group_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
-            log.info("throttled; group segment rescheduled", extra={**ctx, "delay_s": delay})
+            await _retry_later(svc, job, min(exc.retry_after, MAX_RETRY_AFTER_S), f"throttled: {exc.message}", ctx)
             return
         await _note_error(svc, job, f"{type(exc).__name__}: {exc.message[:300]}")
         raise
@@ -136,6 +130,13 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         await _note_error(svc, job, f"{type(exc).__name__}: {getattr(exc, 'message', str(exc))[:300]}")
         raise
     log.info("group segment synced", extra=ctx)
+
+
+async def _retry_later(svc: Services, job: GroupJob, delay: float, why: str, ctx: dict) -> None:
+    """Note why on the group and schedule a copy of this segment (its own message id) ``delay`` seconds later."""
+    await _note_error(svc, job, f"{why}; retrying in {delay:.0f} s")
+    await svc.queue.send_group_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
+    log.info("group segment rescheduled", extra={**ctx, "delay_s": delay, "why": why[:100]})
 
 
 async def handle_dead_lettered_group_job(svc: Services, job: GroupJob, reason: str | None) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
+from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator, Callable
 
 from ..errors import (
@@ -75,7 +76,7 @@ class GraphDirectory(Directory):
         self._max_tenants = max_tenants
         self._closing: set[asyncio.Task] = set()
         self._retired: list[tuple[float, Any]] = []
-        self._credential_errors_logged = 0
+        self._credential_error_logged = False
         self._http: Any = None
         self.requests = 0
         # Fair share: workers and people get separate pools of `concurrency` requests, and within the people's pool
@@ -266,7 +267,9 @@ class GraphDirectory(Directory):
         info = request(adapter)
         info.add_request_options([RetryHandlerOption(max_retries=0)])  # retried by _get_json, holding no slot
         try:
-            async with _Held(*self._slots(tenant_id, interactive)):
+            async with AsyncExitStack() as held:
+                for slot in self._slots(tenant_id, interactive):
+                    await held.enter_async_context(slot)
                 self.requests += 1
                 raw = await adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})
         except APIError as exc:
@@ -288,9 +291,9 @@ class GraphDirectory(Directory):
                                      f"app removed: AADSTS{min(codes & CONSENT_LOST_CODES)})",
                                      may_be_propagating=bool(codes & PROPAGATION_CODES))
         if codes & CREDENTIAL_CODES:
-            # An operator problem, the same for every tenant: log it at error level a few times, not per group.
-            self._credential_errors_logged += 1
-            if self._credential_errors_logged <= 1:
+            # An operator problem, the same for every tenant: logged at error level once per process, not per group.
+            if not self._credential_error_logged:
+                self._credential_error_logged = True
                 log.error("the app's Microsoft credential was refused; renew it (secret, certificate or federated "
                           "credential of the app registration)", extra={"error_codes": sorted(codes)})
             return CredentialInvalid("the app's own Microsoft credential is invalid or expired; the operator must renew "
@@ -301,7 +304,7 @@ class GraphDirectory(Directory):
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-        for _, credential in [*self._adapters.values(), *((None, c) for _, c in self._retired)]:
+        for credential in [c for _, c in self._adapters.values()] + [c for _, c in self._retired]:
             self._close_now(credential)
         self._adapters.clear()
         self._retired.clear()
@@ -324,28 +327,6 @@ class _OneTokenRequestAtATime:
         closer = getattr(self._credential, "close", None)
         if closer is not None:
             await closer()
-
-
-class _Held:
-    """Hold several semaphores, in order, for one request."""
-
-    def __init__(self, *semaphores: asyncio.Semaphore) -> None:
-        self._semaphores = semaphores
-
-    async def __aenter__(self) -> None:
-        taken = []
-        try:
-            for semaphore in self._semaphores:
-                await semaphore.acquire()
-                taken.append(semaphore)
-        except BaseException:
-            for semaphore in reversed(taken):
-                semaphore.release()
-            raise
-
-    async def __aexit__(self, *exc: Any) -> None:
-        for semaphore in reversed(self._semaphores):
-            semaphore.release()
 
 
 class _TokenRejected(Exception):
