@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import replace
 from datetime import timedelta
@@ -30,7 +29,7 @@ from . import signing
 from .composition import Services
 from .errors import Conflict, InvalidInput, NotFound, SyncError, Transient
 from .logs import get_logger
-from .model import Caller, SignIn, Subscription, SubscriptionStatus
+from .model import Caller, SignIn, Subscription, SubscriptionStatus, is_guid
 from .subscriptions import modify
 
 log = get_logger(__name__)
@@ -46,7 +45,6 @@ CONSENTING_ROLES = {
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
     "e8611ab8-c189-46e8-94e1-60213ab1f814": "Privileged Role Administrator",
 }
-_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 async def authorize_url(svc: Services, caller: Caller, sub_id: str) -> str:
@@ -81,7 +79,7 @@ async def complete_consent(svc: Services, params: dict[str, str]) -> str:
             pass
         return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': _safe_code(params['error'])})}"
     tenant = (params.get("tenant") or "").strip()
-    if params.get("admin_consent", "").lower() != "true" or not _GUID.fullmatch(tenant):
+    if params.get("admin_consent", "").lower() != "true" or not is_guid(tenant):
         return f"{back}?{urlencode({**outcome, 'consent': 'error', 'error': 'consent_not_granted'})}"
     try:
         await _current(svc, claims)

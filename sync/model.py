@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -36,6 +37,14 @@ class SubscriptionStatus:
     AUTHORIZATION_REQUIRED = "authorization_required"
     AUTHORIZED = "authorized"
     CONSENT_REVOKED = "consent_revoked"
+
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def is_guid(value: str) -> bool:
+    """An Entra object or tenant id has this shape; nothing else can be one."""
+    return isinstance(value, str) and _GUID.fullmatch(value) is not None
 
 
 class RunStatus:

@@ -23,7 +23,7 @@ from ..errors import (
     Transient,
 )
 from ..logs import get_logger
-from ..model import DirectoryGroup, DirectoryUser, UserPage
+from ..model import DirectoryGroup, DirectoryUser, UserPage, is_guid
 from ..ports import Directory
 
 log = get_logger(__name__)
@@ -178,6 +178,9 @@ class GraphDirectory(Directory):
                     RequestConfiguration(query_parameters=params))
             return request
 
+        # Only a GUID can be an object id; Graph answers a filter naming anything else with 400 ("Invalid object
+        # identifier"), which would refuse the whole selection instead of naming the unknown ids.
+        group_ids = [i for i in group_ids if is_guid(i)]
         chunks = [group_ids[i:i + IDS_PER_FILTER] for i in range(0, len(group_ids), IDS_PER_FILTER)]
         pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(c), interactive=True) for c in chunks))
         return {g.id: g for g in (_group(item) for page in pages for item in page.get("value", []))}

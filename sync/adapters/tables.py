@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
@@ -50,6 +49,7 @@ from ..model import (
     Subscription,
     SyncedGroup,
     User,
+    is_guid,
 )
 from ..ports import (
     Created,
@@ -86,12 +86,11 @@ def username_key(username: str) -> str:
     return CLAIM_PREFIX + hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:48]
 
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 def membership_property(group_id: str) -> str:
     """The user-row property that says the user is a member of ``group_id`` (reversible, a valid property name)."""
-    if _GUID.match(group_id):
+    if is_guid(group_id):
         return "g_" + group_id.replace("-", "").lower()
     return "gx_" + group_id.encode().hex()
 

@@ -328,3 +328,11 @@ async def test_a_group_created_a_moment_ago_is_found_although_search_lags(direct
     assert [g.display_name for g in found] == ["Fresh O'Brien Team"]
     # By an inner word it is found once the index has caught up (startswith only sees the name's beginning).
     assert [g.display_name for g in await directory.search_groups(tid, "Team", 10)] == ["Team"]
+
+
+async def test_look_ups_never_name_an_id_that_cannot_be_an_object(directory, fake, tenants):
+    """Graph answers a filter naming a non-GUID id with 400; such ids are unknown groups, not a refused selection."""
+    small, _ = tenants
+    fake.add_fault(path="not-a-guid", status=400, times=5, method="GET")  # Graph: "Invalid object identifier"
+    found = await directory.get_groups(small.tenant["tenantId"], ["not-a-guid", small.ids["sales"]])
+    assert list(found) == [small.ids["sales"]]
