@@ -1,6 +1,7 @@
 // Preloaded into Azurite by local/azurite.py (node --require). Local tooling only: it makes Azurite 3.35's Table
 // service find entities the way Table Storage does (by key, and a partition's rows in RowKey order) instead of
-// scanning, so a 100,000-user partition behaves like one. Answers are unchanged (tests/local/test_azurite.py).
+// scanning, so a 100,000-user partition behaves like one, and refuse the entities Table Storage refuses. Answers
+// are otherwise unchanged (tests/local/test_azurite.py).
 //
 // 1. Point lookups. Azurite finds an entity with collection.findOne({PartitionKey, RowKey}); LokiJS answers an
 //    implicit $and with the index of its *first* property only, so every point read, insert, update, merge and
@@ -11,6 +12,14 @@
 //    `PartitionKey eq '<pk>'`, the partition's rows are kept sorted by RowKey (sorted when first queried; later
 //    writes merged in by the next query) and a page starts at its continuation by binary search and stops once
 //    the page is full. Any other filter takes Azurite's own path.
+// 3. Azure's entity limits. Azurite checks a request's body size and each string it carries, not the entity a
+//    write stores: a row merged a property at a time grew past what Table Storage allows, and Azurite kept it.
+//    Every insert, replace and merge (alone, upserted or in a $batch) now checks the entity it would store before
+//    anything changes: more than 252 custom properties (255 with PartitionKey, RowKey, Timestamp) is 400
+//    TooManyProperties; more than 1 MiB by Microsoft's entity-size formula is 400 EntityTooLarge; a String over
+//    32K UTF-16 code units or a Binary over 64 KiB is 400 PropertyValueTooLarge. In a batch Azurite answers the
+//    failing operation's error with its index and rolls the batch back. `@odata.type` keys are annotations, not
+//    properties. https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model
 "use strict";
 const path = require("path");
 
@@ -193,4 +202,103 @@ LokiTableMetadataStore.prototype.queryTableEntities = async function (context, a
   }
   const response = this.adjustQueryResultforTop(result, maxResults);
   return [result, response.nextPartitionKeyResponse, response.nextRowKeyResponse];
+};
+
+// 3. Azure's entity limits, checked on the entity a write would store (the request for an insert or a replace; the
+//    stored row overlaid with the request for a merge, as mergeTableEntity builds it) before anything changes.
+const { default: StorageError } = require(path.join(azurite, "dist/src/table/errors/StorageError"));
+const { default: StorageErrorFactory } = require(path.join(azurite, "dist/src/table/errors/StorageErrorFactory"));
+
+const ODATA_TYPE = "@odata.type";
+const SYSTEM_PROPERTIES = new Set(["PartitionKey", "RowKey", "Timestamp"]);
+const MAX_PROPERTIES = 252; // 255 with the 3 system properties
+const MAX_ENTITY_BYTES = 1024 * 1024;
+const MAX_STRING_UNITS = 32 * 1024; // 64 KiB of UTF-16; a JS string's length counts UTF-16 code units
+const MAX_BINARY_BYTES = 64 * 1024;
+
+function tooManyProperties(context) {
+  return new StorageError(400, "TooManyProperties", "The entity contains more properties than allowed. Each entity " +
+    "can include up to 252 properties to store data. Each entity also has 3 system properties.",
+    context.contextID || "DefaultID", undefined, context);
+}
+
+// A value's size in Microsoft's entity-size formula, by its Edm type (its annotation, else as Azurite types it).
+function valueSize(context, value, type) {
+  if (type === undefined) {
+    type = typeof value === "string" ? "Edm.String" : typeof value === "boolean" ? "Edm.Boolean"
+      : Number.isInteger(value) ? "Edm.Int32" : "Edm.Double";
+  }
+  switch (type) {
+    case "Edm.String": {
+      const units = String(value).length;
+      if (units > MAX_STRING_UNITS) throw StorageErrorFactory.getPropertyValueTooLargeError(context);
+      return 4 + 2 * units;
+    }
+    case "Edm.Binary": {
+      const bytes = Buffer.from(String(value), "base64").length;
+      if (bytes > MAX_BINARY_BYTES) throw StorageErrorFactory.getPropertyValueTooLargeError(context);
+      return 4 + bytes;
+    }
+    case "Edm.Boolean": return 1;
+    case "Edm.Int32": return 4;
+    case "Edm.Guid": return 16;
+    default: return 8; // Edm.Int64, Edm.Double, Edm.DateTime
+  }
+}
+
+// 4 + 2 * (len(PartitionKey) + len(RowKey)) + for each property 8 + 2 * len(name) + its value's size; the 4 bytes
+// cover Timestamp and the row's metadata, so the system properties are not counted again.
+function checkLimits(context, partitionKey, rowKey, properties) {
+  let count = 0;
+  let size = 4 + 2 * (String(partitionKey).length + String(rowKey).length);
+  for (const name in properties) {
+    if (!Object.prototype.hasOwnProperty.call(properties, name)) continue;
+    if (name.endsWith(ODATA_TYPE) || SYSTEM_PROPERTIES.has(name)) continue;
+    const value = properties[name];
+    if (value === null || value === undefined) continue; // not stored
+    count++;
+    size += 8 + 2 * name.length + valueSize(context, value, properties[`${name}${ODATA_TYPE}`]);
+  }
+  if (count > MAX_PROPERTIES) throw tooManyProperties(context);
+  if (size > MAX_ENTITY_BYTES) throw StorageErrorFactory.getEntityTooLarge(context);
+}
+
+// The properties mergeTableEntity would store: the row's, overlaid with the request's (a property's type
+// annotation goes with the request's value).
+function mergedProperties(stored, requested) {
+  const merged = { ...stored };
+  for (const name in requested) {
+    if (!Object.prototype.hasOwnProperty.call(requested, name) || name.endsWith(ODATA_TYPE)) continue;
+    merged[name] = requested[name];
+    const type = requested[`${name}${ODATA_TYPE}`];
+    if (type !== undefined) merged[`${name}${ODATA_TYPE}`] = type;
+    else delete merged[`${name}${ODATA_TYPE}`];
+  }
+  return merged;
+}
+
+const insertTableEntity = LokiTableMetadataStore.prototype.insertTableEntity;
+LokiTableMetadataStore.prototype.insertTableEntity = async function (context, table, account, entity, ...rest) {
+  checkLimits(context, entity.PartitionKey, entity.RowKey, entity.properties || {});
+  return insertTableEntity.call(this, context, table, account, entity, ...rest);
+};
+
+const updateTableEntity = LokiTableMetadataStore.prototype.updateTableEntity;
+LokiTableMetadataStore.prototype.updateTableEntity = async function (context, table, account, entity, ...rest) {
+  checkLimits(context, entity.PartitionKey, entity.RowKey, entity.properties || {});
+  return updateTableEntity.call(this, context, table, account, entity, ...rest);
+};
+
+// A merge that Azurite would refuse anyway (no such row, If-Match not met) is left to refuse it as it does.
+const mergeTableEntity = LokiTableMetadataStore.prototype.mergeTableEntity;
+LokiTableMetadataStore.prototype.mergeTableEntity = async function (context, table, account, entity, ifMatch,
+                                                                    ...rest) {
+  const doc = this.getEntityCollection(account, table, context)
+    .findOne({ PartitionKey: entity.PartitionKey, RowKey: entity.RowKey });
+  const match = this.encodeIfMatch(ifMatch);
+  if (doc && (match === undefined || match === "*" || match === this.encodeIfMatch(doc.eTag))) {
+    const properties = mergedProperties(doc.properties || {}, entity.properties || {});
+    checkLimits(context, entity.PartitionKey, entity.RowKey, properties);
+  }
+  return mergeTableEntity.call(this, context, table, account, entity, ifMatch, ...rest);
 };

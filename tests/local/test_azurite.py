@@ -1,11 +1,14 @@
-"""Azurite as the local stack starts it: local/azurite_speedups.js preloaded, answering exactly like stock Azurite."""
+"""Azurite as the local stack starts it: local/azurite_speedups.js preloaded, answering like stock Azurite except
+that it refuses, with Table Storage's error codes, the entities Table Storage refuses."""
 import json
 import shutil
 import subprocess
+import uuid
+from datetime import datetime, timezone
 
 import pytest
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableServiceClient, UpdateMode
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import EdmType, EntityProperty, TableServiceClient, TableTransactionError, UpdateMode
 
 from local.azurite import ROOT, SPEEDUPS, Azurite
 
@@ -150,3 +153,171 @@ def test_query_pages_answer_like_stock_azurite(azurite):
     last = {(pk, rk): dict(props) for pk, rk, props in answers["stock"][-1]}
     assert ("p1", "zzzz") in last and ("p1", "u059") not in last and ("p1", "u0325") in last
     assert last[("p1", "u030")]["merged"] is True and last[("p1", "u031")]["n"] == -31 and "kind" not in last[("p1", "u031")]
+
+
+# Table Storage's entity limits (local/azurite_speedups.js, section 3), checked on the entity a write would store:
+# https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model,
+# codes from https://learn.microsoft.com/rest/api/storageservices/table-service-error-codes.
+MAX_PROPERTIES = 252  # 255 with PartitionKey, RowKey and Timestamp
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def limits(azurite):
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    client = service.create_table("entitylimits")
+    yield client
+    service.delete_table("entitylimits")
+
+
+def _refused(call, *args, **kwargs) -> str:
+    """The error code a refused write answered (create_entity re-raises the SDK's undecoded error, without
+    .error_code: the service's x-ms-error-code header is there either way)."""
+    with pytest.raises(HttpResponseError) as raised:
+        call(*args, **kwargs)
+    assert raised.value.status_code == 400
+    return raised.value.response.headers["x-ms-error-code"]
+
+
+def _props(n: int, start: int = 0) -> dict:
+    """n custom properties of mixed types; strings and datetimes go out with an @odata.type annotation each."""
+    kinds = [lambda i: i, lambda i: f"v{i}", lambda i: datetime(2024, 1, 1, tzinfo=timezone.utc), lambda i: i % 2 == 0]
+    return {f"p{i:03d}": kinds[i % 4](i) for i in range(start, start + n)}
+
+
+def _custom(entity) -> set[str]:
+    return set(entity) - {"PartitionKey", "RowKey"}
+
+
+def test_an_entity_holds_at_most_252_custom_properties(limits):
+    limits.create_entity({"PartitionKey": "p", "RowKey": "full", **_props(MAX_PROPERTIES)})
+    assert len(_custom(limits.get_entity("p", "full"))) == MAX_PROPERTIES
+
+    over = {"PartitionKey": "p", "RowKey": "over", **_props(MAX_PROPERTIES + 1)}
+    assert _refused(limits.create_entity, over) == "TooManyProperties"
+    assert _refused(limits.upsert_entity, over, mode=UpdateMode.REPLACE) == "TooManyProperties"  # the insert path
+    assert _refused(limits.update_entity, {**over, "RowKey": "full"}, mode=UpdateMode.REPLACE) == "TooManyProperties"
+    with pytest.raises(ResourceNotFoundError):
+        limits.get_entity("p", "over")
+    assert _custom(limits.get_entity("p", "full")) == set(_props(MAX_PROPERTIES))
+
+
+def test_merges_stop_at_252_properties_and_a_replace_that_drops_some_is_accepted(limits):
+    limits.create_entity({"PartitionKey": "p", "RowKey": "grown", **_props(MAX_PROPERTIES - 2)})
+    for i in (MAX_PROPERTIES - 2, MAX_PROPERTIES - 1):  # one property a merge, up to 252
+        limits.update_entity({"PartitionKey": "p", "RowKey": "grown", **_props(1, start=i)}, mode=UpdateMode.MERGE)
+    assert len(_custom(limits.get_entity("p", "grown"))) == MAX_PROPERTIES
+
+    one_more = {"PartitionKey": "p", "RowKey": "grown", "extra": 1}
+    assert _refused(limits.update_entity, one_more, mode=UpdateMode.MERGE) == "TooManyProperties"
+    assert _refused(limits.upsert_entity, one_more, mode=UpdateMode.MERGE) == "TooManyProperties"
+    row = limits.get_entity("p", "grown")
+    assert _custom(row) == set(_props(MAX_PROPERTIES)) and row["p000"] == 0
+    # Overwriting properties it has is not growing: the merged entity still has 252.
+    limits.update_entity({"PartitionKey": "p", "RowKey": "grown", "p000": "changed", "p001": None},
+                         mode=UpdateMode.MERGE)
+    assert limits.get_entity("p", "grown")["p000"] == "changed"
+
+    limits.update_entity({"PartitionKey": "p", "RowKey": "grown", **_props(10)}, mode=UpdateMode.REPLACE)
+    limits.update_entity(one_more, mode=UpdateMode.MERGE)
+    assert _custom(limits.get_entity("p", "grown")) == set(_props(10)) | {"extra"}
+
+
+def test_a_transaction_with_an_over_limit_operation_fails_as_a_whole_with_its_index(limits):
+    limits.create_entity({"PartitionKey": "p", "RowKey": "full", **_props(MAX_PROPERTIES)})
+    limits.create_entity({"PartitionKey": "p", "RowKey": "small", "n": 1})
+    with pytest.raises(TableTransactionError) as raised:
+        limits.submit_transaction([
+            ("create", {"PartitionKey": "p", "RowKey": "new", "n": 2}),
+            ("upsert", {"PartitionKey": "p", "RowKey": "small", "m": 3}, {"mode": "merge"}),
+            ("upsert", {"PartitionKey": "p", "RowKey": "full", "extra": 1}, {"mode": "merge"}),
+            ("create", {"PartitionKey": "p", "RowKey": "after", "n": 4}),
+        ])
+    assert raised.value.error_code == "TooManyProperties" and raised.value.index == 2
+    assert raised.value.status_code == 400
+
+    with pytest.raises(TableTransactionError) as raised:  # a create over the limit, second in its batch
+        limits.submit_transaction([("delete", {"PartitionKey": "p", "RowKey": "small"}),
+                                   ("create", {"PartitionKey": "p", "RowKey": "over", **_props(MAX_PROPERTIES + 1)})])
+    assert raised.value.error_code == "TooManyProperties" and raised.value.index == 1
+
+    rows = {e["RowKey"]: e for e in limits.list_entities()}
+    assert set(rows) == {"full", "small"}
+    assert dict(rows["small"]) == {"PartitionKey": "p", "RowKey": "small", "n": 1}
+    assert _custom(rows["full"]) == set(_props(MAX_PROPERTIES))
+
+
+def _size(entity: dict) -> int:
+    """Microsoft's entity size: 4 + 2 * len(PartitionKey + RowKey) + for each property 8 + 2 * len(name) + its
+    value (String 4 + 2 per UTF-16 code unit, Binary 4 + bytes, Boolean 1, Int32 4, Int64/Double/DateTime 8,
+    Guid 16)."""
+    def value(v):
+        if isinstance(v, EntityProperty):
+            return {EdmType.INT64: 8}[v.edm_type]
+        if isinstance(v, bool):
+            return 1
+        if isinstance(v, str):
+            return 4 + len(v.encode("utf-16-le"))
+        if isinstance(v, bytes):
+            return 4 + len(v)
+        return {int: 4, float: 8, datetime: 8, uuid.UUID: 16}[type(v)]
+
+    size = 4 + 2 * (len(entity["PartitionKey"]) + len(entity["RowKey"]))
+    return size + sum(8 + 2 * len(k) + value(v) for k, v in entity.items() if k not in ("PartitionKey", "RowKey"))
+
+
+def test_an_entity_over_1_mib_by_the_formula_is_refused_written_at_once_or_by_merges(limits):
+    base = {"PartitionKey": "p", "RowKey": "big", **{f"s{i:02d}": "x" * 30_000 for i in range(17)},
+            "i32": 7, "i64": EntityProperty(2**40, EdmType.INT64), "dbl": 0.5, "yes": True, "no": False,
+            "when": datetime(2024, 1, 1, tzinfo=timezone.utc), "id": uuid.uuid4(), "blob": b"\x00" * 1000}
+    pad = (MIB - _size(base) - (8 + 2 * len("pad") + 4)) // 2
+    exact = {**base, "pad": "y" * pad}
+    assert _size(exact) == MIB
+    assert _refused(limits.create_entity, {**exact, "pad": "y" * (pad + 1)}) == "EntityTooLarge"
+    limits.create_entity(exact)  # exactly 1 MiB is allowed
+    assert limits.get_entity("p", "big")["pad"] == "y" * pad
+
+    limits.update_entity({"PartitionKey": "p", "RowKey": "big", "s00": "z" * 30_000}, mode=UpdateMode.MERGE)
+    grow = {"PartitionKey": "p", "RowKey": "big", "flag": True}  # 8 + 8 + 1 bytes more
+    assert _refused(limits.update_entity, grow, mode=UpdateMode.MERGE) == "EntityTooLarge"
+    longer = {"PartitionKey": "p", "RowKey": "big", "s01": "z" * 30_001}
+    assert _refused(limits.update_entity, longer, mode=UpdateMode.MERGE) == "EntityTooLarge"
+    with pytest.raises(TableTransactionError) as raised:
+        limits.submit_transaction([("create", {"PartitionKey": "p", "RowKey": "other"}),
+                                   ("upsert", grow, {"mode": "merge"})])
+    assert raised.value.error_code == "EntityTooLarge" and raised.value.index == 1
+    row = limits.get_entity("p", "big")
+    assert "flag" not in row and row["s00"] == "z" * 30_000 and row["s01"] == "x" * 30_000
+    with pytest.raises(ResourceNotFoundError):
+        limits.get_entity("p", "other")
+
+    # Reached one merge at a time: 17 strings of 30,000 characters fit, the 18th does not (no request is large).
+    grown = {"PartitionKey": "p", "RowKey": "merged"}
+    limits.create_entity(grown)
+    for i in range(18):
+        merge = {"PartitionKey": "p", "RowKey": "merged", f"m{i:02d}": "x" * 30_000}
+        grown.update(merge)
+        if _size(grown) <= MIB:
+            limits.update_entity(merge, mode=UpdateMode.MERGE)
+        else:
+            assert i == 17 and _size(grown) > MIB
+            assert _refused(limits.update_entity, merge, mode=UpdateMode.MERGE) == "EntityTooLarge"
+    assert len(_custom(limits.get_entity("p", "merged"))) == 17
+
+
+def test_a_string_over_32k_utf16_code_units_or_a_binary_over_64_kib_is_refused(limits):
+    astral = "\N{GRINNING FACE}"  # one Python character, two UTF-16 code units
+    fits = "a" * (32 * 1024 - 2) + astral
+    limits.create_entity({"PartitionKey": "p", "RowKey": "fits", "s": fits, "b": b"\x01" * (64 * 1024)})
+    assert limits.get_entity("p", "fits")["s"] == fits
+
+    over = "a" * (32 * 1024 - 1) + astral  # 32,768 Python characters, 32,769 code units
+    assert len(over) == 32 * 1024
+    assert _refused(limits.create_entity, {"PartitionKey": "p", "RowKey": "over", "s": over}) == "PropertyValueTooLarge"
+    assert _refused(limits.update_entity, {"PartitionKey": "p", "RowKey": "fits", "s": over},
+                    mode=UpdateMode.MERGE) == "PropertyValueTooLarge"
+    blob = {"PartitionKey": "p", "RowKey": "over", "b": b"\x01" * (64 * 1024 + 1)}
+    assert _refused(limits.create_entity, blob) == "PropertyValueTooLarge"
+    with pytest.raises(ResourceNotFoundError):
+        limits.get_entity("p", "over")
+    assert limits.get_entity("p", "fits")["s"] == fits
