@@ -158,12 +158,15 @@ class GraphDirectory(Directory):
             return GroupsRequestBuilder(adapter, {}).to_get_request_information(
                 RequestConfiguration(query_parameters=params))
 
-        # Both answers are awaited before either failure is raised: no request is left running behind the caller.
-        found = await asyncio.gather(self._get_json(tenant_id, searched, interactive=True),
-                                     self._get_json(tenant_id, filtered, interactive=True), return_exceptions=True)
-        for outcome in found:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        # The first failure cancels the other request (and waits for it): nothing is left running behind the caller.
+        asked = [asyncio.ensure_future(self._get_json(tenant_id, build, interactive=True)) for build in (searched, filtered)]
+        try:
+            found = await asyncio.gather(*asked)
+        except BaseException:
+            for task in asked:
+                task.cancel()
+            await asyncio.gather(*asked, return_exceptions=True)
+            raise
         merged = {item["id"]: _group(item) for data in found for item in data.get("value", [])}
         return sorted(merged.values(), key=lambda g: (g.display_name.casefold(), g.id))[:limit]
 

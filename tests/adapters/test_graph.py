@@ -4,6 +4,7 @@ Every tenant's token comes from the local identity platform (``fake.authority``,
 in this process), issued only once the tenant has consented; Graph checks each token and its roles.
 """
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -275,9 +276,11 @@ async def test_a_long_retry_after_is_answered_at_once_not_slept_in_the_sdk(direc
     small, _ = tenants
     tid = small.tenant["tenantId"]
     fake.add_fault(path="/groups", status=503, retry_after=120, times=5)
+    started = time.monotonic()
     with pytest.raises(Transient) as err:
         await directory.search_groups(tid, "Sales", 10)  # a person waiting: no 120-second sleep
-    assert err.value.retry_after == 120 and graph_requests(fake) == 2  # $search and startswith, neither retried
+    # $search and startswith, neither retried (the first 503 cancels the other, which may not have been sent yet)
+    assert err.value.retry_after == 120 and graph_requests(fake) in (1, 2) and time.monotonic() - started < 2
     fake.clear_faults()
     fake.add_fault(path="/transitiveMembers", status=429, retry_after=30, times=5)
     with pytest.raises(Transient) as err:  # a worker: raised for its message to be rescheduled
