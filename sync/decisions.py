@@ -141,12 +141,14 @@ def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, run_i
     )
 
 
-def updated_user(existing: User, desired: Desired, group_id: str, run_id: str, now: datetime) -> User:
-    """``existing`` brought in line with the directory, as a member of ``group_id``."""
+def updated_user(existing: User, desired: Desired, group_id: str, selected: Iterable[str], run_id: str,
+                 now: datetime) -> User:
+    """``existing`` brought in line with the directory, as a member of ``group_id``; memberships of groups no longer
+    ``selected`` are dropped on the way (a row holds at most 252 properties)."""
     return replace(
         existing,
         **_directory_fields(desired),
-        group_ids=existing.group_ids | {group_id},
+        group_ids=existing.group_ids.intersection(selected) | {group_id},
         last_run_id=run_id,
         last_change=change_of(existing, desired),
         updated_at=now,
@@ -164,9 +166,10 @@ def should_deprovision(user: User | ScopeState, group_ids: Iterable[str]) -> boo
 
 
 def deprovisioned(user: User, run_id: str, now: datetime) -> User:
-    """Inactive because the directory no longer lists the user in a selected group; never deleted."""
+    """Inactive because the directory no longer lists the user in a selected group; never deleted. It is a member of
+    no selected group, so the memberships it still holds (of groups since deselected) go."""
     return replace(user, status=UserStatus.INACTIVE, status_reason=StatusReason.REMOVED, last_run_id=run_id,
-                   last_change=Change.DEACTIVATED, updated_at=now)
+                   last_change=Change.DEACTIVATED, group_ids=frozenset(), updated_at=now)
 
 
 def guard_trips(to_deactivate: int, active_synced: int, percent: float, min_users: int) -> bool:

@@ -278,7 +278,7 @@ class _Segment:
                 await self.create(gone, wanted, updates, flags)
         await self.update(updates, wanted, flags)
         if flags:
-            await self.svc.users.set_membership(self.org, flags, self.job.group_id, True)
+            await self.svc.users.add_membership(self.org, flags, self.job.group_id, self.run.group_ids)
             self.seen.update(flags)
 
     async def create_or_join(self, absent: list[str], wanted: dict[str, Desired], updates: list, flags: list[str],
@@ -310,7 +310,7 @@ class _Segment:
 
     async def join(self, uids: list[str]) -> None:
         if uids:
-            await self.svc.users.set_membership(self.org, uids, self.job.group_id, True)
+            await self.svc.users.add_membership(self.org, uids, self.job.group_id, self.run.group_ids)
             self.seen.update(uids)
 
     def join_or_reread(self, uid: str, stored: bytes, wanted: dict[str, Desired], flags: list[str],
@@ -367,7 +367,8 @@ class _Segment:
         while updates:
             rounds += 1
             now = self.svc.clock()
-            changes = [(updated_user(u, d, self.job.group_id, self.run.id, now), u.username) for u, d in updates]
+            changes = [(updated_user(u, d, self.job.group_id, self.run.group_ids, self.run.id, now), u.username)
+                       for u, d in updates]
             outcomes = await self.svc.users.update(changes)
             stale: list[str] = []
             for (user, old_name), (existing, _), outcome in zip(changes, updates, outcomes):
@@ -492,8 +493,8 @@ class _Segment:
         if not seen:
             await self.check_not_hidden()
         left = [uid for uid in self.snapshot if uid not in seen]
-        if left:
-            await svc.users.set_membership(job.org, left, job.group_id, False)
+        if left:  # the membership property is removed, not set false: a row must not keep what it no longer is
+            await svc.users.remove_memberships(job.org, left, set(self.run.group_ids) - {job.group_id})
         names = {g.id: g.display_name for g in self.sub.groups}
         now = svc.clock()
         await svc.groups.save(SyncedGroup(job.org, job.subscription_id, job.group_id,
@@ -590,7 +591,10 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
     counts = Counts()
     active = 0
     candidates: list[str] = []
+    holding_others: list[str] = []  # rows still holding memberships of groups since deselected
     async for user in svc.users.subscription_scope(org, sub_id, group_ids):
+        if user.other_groups:
+            holding_others.append(user.id)
         if user.last_run_id == run.id and user.last_change:
             counts = counts.bump(user.last_change)
             if user.last_change == Change.CREATED and user.enrollment_email in (EmailState.QUEUED, EmailState.SENDING, EmailState.SENT, EmailState.FAILED):
@@ -621,6 +625,11 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
     else:
         status = RunStatus.SUCCEEDED
         counts = counts.bump("deactivated", await _deprovision(svc, org, run, candidates, group_ids))
+    if holding_others:
+        # Deselected groups leave the rows (a row holds at most 252 properties, so stale ones must not pile up);
+        # deprovisioned users already lost theirs.
+        stale = set(holding_others).difference(candidates) if status == RunStatus.SUCCEEDED else set(holding_others)
+        await svc.users.remove_memberships(org, stale, group_ids)
     if approved_by:
         log.info("held-back deprovisioning approved", extra={"org": org, "subscription": sub_id, "run": run_id,
                                                              "by": approved_by})

@@ -393,7 +393,9 @@ class MemberState:
 
 @dataclass(frozen=True, slots=True)
 class ScopeState:
-    """What a run's finalizer needs of each synced user: status, last change, and membership of the run's groups."""
+    """What a run's finalizer needs of each synced user: status, last change, and membership of the run's groups.
+
+    ``other_groups``: the row still holds memberships of groups outside the run's (groups since deselected)."""
 
     id: str
     status: str
@@ -402,6 +404,7 @@ class ScopeState:
     last_run_id: str | None
     last_change: str | None
     group_ids: frozenset[str]
+    other_groups: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Collection, Iterable
 
 from .model import (
     DirectoryGroup,
@@ -148,8 +148,16 @@ class Users(abc.ABC):
         """Replace each user (conditional on its etag); the str is the username stored before the change."""
 
     @abc.abstractmethod
-    async def set_membership(self, org: str, user_ids: Iterable[str], group_id: str, member: bool) -> int:
-        """Mark users as (not) members of a group without touching anything else; returns rows written."""
+    async def add_membership(self, org: str, user_ids: Iterable[str], group_id: str, keep: Collection[str]) -> int:
+        """Mark users as members of a group without touching anything else; returns rows written.
+
+        A row that cannot hold one more membership (Table Storage allows 252 properties) first loses its memberships
+        of groups outside ``keep`` (groups no longer selected)."""
+
+    @abc.abstractmethod
+    async def remove_memberships(self, org: str, user_ids: Iterable[str], keep: Collection[str]) -> int:
+        """Remove from users every membership of a group outside ``keep`` (the row keeps nothing of it); returns
+        rows written."""
 
     @abc.abstractmethod
     def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[MemberState]:
@@ -161,7 +169,8 @@ class Users(abc.ABC):
 
     @abc.abstractmethod
     def subscription_scope(self, org: str, subscription_id: str, group_ids: Iterable[str]) -> AsyncIterator[ScopeState]:
-        """Every user synced by a subscription, reduced to what a run's finalizer reads (memberships of ``group_ids``)."""
+        """Every user synced by a subscription, reduced to what a run's finalizer reads (memberships of ``group_ids``,
+        and whether the row holds memberships of other groups)."""
 
     @abc.abstractmethod
     async def username_owner(self, org: str, username: str) -> str | None:

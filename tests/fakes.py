@@ -6,7 +6,7 @@ import itertools
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Collection, Iterable
 
 from notifications.senders import MailError, MailSender, OutgoingEmail
 from sync.composition import Services
@@ -208,6 +208,7 @@ class MemoryUsers(Users):
         self.writes = 0
         self.membership_writes = 0
         self.existing_on_create = 0  # inserts that found the row there already
+        self.max_memberships = 230  # Table Storage: 252 properties, about 22 of them the user's own
 
     async def get(self, org: str, user_id: str) -> User | None:
         return self.rows.get((org, user_id))
@@ -273,14 +274,23 @@ class MemoryUsers(Users):
             out.append(Updated(stored))
         return out
 
-    async def set_membership(self, org: str, user_ids: Iterable[str], group_id: str, member: bool) -> int:
+    async def add_membership(self, org: str, user_ids: Iterable[str], group_id: str, keep: Collection[str]) -> int:
+        def join(groups: frozenset[str]) -> frozenset[str]:
+            if group_id not in groups and len(groups) >= self.max_memberships:  # the row is full: drop deselected
+                groups = groups.intersection(keep)
+            return groups | {group_id}
+        return self._memberships(org, user_ids, join)
+
+    async def remove_memberships(self, org: str, user_ids: Iterable[str], keep: Collection[str]) -> int:
+        return self._memberships(org, user_ids, lambda groups: groups.intersection(keep))
+
+    def _memberships(self, org: str, user_ids: Iterable[str], change) -> int:
         n = 0
         for uid in set(user_ids):
             current = self.rows.get((org, uid))
             if current is None:
                 continue
-            groups = current.group_ids | {group_id} if member else current.group_ids - {group_id}
-            self.rows[(org, uid)] = replace(current, group_ids=groups, etag=etag())
+            self.rows[(org, uid)] = replace(current, group_ids=change(current.group_ids), etag=etag())
             n += 1
         self.membership_writes += n
         return n
@@ -300,7 +310,7 @@ class MemoryUsers(Users):
         wanted = set(group_ids)
         async for u in self.subscription_users(org, subscription_id):
             yield ScopeState(u.id, u.status, u.source_type, u.enrollment_email, u.last_run_id, u.last_change,
-                             u.group_ids & wanted)
+                             u.group_ids & wanted, other_groups=not u.group_ids <= wanted)
 
     async def username_owner(self, org: str, username: str) -> str | None:
         return self.claims.get((org, _claim(username)))

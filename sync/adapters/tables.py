@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Callable, Collection, Iterable, TypeVar
 from urllib.parse import quote
 
 from azure.core import MatchConditions
@@ -68,6 +68,8 @@ from . import table_wire
 log = get_logger(__name__)
 
 MAX_TRANSACTION = 100  # Table Storage's limit; Azurite answers 101 with a response the SDK cannot parse
+_ROW_FULL = ("TooManyProperties", "EntityTooLarge")  # Table Storage's entity limits: 252 properties, 1 MiB
+_REWRITE_ROUNDS = 5
 CLAIM_PREFIX = "|n|"
 USER_RK_END = "|"  # every user id sorts before this; claims sort after it
 SEEN_IDS_PER_PROPERTY = 850  # 37 chars each: a string property holds at most 32K UTF-16 characters
@@ -216,6 +218,39 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+TEXT_PART_UNITS = 32 * 1024  # a String property holds 64 KiB: 32K UTF-16 code units
+
+
+def _long_text(name: str, text: str) -> dict[str, str]:
+    """``text`` as the properties ``name``, ``name_2``, … of at most 32K UTF-16 units each (Table Storage's limit for
+    one String), cut between code points. Entities written with it are always replaced, never merged."""
+    parts: dict[str, str] = {}
+    start = units = 0
+    for i, ch in enumerate(text):
+        width = 2 if ord(ch) > 0xFFFF else 1
+        if units + width > TEXT_PART_UNITS:
+            parts[_part_name(name, len(parts))] = text[start:i]
+            start, units = i, 0
+        units += width
+    parts[_part_name(name, len(parts))] = text[start:]
+    return parts
+
+
+def _read_long_text(e: Any, name: str) -> str | None:
+    first = e.get(name)
+    if first is None:
+        return None
+    parts, n = [first], 1
+    while (part := e.get(_part_name(name, n))) is not None:
+        parts.append(part)
+        n += 1
+    return "".join(parts)
+
+
+def _part_name(name: str, n: int) -> str:
+    return name if n == 0 else f"{name}_{n + 1}"
+
+
 def _conditional(etag: str | None) -> dict[str, Any]:
     if etag is None:
         return {"match_condition": MatchConditions.Unconditionally}
@@ -297,7 +332,7 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "deactivateBlockedUsers": sub.deactivate_blocked_users,
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "nightlySync": sub.nightly_sync,
-        "groups": json.dumps([[g.id, g.display_name] for g in sub.groups], ensure_ascii=False),
+        **_long_text("groups", json.dumps([[g.id, g.display_name] for g in sub.groups], ensure_ascii=False)),
         "createdAt": sub.created_at,
         "updatedAt": sub.updated_at,
         "activeRunId": sub.active_run_id,
@@ -320,7 +355,7 @@ def _sub_from(e: Any) -> Subscription:
         deactivate_blocked_users=bool(e.get("deactivateBlockedUsers")),
         send_enrollment_email=bool(e.get("sendEnrollmentEmail")),
         nightly_sync=bool(e.get("nightlySync")),
-        groups=tuple(GroupRef(gid, name) for gid, name in json.loads(e.get("groups") or "[]")),
+        groups=tuple(GroupRef(gid, name) for gid, name in json.loads(_read_long_text(e, "groups") or "[]")),
         created_at=_dt(e.get("createdAt")),
         updated_at=_dt(e.get("updatedAt")),
         active_run_id=e.get("activeRunId"),
@@ -480,7 +515,7 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         "startedAt": run.started_at,
         "finishedAt": run.finished_at,
         "finalCounts": json.dumps(run.final_counts.to_api()),
-        "errors": json.dumps([e.to_api() for e in run.errors], ensure_ascii=False),
+        **_long_text("errors", json.dumps([e.to_api() for e in run.errors], ensure_ascii=False)),
         "pendingDeactivations": run.pending_deactivations,
         "updatedAt": run.updated_at,
     }
@@ -497,7 +532,7 @@ def _run_from(e: Any) -> Run:
         started_at=_dt(e["startedAt"]),
         finished_at=_dt(e.get("finishedAt")),
         final_counts=Counts.from_api(json.loads(e.get("finalCounts") or "{}")),
-        errors=tuple(RunError.from_api(x) for x in json.loads(e.get("errors") or "[]")),
+        errors=tuple(RunError.from_api(x) for x in json.loads(_read_long_text(e, "errors") or "[]")),
         pending_deactivations=int(e.get("pendingDeactivations") or 0),
         updated_at=_dt(e.get("updatedAt")),
         etag=_etag(e),
@@ -513,7 +548,7 @@ def _progress_entity(pk: str, run_id: str, g: GroupProgress) -> dict[str, Any]:
         "state": g.state,
         "segment": g.segment,
         "counts": json.dumps(g.counts.to_api()),
-        "errors": json.dumps([e.to_api() for e in g.errors], ensure_ascii=False),
+        **_long_text("errors", json.dumps([e.to_api() for e in g.errors], ensure_ascii=False)),
         "errorsDropped": g.errors_dropped,
         "userCount": g.user_count,
         "pages": g.pages,
@@ -529,7 +564,7 @@ def _progress_from(e: Any) -> GroupProgress:
         state=e["state"],
         segment=int(e.get("segment") or 0),
         counts=Counts.from_api(json.loads(e.get("counts") or "{}")),
-        errors=tuple(RunError.from_api(x) for x in json.loads(e.get("errors") or "[]")),
+        errors=tuple(RunError.from_api(x) for x in json.loads(_read_long_text(e, "errors") or "[]")),
         errors_dropped=int(e.get("errorsDropped") or 0),
         user_count=int(e.get("userCount") or 0),
         pages=int(e.get("pages") or 0),
@@ -735,31 +770,78 @@ class TableUsers(_Repository, Users):
                 outcomes[i] = Updated(replace(changes[i][0], etag=etag))
             todo = []
 
-    async def set_membership(self, org: str, user_ids: Iterable[str], group_id: str, member: bool) -> int:
+    async def add_membership(self, org: str, user_ids: Iterable[str], group_id: str, keep: Collection[str]) -> int:
         table = await self._table()
         prop = membership_property(group_id)
         ids = sorted(set(user_ids))
-        written = 0
+        full: list[str] = []  # rows at Table Storage's property limit: rewritten without deselected groups
 
         async def send(chunk: list[str]) -> int:
             todo = list(chunk)
             while todo:
-                ops = [("update", {"PartitionKey": key(org), "RowKey": key(uid), prop: member}, {"mode": UpdateMode.MERGE})
+                ops = [("update", {"PartitionKey": key(org), "RowKey": key(uid), prop: True}, {"mode": UpdateMode.MERGE})
                        for uid in todo]
                 try:
                     async with self._store.concurrency:
                         await call(self._store.transaction(table, ops))
                 except TableTransactionError as exc:
-                    if exc.error_code != "ResourceNotFound" or exc.index is None:
+                    if exc.index is None or exc.error_code not in ("ResourceNotFound", *_ROW_FULL):
                         raise
-                    todo.pop(exc.index)  # the user row is gone: nothing to mark
+                    uid = todo.pop(exc.index)  # ResourceNotFound: the user row is gone, nothing to mark
+                    if exc.error_code in _ROW_FULL:
+                        full.append(uid)
                     continue
                 self._store.count_write(len(ops), memberships=len(ops))
                 return len(ops)
             return 0
 
-        for n in await asyncio.gather(*(send(c) for c in _chunks(ids, MAX_TRANSACTION))):
-            written += n
+        written = sum(await asyncio.gather(*(send(c) for c in _chunks(ids, MAX_TRANSACTION))))
+        if full:
+            kept = {membership_property(g) for g in keep} | {prop}
+            written += await self._rewrite_memberships(org, full, lambda u: _memberships_in(u, kept) | {group_id})
+        return written
+
+    async def remove_memberships(self, org: str, user_ids: Iterable[str], keep: Collection[str]) -> int:
+        kept = {membership_property(g) for g in keep}
+        return await self._rewrite_memberships(org, set(user_ids), lambda u: _memberships_in(u, kept))
+
+    async def _rewrite_memberships(self, org: str, user_ids: Iterable[str],
+                                   memberships: Callable[[User], frozenset[str]]) -> int:
+        """Replace rows whose memberships change (a merge cannot remove a property), conditional on their etags: a
+        row another writer changed meanwhile is read and decided again."""
+        table = await self._table()
+        pending = set(user_ids)
+        written = 0
+        for _ in range(_REWRITE_ROUNDS):
+            if not pending:
+                return written
+            stored = await self.get_many(org, pending)
+            # Every row asked for is written: one holding a membership left as `false` (by an older version) has the
+            # same groups before and after, and only a replace drops the property.
+            changed = [replace(u, group_ids=memberships(u)) for u in stored.values()]
+            pending = set()
+
+            async def send(chunk: list[User]) -> int:
+                todo = list(chunk)
+                while todo:
+                    ops = [("update", _user_entity(u), {"mode": UpdateMode.REPLACE, **_conditional(u.etag)}) for u in todo]
+                    try:
+                        async with self._store.concurrency:
+                            await call(self._store.transaction(table, ops))
+                    except TableTransactionError as exc:
+                        if exc.index is None or exc.error_code not in ("UpdateConditionNotSatisfied", "ResourceNotFound"):
+                            raise
+                        lost = todo.pop(exc.index)
+                        if exc.error_code == "UpdateConditionNotSatisfied":
+                            pending.add(lost.id)
+                        continue
+                    self._store.count_write(len(ops), memberships=len(ops))
+                    return len(ops)
+                return 0
+
+            written += sum(await asyncio.gather(*(send(c) for c in _chunks(changed, MAX_TRANSACTION))))
+        if pending:
+            raise PreconditionFailed("user rows kept changing while their memberships were rewritten")
         return written
 
     async def group_members(self, org: str, subscription_id: str, group_id: str) -> AsyncIterator[MemberState]:
@@ -789,12 +871,13 @@ class TableUsers(_Repository, Users):
         props = {membership_property(g): g for g in group_ids}
         query = "PartitionKey eq @pk and subscriptionId eq @sub and kind eq 'user'"
         try:
-            async for e in table_wire.query(table, query, {"pk": key(org), "sub": subscription_id},
-                                            select=_SCOPE_COLUMNS + list(props)):
+            # Whole rows: the membership properties of groups since deselected are found only by reading them all.
+            async for e in table_wire.query(table, query, {"pk": key(org), "sub": subscription_id}):
                 yield ScopeState(id=e["id"], status=e["status"], source_type=e["sourceType"],
                                  enrollment_email=e.get("emailState"), last_run_id=e.get("lastRunId"),
                                  last_change=e.get("lastChange"),
-                                 group_ids=frozenset(g for p, g in props.items() if e.get(p) is True))
+                                 group_ids=frozenset(g for p, g in props.items() if e.get(p) is True),
+                                 other_groups=any(n not in props and _is_membership(n) for n in e))
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
 
@@ -807,7 +890,6 @@ class TableUsers(_Repository, Users):
         return entity.get("userId")
 
 
-_SCOPE_COLUMNS = ["id", "status", "sourceType", "emailState", "lastRunId", "lastChange"]
 _MEMBER_COLUMNS = ["id", "username", "email", "displayName", "givenName", "surname", "status", "statusReason",
                    "emailState", "lastRunId", "lastChange"]
 
@@ -838,6 +920,15 @@ def _user_entity(user: User) -> dict[str, Any]:
     for gid in user.group_ids:
         entity[membership_property(gid)] = True
     return entity
+
+
+def _is_membership(name: str) -> bool:
+    return name.startswith(("g_", "gx_")) and group_of_property(name) is not None
+
+
+def _memberships_in(user: User, props: set[str]) -> frozenset[str]:
+    """The user's groups whose membership property is one of ``props``."""
+    return frozenset(g for g in user.group_ids if membership_property(g) in props)
 
 
 def _user_from(e: Any) -> User:

@@ -44,8 +44,8 @@ async def test_250_entities_land_in_3_transactions(table_store):
     assert table_store.counters.requests == 3
 
     table_store.counters.reset()
-    written = await table_store.users.set_membership("org-a", [u.id for u in users] + [user(i).id for i in range(125, 250)],
-                                                     "3c3c3c3c-2222-4b4b-8c8c-000000000002", True)
+    written = await table_store.users.add_membership("org-a", [u.id for u in users] + [user(i).id for i in range(125, 250)],
+                                                     "3c3c3c3c-2222-4b4b-8c8c-000000000002", [GROUP])
     assert written == 125  # rows that do not exist are skipped, not created
     stored = await table_store.users.get("org-a", users[0].id)
     assert stored.group_ids == {GROUP, "3c3c3c3c-2222-4b4b-8c8c-000000000002"}
@@ -219,6 +219,101 @@ async def test_subscription_scope_reads_only_the_runs_memberships(table_store):
     await table_store.users.create([user(1), user(2, group_ids=frozenset({other})), user(3, status="Inactive",
                                                                                       group_ids=frozenset())])
     scope = {s.id: s async for s in table_store.users.subscription_scope("org-a", "sub-1", [GROUP])}
-    assert scope[user(1).id].group_ids == {GROUP}
-    assert scope[user(2).id].group_ids == frozenset()  # a group outside the run is not read
+    assert scope[user(1).id].group_ids == {GROUP} and not scope[user(1).id].other_groups
+    assert scope[user(2).id].group_ids == frozenset()  # a group outside the run is not counted as a membership...
+    assert scope[user(2).id].other_groups  # ...but the row is known to hold one (the finalizer removes it)
     assert (scope[user(3).id].status, scope[user(3).id].source_type) == ("Inactive", "AdSync")
+
+
+def gids(n: int, start: int = 0) -> list[str]:
+    return [f"7a7a7a7a-0000-4000-8000-{i:012d}" for i in range(start, start + n)]
+
+
+async def raw_row(table_store, uid: str) -> dict:
+    table = await table_store.users._table()
+    return dict(await table.get_entity(key("org-a"), key(uid)))
+
+
+async def test_a_membership_that_ends_leaves_the_row(table_store):
+    """Removed, not left `false`: a row that kept every group it was ever in would outgrow Table Storage's 252."""
+    await table_store.users.create([user(1, group_ids=frozenset({GROUP, *gids(2)}))])
+    assert await table_store.users.remove_memberships("org-a", [user(1).id, user(9).id], [GROUP, gids(1)[0]]) == 1
+    row = await raw_row(table_store, user(1).id)
+    assert membership_property(gids(2)[1]) not in row and row[membership_property(GROUP)] is True
+    assert (await table_store.users.get("org-a", user(1).id)).group_ids == {GROUP, gids(1)[0]}
+
+
+async def test_remove_memberships_rereads_a_row_changed_under_it(table_store, monkeypatch):
+    """A worker of another group merges its membership between our read and our replace: it survives."""
+    await table_store.users.create([user(1, group_ids=frozenset({GROUP, *gids(1)}))])
+    users, joined = table_store.users, []
+    get_many = users.get_many
+
+    async def racing_get_many(org, ids):
+        found = await get_many(org, ids)
+        if not joined:
+            joined.append(await users.add_membership(org, ids, gids(1, 5)[0], [GROUP]))
+        return found
+
+    monkeypatch.setattr(users, "get_many", racing_get_many)
+    await users.remove_memberships("org-a", [user(1).id], [GROUP, gids(1, 5)[0]])
+    assert (await get_many("org-a", [user(1).id]))[user(1).id].group_ids == {GROUP, gids(1, 5)[0]}
+
+
+async def test_a_row_at_the_property_limit_drops_deselected_groups_to_join_another(table_store):
+    """The issue's user in 400 groups: synced with 200 selected, then 200 others. Azure refuses a 253rd property
+    (TooManyProperties, enforced by the local Azurite); the row keeps the new selection and only it."""
+    old, new = gids(200), gids(200, 200)
+    await table_store.users.create([user(1, group_ids=frozenset(old))])
+    for gid in new:
+        assert await table_store.users.add_membership("org-a", [user(1).id], gid, new) == 1
+    row = await raw_row(table_store, user(1).id)
+    assert len(row) <= 252
+    assert (await table_store.users.get("org-a", user(1).id)).group_ids == set(new)
+
+
+async def test_a_row_at_the_selection_cap_with_the_longest_values_fits_an_azure_entity(table_store):
+    """200 groups (subscriptions.MAX_GROUPS) and every text field at its longest still make a valid Azure entity."""
+    from sync.subscriptions import MAX_GROUPS
+    longest = "𝒳" * 256  # astral: two UTF-16 units each, as Azure counts
+    u = user(1, group_ids=frozenset(gids(MAX_GROUPS)), display_name=longest, given_name=longest[:64],
+             surname=longest[:64], username="u" * 100 + "@" + "d" * 150, email="e" * 64 + "@" + "d" * 180,
+             status_reason="BlockedInDirectory", enrollment_email="failed", enrollment_email_error=longest * 2,
+             enrollment_email_sent_at=NOW, enrollment_email_lease_until=NOW, enrolled_at=NOW,
+             last_run_id="r" * 40, last_change="updated")
+    [outcome] = await table_store.users.create([u])
+    assert isinstance(outcome, Created)
+    assert len(await raw_row(table_store, u.id)) <= 252
+
+
+async def test_200_groups_with_the_longest_names_fit_a_subscription_row(table_store):
+    """Graph allows 256-character group names: 200 of them are ~60K UTF-16 units of JSON, more than one String
+    property holds (64 KiB); the adapter spreads the text over several properties and reads it back whole."""
+    names = [("\U0001d4b3" if n % 2 else "é") * 256 for n in range(200)]
+    sub = Subscription(org="org-a", id="sub-long", name="Long", status="authorized", azure_tenant_id=None,
+                       groups=tuple(GroupRef(g, name) for g, name in zip(gids(200), names)), created_at=NOW,
+                       updated_at=NOW)
+    await table_store.subscriptions.add(sub)
+    stored = await table_store.subscriptions.get("org-a", "sub-long")
+    assert [g.display_name for g in stored.groups] == names
+    saved = await table_store.subscriptions.save(replace(stored, groups=stored.groups[:1]))
+    row = dict(await (await table_store.subscriptions._table()).get_entity(key("org-a"), key("sub-long")))
+    assert "groups_2" not in row  # a replace leaves no part of the longer text behind
+    assert (await table_store.subscriptions.get("org-a", "sub-long")).groups == saved.groups
+
+
+async def test_a_groups_50_longest_errors_fit_its_progress_row(table_store):
+    """A username conflict names two display names, two usernames and two ids: 50 such reports (the most a group
+    keeps) exceed one String property; they are stored whole and read back whole."""
+    from sync.group_sync import MAX_ERRORS_PER_GROUP
+    from sync.model import RunError
+
+    errors = tuple(RunError("username_conflict", f"{n} " + "\U0001d4b3" * 700, group_id=GROUP, user_id=user(n).id)
+                   for n in range(MAX_ERRORS_PER_GROUP))
+    run = Run(org="org-a", subscription_id="sub-1", id="r-long", trigger="manual", status="running",
+              group_ids=(GROUP,), started_at=NOW, updated_at=NOW, errors=errors[:20])
+    await table_store.runs.add(run, [GroupProgress(group_id=GROUP, updated_at=NOW)])
+    progress = await table_store.runs.get_group("org-a", "sub-1", "r-long", GROUP)
+    await table_store.runs.save_group("org-a", "sub-1", "r-long", replace(progress, errors=errors))
+    assert (await table_store.runs.get_group("org-a", "sub-1", "r-long", GROUP)).errors == errors
+    assert (await table_store.runs.get("org-a", "sub-1", "r-long")).errors == errors[:20]

@@ -1,5 +1,6 @@
 """The sync engine on fakes: what a Full Sync writes, counts, deprovisions and refuses."""
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -124,6 +125,22 @@ async def test_deleted_and_deselected_users_are_deprovisioned(svc, tenant):
     assert users["bob@contoso.example"].status == "Active"
     assert view.counts.deactivated == 3  # ann, cat, eve
     assert {g.display_name for g in svc.groups.rows.values()} == {"Sales Team"}
+
+
+async def test_rows_keep_memberships_of_selected_groups_only(svc, tenant):
+    """Leaving a group, a deselection, an update and a deprovisioning each drop what is no longer selected."""
+    sub = await connect(svc, groups=(SALES, ENG, PLATFORM, OPS))
+    await full_sync(svc, sub)
+    tenant.remove(ENG, "bob")  # bob leaves Engineering: only Sales
+    tenant.users["cat"] = replace(tenant.users["cat"], display_name="Catherine")  # cat is updated while Operations and Platform are being deselected
+    await subscriptions.select_groups(svc, caller(), sub.id, {"groupIds": [SALES, ENG]})
+    view = await full_sync(svc, sub)
+    users = users_of(svc)
+    assert users["bob@contoso.example"].group_ids == {SALES}
+    assert users["cat@contoso.example"].group_ids == {ENG} and users["cat@contoso.example"].display_name == "Catherine"
+    dan = users["dan@contoso.example"]  # only in Platform: deprovisioned, and holds no membership any more
+    assert (dan.status, dan.group_ids) == ("Inactive", frozenset())
+    assert view.counts.deactivated == 2  # dan, eve
 
 
 async def test_a_failed_group_deprovisions_nobody(svc, tenant):
