@@ -219,8 +219,8 @@ class MemoryUsers(Users):
     async def page(self, org: str, filters: UserFilter, page_size: int, token: str | None) -> tuple[list[User], str | None]:
         after = json.loads(base64.urlsafe_b64decode(token))["after"] if token else ""
         matches = []
-        for (o, uid), u in sorted(self.rows.items()):
-            if o != org or uid <= after:
+        for u in sorted((u for (o, _), u in self.rows.items() if o == org), key=lambda u: u.username.casefold()):
+            if u.username.casefold() <= after:
                 continue
             if filters.status and u.status != filters.status:
                 continue
@@ -231,7 +231,7 @@ class MemoryUsers(Users):
                 continue
             matches.append(u)
         page, rest = matches[:page_size], matches[page_size:]
-        token = base64.urlsafe_b64encode(json.dumps({"after": page[-1].id}).encode()).decode() if rest else None
+        token = base64.urlsafe_b64encode(json.dumps({"after": page[-1].username.casefold()}).encode()).decode() if rest else None
         return page, token
 
     async def create(self, users: list[User]) -> list[Created | Exists | UsernameTaken]:

@@ -71,6 +71,7 @@ MAX_TRANSACTION = 100  # Table Storage's limit; Azurite answers 101 with a respo
 _ROW_FULL = ("TooManyProperties", "EntityTooLarge")  # Table Storage's entity limits: 252 properties, 1 MiB
 _REWRITE_ROUNDS = 5
 CLAIM_PREFIX = "|n|"
+CLAIM_END = "|n}"  # every claim key sorts before this
 USER_RK_END = "|"  # every user id sorts before this; claims sort after it
 SEEN_IDS_PER_PROPERTY = 850  # 37 chars each: a string property holds at most 32K UTF-16 characters
 SEEN_PROPERTIES_PER_ENTITY = 15  # ~15 x 64 KiB keeps each entity under the 1 MiB limit
@@ -84,8 +85,18 @@ def key(text: str) -> str:
 
 
 def username_key(username: str) -> str:
-    """The claim row key of a username: usernames are unique per org regardless of case."""
-    return CLAIM_PREFIX + hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:48]
+    """The claim row key of a username: usernames are unique per org regardless of case, and the keys sort as the
+    case-folded usernames do (code point order), so the claims are the Users grid's index. Only what a key may not
+    hold is escaped (and '%'); a name too long for a key keeps its first 400 characters and a hash of the rest."""
+    folded = username.strip().casefold()
+    text = "".join(f"%{ord(c):02X}" if c in _KEY_UNSAFE or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F
+                   else f"%u{ord(c):04X}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in folded)
+    if len(text) > 400:
+        text = text[:400] + "|" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return CLAIM_PREFIX + text
+
+
+_KEY_UNSAFE = frozenset("%/\\#?")
 
 
 
@@ -600,34 +611,52 @@ class TableUsers(_Repository, Users):
         return {u.id: u for u in found if u is not None}
 
     async def page(self, org: str, filters: UserFilter, page_size: int, token: str | None) -> tuple[list[User], str | None]:
+        """Users in username order: the username claims are the index (their keys sort as the usernames do); the
+        users they name are read by key, a chunk at a time, and filtered here."""
         table = await self._table()
-        after = _decode_token(token)
-        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt @end and kind eq 'user'"
-        params: dict[str, Any] = {"pk": key(org), "after": after, "end": USER_RK_END}
-        if filters.status:
-            query += " and status eq @status"
-            params["status"] = filters.status
-        if filters.source_type:
-            query += " and sourceType eq @source"
-            params["source"] = filters.source_type
+        after = max(_decode_token(token), CLAIM_PREFIX)
+        query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt @end"
+        params: dict[str, Any] = {"pk": key(org), "after": after, "end": CLAIM_END}
         needle = (filters.search or "").strip().casefold()
+        chunk_size = page_size if not (needle or filters.status or filters.source_type) else max(page_size, 100)
         found: list[User] = []
         scanned = 0
-        last_key = after
+        chunk: list[tuple[str, str]] = []  # (claim row key, user id)
+
+        def wanted(user: User | None) -> bool:
+            return (user is not None and (not filters.status or user.status == filters.status)
+                    and (not filters.source_type or user.source_type == filters.source_type)
+                    and (not needle or needle in _search_text(user)))
+
+        async def take() -> str | None:
+            """Add the chunk's wanted users; the row key to continue after if the page is full, else None."""
+            users = await self.get_many(org, [uid for _, uid in chunk])
+            for row_key, uid in chunk:
+                if wanted(users.get(uid)):
+                    found.append(users[uid])
+                    if len(found) >= page_size:
+                        return row_key
+            return None
+
         try:
-            async for entity in table.query_entities(query, parameters=params, results_per_page=min(1000, max(page_size, 100))):
+            async for claim in table_wire.query(table, query, params, select=["RowKey", "userId"],
+                                                page_size=min(1000, chunk_size)):
                 scanned += 1
-                last_key = entity["RowKey"]
-                user = _user_from(entity)
-                if not needle or needle in _search_text(user):
-                    found.append(user)
-                if len(found) >= page_size or scanned >= SCAN_LIMIT:
-                    break
-            else:
-                return found, None
+                chunk.append((claim["RowKey"], claim["userId"]))
+                if len(chunk) >= chunk_size or scanned >= SCAN_LIMIT:
+                    full = await take()
+                    last = chunk[-1][0]
+                    chunk = []
+                    if full is not None:
+                        return found, _encode_token(full)
+                    if scanned >= SCAN_LIMIT:  # a rare filter: answer what was found, continue from here
+                        return found, _encode_token(last)
+            # The claims ran out: a page filled by the very last one has nothing after it.
+            if chunk and (full := await take()) is not None and full != chunk[-1][0]:
+                return found, _encode_token(full)
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
-        return found, _encode_token(last_key)
+        return found, None
 
     async def create(self, users: list[User]) -> list[Created | Exists | UsernameTaken]:
         table = await self._table()

@@ -156,6 +156,38 @@ async def test_users_grid_pages_with_filters_and_search(table_store):
         await table_store.users.page("org-a", UserFilter(), 10, "not-a-token")
 
 
+async def test_users_grid_is_in_username_order_across_pages_and_filters(table_store):
+    """The documented order: username, case-insensitive, by code point; stable across pages, filters and renames."""
+    import random
+
+    names = ["zoë@x.example", "Adam@x.example", "b%2F@x.example", "b/c@x.example", "Émile@x.example", "ann#1@x.example",
+             "アキラ@x.example", "\U0001f600@x.example", "carl@x.example", "Bea@x.example", "a" * 600 + "@x.example"]
+    names += [f"user{n:02d}@x.example" for n in range(25)]
+    shuffled = random.Random(7).sample(range(len(names)), len(names))
+    await table_store.users.create([user(i, username=names[i], status="Inactive" if i % 4 == 0 else "Active")
+                                    for i in shuffled])
+    expected = sorted(names, key=str.casefold)
+
+    async def walk(filters: UserFilter, size: int) -> list[str]:
+        seen, token = [], None
+        while True:
+            page, token = await table_store.users.page("org-a", filters, size, token)
+            assert len(page) <= size
+            seen += [u.username for u in page]
+            if token is None:
+                return seen
+
+    assert await walk(UserFilter(), 7) == expected
+    assert await walk(UserFilter(), 100) == expected
+    inactive = [n for n in expected if names.index(n) % 4 == 0]
+    assert await walk(UserFilter(status="Inactive"), 3) == inactive
+    renamed = replace(await table_store.users.get("org-a", user(names.index("carl@x.example")).id),
+                      username="aaron@x.example")
+    [outcome] = await table_store.users.update([(renamed, "carl@x.example")])
+    assert isinstance(outcome, Updated)
+    assert (await walk(UserFilter(), 5))[:2] == ["a" * 600 + "@x.example", "aaron@x.example"]
+
+
 async def test_group_members_and_subscription_users(table_store):
     other = "3c3c3c3c-2222-4b4b-8c8c-000000000002"
     await table_store.users.create([user(1), user(2, group_ids=frozenset({other})), user(3, subscription_id="sub-2")])
