@@ -2,6 +2,7 @@
 import azure.functions as func
 
 from notifications.functions import bp as mailer
+from sync.functions.changes_api import bp as changes_api
 from sync.functions.directory_api import bp as directory_api
 from sync.functions.group_worker import bp as group_worker
 from sync.functions.meta_api import bp as meta_api
@@ -9,5 +10,5 @@ from sync.functions.nightly import bp as nightly
 from sync.functions.users_api import bp as users_api
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (meta_api, directory_api, users_api, group_worker, nightly, mailer):
+for blueprint in (meta_api, directory_api, users_api, group_worker, nightly, changes_api, mailer):
     app.register_functions(blueprint)

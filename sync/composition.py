@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .concurrency import KeyedLocks
 from .model import utcnow
-from .ports import Directory, Groups, JobQueue, Runs, SignIns, Subscriptions, Users
+from .ports import Directory, DirectoryChangeFeed, Groups, JobQueue, Runs, SignIns, Subscriptions, Users, Watches
 from .recent import RecentUsers
 from .settings import Settings
 
@@ -25,6 +25,8 @@ class Services:
     groups: Groups
     directory: Directory
     queue: JobQueue
+    changes: DirectoryChangeFeed | None = None
+    watches: Watches | None = None
     sign_ins: SignIns | None = None
     mail_sender: Any = None
     clock: Callable[[], datetime] = utcnow
@@ -52,16 +54,21 @@ def build(settings: Settings) -> Services:
         store = TableStore.from_endpoint(settings.tables_endpoint, identity(), settings.table_prefix)
     if settings.service_bus_connection_string:
         queue = ServiceBusQueue.from_connection_string(
-            settings.service_bus_connection_string, settings.group_sync_queue, settings.enrollment_queue)
+            settings.service_bus_connection_string, settings.group_sync_queue, settings.enrollment_queue,
+            settings.change_queue)
     else:
         queue = ServiceBusQueue.from_namespace(
-            settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue)
+            settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue,
+            settings.change_queue)
     from .adapters.credentials import TenantCredentials
 
     credentials = TenantCredentials(settings)
     directory = GraphDirectory(settings.graph_base_url, credentials.for_tenant,
                                allowed_hosts=_graph_hosts(settings), concurrency=settings.graph_concurrency,
                                max_tenants=settings.graph_tenant_cache)
+    from .adapters.graph_changes import GraphChangeFeed
+    from .adapters.table_watches import TableWatches
+
     services = Services(
         settings=settings,
         subscriptions=store.subscriptions,
@@ -70,6 +77,8 @@ def build(settings: Settings) -> Services:
         groups=store.groups,
         directory=directory,
         queue=queue,
+        changes=GraphChangeFeed(directory, settings.graph_base_url),
+        watches=TableWatches(store),
         sign_ins=OidcSignIns(settings.authority_host, settings.graph_client_id),
         mail_sender=_mail_sender(settings),
     )

@@ -120,3 +120,11 @@ class PreconditionFailed(SyncError):
 
 class SettingsError(RuntimeError):
     """App settings are missing or invalid; the message names every bad key."""
+
+
+class DeltaExpired(SyncError):
+    """Microsoft Graph no longer knows the delta link (older than its lifetime, or its state was reset): only a Full
+    Sync can continue."""
+
+    status = 410
+    code = "delta_expired"

@@ -635,6 +635,9 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
                                                              "by": approved_by})
     finished = await _end_run(svc, run, status, counts, errors, pending, approved=bool(approved_by))
     if finished:
+        from . import changes
+
+        await changes.after_run(svc, run, status)  # before the release: the next run continues from its links
         await runs_uc.release_subscription(svc, run)
         await _tidy_groups_grid(svc, org, sub_id)
         log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,

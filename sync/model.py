@@ -228,6 +228,7 @@ class Run:
     pending_deactivations: int = 0
     updated_at: datetime = field(default_factory=utcnow)
     etag: str | None = field(default=None, compare=False)
+    delta_links: "DeltaLinks | None" = None  # where the next incremental run continues once this one has ended
 
 
 @dataclass(frozen=True)
@@ -526,3 +527,99 @@ class EnrollmentJob:
         data = json.loads(text)
         return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
                    attempt=int(data.get("attempt") or 0))
+
+
+class Trigger:
+    MANUAL = "manual"
+    NIGHTLY = "nightly"
+    CHANGE_NOTIFICATION = "change_notification"
+
+
+@dataclass(frozen=True)
+class ChangeJob:
+    """The Service Bus message asking for an incremental run of a subscription: apply what changed in the tenant."""
+
+    org: str
+    subscription_id: str
+    trigger: str  # change_notification or nightly
+    requested_at: datetime
+    attempt: int = 0  # copies rescheduled while another run of the subscription was busy
+    lifecycle: tuple[str, ...] = ()  # "<event>:<watch id>" of Graph lifecycle notifications to act on
+
+    @property
+    def message_id(self) -> str:
+        return f"changes:{self.org}:{self.subscription_id}:{int(self.requested_at.timestamp() * 1000)}:{self.attempt}"
+
+    def to_json(self) -> str:
+        return json.dumps({"org": self.org, "subscriptionId": self.subscription_id, "trigger": self.trigger,
+                           "requestedAt": self.requested_at.isoformat(), "attempt": self.attempt,
+                           "lifecycle": list(self.lifecycle)}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ChangeJob":
+        data = json.loads(text)
+        requested = datetime.fromisoformat(str(data["requestedAt"]))
+        if requested.tzinfo is None:
+            raise ValueError("requestedAt needs a time zone")
+        return cls(org=str(data["org"]), subscription_id=str(data["subscriptionId"]), trigger=str(data["trigger"]),
+                   requested_at=requested, attempt=int(data.get("attempt") or 0),
+                   lifecycle=tuple(str(e) for e in data.get("lifecycle") or ()))
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A Microsoft Graph subscription (change notifications) on the ``users`` or ``groups`` of a connected tenant.
+
+    Only a hash of its ``clientState`` secret is kept: a notification proves itself by presenting the secret."""
+
+    id: str  # Graph's subscription id
+    org: str
+    subscription_id: str
+    tenant_id: str
+    resource: str  # users or groups
+    client_state_hash: str
+    expires_at: datetime
+    etag: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DeltaState:
+    """Where the subscription's incremental sync continues: Graph delta links for users and groups, valid for the
+    group selection they were taken with."""
+
+    org: str
+    subscription_id: str
+    users_link: str
+    groups_link: str
+    group_ids: tuple[str, ...]
+    taken_at: datetime  # when the links' state was read (a change job requested before it is covered)
+    etag: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DeltaLinks:
+    """The delta links of a moment: taken before a Full Sync reads members, or returned by the last delta page."""
+
+    users_link: str
+    groups_link: str
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """What a group delta says about one group: its own removal, and its members added or removed since."""
+
+    id: str
+    removed: bool = False
+    users_added: frozenset[str] = frozenset()
+    users_removed: frozenset[str] = frozenset()
+    groups_changed: frozenset[str] = frozenset()  # nested groups added or removed
+
+
+@dataclass(frozen=True)
+class DirectoryChanges:
+    """Everything the tenant's delta reported since the subscription's links, with the links to continue from."""
+
+    users_changed: frozenset[str]
+    users_removed: frozenset[str]
+    groups: dict[str, GroupChange]
+    links: DeltaLinks

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from datetime import datetime
 from typing import AsyncIterator, Collection, Iterable
 
 from .model import (
+    ChangeJob,
+    DeltaLinks,
+    DeltaState,
+    DirectoryChanges,
     DirectoryGroup,
+    DirectoryUser,
     EnrollmentJob,
     GroupJob,
     GroupProgress,
@@ -19,6 +25,7 @@ from .model import (
     SyncedGroup,
     User,
     UserPage,
+    Watch,
 )
 
 
@@ -206,6 +213,75 @@ class Directory(abc.ABC):
         """Transitive user members, a page at a time, starting at ``next_link`` when given."""
 
 
+class DirectoryChangeFeed(abc.ABC):
+    """The tenant's changes: Graph delta queries, change-notification subscriptions, and the look-ups an
+    incremental run needs (kept apart from Directory, which a Full Sync needs alone)."""
+
+    @abc.abstractmethod
+    async def delta_links(self, tenant_id: str) -> DeltaLinks:
+        """Links to the tenant's current state of users and groups (``$deltatoken=latest``: no data read)."""
+
+    @abc.abstractmethod
+    async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
+        """Every change since ``links``; None if more than ``max_objects`` changed (a Full Sync is cheaper).
+        Raises DeltaExpired when Graph no longer knows a link."""
+
+    @abc.abstractmethod
+    async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+        """The users that exist among ``user_ids``, with the properties a sync reads."""
+
+    @abc.abstractmethod
+    async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
+        """Every group a user (or, with kind ``groups``, a group) is a member of, directly or through nested groups."""
+
+    @abc.abstractmethod
+    async def subscribe(self, tenant_id: str, resource: str, notification_url: str, client_state: str,
+                        expires_at: datetime) -> tuple[str, datetime]:
+        """Create a change-notification subscription (Graph validates the URL first); its id and expiry."""
+
+    @abc.abstractmethod
+    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime) -> datetime:
+        """Extend a subscription; NotFound if Graph no longer has it."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, tenant_id: str, watch_id: str) -> None:
+        """Delete a subscription (gone already is fine)."""
+
+
+class Watches(abc.ABC):
+    """Graph subscriptions we hold and the delta links of each sync subscription."""
+
+    @abc.abstractmethod
+    async def get(self, watch_id: str) -> Watch | None: ...
+
+    @abc.abstractmethod
+    async def save(self, watch: Watch) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, watch_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def of_subscription(self, org: str, subscription_id: str) -> list[Watch]: ...
+
+    @abc.abstractmethod
+    async def expiring(self, before: datetime) -> list[Watch]:
+        """Every watch (of every org) that expires before ``before``."""
+
+    @abc.abstractmethod
+    async def get_delta(self, org: str, subscription_id: str) -> DeltaState | None: ...
+
+    @abc.abstractmethod
+    async def save_delta(self, state: DeltaState) -> DeltaState:
+        """Write conditional on the state's etag (None: only if absent); PreconditionFailed if it changed."""
+
+    @abc.abstractmethod
+    async def delete_delta(self, org: str, subscription_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def with_delta(self) -> list[DeltaState]:
+        """Every subscription's delta state (the renewal timer finds the subscriptions to watch)."""
+
+
 class SignIns(abc.ABC):
     """Microsoft's OpenID Connect sign-in of the admin who consented."""
 
@@ -224,3 +300,7 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
         """Queue invitations, now or (a retry after a relay refused for a while) ``delay_s`` later."""
+
+    @abc.abstractmethod
+    async def send_change_jobs(self, jobs: list[ChangeJob], *, delay_s: float = 0) -> None:
+        """Queue incremental runs, now or ``delay_s`` later (notifications of a burst share one run)."""

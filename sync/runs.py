@@ -12,6 +12,8 @@ from .errors import Conflict, InvalidInput, NotFound, Transient
 from .logs import get_logger
 from .model import (
     Caller,
+    ChangeJob,
+    DeltaLinks,
     GroupJob,
     GroupProgress,
     Run,
@@ -20,6 +22,7 @@ from .model import (
     RunView,
     Subscription,
     SubscriptionStatus,
+    Trigger,
 )
 
 log = get_logger(__name__)
@@ -42,12 +45,10 @@ async def start_requested(svc: Services, caller: Caller, sub_id: str, body: dict
     return await start(svc, caller, sub_id)
 
 
-async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manual") -> Run:
-    """Queue a Full Sync: one Service Bus message per selected group. Exactly one concurrent caller wins."""
-    now = svc.clock()
-    run_id = new_run_id(now)
+async def reserve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> Subscription:
+    """Make ``run_id`` the subscription's active run; Conflict if it cannot sync now. Exactly one caller wins."""
 
-    async def reserve(sub: Subscription) -> Subscription:
+    async def take(sub: Subscription) -> Subscription:
         if sub.status == SubscriptionStatus.CONSENT_REVOKED:
             raise Conflict("the directory's admin consent was revoked; authorize again before syncing",
                            code="not_authorized")
@@ -56,11 +57,24 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
         if not sub.groups:
             raise Conflict("select at least one group to sync", code="no_groups_selected")
         await refuse_if_busy(svc, sub, "start another sync")
-        return replace(sub, active_run_id=run_id, updated_at=now)
+        return replace(sub, active_run_id=run_id, updated_at=svc.clock())
 
-    sub = await subscriptions.modify(svc, caller, sub_id, reserve)
+    return await subscriptions.modify(svc, caller, sub_id, take)
+
+
+async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manual",
+                notes: tuple[RunError, ...] = ()) -> Run:
+    """Queue a Full Sync: one Service Bus message per selected group. Exactly one concurrent caller wins.
+
+    Before any member is read, links to the tenant's current state are taken (Graph delta, ``$deltatoken=latest``):
+    once the run has ended, incremental runs continue from them, so a change made while it reads is applied
+    again later rather than missed. Without them (Graph refused) the run is a Full Sync all the same."""
+    now = svc.clock()
+    run_id = new_run_id(now)
+    sub = await reserve(svc, caller, sub_id, run_id)
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=trigger, status=RunStatus.QUEUED,
-              group_ids=sub.group_ids, started_at=now, updated_at=now)
+              group_ids=sub.group_ids, started_at=now, updated_at=now, errors=notes,
+              delta_links=await _delta_baseline(svc, sub))
     try:
         run = await svc.runs.add(run, [GroupProgress(group_id=g, updated_at=now) for g in sub.group_ids])
     except Transient:
@@ -74,6 +88,18 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
     log.info("full sync queued", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
                                         "trigger": trigger, "groups": len(sub.group_ids)})
     return run
+
+
+async def _delta_baseline(svc: Services, sub: Subscription) -> DeltaLinks | None:
+    if svc.changes is None or not sub.azure_tenant_id:
+        return None
+    try:
+        return await svc.changes.delta_links(sub.azure_tenant_id)
+    except Exception as exc:  # the Full Sync does not need them; the next one takes them again
+        log.warning("could not take delta links before a Full Sync", extra={
+            "org": sub.org, "subscription": sub.id, "error_type": type(exc).__name__,
+            "code": getattr(exc, "code", None)})
+        return None
 
 
 async def _abandon_start(svc: Services, run: Run) -> None:
@@ -183,6 +209,13 @@ async def nightly(svc: Services) -> dict[str, int]:
             continue
         caller = Caller(org=sub.org, subject="nightly-sync", role="Owner")
         try:
+            state = await svc.watches.get_delta(sub.org, sub.id) if svc.watches is not None else None
+            if state is not None and set(state.group_ids) == set(sub.group_ids):
+                # Incremental: the change job reads only what changed since the last run (no member pages).
+                await svc.queue.send_change_jobs([ChangeJob(sub.org, sub.id, Trigger.NIGHTLY, svc.clock())])
+                started += 1
+                log.info("nightly incremental sync queued", extra={"org": sub.org, "subscription": sub.id})
+                continue
             run = await start(svc, caller, sub.id, trigger="nightly")
             started += 1
             log.info("nightly sync started", extra={"org": sub.org, "subscription": sub.id, "run": run.id})

@@ -68,6 +68,12 @@ class Settings:
     consent_propagation_grace_s: float
     graph_tenant_cache: int
     mail: MailSettings | None
+    # Near-real-time sync (Graph change notifications and delta queries).
+    notification_url: str | None = field(default=None, repr=False)  # carries the function key (`code`)
+    change_queue: str = "directory-changes"
+    watch_lifetime_hours: float = 72.0
+    incremental_max_objects: int = 500
+    change_debounce_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -108,6 +114,13 @@ class Settings:
             consent_propagation_grace_s=reader.number("CONSENT_PROPAGATION_GRACE_SECONDS", 600.0, 0.0, 86400.0),
             graph_tenant_cache=int(reader.number("GRAPH_TENANT_CACHE", 1000, 1, 100_000)),
             mail=_mail_settings(reader),
+            notification_url=reader.optional_url("NOTIFICATION_URL"),
+            change_queue=reader.text("CHANGE_QUEUE", "directory-changes"),
+            # Graph allows users and groups subscriptions 41,760 minutes (29 days); shorter ones vanish sooner if
+            # this app loses track of them.
+            watch_lifetime_hours=reader.number("WATCH_LIFETIME_HOURS", 72.0, 2.0, 696.0),
+            incremental_max_objects=int(reader.number("INCREMENTAL_MAX_OBJECTS", 500, 1, 100_000)),
+            change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()
@@ -195,6 +208,17 @@ class _Reader:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.fail(key, "must be an absolute http(s) URL")
+        return value
+
+    def optional_url(self, key: str) -> str | None:
+        """An absolute URL or nothing. Graph delivers only to https; http is accepted for loopback (the dev host)."""
+        value = self.optional(key)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            self.fail(key, "must be an absolute https URL (http only on loopback)")  # never echo it: it holds a key
         return value
 
     def path(self, key: str, default: str) -> str:

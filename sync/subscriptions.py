@@ -103,6 +103,9 @@ async def delete(svc: Services, caller: Caller, sub_id: str) -> None:
         return replace(sub, deleting=True, nightly_sync=False, updated_at=svc.clock())
 
     sub = await modify(svc, caller, sub_id, mark, deleting=True)
+    from .changes import forget  # changes builds on runs, which builds on this module
+
+    await forget(svc, caller.org, sub.id, sub.azure_tenant_id)  # no more notifications, no delta links
     released = await _release_users(svc, caller.org, sub.id)
     await svc.groups.delete(caller.org, sub.id)
     await svc.runs.delete_all(caller.org, sub.id)
@@ -221,7 +224,10 @@ async def mark_consent_revoked(svc: Services, org: str, sub_id: str) -> None:
         await modify(svc, caller, sub_id, revoke)
         log.warning("admin consent revoked", extra={"org": org, "subscription": sub_id})
     except NotFound:
-        pass
+        return
+    from .changes import forget
+
+    await forget(svc, org, sub_id, None)  # Graph cannot be asked any more; its subscriptions expire on their own
 
 
 # ---------------------------------------------------------------- helpers

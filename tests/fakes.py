@@ -12,6 +12,7 @@ from notifications.senders import MailError, MailSender, OutgoingEmail
 from sync.composition import Services
 from sync.errors import (
     AuthorizationLost,
+    DeltaExpired,
     InvalidInput,
     NotFound,
     PageTokenExpired,
@@ -19,9 +20,14 @@ from sync.errors import (
     Transient,
 )
 from sync.model import (
+    ChangeJob,
+    DeltaLinks,
+    DeltaState,
+    DirectoryChanges,
     DirectoryGroup,
     DirectoryUser,
     EnrollmentJob,
+    GroupChange,
     GroupJob,
     GroupProgress,
     MemberState,
@@ -33,10 +39,12 @@ from sync.model import (
     SyncedGroup,
     User,
     UserPage,
+    Watch,
 )
 from sync.ports import (
     Created,
     Directory,
+    DirectoryChangeFeed,
     Exists,
     Groups,
     JobQueue,
@@ -48,6 +56,7 @@ from sync.ports import (
     UserFilter,
     UsernameTaken,
     Users,
+    Watches,
 )
 from sync.settings import Settings
 
@@ -423,12 +432,139 @@ class FakeDirectory(Directory):
                 raise self.fail[group_id]
 
 
+class FakeChangeFeed(DirectoryChangeFeed):
+    """Graph's delta and subscriptions over the FakeDirectory's tenants: a delta link names a snapshot of the
+    tenant, and reading it reports the difference with now (what Graph's delta reports, collapsed)."""
+
+    def __init__(self, directory: FakeDirectory) -> None:
+        self.directory = directory
+        self.snapshots: dict[str, tuple[dict, dict]] = {}
+        self.expired: set[str] = set()
+        self.subscriptions: dict[str, dict] = {}
+        self.created = 0
+        self.reads = 0
+
+    def _tenant(self, tid: str) -> FakeTenant:
+        """The tenant, refused as Graph would (Graph requests of the change feed are counted in ``reads``)."""
+        if tid in self.directory.revoked or tid not in self.directory.tenants:
+            raise AuthorizationLost("revoked")
+        return self.directory.tenants[tid]
+
+    def _snapshot(self, tid: str) -> DeltaLinks:
+        t = self._tenant(tid)
+        link = f"fake-delta://{tid}/{len(self.snapshots) + 1}"
+        self.snapshots[link] = (dict(t.users), {g: list(m) for g, m in t.members.items()})
+        return DeltaLinks(link + "?users", link + "?groups")
+
+    async def delta_links(self, tenant_id: str) -> DeltaLinks:
+        return self._snapshot(tenant_id)
+
+    async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
+        t = self._tenant(tenant_id)
+        self.reads += 1
+        base = links.users_link.rsplit("?", 1)[0]
+        if base in self.expired or base not in self.snapshots:
+            raise DeltaExpired("syncStateNotFound")
+        users, members = self.snapshots[base]
+        changed = frozenset(u for u, du in t.users.items() if users.get(u) != du)
+        removed = frozenset(set(users) - set(t.users))
+        groups: dict[str, GroupChange] = {}
+        for gid in set(members) | set(t.members):
+            before, after = set(members.get(gid, ())), set(t.members.get(gid, ()))
+            if gid not in t.groups and gid in members:
+                groups[gid] = GroupChange(gid, removed=True)
+            elif before != after:
+                diff = before ^ after
+                groups[gid] = GroupChange(gid, users_added=frozenset(after - before - set(t.groups)),
+                                          users_removed=frozenset(before - after - set(t.groups)),
+                                          groups_changed=frozenset(diff & set(t.groups) | diff & set(members)))
+        if len(changed) + len(removed) > max_objects or len(groups) > max_objects:
+            return None
+        return DirectoryChanges(changed, removed, groups, self._snapshot(tenant_id))
+
+    async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+        t = self._tenant(tenant_id)
+        return {u: t.users[u] for u in user_ids if u in t.users}
+
+    async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
+        t = self._tenant(tenant_id)
+        if kind == "groups" and object_id not in t.groups:
+            raise NotFound("no group")
+        found: set[str] = set()
+        todo = [object_id]
+        while todo:
+            current = todo.pop()
+            for gid, ids in t.members.items():
+                if current in ids and gid not in found:
+                    found.add(gid)
+                    todo.append(gid)
+        return frozenset(found)
+
+    async def subscribe(self, tenant_id: str, resource: str, notification_url: str, client_state: str,
+                        expires_at: datetime) -> tuple[str, datetime]:
+        self._tenant(tenant_id)
+        self.created += 1
+        sid = f"graph-sub-{self.created}"
+        self.subscriptions[sid] = {"tenant": tenant_id, "resource": resource, "url": notification_url,
+                                   "clientState": client_state, "expires": expires_at}
+        return sid, expires_at
+
+    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime) -> datetime:
+        if watch_id not in self.subscriptions:
+            raise NotFound("no subscription")
+        self.subscriptions[watch_id]["expires"] = expires_at
+        return expires_at
+
+    async def unsubscribe(self, tenant_id: str, watch_id: str) -> None:
+        self.subscriptions.pop(watch_id, None)
+
+
+class MemoryWatches(Watches):
+    def __init__(self) -> None:
+        self.watches: dict[str, Watch] = {}
+        self.deltas: dict[tuple[str, str], DeltaState] = {}
+
+    async def get(self, watch_id: str) -> Watch | None:
+        return self.watches.get(watch_id)
+
+    async def save(self, watch: Watch) -> None:
+        self.watches[watch.id] = watch
+
+    async def delete(self, watch_id: str) -> None:
+        self.watches.pop(watch_id, None)
+
+    async def of_subscription(self, org: str, subscription_id: str) -> list[Watch]:
+        return [w for w in self.watches.values() if (w.org, w.subscription_id) == (org, subscription_id)]
+
+    async def expiring(self, before: datetime) -> list[Watch]:
+        return [w for w in self.watches.values() if w.expires_at < before]
+
+    async def get_delta(self, org: str, subscription_id: str) -> DeltaState | None:
+        return self.deltas.get((org, subscription_id))
+
+    async def save_delta(self, state: DeltaState) -> DeltaState:
+        current = self.deltas.get((state.org, state.subscription_id))
+        if (current.etag if current else None) != state.etag:
+            raise PreconditionFailed("delta changed")
+        stored = replace(state, etag=etag())
+        self.deltas[(state.org, state.subscription_id)] = stored
+        return stored
+
+    async def delete_delta(self, org: str, subscription_id: str) -> None:
+        self.deltas.pop((org, subscription_id), None)
+
+    async def with_delta(self) -> list[DeltaState]:
+        return list(self.deltas.values())
+
+
 class RecordingQueue(JobQueue):
     def __init__(self) -> None:
         self.group_jobs: list[GroupJob] = []
         self.enrollment_jobs: list[EnrollmentJob] = []
         self.delays: list[float] = []
         self.group_delays: list[float] = []
+        self.change_jobs: list[ChangeJob] = []
+        self.change_delays: list[float] = []
         self.fail_next: Exception | None = None
 
     async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
@@ -442,8 +578,16 @@ class RecordingQueue(JobQueue):
         self.enrollment_jobs.extend(jobs)
         self.delays.extend([delay_s] * len(jobs))
 
+    async def send_change_jobs(self, jobs: list[ChangeJob], *, delay_s: float = 0) -> None:
+        self.change_jobs.extend(jobs)
+        self.change_delays.extend([delay_s] * len(jobs))
+
     def take_group_jobs(self) -> list[GroupJob]:
         jobs, self.group_jobs = self.group_jobs, []
+        return jobs
+
+    def take_change_jobs(self) -> list[ChangeJob]:
+        jobs, self.change_jobs = self.change_jobs, []
         return jobs
 
 
@@ -481,14 +625,17 @@ class FakeSignIns(SignIns):
 
 def make_services(**settings_overrides: str) -> Services:
     """Services wired to the in-memory fakes, with a movable clock."""
+    directory = FakeDirectory()
     return Services(
         settings=unit_settings(**settings_overrides),
         subscriptions=MemorySubscriptions(),
         runs=MemoryRuns(),
         users=MemoryUsers(),
         groups=MemoryGroups(),
-        directory=FakeDirectory(),
+        directory=directory,
         queue=RecordingQueue(),
+        changes=FakeChangeFeed(directory),
+        watches=MemoryWatches(),
         sign_ins=FakeSignIns(),
         mail_sender=RecordingMailSender(),
         clock=Clock(),

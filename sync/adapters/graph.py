@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Callable
 from ..errors import (
     AuthorizationLost,
     CredentialInvalid,
+    DeltaExpired,
     InvalidInput,
     NotFound,
     PageTokenExpired,
@@ -40,6 +41,9 @@ WORKER_WAIT_S = 5.0  # a worker waits this long in-process; a longer Retry-After
 WORKER_RETRIES = 3
 IDS_PER_FILTER = 15  # Graph refuses an `in` list longer than this ("Too many child clauses … Max allowed: 15")
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+# A delta link Graph no longer knows: older than its lifetime (seven days for directory objects) answers 400
+# syncStateNotFound; a reset of the tenant's sync state 410 Gone (https://learn.microsoft.com/graph/delta-query-overview).
+DELTA_EXPIRED_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
 # The token endpoint's error_codes (https://learn.microsoft.com/entra/identity-platform/reference-error-codes):
 # the tenant does not grant us access — 7000229 no service principal (the app was deleted from the tenant),
 # 7000112 app disabled, 90002 tenant not found, 500011 Graph's principal missing in the tenant; and two that
@@ -222,8 +226,15 @@ class GraphDirectory(Directory):
                 return
             request = following(link)
 
+    async def request_json(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool = False,
+                           retry: bool = True) -> dict[str, Any]:
+        """One request built by ``request(adapter)`` (a kiota RequestInformation), sent as every call here is: for
+        the change feed (sync/adapters/graph_changes.py), which shares this transport, its pools and credentials.
+        ``retry=False`` for a request that must not be sent twice (creating a subscription)."""
+        return await self._get_json(tenant_id, request, interactive=interactive, retry=retry)
+
     async def _get_json(self, tenant_id: str, request: Callable[[Any], Any], *,
-                        interactive: bool = False) -> dict[str, Any]:
+                        interactive: bool = False, retry: bool = True) -> dict[str, Any]:
         """One GET through the SDK's middleware, errors mapped onto our tree.
 
         A 401 means Graph refused the token itself (expired, e.g. by clock skew, or invalid): the tenant's cached
@@ -252,7 +263,7 @@ class GraphDirectory(Directory):
             except Transient as exc:
                 wait = exc.retry_after if exc.retry_after is not None else min(8.0, 0.5 * 2 ** waits)
                 allowed = (1, INTERACTIVE_WAIT_S) if interactive else (WORKER_RETRIES, WORKER_WAIT_S)
-                if waits >= allowed[0] or wait > allowed[1]:
+                if not retry or waits >= allowed[0] or wait > allowed[1]:
                     raise
                 waits += 1
                 await asyncio.sleep(wait)  # outside every slot
@@ -370,6 +381,8 @@ def _map_api_error(exc: Any) -> Exception:
         return NotFound(f"Microsoft Graph has no such object ({code or 'Request_ResourceNotFound'})", code="directory_object_not_found")
     if status == 400 and code == "Directory_ExpiredPageToken":
         return PageTokenExpired("Microsoft Graph's page token expired before the next page was read")
+    if status == 410 or code.lower() in DELTA_EXPIRED_CODES:
+        return DeltaExpired(f"Microsoft Graph no longer knows the delta link ({status} {code or 'Gone'})")
     if status == 400:
         return InvalidInput(f"Microsoft Graph rejected the query ({code})", code="directory_bad_request")
     if status == 429 or status >= 500:

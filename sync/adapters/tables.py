@@ -39,6 +39,7 @@ from ..errors import InvalidInput, PreconditionFailed, Transient
 from ..logs import get_logger
 from ..model import (
     Counts,
+    DeltaLinks,
     GroupProgress,
     GroupRef,
     MemberState,
@@ -529,6 +530,8 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         **_long_text("errors", json.dumps([e.to_api() for e in run.errors], ensure_ascii=False)),
         "pendingDeactivations": run.pending_deactivations,
         "updatedAt": run.updated_at,
+        **(_long_text("usersDeltaLink", run.delta_links.users_link) if run.delta_links else {}),
+        **(_long_text("groupsDeltaLink", run.delta_links.groups_link) if run.delta_links else {}),
     }
 
 
@@ -547,7 +550,13 @@ def _run_from(e: Any) -> Run:
         pending_deactivations=int(e.get("pendingDeactivations") or 0),
         updated_at=_dt(e.get("updatedAt")),
         etag=_etag(e),
+        delta_links=_delta_links(e),
     )
+
+
+def _delta_links(e: Any) -> DeltaLinks | None:
+    users, groups = _read_long_text(e, "usersDeltaLink"), _read_long_text(e, "groupsDeltaLink")
+    return DeltaLinks(users, groups) if users and groups else None
 
 
 def _progress_entity(pk: str, run_id: str, g: GroupProgress) -> dict[str, Any]:

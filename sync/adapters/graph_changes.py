@@ -1,0 +1,190 @@
+"""Microsoft Graph's change feed (delta queries and change-notification subscriptions), over GraphDirectory's
+transport: the same SDK middleware, credentials, fair-share pools, retries and error mapping.
+
+- Delta (https://learn.microsoft.com/graph/delta-query-overview): ``$deltatoken=latest`` gives a link to the current
+  state without reading it ("sync from now"); following a link pages (``@odata.nextLink``) until a new
+  ``@odata.deltaLink``. Users come back with at least their changed properties (so a changed user is read again by
+  id before it is applied); a deleted user as ``{"id", "@removed"}``. A group's member changes come in
+  ``members@delta``, a removed member with ``@removed``
+  (https://learn.microsoft.com/graph/api/group-delta).
+- Subscriptions (https://learn.microsoft.com/graph/api/subscription-post-subscriptions): ``users`` and ``groups`` with
+  changeType ``updated,deleted``; Graph validates the notification URL before it answers, so creation is never
+  retried here (a retry could leave a second subscription behind).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+from ..errors import NotFound
+from ..model import DeltaLinks, DirectoryChanges, DirectoryUser, GroupChange
+from ..ports import DirectoryChangeFeed
+from .graph import IDS_PER_FILTER, USER_SELECT, GraphDirectory, _user, escape_filter_string
+
+USER_TYPE = "#microsoft.graph.user"
+GROUP_TYPE = "#microsoft.graph.group"
+CHANGE_TYPES = "updated,deleted"
+
+
+class GraphChangeFeed(DirectoryChangeFeed):
+    def __init__(self, directory: GraphDirectory, base_url: str) -> None:
+        self._graph = directory
+        self._base_url = base_url.rstrip("/")
+
+    # ------------------------------------------------------------------ delta
+
+    async def delta_links(self, tenant_id: str) -> DeltaLinks:
+        users = await self._graph.request_json(
+            tenant_id, _get(f"{self._base_url}/users/delta?$select={','.join(USER_SELECT)}&$deltatoken=latest"))
+        groups = await self._graph.request_json(
+            tenant_id, _get(f"{self._base_url}/groups/delta?$select=members&$deltatoken=latest"))
+        return DeltaLinks(users_link=self._delta_link(users), groups_link=self._delta_link(groups))
+
+    async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
+        changed: set[str] = set()
+        removed: set[str] = set()
+        groups: dict[str, GroupChange] = {}
+
+        def on_user(item: dict[str, Any]) -> None:
+            (removed if "@removed" in item else changed).add(str(item["id"]))
+
+        def on_group(item: dict[str, Any]) -> None:
+            gid = str(item["id"])
+            before = groups.get(gid) or GroupChange(gid)
+            added_users, removed_users, nested = set(before.users_added), set(before.users_removed), set(before.groups_changed)
+            for member in item.get("members@delta") or []:
+                mid, kind = str(member.get("id")), member.get("@odata.type")
+                if kind == GROUP_TYPE:
+                    nested.add(mid)
+                elif kind == USER_TYPE:
+                    # the latest word wins: a user added and then removed within one delta is removed
+                    (removed_users if "@removed" in member else added_users).add(mid)
+                    (added_users if "@removed" in member else removed_users).discard(mid)
+            groups[gid] = GroupChange(gid, removed=before.removed or "@removed" in item,
+                                      users_added=frozenset(added_users), users_removed=frozenset(removed_users),
+                                      groups_changed=frozenset(nested))
+
+        users_link = await self._follow(tenant_id, links.users_link, on_user, lambda: len(changed) + len(removed), max_objects)
+        if users_link is None:
+            return None
+        groups_link = await self._follow(tenant_id, links.groups_link, on_group, lambda: len(groups), max_objects)
+        if groups_link is None:
+            return None
+        return DirectoryChanges(users_changed=frozenset(changed - removed), users_removed=frozenset(removed),
+                                groups=groups, links=DeltaLinks(users_link, groups_link))
+
+    async def _follow(self, tenant_id: str, link: str, on_item: Callable[[dict[str, Any]], None],
+                      count: Callable[[], int], max_objects: int) -> str | None:
+        """Read pages from ``link`` to the next delta link; None as soon as more than ``max_objects`` changed."""
+        url = self._checked(link)
+        while True:
+            page = await self._graph.request_json(tenant_id, _get(url))
+            for item in page.get("value") or []:
+                if isinstance(item, dict) and item.get("id"):
+                    on_item(item)
+            if count() > max_objects:
+                return None
+            if page.get("@odata.nextLink"):
+                url = self._checked(page["@odata.nextLink"])
+                continue
+            return self._delta_link(page)
+
+    def _delta_link(self, page: dict[str, Any]) -> str:
+        link = page.get("@odata.deltaLink")
+        if not isinstance(link, str) or not link:
+            raise ValueError("Microsoft Graph answered a delta request without a delta link")
+        return self._checked(link)
+
+    def _checked(self, link: str) -> str:
+        """A link must point at the Graph we use (it is stored, then sent with a token)."""
+        if urlsplit(link).netloc != urlsplit(self._base_url).netloc:
+            raise ValueError("a delta link points outside Microsoft Graph")
+        return link
+
+    # ------------------------------------------------------------------ look-ups
+
+    async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+        from ..model import is_guid
+
+        ids = sorted({i for i in user_ids if is_guid(i)})
+        found: dict[str, DirectoryUser] = {}
+        for start in range(0, len(ids), IDS_PER_FILTER):
+            listed = ",".join(f"'{escape_filter_string(i)}'" for i in ids[start:start + IDS_PER_FILTER])
+            url = (f"{self._base_url}/users?$filter={quote(f'id in ({listed})', safe='')}"
+                   f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
+            page = await self._graph.request_json(tenant_id, _get(url))
+            for item in page.get("value") or []:
+                found[str(item["id"])] = _user(item)
+        return found
+
+    async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
+        from ..model import is_guid
+
+        if not is_guid(object_id) or kind not in ("users", "groups"):
+            raise NotFound("no such directory object", code="directory_object_not_found")
+        url: str | None = f"{self._base_url}/{kind}/{object_id}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999"
+        groups: set[str] = set()
+        while url:
+            page = await self._graph.request_json(tenant_id, _get(url))
+            groups.update(str(item["id"]) for item in page.get("value") or [] if item.get("id"))
+            url = self._checked(page["@odata.nextLink"]) if page.get("@odata.nextLink") else None
+        return frozenset(groups)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def subscribe(self, tenant_id: str, resource: str, notification_url: str, client_state: str,
+                        expires_at: datetime) -> tuple[str, datetime]:
+        body = {"changeType": CHANGE_TYPES, "notificationUrl": notification_url,
+                "lifecycleNotificationUrl": notification_url, "resource": resource,
+                "expirationDateTime": _iso(expires_at), "clientState": client_state}
+        created = await self._graph.request_json(tenant_id, _send("POST", f"{self._base_url}/subscriptions", body),
+                                                 retry=False)
+        return str(created["id"]), _parse(created.get("expirationDateTime")) or expires_at
+
+    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime) -> datetime:
+        renewed = await self._graph.request_json(
+            tenant_id, _send("PATCH", f"{self._base_url}/subscriptions/{quote(watch_id, safe='')}",
+                             {"expirationDateTime": _iso(expires_at)}))
+        return _parse(renewed.get("expirationDateTime")) or expires_at
+
+    async def unsubscribe(self, tenant_id: str, watch_id: str) -> None:
+        try:
+            await self._graph.request_json(
+                tenant_id, _send("DELETE", f"{self._base_url}/subscriptions/{quote(watch_id, safe='')}", None))
+        except NotFound:
+            return
+
+
+def _get(url: str) -> Callable[[Any], Any]:
+    return _send("GET", url, None)
+
+
+def _send(method: str, url: str, body: dict[str, Any] | None) -> Callable[[Any], Any]:
+    def build(adapter: Any) -> Any:
+        import json
+
+        from kiota_abstractions.method import Method
+        from kiota_abstractions.request_information import RequestInformation
+
+        info = RequestInformation(Method[method])
+        info.url = url
+        info.headers.try_add("Accept", "application/json")
+        if body is not None:
+            info.set_stream_content(json.dumps(body).encode(), "application/json")
+        return info
+    return build
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parse(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

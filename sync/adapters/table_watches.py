@@ -1,0 +1,114 @@
+"""Table Storage for the change feed: the Graph subscriptions we hold and each sync subscription's delta links.
+
+``{prefix}Watches``:
+- PK ``watch``, RK the Graph subscription id: a watch (looked up by id when a notification arrives; the one
+  partition is small: two rows per connected tenant).
+- PK org, RK subscription id: the subscription's delta links.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from ..errors import PreconditionFailed
+from ..model import DeltaState, Watch
+from ..ports import Watches
+from .tables import _conditional, _dt, _etag, _long_text, _read_long_text, _Repository, call, collect, key
+
+WATCH_PK = "watch"
+
+
+class TableWatches(_Repository, Watches):
+    TABLE = "Watches"
+
+    async def get(self, watch_id: str) -> Watch | None:
+        table = await self._table()
+        try:
+            entity = await call(table.get_entity(WATCH_PK, key(watch_id)))
+        except ResourceNotFoundError:
+            return None
+        return _watch_from(entity)
+
+    async def save(self, watch: Watch) -> None:
+        table = await self._table()
+        entity = {"PartitionKey": WATCH_PK, "RowKey": key(watch.id), "kind": "watch", "id": watch.id,
+                  "org": watch.org, "subscriptionId": watch.subscription_id, "tenantId": watch.tenant_id,
+                  "resource": watch.resource, "clientStateHash": watch.client_state_hash,
+                  "expiresAt": watch.expires_at}
+        await call(table.upsert_entity(entity, mode=UpdateMode.REPLACE))
+        self._store.count_write(1)
+
+    async def delete(self, watch_id: str) -> None:
+        table = await self._table()
+        try:
+            await call(table.delete_entity(WATCH_PK, key(watch_id)))
+        except ResourceNotFoundError:
+            return
+        self._store.count_write(1)
+
+    async def of_subscription(self, org: str, subscription_id: str) -> list[Watch]:
+        table = await self._table()
+        rows = await collect(table.query_entities(
+            "PartitionKey eq @pk and org eq @org and subscriptionId eq @sub",
+            parameters={"pk": WATCH_PK, "org": org, "sub": subscription_id}))
+        return [_watch_from(e) for e in rows]
+
+    async def expiring(self, before: Any) -> list[Watch]:
+        table = await self._table()
+        rows = await collect(table.query_entities("PartitionKey eq @pk and expiresAt lt @before",
+                                                  parameters={"pk": WATCH_PK, "before": before}))
+        return [_watch_from(e) for e in rows]
+
+    async def get_delta(self, org: str, subscription_id: str) -> DeltaState | None:
+        table = await self._table()
+        try:
+            entity = await call(table.get_entity(key(org), key(subscription_id)))
+        except ResourceNotFoundError:
+            return None
+        return _delta_from(entity)
+
+    async def save_delta(self, state: DeltaState) -> DeltaState:
+        table = await self._table()
+        entity = {"PartitionKey": key(state.org), "RowKey": key(state.subscription_id), "kind": "delta",
+                  "org": state.org, "subscriptionId": state.subscription_id,
+                  **_long_text("usersLink", state.users_link), **_long_text("groupsLink", state.groups_link),
+                  **_long_text("groupIds", json.dumps(list(state.group_ids))), "takenAt": state.taken_at}
+        try:
+            if state.etag is None:
+                meta = await call(table.create_entity(entity))
+            else:
+                meta = await call(table.update_entity(entity, mode=UpdateMode.REPLACE, **_conditional(state.etag)))
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            raise PreconditionFailed("the delta state changed meanwhile") from None
+        self._store.count_write(1)
+        return replace(state, etag=meta.get("etag"))
+
+    async def delete_delta(self, org: str, subscription_id: str) -> None:
+        table = await self._table()
+        try:
+            await call(table.delete_entity(key(org), key(subscription_id)))
+        except ResourceNotFoundError:
+            return
+        self._store.count_write(1)
+
+    async def with_delta(self) -> list[DeltaState]:
+        table = await self._table()
+        rows = await collect(table.query_entities("kind eq 'delta'"))
+        return [_delta_from(e) for e in rows]
+
+
+def _watch_from(e: Any) -> Watch:
+    return Watch(id=e["id"], org=e["org"], subscription_id=e["subscriptionId"], tenant_id=e["tenantId"],
+                 resource=e["resource"], client_state_hash=e["clientStateHash"], expires_at=_dt(e["expiresAt"]),
+                 etag=_etag(e))
+
+
+def _delta_from(e: Any) -> DeltaState:
+    return DeltaState(org=e["org"], subscription_id=e["subscriptionId"], users_link=_read_long_text(e, "usersLink"),
+                      groups_link=_read_long_text(e, "groupsLink"),
+                      group_ids=tuple(json.loads(_read_long_text(e, "groupIds") or "[]")),
+                      taken_at=_dt(e["takenAt"]), etag=_etag(e))

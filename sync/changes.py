@@ -1,0 +1,558 @@
+"""Near-real-time sync: Graph change notifications start incremental runs that apply the tenant's delta.
+
+The sequence:
+1. A Full Sync takes delta links to the tenant's current state before it reads any member (``runs.start``); when it
+   ends without failure those links become the subscription's DeltaState, and Graph subscriptions (watches) on
+   ``users`` and ``groups`` are created if NOTIFICATION_URL is set (``after_run``).
+2. Graph posts a notification to the webhook; ``receive`` checks each one against the secret of the watch it names
+   and queues one ChangeJob per subscription (never any Graph work in the webhook).
+3. ``handle_change_job`` reads the delta since the stored links and applies it as a run (trigger
+   ``change_notification``; the nightly timer queues the same job with trigger ``nightly``): changed users are read
+   again by id, users whose memberships changed have their groups read (``member_of``), users removed from the
+   directory lose their memberships; the run's finalizer then counts, guards and deprovisions as for a Full Sync.
+   A nested group gaining or losing a group re-reads the selected groups above it in full (group jobs). A delta link
+   Graph no longer knows, a changed selection, or more changes than INCREMENTAL_MAX_OBJECTS make it a Full Sync,
+   and the run says why.
+4. A timer renews watches before they expire, recreates lost ones and drops those of subscriptions that are gone.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import runs
+from .composition import Services
+from .decisions import Desired, Skip, change_of, desired_user, new_user, synced_user_id, updated_user
+from .errors import (
+    AuthorizationLost,
+    Conflict,
+    DeltaExpired,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    SyncError,
+)
+from .logs import get_logger
+from .model import (
+    Caller,
+    ChangeJob,
+    Counts,
+    DeltaLinks,
+    DeltaState,
+    DirectoryChanges,
+    DirectoryUser,
+    EmailState,
+    EnrollmentJob,
+    GroupJob,
+    GroupProgress,
+    GroupState,
+    Run,
+    RunError,
+    RunStatus,
+    SourceType,
+    Subscription,
+    SubscriptionStatus,
+    SyncedGroup,
+    Trigger,
+    User,
+    Watch,
+)
+from .ports import Created, Exists, Stale, Updated
+
+log = get_logger(__name__)
+
+RESOURCES = ("users", "groups")
+MAX_NOTIFICATIONS = 1000  # per POST; Graph batches far fewer
+MAX_VALIDATION_TOKEN = 1024
+BUSY_RETRY_S = 5.0
+BUSY_RETRIES = 120  # ten minutes of a busy subscription, then the next notification or the nightly takes over
+MAX_STALE_ROUNDS = 5
+SYSTEM = "directory-changes"
+
+
+def client_state_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# ---------------------------------------------------------------- the webhook
+
+
+def validation_echo(token: str) -> str:
+    """Graph's validation handshake: the token comes back as sent (text/plain), or the URL is refused."""
+    if not token or len(token) > MAX_VALIDATION_TOKEN or any(ord(c) < 32 for c in token):
+        raise InvalidInput("validationToken is not one Microsoft Graph sends", code="invalid_validation_token")
+    return token
+
+
+async def receive(svc: Services, body: bytes) -> dict[str, int]:
+    """Notifications Graph posted: each must name a watch we hold and present its secret; anything else is ignored
+    (no Graph call, nothing queued). One job per subscription, however many notifications name it."""
+    try:
+        data = json.loads(body)
+        items = data["value"]
+        if not isinstance(items, list):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidInput("the body is not a change notification collection", code="invalid_notification") from None
+    if len(items) > MAX_NOTIFICATIONS:
+        raise InvalidInput(f"at most {MAX_NOTIFICATIONS} notifications per request", code="invalid_notification")
+    watches: dict[str, Watch | None] = {}
+    jobs: dict[tuple[str, str], ChangeJob] = {}
+    ignored = 0
+    now = svc.clock()
+    for item in items:
+        watch = await _proven_watch(svc, item, watches)
+        if watch is None:
+            ignored += 1
+            continue
+        lifecycle = item.get("lifecycleEvent")
+        key = (watch.org, watch.subscription_id)
+        job = jobs.get(key) or ChangeJob(watch.org, watch.subscription_id, Trigger.CHANGE_NOTIFICATION, now)
+        if lifecycle in ("reauthorizationRequired", "subscriptionRemoved"):
+            job = replace(job, lifecycle=tuple(sorted({*job.lifecycle, f"{lifecycle}:{watch.id}"})))
+        jobs[key] = job
+    if jobs:
+        await svc.queue.send_change_jobs(list(jobs.values()), delay_s=svc.settings.change_debounce_s)
+    if ignored:
+        log.warning("change notifications ignored (unknown subscription or wrong clientState)",
+                    extra={"ignored": ignored, "accepted": len(items) - ignored})
+    return {"accepted": len(items) - ignored, "ignored": ignored, "queued": len(jobs)}
+
+
+async def _proven_watch(svc: Services, item: Any, cache: dict[str, Watch | None]) -> Watch | None:
+    if not isinstance(item, dict):
+        return None
+    watch_id, state = item.get("subscriptionId"), item.get("clientState")
+    if not isinstance(watch_id, str) or not isinstance(state, str) or not watch_id or len(watch_id) > 64:
+        return None
+    if watch_id not in cache:
+        cache[watch_id] = await svc.watches.get(watch_id) if svc.watches else None
+    watch = cache[watch_id]
+    if watch is None or not hmac.compare_digest(client_state_hash(state), watch.client_state_hash):
+        return None
+    tenant = item.get("tenantId")
+    if tenant is not None and tenant != watch.tenant_id:
+        return None
+    return watch
+
+
+# ---------------------------------------------------------------- after a run
+
+
+async def after_run(svc: Services, run: Run, status: str) -> None:
+    """A run ended: its links become the subscription's delta state (unless it failed: the older links then replay
+    what it did, which is idempotent), and a subscription that syncs gets its watches."""
+    if svc.watches is None or run.delta_links is None or status == RunStatus.FAILED:
+        return
+    sub = await svc.subscriptions.get(run.org, run.subscription_id)
+    if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED:
+        return
+    current = await svc.watches.get_delta(run.org, run.subscription_id)
+    if current is not None and current.taken_at > run.started_at:
+        return  # a later run's links are there already
+    state = DeltaState(run.org, run.subscription_id, run.delta_links.users_link, run.delta_links.groups_link,
+                       tuple(sorted(run.group_ids)), run.started_at, etag=current.etag if current else None)
+    try:
+        await svc.watches.save_delta(state)
+    except PreconditionFailed:
+        return
+    try:
+        await ensure_watches(svc, sub)
+    except SyncError as exc:  # the next renewal round tries again
+        log.warning("could not subscribe to the tenant's changes", extra={"org": sub.org, "subscription": sub.id,
+                                                                         "code": exc.code})
+
+
+async def ensure_watches(svc: Services, sub: Subscription) -> int:
+    """Create the watches a subscription lacks (none without NOTIFICATION_URL); returns how many were created."""
+    url = svc.settings.notification_url
+    if not url or svc.changes is None or svc.watches is None or not sub.azure_tenant_id:
+        return 0
+    have = {w.resource for w in await svc.watches.of_subscription(sub.org, sub.id)}
+    created = 0
+    for resource in RESOURCES:
+        if resource in have:
+            continue
+        secret = secrets.token_urlsafe(32)
+        expires = svc.clock() + timedelta(hours=svc.settings.watch_lifetime_hours)
+        watch_id, expires = await svc.changes.subscribe(sub.azure_tenant_id, resource, url, secret, expires)
+        await svc.watches.save(Watch(watch_id, sub.org, sub.id, sub.azure_tenant_id, resource,
+                                     client_state_hash(secret), expires))
+        created += 1
+        log.info("subscribed to the tenant's changes", extra={"org": sub.org, "subscription": sub.id,
+                                                             "resource": resource, "expires": expires.isoformat()})
+    return created
+
+
+async def forget(svc: Services, org: str, sub_id: str, tenant_id: str | None) -> None:
+    """The subscription is being deleted (or lost its consent): drop its watches at Graph and here, and its links."""
+    if svc.watches is None:
+        return
+    for watch in await svc.watches.of_subscription(org, sub_id):
+        if svc.changes is not None and tenant_id:
+            try:
+                await svc.changes.unsubscribe(tenant_id, watch.id)
+            except SyncError:  # consent already gone, or Graph down: the subscription expires on its own
+                log.info("could not delete a Graph subscription; it expires on its own",
+                         extra={"org": org, "subscription": sub_id})
+        await svc.watches.delete(watch.id)
+    await svc.watches.delete_delta(org, sub_id)
+
+
+async def renew_watches(svc: Services) -> dict[str, int]:
+    """The renewal timer: renew watches past half their life, recreate lost ones, drop those of gone subscriptions."""
+    if svc.watches is None or svc.changes is None:
+        return {"renewed": 0, "created": 0, "dropped": 0}
+    lifetime = timedelta(hours=svc.settings.watch_lifetime_hours)
+    renewed = created = dropped = 0
+    for watch in await svc.watches.expiring(svc.clock() + lifetime / 2):
+        sub = await svc.subscriptions.get(watch.org, watch.subscription_id)
+        if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED:
+            await forget(svc, watch.org, watch.subscription_id, watch.tenant_id)
+            dropped += 1
+            continue
+        try:
+            expires = await svc.changes.renew(watch.tenant_id, watch.id, svc.clock() + lifetime)
+            await svc.watches.save(replace(watch, expires_at=expires))
+            renewed += 1
+        except NotFound:  # Graph removed it (expired, or the tenant's admin deleted it): subscribe again below
+            await svc.watches.delete(watch.id)
+        except AuthorizationLost:
+            await forget(svc, watch.org, watch.subscription_id, None)
+            dropped += 1
+        except SyncError as exc:
+            log.warning("could not renew a Graph subscription", extra={"org": watch.org, "code": exc.code})
+    for state in await svc.watches.with_delta():
+        sub = await svc.subscriptions.get(state.org, state.subscription_id)
+        if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED:
+            continue
+        try:
+            created += await ensure_watches(svc, sub)
+        except SyncError as exc:
+            log.warning("could not subscribe to the tenant's changes", extra={"org": sub.org, "code": exc.code})
+    return {"renewed": renewed, "created": created, "dropped": dropped}
+
+
+async def _lifecycle(svc: Services, sub: Subscription, job: ChangeJob) -> None:
+    """Graph asked to reauthorize (renew now) or removed a watch (subscribe again); the delta covers what was missed."""
+    for event in job.lifecycle:
+        name, _, watch_id = event.partition(":")
+        watch = await svc.watches.get(watch_id)
+        if watch is None or watch.subscription_id != sub.id:
+            continue
+        try:
+            if name == "reauthorizationRequired":
+                lifetime = timedelta(hours=svc.settings.watch_lifetime_hours)
+                expires = await svc.changes.renew(watch.tenant_id, watch.id, svc.clock() + lifetime)
+                await svc.watches.save(replace(watch, expires_at=expires))
+            else:
+                await svc.watches.delete(watch.id)
+                await ensure_watches(svc, sub)
+        except NotFound:
+            await svc.watches.delete(watch.id)
+            await ensure_watches(svc, sub)
+
+
+# ---------------------------------------------------------------- incremental runs
+
+
+async def handle_change_job(svc: Services, job: ChangeJob) -> None:
+    """Apply what changed since the subscription's delta links, as a run."""
+    sub = await svc.subscriptions.get(job.org, job.subscription_id)
+    if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED or not sub.groups:
+        return
+    if svc.changes is None or svc.watches is None:
+        return
+    if job.lifecycle:
+        try:
+            await _lifecycle(svc, sub, job)
+        except SyncError as exc:
+            log.warning("a Graph subscription's lifecycle event could not be handled",
+                        extra={"org": sub.org, "subscription": sub.id, "code": exc.code})
+    state = await svc.watches.get_delta(sub.org, sub.id)
+    if state is not None and job.requested_at < state.taken_at:
+        return  # a run that started after this notification already read what it announced
+    notice = None
+    if state is None:
+        if job.trigger != Trigger.NIGHTLY:
+            return  # no Full Sync has run yet: nothing to continue from (the admin's first sync reads everything)
+        notice = RunError("full_sync_required", "no delta state yet: this nightly run is a Full Sync")
+    elif set(state.group_ids) != set(sub.group_ids):
+        notice = RunError("selection_changed", "the selected groups changed since the last sync: this run is a "
+                                               "Full Sync")
+    if notice is not None:
+        await _full_sync(svc, sub, job, notice)
+        return
+    caller = Caller(org=sub.org, subject=SYSTEM, role="Owner")
+    now = svc.clock()
+    run_id = runs.new_run_id(now)
+    try:
+        sub = await runs.reserve(svc, caller, sub.id, run_id)
+    except Conflict as exc:
+        if exc.code == "sync_in_progress":
+            await _later(svc, job)
+        return
+    run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger, status=RunStatus.RUNNING,
+              group_ids=sub.group_ids, started_at=now, updated_at=now)
+    try:
+        changes = await svc.changes.read_changes(sub.azure_tenant_id, DeltaLinks(state.users_link, state.groups_link),
+                                                 svc.settings.incremental_max_objects)
+    except AuthorizationLost as exc:
+        await runs.release_subscription(svc, run, remember=False)
+        if not exc.may_be_propagating:
+            from .subscriptions import mark_consent_revoked
+
+            await mark_consent_revoked(svc, sub.org, sub.id)
+            return
+        raise
+    except DeltaExpired:
+        await runs.release_subscription(svc, run, remember=False)
+        await _full_sync(svc, sub, job, RunError("delta_expired", "Microsoft Graph no longer knew this subscription's "
+                                                                  "delta link (older than 7 days, or reset): this run "
+                                                                  "is a Full Sync"))
+        return
+    except BaseException:
+        await runs.release_subscription(svc, run, remember=False)
+        raise
+    if changes is None:
+        await runs.release_subscription(svc, run, remember=False)
+        await _full_sync(svc, sub, job, RunError(
+            "incremental_too_large", f"more than {svc.settings.incremental_max_objects} directory objects changed: "
+                                     "this run is a Full Sync"))
+        return
+    try:
+        plan = await _plan(svc, sub, changes)
+    except BaseException:
+        await runs.release_subscription(svc, run, remember=False)
+        raise
+    run = replace(run, delta_links=changes.links)
+    if plan.empty and job.trigger != Trigger.NIGHTLY:
+        # Nothing in the synced scope changed: no run to show, only the links move on.
+        await runs.release_subscription(svc, run, remember=False)
+        await svc.watches.save_delta(replace(state, users_link=changes.links.users_link,
+                                             groups_link=changes.links.groups_link, taken_at=now))
+        return
+    if plan.too_many(svc.settings.incremental_max_objects):
+        await runs.release_subscription(svc, run, remember=False)
+        await _full_sync(svc, sub, job, RunError(
+            "incremental_too_large", f"more than {svc.settings.incremental_max_objects} users are affected: this run "
+                                     "is a Full Sync"))
+        return
+    now = svc.clock()
+    progress = [GroupProgress(group_id=g, state=GroupState.PENDING if g in plan.resync else GroupState.DONE,
+                              updated_at=now, finished_at=None if g in plan.resync else now)
+                for g in sub.group_ids]
+    try:
+        run = await svc.runs.add(run, progress)
+    except BaseException:
+        await runs.release_subscription(svc, run, remember=False)
+        raise
+    log.info("incremental run started", extra={"org": sub.org, "subscription": sub.id, "run": run.id,
+                                               "trigger": job.trigger, "users": len(plan.users),
+                                               "removed": len(plan.removed), "regroup": len(plan.resync)})
+    await _apply(svc, sub, run, plan)
+    if plan.resync:
+        await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in sorted(plan.resync)])
+    from .group_sync import finalize
+
+    await finalize(svc, sub.org, sub.id, run.id)
+
+
+async def _later(svc: Services, job: ChangeJob) -> None:
+    if job.attempt >= BUSY_RETRIES:
+        log.info("change job dropped: the subscription stayed busy (the nightly run reconciles)",
+                 extra={"org": job.org, "subscription": job.subscription_id})
+        return
+    await svc.queue.send_change_jobs([replace(job, attempt=job.attempt + 1)], delay_s=BUSY_RETRY_S)
+
+
+async def _full_sync(svc: Services, sub: Subscription, job: ChangeJob, notice: RunError) -> None:
+    caller = Caller(org=sub.org, subject=SYSTEM, role="Owner")
+    try:
+        await runs.start(svc, caller, sub.id, trigger=job.trigger, notes=(notice,))
+    except Conflict as exc:
+        if exc.code == "sync_in_progress":
+            await _later(svc, job)
+        else:
+            log.info("no Full Sync after a change", extra={"org": sub.org, "subscription": sub.id, "reason": exc.code})
+
+
+class _Plan:
+    """What an incremental run writes: users to write (with their directory data and selected groups), users removed
+    from the directory, and selected groups to read again in full."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, tuple[DirectoryUser, frozenset[str] | None]] = {}  # None: memberships unchanged
+        self.removed: set[str] = set()
+        self.resync: set[str] = set()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.users or self.removed or self.resync)
+
+    def too_many(self, limit: int) -> bool:
+        return len(self.users) + len(self.removed) > limit
+
+
+async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> _Plan:
+    tenant = sub.azure_tenant_id
+    selected = set(sub.group_ids)
+    plan = _Plan()
+    regroup: set[str] = set()  # users whose selected groups must be read
+    for gid, change in changes.groups.items():
+        if gid in selected:
+            if change.removed or change.groups_changed:
+                plan.resync.add(gid)
+            regroup |= change.users_added | change.users_removed
+            continue
+        if not (change.users_added or change.users_removed or change.groups_changed):
+            continue
+        try:
+            above = await svc.changes.member_of(tenant, gid, kind="groups") & selected
+        except NotFound:
+            continue  # deleted: its parents' own member changes name it
+        if not above:
+            continue
+        if change.groups_changed:
+            plan.resync |= above
+        else:
+            regroup |= change.users_added | change.users_removed
+    synced_ids = {synced_user_id(sub.org, sub.id, oid): oid for oid in changes.users_changed | changes.users_removed}
+    stored = await svc.users.get_many(sub.org, list(synced_ids))
+    stored_oids = {synced_ids[uid] for uid in stored}
+    plan.removed = set(changes.users_removed & stored_oids)
+    candidates = (regroup | (changes.users_changed & stored_oids)) - plan.removed
+    if len(candidates) > svc.settings.incremental_max_objects:
+        plan.users = {oid: (DirectoryUser(id=oid), None) for oid in candidates}  # too_many() turns it into a Full Sync
+        return plan
+    found = await svc.changes.get_users(tenant, sorted(candidates))
+    plan.removed |= (candidates - set(found)) & (stored_oids | regroup)
+    for oid, du in found.items():
+        groups = await svc.changes.member_of(tenant, oid) & selected if oid in regroup else None
+        plan.users[oid] = (du, frozenset(groups) if groups is not None else None)
+    return plan
+
+
+async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> None:
+    """Write the plan's users through the same decisions as a Full Sync; the finalizer deprovisions the ones left in
+    no selected group (guarded)."""
+    org = sub.org
+    errors: list[RunError] = []
+    skipped: dict[str, int] = {}
+    ids = {oid: synced_user_id(org, sub.id, oid) for oid in [*plan.users, *plan.removed]}
+    stored = await svc.users.get_many(org, list(ids.values()))
+    creates: list[tuple[User, Desired]] = []
+    updates: list[tuple[User, str]] = []
+    leave: list[str] = []
+    changed_groups: set[str] = set()
+    now = svc.clock()
+    for oid in plan.removed:
+        existing = stored.get(ids[oid])
+        if existing is not None and existing.group_ids:
+            leave.append(existing.id)
+            changed_groups |= existing.group_ids
+    for oid, (du, groups) in plan.users.items():
+        existing = stored.get(ids[oid])
+        desired = desired_user(du, sub)
+        if isinstance(desired, Skip):
+            skipped[desired.code] = skipped.get(desired.code, 0) + 1
+            if len(errors) < 50:
+                errors.append(RunError(desired.code, desired.message, user_id=ids[oid]))
+            continue
+        if groups is None:
+            if existing is None:
+                continue  # a directory user the sync does not hold (and whose groups did not change)
+            groups = existing.group_ids & set(sub.group_ids)
+        if not groups:
+            if existing is not None and existing.group_ids:
+                leave.append(existing.id)
+                changed_groups |= existing.group_ids
+            continue
+        if existing is None:
+            first = sorted(groups)[0]
+            creates.append((replace(new_user(org, sub, desired, first, run.id, now), group_ids=frozenset(groups)),
+                            desired))
+            changed_groups |= groups
+            continue
+        if existing.source_type != SourceType.AD_SYNC or existing.subscription_id != sub.id:
+            skipped["managed_manually"] = skipped.get("managed_manually", 0) + 1
+            continue
+        if change_of(existing, desired) == "unchanged" and existing.group_ids == groups:
+            continue
+        changed_groups |= groups ^ existing.group_ids
+        updates.append((_written(existing, desired, groups, run, now), existing.username))
+    invitations: list[EnrollmentJob] = []
+    if creates:
+        for (user, desired), outcome in zip(creates, await svc.users.create([u for u, _ in creates])):
+            if isinstance(outcome, Created):
+                if outcome.user.enrollment_email == EmailState.QUEUED:
+                    invitations.append(EnrollmentJob(org, user.id, run.id))
+            elif isinstance(outcome, Exists):  # written meanwhile (a redelivered job): decided like any stored user
+                updates.append((_written(outcome.user, desired, user.group_ids, run, now), outcome.user.username))
+            else:
+                errors.append(RunError("username_conflict", f"{user.display_name} ({user.azure_object_id}) maps to "
+                                                            f"username '{user.username}', which another user has",
+                                       user_id=user.id))
+    await _update(svc, org, updates, errors)
+    if leave:
+        await svc.users.remove_memberships(org, leave, ())
+    if invitations:
+        await svc.queue.send_enrollment_jobs(invitations)
+    await _recount_groups(svc, sub, changed_groups)
+    if errors or skipped:
+        await _report(svc, run, errors, skipped)
+
+
+def _written(existing: User, desired: Desired, groups: frozenset[str] | set[str], run: Run, now: datetime) -> User:
+    first = sorted(groups)[0]
+    return replace(updated_user(existing, desired, first, groups, run.id, now), group_ids=frozenset(groups))
+
+
+async def _update(svc: Services, org: str, updates: list[tuple[User, str]], errors: list[RunError]) -> None:
+    for _ in range(MAX_STALE_ROUNDS):
+        if not updates:
+            return
+        outcomes = await svc.users.update(updates)
+        stale = [(u, old) for (u, old), o in zip(updates, outcomes) if isinstance(o, Stale)]
+        for (u, _), o in zip(updates, outcomes):
+            if not isinstance(o, (Updated, Stale)):
+                errors.append(RunError("username_conflict", f"{u.display_name} ({u.azure_object_id}) maps to username "
+                                                            f"'{u.username}', which another user has", user_id=u.id))
+        if not stale:
+            return
+        fresh = await svc.users.get_many(org, [u.id for u, _ in stale])
+        updates = [(replace(u, etag=fresh[u.id].etag), fresh[u.id].username) for u, _ in stale if u.id in fresh]
+    raise PreconditionFailed("users kept changing under the incremental run; the job is retried")
+
+
+async def _recount_groups(svc: Services, sub: Subscription, group_ids: set[str]) -> None:
+    """The Groups grid's counts of the groups whose members changed."""
+    names = {g.id: g.display_name for g in sub.groups}
+    for gid in sorted(group_ids & set(names)):
+        count = 0
+        async for _ in svc.users.group_members(sub.org, sub.id, gid):
+            count += 1
+        await svc.groups.save(SyncedGroup(sub.org, sub.id, gid, names[gid], count, svc.clock()))
+
+
+async def _report(svc: Services, run: Run, errors: list[RunError], skipped: dict[str, int]) -> None:
+    """Skips and conflicts of the users the run wrote itself, on the run (as a group's are on its progress row)."""
+    from .concurrency import optimistic
+
+    async def add(current: Run) -> Run | None:
+        return replace(current, errors=current.errors + tuple(errors[:50]))
+
+    if errors:
+        await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), add, svc.runs.save)
+    done = next((g for g in run.group_ids), None)
+    if skipped and done is not None:
+        async def count(p: GroupProgress) -> GroupProgress | None:
+            return replace(p, counts=p.counts + Counts(skipped=sum(skipped.values()), skippedReasons=dict(skipped)))
+
+        await optimistic(lambda: svc.runs.get_group(run.org, run.subscription_id, run.id, done), count,
+                         lambda p: svc.runs.save_group(run.org, run.subscription_id, run.id, p))

@@ -1,0 +1,269 @@
+"""Near-real-time sync on fakes: notifications queue incremental runs that apply the tenant's delta."""
+import pytest
+
+from sync import changes, runs, subscriptions
+from sync.changes import client_state_hash
+from sync.model import ChangeJob, Trigger
+from tests.fakes import make_services
+from tests.unit.syncdsl import TENANT, caller, connect, deliver, full_sync, users_of
+
+SALES, ENG, NESTED, OTHER = "g-sales", "g-eng", "g-nested", "g-other"
+URL = "https://dirsync.example/api/directory/notifications?code=function-key"
+
+
+@pytest.fixture
+def svc():
+    from sync import composition
+
+    services = make_services(NOTIFICATION_URL=URL, DEPROVISION_GUARD_MIN_USERS="100")
+    composition.override(services)
+    yield services
+    composition.override(None)
+
+
+@pytest.fixture
+def tenant(svc):
+    t = svc.directory.tenant(TENANT)
+    for gid, name in [(SALES, "Sales Team"), (ENG, "Engineering"), (NESTED, "Platform"), (OTHER, "Unrelated")]:
+        t.add_group(gid, name)
+    t.add_user("ann", groups=[SALES])
+    t.add_user("bob", groups=[SALES, ENG])
+    t.add_user("cat", groups=[ENG])
+    t.add_user("dan", groups=[OTHER])
+    return t
+
+
+async def synced(svc, **options):
+    sub = await connect(svc, groups=(SALES, ENG), deactivateBlockedUsers=True, **options)
+    view = await full_sync(svc, sub)
+    assert view.run.status == "succeeded"
+    svc.clock.advance(seconds=5)
+    return sub
+
+
+async def notified(svc, sub, trigger=Trigger.CHANGE_NOTIFICATION):
+    """A change job as the webhook (or the nightly) queues it, handled, with the group jobs it fans out."""
+    svc.clock.advance(seconds=1)
+    await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, trigger, svc.clock()))
+    await deliver(svc)
+    svc.clock.advance(seconds=1)
+    latest = (await runs.recent(svc, caller(), sub.id))[0]
+    return latest
+
+
+async def test_a_full_sync_leaves_delta_links_and_watches_on_users_and_groups(svc, tenant):
+    sub = await synced(svc)
+    state = await svc.watches.get_delta(sub.org, sub.id)
+    assert state is not None and set(state.group_ids) == {SALES, ENG}
+    watches = await svc.watches.of_subscription(sub.org, sub.id)
+    assert sorted(w.resource for w in watches) == ["groups", "users"]
+    graph = svc.changes.subscriptions
+    assert {s["resource"] for s in graph.values()} == {"users", "groups"} and all(s["url"] == URL for s in graph.values())
+    # Only a hash of each secret is kept; Graph holds the secret itself.
+    for w in watches:
+        assert w.client_state_hash == client_state_hash(graph[w.id]["clientState"])
+        assert graph[w.id]["clientState"] not in w.client_state_hash
+
+
+async def test_a_blocked_user_is_deactivated_by_the_next_notification_without_reading_a_group(svc, tenant):
+    sub = await synced(svc)
+    tenant.block("cat")
+    pages = svc.directory.requests
+    run = await notified(svc, sub)
+    assert (run.run.trigger, run.run.status) == ("change_notification", "succeeded")
+    assert users_of(svc)["cat@contoso.example"].status_reason == "blocked_in_directory"
+    assert run.counts.deactivated == 1 and run.counts.unchanged == 2
+    assert svc.directory.requests == pages  # no member pages: only the delta and a look-up by id
+
+
+async def test_members_added_and_removed_are_applied_and_invited(svc, tenant):
+    sub = await synced(svc, sendEnrollmentEmail=True)
+    svc.queue.enrollment_jobs.clear()
+    tenant.add_user("eve", groups=[ENG])
+    tenant.remove(SALES, "ann")
+    run = await notified(svc, sub)
+    users = users_of(svc)
+    assert users["eve@contoso.example"].group_ids == {ENG} and users["eve@contoso.example"].status == "Active"
+    assert [j.user_id for j in svc.queue.enrollment_jobs] == [users["eve@contoso.example"].id]
+    assert (users["ann@contoso.example"].status, users["ann@contoso.example"].status_reason) == (
+        "Inactive", "removed_from_directory")
+    assert (run.counts.created, run.counts.deactivated) == (1, 1)
+    assert users["bob@contoso.example"].group_ids == {SALES, ENG}  # bob is untouched
+    grid = {g.id: g.user_count for g in svc.groups.rows.values()}
+    assert grid == {SALES: 1, ENG: 3}
+
+
+async def test_a_user_deleted_in_azure_is_deprovisioned(svc, tenant):
+    sub = await synced(svc)
+    tenant.delete_user("bob")
+    run = await notified(svc, sub)
+    bob = users_of(svc)["bob@contoso.example"]
+    assert (bob.status, bob.status_reason, bob.group_ids) == ("Inactive", "removed_from_directory", frozenset())
+    assert run.counts.deactivated == 1
+
+
+async def test_a_nested_group_change_rereads_the_selected_groups_above_it(svc, tenant):
+    sub = await synced(svc)
+    tenant.add_user("fay", groups=[NESTED])
+    tenant.members[ENG].append(NESTED)  # Platform nested into Engineering
+    run = await notified(svc, sub)
+    assert [g.group_id for g in run.groups if g.pages] == [ENG]  # read again in full; Sales not
+    assert run.run.status == "succeeded"
+
+
+async def test_changes_outside_the_selected_scope_make_no_run(svc, tenant):
+    sub = await synced(svc)
+    before = await runs.recent(svc, caller(), sub.id)
+    tenant.add_user("gus", groups=[OTHER])
+    tenant.block("dan")
+    await notified(svc, sub)
+    assert len(await runs.recent(svc, caller(), sub.id)) == len(before)
+    assert "gus@contoso.example" not in users_of(svc)
+
+
+async def test_the_guard_holds_a_mass_deactivation_by_notification(svc, tenant):
+    from sync import composition
+
+    svc = make_services(NOTIFICATION_URL=URL, DEPROVISION_GUARD_MIN_USERS="1", DEPROVISION_GUARD_PERCENT="20")
+    composition.override(svc)
+    t = svc.directory.tenant(TENANT)
+    t.add_group(SALES, "Sales Team")
+    t.add_group(ENG, "Engineering")
+    for n in range(10):
+        t.add_user(f"u{n}", groups=[SALES])
+    sub = await synced(svc)
+    for n in range(5):
+        t.remove(SALES, f"u{n}")
+    run = await notified(svc, sub)
+    assert run.run.status == "needs_review" and run.run.pending_deactivations == 5
+    assert all(u.status == "Active" for u in users_of(svc).values())
+
+
+async def test_an_expired_delta_link_makes_the_run_a_full_sync_and_says_so(svc, tenant):
+    sub = await synced(svc)
+    state = await svc.watches.get_delta(sub.org, sub.id)
+    svc.changes.expired.add(state.users_link.rsplit("?", 1)[0])
+    tenant.block("ann")
+    run = await notified(svc, sub)
+    assert [e.code for e in run.run.errors] == ["delta_expired"]
+    assert run.groups_done == 2 and all(g.pages for g in run.groups)  # every group read again
+    assert users_of(svc)["ann@contoso.example"].status == "Inactive"
+
+
+async def test_a_changed_selection_makes_the_run_a_full_sync(svc, tenant):
+    sub = await synced(svc)
+    await subscriptions.select_groups(svc, caller(), sub.id, {"groupIds": [SALES]})
+    run = await notified(svc, sub)
+    assert [e.code for e in run.run.errors] == ["selection_changed"] and run.run.group_ids == (SALES,)
+
+
+async def test_the_nightly_with_a_delta_reads_no_member_pages(svc, tenant):
+    sub = await synced(svc)
+    await subscriptions.update(svc, caller(), sub.id, {"nightlySync": True})
+    pages = svc.directory.requests
+    summary = await runs.nightly(svc)
+    assert summary["started"] == 1 and svc.queue.group_jobs == []
+    [job] = svc.queue.take_change_jobs()
+    assert job.trigger == "nightly"
+    svc.clock.advance(seconds=1)
+    await changes.handle_change_job(svc, job)
+    run = (await runs.recent(svc, caller(), sub.id))[0]
+    assert (run.run.trigger, run.run.status, run.counts.unchanged) == ("nightly", "succeeded", 3)
+    assert svc.directory.requests == pages
+
+
+async def test_a_redelivered_change_job_writes_and_invites_once(svc, tenant):
+    sub = await synced(svc, sendEnrollmentEmail=True)
+    svc.queue.enrollment_jobs.clear()
+    tenant.add_user("eve", groups=[SALES])
+    svc.clock.advance(seconds=1)
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    await changes.handle_change_job(svc, job)
+    await changes.handle_change_job(svc, job)  # Service Bus delivers it again
+    assert len(svc.queue.enrollment_jobs) == 1
+    assert len([u for u in users_of(svc) if u.startswith("eve")]) == 1
+
+
+async def test_a_busy_subscription_reschedules_the_job(svc, tenant):
+    sub = await synced(svc)
+    await runs.start(svc, caller(), sub.id)  # a Full Sync is queued
+    svc.clock.advance(seconds=1)
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    await changes.handle_change_job(svc, job)
+    [later] = svc.queue.take_change_jobs()
+    assert later.attempt == 1 and svc.queue.change_delays[-1] > 0
+
+
+async def test_the_webhook_queues_only_proven_notifications(svc, tenant):
+    sub = await synced(svc)
+    watch = (await svc.watches.of_subscription(sub.org, sub.id))[0]
+    secret = svc.changes.subscriptions[watch.id]["clientState"]
+
+    def note(**kw):
+        return {"subscriptionId": watch.id, "clientState": secret, "changeType": "updated", "tenantId": TENANT,
+                "resource": "Users/x", **kw}
+
+    import json
+
+    body = {"value": [note(), note(), note(clientState="forged"), note(subscriptionId="not-ours"),
+                      note(tenantId="99999999-2222-3333-4444-555555555555")]}
+    result = await changes.receive(svc, json.dumps(body).encode())
+    assert result == {"accepted": 2, "ignored": 3, "queued": 1}
+    [job] = svc.queue.take_change_jobs()
+    assert (job.org, job.subscription_id, job.trigger) == (sub.org, sub.id, "change_notification")
+    assert svc.queue.change_delays[-1] == svc.settings.change_debounce_s  # a burst shares one run
+    forged = {"value": [note(clientState="forged")]}
+    assert (await changes.receive(svc, json.dumps(forged).encode()))["queued"] == 0
+    assert svc.queue.change_jobs == []
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"value": 3}', b'{"other": []}'])
+async def test_the_webhook_refuses_what_is_not_a_notification_collection(svc, body):
+    from sync.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        await changes.receive(svc, body)
+
+
+async def test_lifecycle_events_renew_and_recreate_watches(svc, tenant):
+    import json
+
+    sub = await synced(svc)
+    users_watch, groups_watch = sorted(await svc.watches.of_subscription(sub.org, sub.id), key=lambda w: w.resource)[::-1]
+    graph = svc.changes.subscriptions
+    lifecycle = {"value": [
+        {"subscriptionId": users_watch.id, "clientState": graph[users_watch.id]["clientState"],
+         "lifecycleEvent": "reauthorizationRequired", "tenantId": TENANT},
+        {"subscriptionId": groups_watch.id, "clientState": graph[groups_watch.id]["clientState"],
+         "lifecycleEvent": "subscriptionRemoved", "tenantId": TENANT}]}
+    graph.pop(groups_watch.id)  # Graph removed it
+    svc.clock.advance(hours=10)
+    await changes.receive(svc, json.dumps(lifecycle).encode())
+    [job] = svc.queue.take_change_jobs()
+    await changes.handle_change_job(svc, job)
+    watches = {w.resource: w for w in await svc.watches.of_subscription(sub.org, sub.id)}
+    assert watches["users"].id == users_watch.id and watches["users"].expires_at > users_watch.expires_at
+    assert watches["groups"].id != groups_watch.id and watches["groups"].id in graph
+
+
+async def test_renewal_renews_expiring_watches_and_drops_those_of_deleted_subscriptions(svc, tenant):
+    sub = await synced(svc)
+    first = await svc.watches.of_subscription(sub.org, sub.id)
+    svc.clock.advance(hours=svc.settings.watch_lifetime_hours * 0.6)
+    summary = await changes.renew_watches(svc)
+    assert summary["renewed"] == 2
+    assert all(w.expires_at > v.expires_at for w, v in zip(
+        sorted(await svc.watches.of_subscription(sub.org, sub.id), key=lambda w: w.id), sorted(first, key=lambda w: w.id)))
+    await subscriptions.delete(svc, caller(), sub.id)
+    assert await svc.watches.of_subscription(sub.org, sub.id) == [] and svc.changes.subscriptions == {}
+    assert await svc.watches.get_delta(sub.org, sub.id) is None
+
+
+async def test_consent_lost_drops_the_watches(svc, tenant):
+    sub = await synced(svc)
+    svc.directory.revoked.add(TENANT)
+    tenant.block("ann")
+    svc.clock.advance(seconds=1)
+    await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock()))
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "consent_revoked"
+    assert await svc.watches.of_subscription(sub.org, sub.id) == []
