@@ -35,6 +35,10 @@ param portalName string = 'Identity Portal'
 @minLength(32)
 param portalTokenSecret string
 
+@description('Function key Microsoft Graph presents to the notification webhook (in the notification URL); generated when not given.')
+@secure()
+param notificationKeyValue string = newGuid()
+
 @description('HMAC key of consent states and enrollment links (SIGNING_SECRET).')
 @secure()
 @minLength(32)
@@ -82,6 +86,7 @@ param instanceMemoryMB int = 2048
 var maxDeliveryCount = 10
 var groupSyncQueue = 'group-sync'
 var enrollmentQueue = 'enrollment-email'
+var changeQueue = 'directory-changes'
 var deploymentContainer = 'app-package'
 
 var token = uniqueString(resourceGroup().id, appName)
@@ -175,6 +180,10 @@ var queueSettings = [
     name: enrollmentQueue
     ttl: 'P7D' // an invitation waits out an SMTP outage of up to a week; its link is minted when it is sent
   }
+  {
+    name: changeQueue
+    ttl: 'P1D' // an incremental run older than a day is covered by the nightly one
+  }
 ]
 
 resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
@@ -234,6 +243,23 @@ resource portalTokenSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' =
   name: 'portal-token-secret'
   properties: {
     value: portalTokenSecret
+  }
+}
+
+// Graph cannot present the portal's token to the notification webhook: a function key of its own rides in the
+// notification URL's `code`. The whole URL is the secret (a Key Vault reference is one whole setting value).
+resource notificationKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {
+  name: '${functionApp.name}/default/graph-notifications'
+  properties: {
+    value: notificationKeyValue
+  }
+}
+
+resource notificationUrlValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: keyVault
+  name: 'notification-url'
+  properties: {
+    value: 'https://${functionApp.properties.defaultHostName}/api/directory/notifications?code=${notificationKeyValue}'
   }
 }
 
@@ -385,6 +411,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GROUP_SYNC_QUEUE: groupSyncQueue
     ENROLLMENT_QUEUE: enrollmentQueue
     NIGHTLY_SYNC_SCHEDULE: nightlySyncSchedule
+    CHANGE_QUEUE: changeQueue
+    WATCH_RENEWAL_SCHEDULE: '0 17 * * * *' // hourly; watches live WATCH_LIFETIME_HOURS (72) and renew at half-life
+    NOTIFICATION_URL: '@Microsoft.KeyVault(VaultName=${keyVault.name};SecretName=${notificationUrlValue.name})'
     MAX_DELIVERY_COUNT: string(maxDeliveryCount)
 
     // Microsoft Graph: app-only tokens per customer tenant, proven by the identity (federated credential).
