@@ -206,6 +206,51 @@ class FakeTenantAdmin:
     def dump(self) -> dict:
         return self.control("GET", f"/tenants/{self.tenant_id}")
 
+    def update_user(self, user_id: str, **fields: Any) -> None:
+        self._graph("PATCH", f"/users/{user_id}", json=fields)
+
+    def add_group(self, group: dict) -> dict:
+        return self._graph("POST", "/groups", json=group).json()
+
+    def delete_group(self, group_id: str) -> None:
+        self._graph("DELETE", f"/groups/{group_id}")
+
+    # --- change notifications and delta (local/fake_graph/README.md, "Change notifications and delta") ---------
+
+    def notifications(self) -> dict:
+        """GET /_fake/notifications: {"subscriptions": [...], "delivered": n, "failed": n, "pending": n}."""
+        return self.control("GET", "/notifications")
+
+    def notifications_log(self) -> dict:
+        """GET /_fake/notifications/log: {"deliveries": [...], "dropped": n, "lost": n, "settings": {...}}."""
+        return self.control("GET", "/notifications/log")
+
+    def set_notifications(self, **settings: Any) -> dict:
+        """POST /_fake/notifications: allowHttpLoopback, retrySeconds, duplicate, delayMs, paused, reorder,
+        timeoutSeconds, validationTimeoutSeconds, batchMs; answers the settings now in force."""
+        return self.control("POST", "/notifications", json=settings)
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> dict:
+        """POST /_fake/notifications/lifecycle: reauthorizationRequired, subscriptionRemoved or missed."""
+        return self.control("POST", "/notifications/lifecycle", json={"subscriptionId": subscription_id, "event": event})
+
+    def wait_for_deliveries(self, timeout: float = 10) -> dict:
+        """Poll GET /_fake/notifications until nothing is pending; answers the last state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.notifications()
+            if state["pending"] == 0 or time.monotonic() > deadline:
+                return state
+            time.sleep(0.05)
+
+    def set_delta(self, **settings: Any) -> dict:
+        """POST /_fake/delta: tokenLifetimeSeconds, pageSize, replay, expiredStatus (expireAll: expire_delta_tokens)."""
+        return self.control("POST", "/delta", json=settings)
+
+    def expire_delta_tokens(self) -> dict:
+        """Every delta token of this tenant answers 410 resyncRequired from now on."""
+        return self.control("POST", "/delta", json={"expireAll": True, "tenant": self.tenant_id})
+
 
 class DevHostProcess:
     """``python -m local`` as a child process: started on free ports, READY parsed, stopped cleanly."""

@@ -30,6 +30,8 @@ from ..identity.platform import (
 from ..identity.server import AuthorityRoutes
 from ..identity.tls import LocalCA
 from ..server_thread import ServerThread
+from .delta import DeltaService, DeltaSettings
+from .notifications import NotificationHub
 from .odata import (
     ADVANCED_HINT,
     GraphError,
@@ -85,6 +87,8 @@ def required_roles(method: str, template: str) -> list[frozenset[str]]:
     """The permission sets a call needs (one role of each set): memberships, and user objects where users are read."""
     if template == "/v1.0/organization":
         return [ORG_READ]
+    if template.startswith("/v1.0/subscriptions"):
+        return []  # depends on the subscription's resource: checked by the notification hub
     if method != "GET":
         if "/members" in template:
             return [MEMBER_WRITE]
@@ -144,6 +148,9 @@ class FakeGraph(ServerThread):
                  latency_ms: float = 0, registration: AppRegistration | None = None,
                  managed_identity: ManagedIdentity | None = None, tls: LocalCA | None = None, authority_port: int = 0):
         self.tenants: dict[str, Tenant] = {}
+        self.notifications = NotificationHub(self)
+        self.delta_settings = DeltaSettings()
+        self.delta = DeltaService(self.delta_settings)
         for source in tenants:
             self._install(Tenant(load_tenant(source)))
         self.host = host
@@ -210,8 +217,10 @@ class FakeGraph(ServerThread):
                           ssl_context=self.tls.server_context()).start()
         self.authority_port = self._authority_runner.addresses[0][1]
         self.identity.origin = self.authority
+        self.notifications.start()
 
     async def _close(self) -> None:
+        await self.notifications.close()
         for runner in (self._authority_runner, self._runner):
             if runner is not None:
                 await runner.cleanup()
@@ -266,10 +275,32 @@ class FakeGraph(ServerThread):
         """Per-request latency for every Graph request."""
         self._call(setattr, self, "latency_ms", float(ms))
 
+    def set_notifications(self, **changes: Any) -> dict:
+        """Same as POST /_fake/notifications: allowHttpLoopback, retrySeconds, duplicate, delayMs, paused, reorder,
+        timeoutSeconds, validationTimeoutSeconds, batchMs."""
+        return self._call(self.notifications.configure, changes)
+
+    def notifications_state(self) -> dict:
+        """Same as GET /_fake/notifications: {"subscriptions", "delivered", "failed", "pending"}."""
+        return self._call(self.notifications.state)
+
+    def notifications_log(self) -> dict:
+        """Same as GET /_fake/notifications/log: {"deliveries", "dropped", "lost", "settings"}."""
+        return self._call(self.notifications.log_state)
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> dict:
+        """Same as POST /_fake/notifications/lifecycle."""
+        return self._call(self.notifications.lifecycle, subscription_id, event)
+
+    def set_delta(self, **changes: Any) -> dict:
+        """Same as POST /_fake/delta: tokenLifetimeSeconds, pageSize, replay, expiredStatus, expireAll, tenant."""
+        return self._call(self._set_delta, changes)
+
     # --- state helpers (loop thread) -----------------------------------------------------------
 
     def _install(self, tenant: Tenant) -> None:
         self.tenants[tenant.tenant_id] = tenant
+        tenant.changes.listeners.append(lambda change, tid=tenant.tenant_id: self.notifications.on_change(tid, change))
 
     def _lookup_tenant(self, name: str) -> tuple[str, str] | None:
         """A tenant named by id or verified domain, as (tenant id, domain)."""
@@ -374,6 +405,34 @@ class FakeGraph(ServerThread):
     def set_search_lag(seconds: float) -> None:
         """How long $search's index lags a write (same as POST /_fake/search {"lagSeconds"})."""
         Tenant.search_lag_s = float(seconds)
+
+    def _set_delta(self, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(body) - {"tokenLifetimeSeconds", "pageSize", "replay", "expiredStatus", "expireAll", "tenant"}
+        if unknown:
+            raise bad_request(f"Unknown delta settings: {', '.join(sorted(unknown))}.", code="BadRequest")
+        settings = self.delta_settings
+        if "tokenLifetimeSeconds" in body:
+            seconds = body["tokenLifetimeSeconds"]
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+                raise bad_request("'tokenLifetimeSeconds' must be a non-negative number.", code="BadRequest")
+            settings.token_lifetime_s = float(seconds)
+        if "pageSize" in body:
+            size = body["pageSize"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise bad_request("'pageSize' must be a positive integer.", code="BadRequest")
+            settings.page_size = size
+        if "replay" in body:
+            settings.replay = bool(body["replay"])
+        if "expiredStatus" in body:
+            status = body["expiredStatus"]
+            if status not in (400, 404, 409, 410):
+                raise bad_request("'expiredStatus' is one of 400, 404, 409, 410.", code="BadRequest")
+            settings.expired_status = status
+        if body.get("expireAll"):
+            tenants = [self._tenant(body["tenant"])] if body.get("tenant") else list(self.tenants.values())
+            for tenant in tenants:
+                tenant.changes.generation += 1
+        return settings.state()
 
     def set_paging(self, **changes: Any) -> dict:
         """Same as POST /_fake/paging: skiptokenLifetimeSeconds, shortPages."""
@@ -492,6 +551,7 @@ class FakeGraph(ServerThread):
         if tenant is None:
             raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience "
                              "or unknown tenant.", challenge)
+        request["claims"] = claims
         roles = claims.get("roles")
         return tenant, set(roles) if isinstance(roles, list) else set()
 
@@ -526,6 +586,15 @@ class FakeGraph(ServerThread):
 
         routes = [
             (r"/v1\.0/organization", {"GET": self._organization}, fixed("/v1.0/organization")),
+            (r"/v1\.0/(?P<coll>groups|users)/(?:microsoft\.graph\.)?delta(?:\(\))?", {"GET": self._delta},
+             lambda m: f"/v1.0/{m['coll'].lower()}/delta"),
+            (r"/v1\.0/subscriptions", {"GET": self._list_subscriptions, "POST": self._create_subscription},
+             fixed("/v1.0/subscriptions")),
+            (r"/v1\.0/subscriptions/(?P<id>[^/]+)", {"GET": self._get_subscription, "PATCH": self._update_subscription,
+                                                     "DELETE": self._delete_subscription},
+             fixed("/v1.0/subscriptions/{id}")),
+            (r"/v1\.0/subscriptions/(?P<id>[^/]+)/reauthorize", {"POST": self._reauthorize_subscription},
+             fixed("/v1.0/subscriptions/{id}/reauthorize")),
             (r"/v1\.0/(?P<coll>groups|users|devices)/\$count", {"GET": self._count_collection},
              lambda m: f"/v1.0/{m['coll'].lower()}/$count"),
             (r"/v1\.0/(?P<coll>groups|users|devices)",
@@ -739,6 +808,44 @@ class FakeGraph(ServerThread):
         tenant.remove_member(params["id"], params["member"])
         return web.Response(status=204)
 
+    # --- delta queries and change notifications (delta.py, notifications.py) ---------------------
+
+    async def _delta(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        coll = params["coll"].lower()
+        context = f"{request.scheme}://{request.host}/v1.0/$metadata#{coll}"
+        return self._json(request, self.delta.respond(request, tenant, coll[:-1], context))
+
+    def _subscription_json(self, request: web.Request, sub: Any, client_state: bool) -> dict:
+        return {"@odata.context": self._context(request, "subscriptions", entity=True), **sub.resource_json(client_state)}
+
+    async def _create_subscription(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        sub = await self.notifications.create(tenant.tenant_id, request["claims"], request["roles"],
+                                              await self._body(request))
+        return self._json(request, self._subscription_json(request, sub, client_state=True), 201)
+
+    async def _list_subscriptions(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        subs = self.notifications.list(tenant.tenant_id, request["claims"], request["roles"])
+        return self._json(request, {"@odata.context": self._context(request, "subscriptions"),
+                                    "value": [s.resource_json(client_state=False) for s in subs]})
+
+    async def _get_subscription(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        sub = self.notifications.get(tenant.tenant_id, request["claims"], request["roles"], params["id"])
+        return self._json(request, self._subscription_json(request, sub, client_state=False))
+
+    async def _update_subscription(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        sub = await self.notifications.update(tenant.tenant_id, request["claims"], request["roles"], params["id"],
+                                              await self._body(request))
+        return self._json(request, self._subscription_json(request, sub, client_state=False))
+
+    async def _delete_subscription(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        self.notifications.delete(tenant.tenant_id, request["claims"], request["roles"], params["id"])
+        return web.Response(status=204)
+
+    async def _reauthorize_subscription(self, request: web.Request, tenant: Tenant,
+                                        params: dict[str, str]) -> web.Response:
+        self.notifications.reauthorize(tenant.tenant_id, request["claims"], request["roles"], params["id"])
+        return web.Response(status=204)
+
     # --- the local Microsoft identity platform (HTTPS, its own port) -----------------------------
 
     async def _handle_authority(self, request: web.Request) -> web.StreamResponse:
@@ -807,6 +914,21 @@ class FakeGraph(ServerThread):
             return self._json(request, {"lagSeconds": Tenant.search_lag_s})
         if route == "GET /_fake/search":
             return self._json(request, {"lagSeconds": Tenant.search_lag_s})
+        if route == "GET /_fake/notifications":
+            return self._json(request, self.notifications.state())
+        if route == "POST /_fake/notifications":
+            return self._json(request, self.notifications.configure(await self._body(request)))
+        if route == "GET /_fake/notifications/log":
+            return self._json(request, self.notifications.log_state())
+        if route == "POST /_fake/notifications/lifecycle":
+            body = await self._body(request)
+            if set(body) - {"subscriptionId", "event"}:
+                raise bad_request("The body is {\"subscriptionId\": id, \"event\": name}.", code="BadRequest")
+            return self._json(request, self.notifications.lifecycle(body.get("subscriptionId"), body.get("event")))
+        if route == "GET /_fake/delta":
+            return self._json(request, self.delta_settings.state())
+        if route == "POST /_fake/delta":
+            return self._json(request, self._set_delta(await self._body(request)))
         if route == "GET /_fake/paging":
             return self._json(request, self._paging_state())
         if route == "POST /_fake/paging":
@@ -825,6 +947,8 @@ class FakeGraph(ServerThread):
             self.skiptoken_lifetime_s, self.short_pages = DEFAULT_SKIPTOKEN_LIFETIME_S, True
             self.set_search_lag(DEFAULT_SEARCH_LAG_S)
             self.identity.reset()
+            self.notifications.reset()
+            self.delta_settings.__init__()  # type: ignore[misc]
             return self._json(request, {"reset": True})
         if route == "GET /_fake/tenants":
             return self._json(request, {"tenants": [

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from . import changes as ops
+from .changes import ChangeLog
 from .odata import (
     GraphError,
     OrderBy,
@@ -275,6 +277,7 @@ class Tenant:
         self._results: OrderedDict[tuple, Result] = OrderedDict()
         self._fragments: OrderedDict[tuple, dict[str, str]] = OrderedDict()
         self._tokens: dict[tuple[str, str], list[str]] = {}
+        self.changes = ChangeLog()  # every write to a user, group or membership (delta queries, notifications)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -484,6 +487,7 @@ class Tenant:
         self._put("user", user)
         self._changed(oid)
         self._reindex(oid)
+        self.changes.record("user", oid, ops.CREATED)
         return user
 
     def update(self, kind: str, oid: str, body: dict) -> None:
@@ -495,15 +499,19 @@ class Tenant:
         obj.update(props)
         self._changed(obj["id"])
         self._reindex(obj["id"])
+        if kind in ("user", "group") and props:
+            self.changes.record(kind, obj["id"], ops.UPDATED, props=frozenset(props))
 
     def delete(self, kind: str, oid: str) -> None:
         """DELETE a user, group or device: it also leaves every group it was a member of."""
         obj = self.get(kind, oid)
         real = obj["id"]
+        left: list[str] = []
         for group_id, members in self.members.items():
             if real in self._member_sets[group_id]:
                 members.remove(real)
                 self._member_sets[group_id].discard(real)
+                left.append(group_id)
         if kind == "group":
             del self.members[real]
             del self._member_sets[real]
@@ -512,6 +520,10 @@ class Tenant:
         {"user": self.users, "group": self.groups, "device": self.devices}[kind].pop(real)
         self._lower_ids.pop(real.lower(), None)
         self._changed(real)
+        for group_id in left:  # the memberships the deleted object had end with it
+            self.changes.record("group", group_id, ops.REMOVED, member=real, member_kind=kind, cascade=True)
+        if kind in ("user", "group"):
+            self.changes.record(kind, real, ops.DELETED, reason=deletion_reason(kind, obj))
 
     def create_group(self, body: dict) -> dict:
         """POST /groups, honouring members@odata.bind."""
@@ -532,6 +544,7 @@ class Tenant:
         self._member_sets[oid] = set(self.members[oid])
         self._changed(oid)
         self._reindex(oid)
+        self.changes.record("group", oid, ops.CREATED)
         return group
 
     def _ref_target(self, url: Any) -> str:
@@ -556,6 +569,7 @@ class Tenant:
         self.members[group["id"]].append(member)
         self._member_sets[group["id"]].add(member)
         self._changed()
+        self.changes.record("group", group["id"], ops.ADDED, member=member, member_kind=self.kind[member])
 
     def remove_member(self, group_id: str, member_id: str) -> None:
         """DELETE /groups/{id}/members/{memberId}/$ref; a non-member is a 404."""
@@ -566,6 +580,15 @@ class Tenant:
         self.members[group["id"]].remove(member)
         self._member_sets[group["id"]].discard(member)
         self._changed()
+        self.changes.record("group", group["id"], ops.REMOVED, member=member, member_kind=self.kind[member])
+
+
+def deletion_reason(kind: str, obj: dict) -> str:
+    """How Entra deletes: users and Microsoft 365 groups go to deleted items for 30 days ("changed", restorable);
+    every other group is deleted permanently ("deleted") (user-delete, group-delete, delta-query-overview)."""
+    if kind == "group" and "Unified" not in (obj.get("groupTypes") or []):
+        return "deleted"
+    return "changed"
 
 
 def not_found(oid: str) -> GraphError:
