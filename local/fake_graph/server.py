@@ -96,7 +96,7 @@ def required_roles(method: str, template: str) -> list[frozenset[str]]:
             return [DEVICE_WRITE]
         return [USER_WRITE] if template.startswith("/v1.0/users") else [GROUP_WRITE]
     needs: list[frozenset[str]] = []
-    if template.startswith("/v1.0/groups"):
+    if template.startswith("/v1.0/groups") or template.endswith("emberOf"):
         needs.append(MEMBERSHIP_READ)
     # Members listed (or counted) untyped or cast to users are user objects: reading them needs a user permission.
     untyped_members = re.search(r"/(members|transitiveMembers)(/\$count)?$", template) is not None
@@ -608,6 +608,10 @@ class FakeGraph(ServerThread):
              fixed("/v1.0/groups/{id}/members/{memberId}/$ref")),
             (r"/v1\.0/groups/(?P<id>[^/]+)/(?P<rel>members|transitiveMembers)" + CAST + r"(?P<count>/\$count)?",
              {"GET": self._list_members}, members_template),
+            (r"/v1\.0/(?P<coll>users|groups)/(?P<id>[^/]+)/(?P<rel>memberOf|transitiveMemberOf)"
+             r"(?:/microsoft\.graph\.group)?",
+             {"GET": self._list_member_of},
+             lambda m: f"/v1.0/{m['coll'].lower()}/{{id}}/{'transitiveMemberOf' if m['rel'].lower().startswith('t') else 'memberOf'}"),
         ]
         return [(re.compile(pattern, re.IGNORECASE), methods, template) for pattern, methods, template in routes]
 
@@ -746,6 +750,16 @@ class FakeGraph(ServerThread):
             return self._count(request, tenant, source, kind)
         context = f"{kind}s" if kind else "directoryObjects"
         return self._page(request, tenant, _Query(request), source, kind, context, request.get("limited", frozenset()))
+
+    async def _list_member_of(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
+        """The groups a user or group is a member of (transitively: through nested groups too). Groups whose
+        membership is hidden are left out without Member.Read.Hidden (the case most dangerous to a sync)."""
+        kind = "user" if request.path.lower().startswith("/v1.0/users/") else "group"
+        obj = tenant.get(kind, params["id"])
+        transitive = params["rel"].lower() == "transitivememberof"
+        see_hidden = "Member.Read.Hidden" in request.get("roles", set())
+        source = ("memberOf", obj["id"], transitive, see_hidden)
+        return self._page(request, tenant, _Query(request), source, "group", "groups")
 
     @staticmethod
     def _limited_json(tenant: Tenant, oid: str, select: tuple[str, ...] | None, typed: bool) -> str:

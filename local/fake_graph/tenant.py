@@ -415,6 +415,11 @@ class Tenant:
             ids = list(self.users)
         elif source[0] == "groups":
             ids = list(self.groups)
+        elif source[0] == "memberOf":
+            _, oid, transitive, see_hidden = source
+            ids = [g for g in self.groups
+                   if oid in (self.transitive(g) if transitive else self.members.get(g, ()))
+                   and (see_hidden or str(self.groups[g].get("visibility") or "").lower() != "hiddenmembership")]
         else:
             _, group_id, transitive, cast = source
             if group_id is None:  # a listing the caller may not see (hidden membership): nothing

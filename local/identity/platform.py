@@ -27,7 +27,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
 PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
 CLOUD_APPLICATION_ADMINISTRATOR = "158c047a-c907-4556-b7ef-446551a6b5f7"
-DEFAULT_ROLES = ("User.Read.All", "GroupMember.Read.All")
+DEFAULT_ROLES = ("User.Read.All", "GroupMember.Read.All", "Group.Read.All")
 # Writes of the tenant's own admin tools (the tests' "Azure admin"), never granted to the app by consent.
 ADMIN_TOOL_ROLES = ("Directory.ReadWrite.All", "User.ReadWrite.All", "Group.ReadWrite.All", "GroupMember.ReadWrite.All")
 WELL_KNOWN_TENANTS = ("organizations", "common", "consumers")

@@ -111,7 +111,7 @@ async def test_after_consent_the_secret_credentials_token_reads_graph(fake, app,
     seen = claims(token)
     assert seen["aud"] == "https://graph.microsoft.com" and seen["iss"] == f"https://sts.windows.net/{DEMO_TID}/"
     assert seen["tid"] == DEMO_TID and seen["appid"] == CLIENT_ID and seen["idtyp"] == "app"
-    assert sorted(seen["roles"]) == ["GroupMember.Read.All", "User.Read.All"]
+    assert sorted(seen["roles"]) == ["Group.Read.All", "GroupMember.Read.All", "User.Read.All"]
     response = await graph_get(fake, token)
     assert response.status_code == 200 and len(response.json()["value"]) == 8
     # A token of one tenant is a token of that tenant only: the other has not consented.

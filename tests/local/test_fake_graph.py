@@ -457,7 +457,7 @@ async def test_admin_consent_redirects_back_with_the_tenant(fake, authority):
     assert response.status_code == 400 and "AADSTS50020" in response.text
     grants = (await authority.get("/_fake/consent")).json()["grants"]
     assert [g["tenant"] for g in grants] == [DEMO_TID, other]
-    assert all(g["roles"] == ["User.Read.All", "GroupMember.Read.All"] for g in grants)
+    assert all(g["roles"] == ["User.Read.All", "GroupMember.Read.All", "Group.Read.All"] for g in grants)
 
 
 async def test_admin_consent_denied(fake, authority):
