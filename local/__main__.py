@@ -66,7 +66,8 @@ class DevHost:
 
                 self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
                 s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
-        queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email")
+        queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email",
+                  os.environ.get("CHANGE_QUEUE") or "directory-changes")
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
 
@@ -106,7 +107,11 @@ class DevHost:
             "SIGNING_SECRET": LOCAL_SIGNING_SECRET,
             "GROUP_SYNC_QUEUE": queues[0],
             "ENROLLMENT_QUEUE": queues[1],
+            "CHANGE_QUEUE": queues[2],
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
+            "WATCH_RENEWAL_SCHEDULE": "0 17 * * * *",
+            # Graph's change notifications come to the dev host itself (the fake accepts http on loopback only).
+            "NOTIFICATION_URL": f"http://127.0.0.1:{self.port}/api/directory/notifications",
             "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,
             "CONSENT_REDIRECT_URI": redirect_uri,
             "PORTAL_BASE_URL": "http://localhost:3000",
