@@ -205,12 +205,13 @@ async def forget(svc: Services, org: str, sub_id: str, tenant_id: str | None) ->
 
 
 async def renew_watches(svc: Services) -> dict[str, int]:
-    """The renewal timer: renew watches past half their life, recreate lost ones, drop those of gone subscriptions."""
+    """The renewal timer: renew watches that expire within WATCH_RENEW_BEFORE_HOURS, recreate lost ones (Graph answers
+    404 for a watch it removed), and drop those of gone subscriptions."""
     if svc.watches is None or svc.changes is None:
         return {"renewed": 0, "created": 0, "dropped": 0}
     lifetime = timedelta(hours=svc.settings.watch_lifetime_hours)
     renewed = created = dropped = 0
-    for watch in await svc.watches.expiring(svc.clock() + lifetime / 2):
+    for watch in await svc.watches.expiring(svc.clock() + timedelta(hours=svc.settings.watch_renew_before_hours)):
         sub = await svc.subscriptions.get(watch.org, watch.subscription_id)
         if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED:
             await forget(svc, watch.org, watch.subscription_id, watch.tenant_id)

@@ -72,6 +72,7 @@ class Settings:
     notification_url: str | None = field(default=None, repr=False)  # carries the function key (`code`)
     change_queue: str = "directory-changes"
     watch_lifetime_hours: float = 72.0
+    watch_renew_before_hours: float = 36.0
     incremental_max_objects: int = 500
     change_debounce_s: float = 2.0
 
@@ -119,6 +120,7 @@ class Settings:
             # Graph allows users and groups subscriptions 41,760 minutes (29 days); shorter ones vanish sooner if
             # this app loses track of them.
             watch_lifetime_hours=reader.number("WATCH_LIFETIME_HOURS", 72.0, 2.0, 696.0),
+            watch_renew_before_hours=reader.number("WATCH_RENEW_BEFORE_HOURS", 36.0, 0.5, 10_000.0),
             incremental_max_objects=int(reader.number("INCREMENTAL_MAX_OBJECTS", 500, 1, 100_000)),
             change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
         )

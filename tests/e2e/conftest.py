@@ -15,7 +15,9 @@ def devhost(tmp_path_factory):
     """One dev host for the session, loaded with the demo tenant and the e2e tenant."""
     outbox = tmp_path_factory.mktemp("outbox")
     host = DevHostProcess("--lock-duration", "20",
-                          env={"MAX_DELIVERY_COUNT": "3", "DEPROVISION_GUARD_MIN_USERS": "10"},
+                          # Every watch is due when the renewal timer is fired by hand (test_changes).
+                          env={"MAX_DELIVERY_COUNT": "3", "DEPROVISION_GUARD_MIN_USERS": "10",
+                               "WATCH_RENEW_BEFORE_HOURS": "1000"},
                           outbox=str(outbox), log=str(outbox.parent / "devhost.log"))
     host.start()
     yield host
