@@ -154,7 +154,7 @@ class DevHost:
                 await self.start_function_host()
 
     async def start_control(self) -> None:
-        """A small control API for tests and the demo: host status, broker faults and statistics."""
+        """A small control API for tests and the demo: host status, broker, Table Storage and SMTP sink faults."""
         app = web.Application()
 
         async def status(_: web.Request) -> web.Response:
@@ -179,6 +179,9 @@ class DevHost:
         from .fault_proxy import control_routes
 
         app.add_routes(control_routes(lambda: self.table_proxy))
+        from .smtp_sink import control_routes as smtp_control_routes
+
+        app.add_routes(smtp_control_routes(lambda: self.smtp))
         self._control = web.AppRunner(app, access_log=None)
         await self._control.setup()
         await web.TCPSite(self._control, "127.0.0.1", self.control_port).start()

@@ -1,4 +1,6 @@
 """The SMTP sender against the local SMTP sink: multipart mail, login, and how failures are classified."""
+import asyncio
+
 import pytest
 
 from local.smtp_sink import SmtpSink
@@ -52,6 +54,18 @@ async def test_failures_are_classified(sink, code, stage, permanent):
         await SmtpSender(settings(sink.port)).send(EMAIL)
     assert err.value.permanent is permanent
     assert sink.messages() == []
+
+
+async def test_a_relay_slower_than_the_timeout_is_transient_and_keeps_nothing(sink):
+    sink.delay_next(3000)  # DATA answered after 3 s; the sender gives up after 1 s and closes the connection
+    with pytest.raises(MailError) as err:
+        await SmtpSender(settings(sink.port, smtp_timeout_s=1)).send(EMAIL)
+    assert not err.value.permanent
+    deadline = asyncio.get_running_loop().time() + 5
+    while sink.counts()["cut"] != 1:
+        assert asyncio.get_running_loop().time() < deadline, sink.counts()
+        await asyncio.sleep(0.05)
+    assert sink.messages() == []  # the relay never took the message over: the mailer's retry sends the only copy
 
 
 async def test_unreachable_relay_is_transient():

@@ -73,6 +73,7 @@ def no_fault_left_behind(devhost):
     """Every test starts and ends without pending faults, so one test's faults never land in the next."""
     yield
     devhost.control("DELETE", "/tables/faults")
+    devhost.control("DELETE", "/smtp/faults")
     devhost.control("POST", "/servicebus/faults", json={"duplicateDeliveries": False})
     fake = FakeTenantAdmin(devhost.ready["graph"], "-")
     fake.control("DELETE", "/faults")

@@ -132,6 +132,16 @@ def count_table_faults(devhost, before: dict[str, int]) -> dict[str, int]:
     return delta
 
 
+def smtp_faults(devhost, *specs: dict) -> dict:
+    """Hold or fail the SMTP sink's next commands (``{"stage": "DATA", "delayMs": 8000}``); returns its status."""
+    return devhost.control("POST", "/smtp/faults", json=list(specs))
+
+
+def smtp_status(devhost) -> dict:
+    """The sink's pending faults, the commands it holds now (``holding``) and its ``counts`` (failed, held, cut)."""
+    return devhost.control("GET", "/smtp/faults")
+
+
 class GraphFaults:
     """Faults on the fake tenant's Graph routes, counted when consumed (the fake removes a fault once used up)."""
 

@@ -1,13 +1,18 @@
-"""The process hosting the functions is killed (SIGKILL) in the middle of a group, and the dev host restarts it."""
+"""The process hosting the functions is killed (SIGKILL) in the middle of a group or of an invitation's SMTP send,
+and the dev host restarts it."""
 import os
 import signal
+import time
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 
+from tests.e2e.tenants import scenario
 from tests.faults import figures
 from tests.faults.helpers import (
     GraphFaults,
+    bus_counters,
     connect,
     count_table_faults,
     emails_of_org,
@@ -15,6 +20,8 @@ from tests.faults.helpers import (
     poll,
     recipients,
     settle,
+    smtp_faults,
+    smtp_status,
     state,
     sync,
     table_faults,
@@ -85,3 +92,84 @@ def test_killed_mid_group_twice_the_run_completes_like_a_clean_run(devhost, new_
     # Invitations of users created just before the crash were queued again on redelivery, and sent once.
     assert recipients(emails_of_org(devhost, crashed.org)) == recipients(emails_of_org(devhost, clean.org))
     assert len(emails_of_org(devhost, crashed.org)) == 11
+
+
+# The scenario's users who get an invitation: enabled, with an address (max has no mail: his UPN is used; kim is
+# blocked, the guest lou has neither).
+INVITED = ("ann.lee", "bob.stone", "cat.moss", "dan.pike", "eve.ruiz", "fay.wong", "gus.hart", "hal.reed", "ivy.nash",
+           "jon.cole", "max.nomail")
+HOLD_MS = 20_000  # the held DATA's wait; below the mailer's SMTP_TIMEOUT_SECONDS (30), so only the kill ends it
+
+
+@pytest.mark.slow  # waits out the invitation's 5-minute claim lease in real time: the mailer has no setting for it
+@pytest.mark.timeout(600)
+def test_killed_during_an_invitations_smtp_send_no_invitation_is_lost(devhost, portal, load_tenant):
+    """The host dies with an invitation claimed (``sending``, a lease) and its DATA sent but not yet answered.
+
+    The sink stores nothing for a DATA whose client went away before the answer (it never took the message over).
+    The redelivered job finds the claim within its lease ("being sent") and leaves it; once the lease has run out
+    the next run re-queues the invitation and the mailer takes the claim over and sends it (at least once).
+    """
+    from azure.data.tables import TableServiceClient
+
+    from sync.adapters.tables import key
+
+    t = scenario()
+    load_tenant(t.tenant)
+    sub = connect(portal, [t.ids["eng"], t.ids["sales"], t.ids["support"]], **OPTIONS)
+    rows = TableServiceClient.from_connection_string(devhost.ready["tables"]).get_table_client("dirsyncUsers")
+
+    def row(user: dict) -> dict:
+        return rows.get_entity(key(portal.org), key(user["id"]))
+
+    cut_before = smtp_status(devhost)["counts"]["cut"]
+    smtp_faults(devhost, {"stage": "DATA", "delayMs": HOLD_MS, "times": 1})
+    run_id = portal.full_sync(sub)
+    [held] = poll(lambda: smtp_status(devhost)["holding"], 60, "an invitation's DATA to be held by the sink")
+    [killed] = held["rcptTos"]
+
+    def only_the_held_send_in_flight() -> bool:
+        queues = bus_counters(devhost)
+        mail, groups = queues["enrollment-email"], queues["group-sync"]
+        return (all(groups[k] == 0 for k in ("active", "locked", "scheduled"))
+                and (mail["active"], mail["locked"], mail["scheduled"]) == (0, 1, 0))
+    # Every other invitation is sent and recorded meanwhile, so the kill cuts exactly one send.
+    poll(only_the_held_send_in_flight, HOLD_MS / 1000 - 8, "every invitation but the held one to be sent")
+    assert smtp_status(devhost)["holding"] == [held]
+    kill_function_host(devhost)
+    poll(lambda: smtp_status(devhost)["counts"]["cut"] == cut_before + 1, 10, "the sink to see the send cut")
+    figures.fault("smtp send cut by a function host kill")
+
+    run = portal.wait(sub, run_id, timeout=120)
+    settle(devhost)
+    assert run["status"] == "succeeded", run
+    invited = [u for u in portal.users() if u["email"] and u["status"] == "Active"]
+    expected = {f"{n}@{t.domain}" for n in INVITED}
+    assert {u["email"] for u in invited} == expected and killed in expected
+
+    def sent_to(address: str) -> int:
+        return recipients(emails_of_org(devhost, portal.org)).count(address)
+
+    # After the run: the killed send stored nothing and its claim is still within its lease; every other user has
+    # exactly one invitation, recorded as sent.
+    [victim] = [u for u in invited if u["email"] == killed]
+    assert (row(victim)["emailState"], victim["enrollmentEmailSentAt"], sent_to(killed)) == ("sending", None, 0)
+    for u in invited:
+        if u is not victim:
+            assert (row(u)["emailState"], bool(u["enrollmentEmailSentAt"]), sent_to(u["email"])) == ("sent", True, 1), u
+
+    # The claim's lease (notifications.mailer.SEND_LEASE, 5 minutes, no setting) runs out; the next run re-queues the
+    # invitation left "sending" and the mailer takes the claim over.
+    lease_until = row(victim)["emailLeaseUntil"]
+    if isinstance(lease_until, str):
+        lease_until = datetime.fromisoformat(lease_until)
+    time.sleep(max(0.0, (lease_until - datetime.now(timezone.utc)).total_seconds()) + 1)
+    assert sync(portal, sub)["status"] == "succeeded"
+    settle(devhost)
+
+    users = {u["email"]: u for u in portal.users()}
+    for u in invited:
+        assert row(u)["emailState"] == "sent" and users[u["email"]]["enrollmentEmailSentAt"], u
+        # Exactly the user's address as the envelope's only recipient; the cut send may have reached a real relay.
+        assert 1 <= sent_to(u["email"]) <= (2 if u is victim else 1), (u["email"], sent_to(u["email"]))
+    assert all(m["X-Envelope-To"] in users for m in emails_of_org(devhost, portal.org))

@@ -7,9 +7,11 @@ import os
 import signal
 import smtplib
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -93,6 +95,76 @@ def test_failure_on_mail_from(sink):
 def test_fail_next_rejects_nonsense(sink, kwargs):
     with pytest.raises(ValueError):
         sink.fail_next(**kwargs)
+
+
+def wait_until(check, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
+
+
+def test_a_delayed_data_is_held_then_stored(sink):
+    sink.delay_next(400)
+    started = time.monotonic()
+    sender = threading.Thread(target=send, args=(sink, message()), kwargs={"to_addrs": ["adele@contoso.example"]})
+    sender.start()
+    [held] = wait_until(sink.holding)
+    assert (held["stage"], held["mailFrom"], held["rcptTos"], held["delayMs"]) == (
+        "DATA", "noreply@portal.example", ["adele@contoso.example"], 400)
+    assert sink.messages() == [] and sink.faults() == []
+    sender.join(timeout=10)
+    assert time.monotonic() - started >= 0.4
+    assert len(sink.messages()) == 1 and sink.holding() == []
+    assert sink.counts() == {"failed": 0, "held": 1, "cut": 0}
+    send(sink, message())  # the delay was for one DATA only
+    assert len(sink.messages()) == 2
+
+
+def test_a_client_gone_while_its_data_is_held_leaves_nothing_stored(sink):
+    sink.delay_next(800)
+    client = smtplib.SMTP("127.0.0.1", sink.port, timeout=10)
+    client.ehlo()
+    client.mail("noreply@portal.example")
+    client.rcpt("adele@contoso.example")
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+    client.send(message().as_bytes().replace(b"\n", b"\r\n") + b"\r\n.\r\n")  # all of it, then no answer read
+    wait_until(sink.holding)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no FIN
+    client.close()  # as the kernel does for a process killed mid-send
+    wait_until(lambda: sink.counts()["cut"] == 1)
+    assert sink.holding() == []
+    time.sleep(1.0)  # past the delay: the message was dropped, not stored late
+    assert sink.messages() == [] and list(sink.outbox.iterdir()) == []
+
+
+def test_a_delay_and_a_failure_together_hold_then_refuse(sink):
+    sink.add_fault({"stage": "RCPT", "delayMs": 200, "code": 550, "message": "5.1.1 No such user"})
+    assert sink.faults() == [{"code": 550, "message": "5.1.1 No such user", "times": 1, "stage": "RCPT"},
+                             {"delayMs": 200, "times": 1, "stage": "RCPT"}]
+    started = time.monotonic()
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        send(sink, message())
+    assert time.monotonic() - started >= 0.2
+    assert sink.counts() == {"failed": 1, "held": 1, "cut": 0} and sink.faults() == []
+
+
+@pytest.mark.parametrize("spec", [[], {}, {"stage": "DATA"}, {"delayMs": 0}, {"delayMs": "5"}, {"delayMs": True},
+                                  {"code": 250}, {"code": "451"}, {"delayMs": 10, "times": 0},
+                                  {"delayMs": 10, "stage": "HELO"}, {"delayMs": 10, "colour": "red"},
+                                  {"code": 451, "message": "a\r\n250 OK"}])
+def test_faults_in_the_control_shape_reject_nonsense(sink, spec):
+    with pytest.raises(ValueError):
+        sink.add_fault(spec)
+    assert sink.faults() == []
+
+
+def test_delay_next_rejects_nonsense(sink):
+    for kwargs in ({"ms": 0}, {"ms": 10, "times": 0}, {"ms": 10, "stage": "QUIT"}):
+        with pytest.raises(ValueError):
+            sink.delay_next(**kwargs)
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
