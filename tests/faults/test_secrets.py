@@ -86,7 +86,9 @@ def test_no_secret_in_the_log_or_in_any_answer(devhost, portal, load_tenant, vic
     keep(httpx.get(portal.api + "/directory/consent", params={"state": state, "error": "x"}))
     figures.tried("requests whose answers were searched for secrets", len(answers))
 
-    single_use = [*enrollment, victim.enrollment_token, state_claims(state)["n"]]
+    # The clientState of every Graph subscription the app made (the webhook's proof) is a secret too.
+    client_states = [w["clientState"] for w in admin.notifications()["subscriptions"] if w.get("clientState")]
+    single_use = [*enrollment, victim.enrollment_token, state_claims(state)["n"], *client_states]
     never = secrets_of(devhost, single_use)
     log = Path(devhost.log).read_text(encoding="utf-8", errors="replace")
     assert len(log) > 100_000  # the whole suite's log, not an empty file
