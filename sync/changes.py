@@ -459,20 +459,20 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
             changed_groups |= existing.group_ids
     for oid, (du, groups) in plan.users.items():
         existing = stored.get(ids[oid])
+        if groups is None:
+            if existing is None:
+                continue  # a directory user the sync does not hold (and whose groups did not change)
+            groups = existing.group_ids & set(sub.group_ids)
+        if not groups:  # in no selected group any more: the finalizer deprovisions, whatever the user looks like
+            if existing is not None and existing.group_ids:
+                leave.append(existing.id)
+                changed_groups |= existing.group_ids
+            continue
         desired = desired_user(du, sub)
         if isinstance(desired, Skip):
             skipped[desired.code] = skipped.get(desired.code, 0) + 1
             if len(errors) < 50:
                 errors.append(RunError(desired.code, desired.message, user_id=ids[oid]))
-            continue
-        if groups is None:
-            if existing is None:
-                continue  # a directory user the sync does not hold (and whose groups did not change)
-            groups = existing.group_ids & set(sub.group_ids)
-        if not groups:
-            if existing is not None and existing.group_ids:
-                leave.append(existing.id)
-                changed_groups |= existing.group_ids
             continue
         if existing is None:
             first = sorted(groups)[0]

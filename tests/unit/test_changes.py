@@ -1,4 +1,6 @@
 """Near-real-time sync on fakes: notifications queue incremental runs that apply the tenant's delta."""
+from dataclasses import replace
+
 import pytest
 
 from sync import changes, runs, subscriptions
@@ -267,3 +269,14 @@ async def test_consent_lost_drops_the_watches(svc, tenant):
     await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock()))
     assert (await subscriptions.get(svc, caller(), sub.id)).status == "consent_revoked"
     assert await svc.watches.of_subscription(sub.org, sub.id) == []
+
+
+async def test_a_user_the_sync_cannot_map_is_skipped_and_counted(svc, tenant):
+    for n in ("ann", "bob", "cat", "dan"):
+        tenant.users[n] = replace(tenant.users[n], employee_id=f"E-{n}")
+    sub = await synced(svc, usernameAttribute="employeeId")
+    tenant.add_user("eve", groups=[SALES])  # no employeeId
+    run = await notified(svc, sub)
+    assert run.counts.skipped == 1 and run.counts.skippedReasons == {"missing_username_attribute": 1}
+    assert [e.code for e in run.run.errors] == ["missing_username_attribute"]
+    assert not any(u.azure_object_id == "eve" for u in users_of(svc).values()) and len(users_of(svc)) == 3
