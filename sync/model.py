@@ -113,6 +113,7 @@ class Subscription:
     consented_at: datetime | None = None  # when the last admin consent was proven (its roles may still propagate)
     consented_by: str | None = None  # object id of the admin whose signed sign-in proved the tenant
     deleting: bool = False
+    notify_emails: tuple[str, ...] = ()  # admins e-mailed when a run fails or needs review, or consent is lost
     etag: str | None = field(default=None, compare=False)
 
     @property

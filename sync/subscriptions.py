@@ -5,6 +5,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
+from .alert_model import notify_emails
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import consent_propagation_left
@@ -36,7 +37,7 @@ MAX_GROUPS = 200  # each selected group is a property on every member's row; Tab
 MIN_SEARCH = 4
 MAX_SEARCH = 256
 SEARCH_LIMIT = 50
-PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync")
+PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync", "notifyEmails")
 
 
 async def create(svc: Services, caller: Caller, body: dict[str, Any]) -> Subscription:
@@ -82,6 +83,8 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             if not isinstance(body[field], bool):
                 raise InvalidInput(f"{field} must be true or false", code="invalid_field")
             changes[attr] = body[field]
+    if "notifyEmails" in body:
+        changes["notify_emails"] = notify_emails(body["notifyEmails"])
 
     async def change(sub: Subscription) -> Subscription:
         return replace(sub, **changes, updated_at=svc.clock())

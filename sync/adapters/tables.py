@@ -352,6 +352,7 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "consentedAt": sub.consented_at,
         "consentedBy": sub.consented_by,
         "deleting": sub.deleting,
+        "notifyEmails": json.dumps(list(sub.notify_emails), ensure_ascii=False),
     }
 
 
@@ -375,6 +376,7 @@ def _sub_from(e: Any) -> Subscription:
         consented_at=_dt(e["consentedAt"]) if e.get("consentedAt") else None,
         consented_by=e.get("consentedBy"),
         deleting=bool(e.get("deleting")),
+        notify_emails=tuple(json.loads(e.get("notifyEmails") or "[]")),
         etag=_etag(e),
     )
 
