@@ -1,5 +1,5 @@
 // Directory Sync in Azure: the function app (Flex Consumption, Linux, Python 3.11), its Storage account (host
-// storage, deployment package, the app's tables), a Service Bus namespace with the app's two queues, Key Vault for
+// storage, deployment package, the app's tables), a Service Bus namespace with the app's three queues, Key Vault for
 // the secrets, Application Insights on a Log Analytics workspace, and one user-assigned managed identity holding
 // every data role the app needs. No connection string or key is stored anywhere: storage, Service Bus, Key Vault
 // and Application Insights are reached with the identity, and Microsoft Graph with a federated credential that
@@ -82,6 +82,7 @@ param instanceMemoryMB int = 2048
 var maxDeliveryCount = 10
 var groupSyncQueue = 'group-sync'
 var enrollmentQueue = 'enrollment-email'
+var alertQueue = 'admin-alerts'
 var deploymentContainer = 'app-package'
 
 var token = uniqueString(resourceGroup().id, appName)
@@ -175,6 +176,10 @@ var queueSettings = [
     name: enrollmentQueue
     ttl: 'P7D' // an invitation waits out an SMTP outage of up to a week; its link is minted when it is sent
   }
+  {
+    name: alertQueue
+    ttl: 'P7D' // an admin alert (run failed or needs review, consent lost) waits out an SMTP outage like an invitation
+  }
 ]
 
 resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
@@ -188,11 +193,12 @@ resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
       lockDuration: 'PT5M'
       maxDeliveryCount: maxDeliveryCount
       // Expired and exhausted messages go to the dead-letter queue, whose trigger fails the group or records the
-      // failed invitation, so a run always ends instead of staying "running".
+      // failed invitation or alert, so a run always ends instead of staying "running".
       deadLetteringOnMessageExpiration: true
       defaultMessageTimeToLive: queue.ttl
-      // Message ids are deterministic (run:group:segment, enroll:org:user): a send retried after a timeout that
-      // in fact succeeded is dropped here. The app tolerates duplicates anyway; this only saves Graph calls.
+      // Message ids are deterministic (run:group:segment, enroll:org:user, alert:<event hash>): a send retried
+      // after a timeout that in fact succeeded is dropped here. The app tolerates duplicates anyway; this only saves
+      // Graph calls and claims.
       requiresDuplicateDetection: true
       duplicateDetectionHistoryTimeWindow: 'PT10M'
       requiresSession: false
@@ -384,6 +390,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ServiceBusConnection__clientId: identity.properties.clientId
     GROUP_SYNC_QUEUE: groupSyncQueue
     ENROLLMENT_QUEUE: enrollmentQueue
+    ALERT_QUEUE: alertQueue
     NIGHTLY_SYNC_SCHEDULE: nightlySyncSchedule
     MAX_DELIVERY_COUNT: string(maxDeliveryCount)
 

@@ -66,7 +66,8 @@ class DevHost:
 
                 self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
                 s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
-        queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email")
+        queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email",
+                  os.environ.get("ALERT_QUEUE") or "admin-alerts")
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
 
@@ -106,6 +107,7 @@ class DevHost:
             "SIGNING_SECRET": LOCAL_SIGNING_SECRET,
             "GROUP_SYNC_QUEUE": queues[0],
             "ENROLLMENT_QUEUE": queues[1],
+            "ALERT_QUEUE": queues[2],
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,
             "CONSENT_REDIRECT_URI": redirect_uri,

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .concurrency import KeyedLocks
 from .model import utcnow
-from .ports import Directory, Groups, JobQueue, Runs, SignIns, Subscriptions, Users
+from .ports import Alerts, Directory, Groups, JobQueue, Runs, SignIns, Subscriptions, Users
 from .recent import RecentUsers
 from .settings import Settings
 
@@ -27,6 +27,7 @@ class Services:
     queue: JobQueue
     sign_ins: SignIns | None = None
     mail_sender: Any = None
+    alerts: Alerts | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
     finalizing: KeyedLocks = field(default_factory=KeyedLocks)
@@ -40,6 +41,7 @@ class Services:
 
 def build(settings: Settings) -> Services:
     """Real adapters for these settings (Table Storage, Microsoft Graph, Service Bus, the mail sender)."""
+    from .adapters.alert_table import TableAlerts
     from .adapters.graph import GraphDirectory
     from .adapters.identity import OidcSignIns
     from .adapters.servicebus import ServiceBusQueue
@@ -52,10 +54,12 @@ def build(settings: Settings) -> Services:
         store = TableStore.from_endpoint(settings.tables_endpoint, identity(), settings.table_prefix)
     if settings.service_bus_connection_string:
         queue = ServiceBusQueue.from_connection_string(
-            settings.service_bus_connection_string, settings.group_sync_queue, settings.enrollment_queue)
+            settings.service_bus_connection_string, settings.group_sync_queue, settings.enrollment_queue,
+            settings.alert_queue)
     else:
         queue = ServiceBusQueue.from_namespace(
-            settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue)
+            settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue,
+            settings.alert_queue)
     from .adapters.credentials import TenantCredentials
 
     credentials = TenantCredentials(settings)
@@ -72,6 +76,7 @@ def build(settings: Settings) -> Services:
         queue=queue,
         sign_ins=OidcSignIns(settings.authority_host, settings.graph_client_id),
         mail_sender=_mail_sender(settings),
+        alerts=TableAlerts(store),
     )
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
     services.closers += [store.close, queue.close, credentials.close, directory.close]

@@ -228,6 +228,9 @@ class Run:
     errors: tuple[RunError, ...] = ()
     pending_deactivations: int = 0
     updated_at: datetime = field(default_factory=utcnow)
+    # The status whose admin alert is owed: written with the terminal transition, cleared once the alert is recorded
+    # and queued (sync/alerts.py), so a worker that dies in between leaves it for the redelivery to finish.
+    alert_due: str | None = None
     etag: str | None = field(default=None, compare=False)
 
 

@@ -531,6 +531,7 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         **_long_text("errors", json.dumps([e.to_api() for e in run.errors], ensure_ascii=False)),
         "pendingDeactivations": run.pending_deactivations,
         "updatedAt": run.updated_at,
+        "alertDue": run.alert_due,
     }
 
 
@@ -548,6 +549,7 @@ def _run_from(e: Any) -> Run:
         errors=tuple(RunError.from_api(x) for x in json.loads(_read_long_text(e, "errors") or "[]")),
         pending_deactivations=int(e.get("pendingDeactivations") or 0),
         updated_at=_dt(e.get("updatedAt")),
+        alert_due=e.get("alertDue"),
         etag=_etag(e),
     )
 
