@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import InvalidInput
@@ -64,6 +64,13 @@ class AlertKind:
 
 # Only these endings are told. Anything else — succeeded, a dry run's preview, a status added later — is not.
 RUN_ALERTS = {RunStatus.FAILED: AlertKind.RUN_FAILED, RunStatus.NEEDS_REVIEW: AlertKind.RUN_NEEDS_REVIEW}
+
+# A claim (``sending``) older than this was left by a delivery that died: it may be taken over. Longer than a send
+# takes (SMTP_TIMEOUT_SECONDS, 30), shorter than the queue's 5-minute lock: the redelivery of a message whose host
+# died comes when the lock expires, finds the claim expired, and sends. The longest retry delay is an hour, so an
+# alert still ``queued`` after RECOVER_QUEUED has lost its message.
+SEND_LEASE = timedelta(minutes=2)
+RECOVER_QUEUED = timedelta(hours=1) + SEND_LEASE
 
 MAX_LISTED = 10  # failed groups, error codes and run notes an alert lists
 MAX_TEXT = 300  # characters of one error message or note
@@ -186,3 +193,10 @@ def consent_alert(sub: Subscription, run_id: str | None, now: datetime) -> Alert
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def stuck(alert: Alert, now: datetime) -> bool:
+    """An alert nobody is going to send any more: its claim's lease ran out, or it stayed queued past any retry."""
+    if alert.state == EmailState.SENDING:
+        return alert.lease_until is None or alert.lease_until <= now
+    return alert.state == EmailState.QUEUED and now - alert.updated_at > RECOVER_QUEUED
