@@ -57,8 +57,9 @@ class TableAlerts(_Repository, Alerts):
 
     async def unsent(self, org: str, sub_id: str) -> list[Alert]:
         table = await self._table()
+        # The SDK substitutes only parameters followed by a space: "@sending)" would not be found.
         rows = await collect(table.query_entities(
-            "PartitionKey eq @pk and (state eq @queued or state eq @sending)",
+            "PartitionKey eq @pk and ( state eq @queued or state eq @sending )",
             parameters={"pk": self._pk(org, sub_id), "queued": EmailState.QUEUED, "sending": EmailState.SENDING}))
         return [_alert_from(e) for e in rows]
 
