@@ -34,7 +34,7 @@ def test_a_failed_run_and_a_run_needing_review_each_email_the_admins_once(devhos
     admin = load_tenant(t.tenant)
     d = t.domain
     admins = [f"ops@{d}", f"Lead@{d}"]
-    sub = portal.create_subscription('Fabrikam <script>alert(1)</script>\u2028Bcc: attacker@evil.example')["id"]
+    sub = portal.create_subscription('Fabrikam <script>alert(1)</script>\u2028Bcc: attacker@hostile.test')["id"]
     assert portal.authorize(sub)["consent"] == "granted"
     body = portal.update(sub, notifyEmails=[*admins, f" ops@{d.upper()} "])
     assert body["notifyEmails"] == admins  # the duplicate (ignoring case, blanks around) is dropped
@@ -54,7 +54,7 @@ def test_a_failed_run_and_a_run_needing_review_each_email_the_admins_once(devhos
     [mail] = wait_for_emails(devhost, d, 1)
     assert mail["X-Envelope-To"] == ", ".join(admins)  # exactly the configured admins, one message
     assert [a.addr_spec for a in mail["To"].addresses] == admins and mail["Cc"] is None and mail["Bcc"] is None
-    assert mail["Subject"] == "Directory Sync failed: Fabrikam <script>alert(1)</script> Bcc: attacker@evil.example"
+    assert mail["Subject"] == "Directory Sync failed: Fabrikam <script>alert(1)</script> Bcc: attacker@hostile.test"
     text, html = bodies(mail)
     link = f"http://localhost:3000/directory-sync?subscriptionId={sub}&runId={failed['runId']}"
     assert link in text and link.replace("&", "&amp;") in html
@@ -62,7 +62,8 @@ def test_a_failed_run_and_a_run_needing_review_each_email_the_admins_once(devhos
     assert "<script>" not in html and "&lt;script&gt;" in html and "R&amp;D &lt;Engineering&gt; &#34;Core&#34;" in html
     head = mail.as_string().split("\n\n", 1)[0]
     assert not any(line.lower().startswith("bcc") for line in head.splitlines())  # folded lines start with a blank
-    assert [k for k, v in mail.items() if "evil.example" in str(v)] == ["Subject"]  # named only as the subject's text
+    # The name is only the subject's text (test_enrollment checks no header of any stored e-mail names evil.example).
+    assert [k for k, v in mail.items() if "hostile.test" in str(v)] == ["Subject"]
 
     # 2. 20 of 31 users leave: the guard holds the deactivations back and the run waits for review.
     for n in names[:20]:
