@@ -1,5 +1,5 @@
 // Directory Sync in Azure: the function app (Flex Consumption, Linux, Python 3.11), its Storage account (host
-// storage, deployment package, the app's tables), a Service Bus namespace with the app's two queues, Key Vault for
+// storage, deployment package, the app's tables), a Service Bus namespace with the app's three queues, Key Vault for
 // the secrets, Application Insights on a Log Analytics workspace, and one user-assigned managed identity holding
 // every data role the app needs. No connection string or key is stored anywhere: storage, Service Bus, Key Vault
 // and Application Insights are reached with the identity, and Microsoft Graph with a federated credential that
@@ -87,6 +87,7 @@ var maxDeliveryCount = 10
 var groupSyncQueue = 'group-sync'
 var enrollmentQueue = 'enrollment-email'
 var changeQueue = 'directory-changes'
+var alertQueue = 'admin-alerts'
 var deploymentContainer = 'app-package'
 
 var token = uniqueString(resourceGroup().id, appName)
@@ -184,6 +185,10 @@ var queueSettings = [
     name: changeQueue
     ttl: 'P1D' // an incremental run older than a day is covered by the nightly one
   }
+  {
+    name: alertQueue
+    ttl: 'P7D' // an admin alert (run failed or needs review, consent lost) waits out an SMTP outage like an invitation
+  }
 ]
 
 resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
@@ -197,11 +202,12 @@ resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
       lockDuration: 'PT5M'
       maxDeliveryCount: maxDeliveryCount
       // Expired and exhausted messages go to the dead-letter queue, whose trigger fails the group or records the
-      // failed invitation, so a run always ends instead of staying "running".
+      // failed invitation or alert, so a run always ends instead of staying "running".
       deadLetteringOnMessageExpiration: true
       defaultMessageTimeToLive: queue.ttl
-      // Message ids are deterministic (run:group:segment, enroll:org:user): a send retried after a timeout that
-      // in fact succeeded is dropped here. The app tolerates duplicates anyway; this only saves Graph calls.
+      // Message ids are deterministic (run:group:segment, enroll:org:user, alert:<event hash>): a send retried
+      // after a timeout that in fact succeeded is dropped here. The app tolerates duplicates anyway; this only saves
+      // Graph calls and claims.
       requiresDuplicateDetection: true
       duplicateDetectionHistoryTimeWindow: 'PT10M'
       requiresSession: false
@@ -410,6 +416,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ServiceBusConnection__clientId: identity.properties.clientId
     GROUP_SYNC_QUEUE: groupSyncQueue
     ENROLLMENT_QUEUE: enrollmentQueue
+    ALERT_QUEUE: alertQueue
     NIGHTLY_SYNC_SCHEDULE: nightlySyncSchedule
     CHANGE_QUEUE: changeQueue
     WATCH_RENEWAL_SCHEDULE: '0 17 * * * *' // hourly; watches live WATCH_LIFETIME_HOURS (72) and renew at half-life

@@ -67,7 +67,7 @@ class DevHost:
                 self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
                 s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
         queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email",
-                  os.environ.get("CHANGE_QUEUE") or "directory-changes")
+                  os.environ.get("CHANGE_QUEUE") or "directory-changes", os.environ.get("ALERT_QUEUE") or "admin-alerts")
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
 
@@ -108,6 +108,7 @@ class DevHost:
             "GROUP_SYNC_QUEUE": queues[0],
             "ENROLLMENT_QUEUE": queues[1],
             "CHANGE_QUEUE": queues[2],
+            "ALERT_QUEUE": queues[3],
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "WATCH_RENEWAL_SCHEDULE": "0 17 * * * *",
             # Graph's change notifications come to the dev host itself (the fake accepts http on loopback only).

@@ -4,8 +4,10 @@ from __future__ import annotations
 import azure.functions as func
 
 from sync import composition
+from sync.alert_model import AlertJob
 from sync.model import EnrollmentJob
 
+from .alert_mailer import handle_dead_lettered_alert, send_alert
 from .mailer import handle_dead_lettered, send_invitation
 
 bp = func.Blueprint()
@@ -24,3 +26,19 @@ async def mailer(msg: func.ServiceBusMessage) -> None:
 async def mailer_dead_letters(msg: func.ServiceBusMessage) -> None:
     """An invitation that exhausted its deliveries is recorded as failed on the user."""
     await handle_dead_lettered(await composition.services(), EnrollmentJob.from_json(msg.get_body()), msg.dead_letter_reason)
+
+
+@bp.function_name("alert_mailer")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%ALERT_QUEUE%", connection="ServiceBusConnection")
+async def alert_mailer(msg: func.ServiceBusMessage) -> None:
+    """Send one admin alert; transient failures raise so Service Bus redelivers."""
+    await send_alert(await composition.services(), AlertJob.from_json(msg.get_body()))
+
+
+@bp.function_name("alert_mailer_dead_letters")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%ALERT_QUEUE%/$DeadLetterQueue",
+                              connection="ServiceBusConnection")
+async def alert_mailer_dead_letters(msg: func.ServiceBusMessage) -> None:
+    """An alert that exhausted its deliveries is recorded as failed on its row."""
+    await handle_dead_lettered_alert(await composition.services(), AlertJob.from_json(msg.get_body()),
+                                     msg.dead_letter_reason)

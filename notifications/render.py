@@ -1,6 +1,7 @@
 """Renders e-mails from the jinja2 templates in ``templates/``: subject, HTML (autoescaped) and plain text."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -49,3 +50,69 @@ def render_invitation(*, portal_name: str, portal_url: str, display_name: str, u
         html=html_env.get_template("invitation.html").render(context),
         text=text_env.get_template("invitation.txt").render(context),
     )
+
+
+# What an admin can do about a run that failed with these codes (the run's errors name them); others get the default.
+FAILURE_HINTS = {
+    "consent_revoked": "A Global Administrator or Privileged Role Administrator of the tenant must authorize the "
+                       "directory again: Authorize on the directory's page in the portal.",
+    "credential_invalid": "The service's own Microsoft credential is invalid or expired: tell the portal's operator. "
+                          "Nothing in your tenant needs to change.",
+    "permission_missing": "Grant the app the Microsoft Graph permission the error names (authorize again after adding "
+                          "it), or deselect the group.",
+    "hidden_membership": "The group hides its membership: grant the app Member.Read.Hidden, or deselect the group.",
+    "group_not_found": "The group no longer exists in Azure: deselect it on the directory's page.",
+    "group_sync_failed": "Check the failing group in Azure and start a Full Sync again; if it keeps failing, "
+                         "contact support with the run id.",
+    "page_token_expired": "Microsoft Graph kept expiring the group's listing: start a Full Sync again.",
+    "run_timed_out": "The run stopped making progress: start a Full Sync again.",
+    "queue_unavailable": "The service was briefly unavailable: start a Full Sync again.",
+    "storage_unavailable": "The service was briefly unavailable: start a Full Sync again.",
+}
+DEFAULT_FAILURE_HINT = "Open the run in the portal, read each failed group's error, fix it and start a Full Sync again."
+SUBJECT_NAME = 80  # characters of the subscription's name in a subject
+_INVISIBLE = {0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}  # direction marks and overrides
+
+
+def header_text(value: str, limit: int) -> str:
+    """Directory or user text fit for a header: one line (every line break and control character is a space),
+    no direction overrides that could disguise it, at most ``limit`` characters."""
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value
+                      if ord(c) not in _INVISIBLE)
+    text = " ".join(cleaned.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def render_alert(*, portal_name: str, portal_url: str, kind: str, subscription_name: str, run_id: str | None,
+                 facts: dict[str, Any], link: str) -> RenderedEmail:
+    """The admin alert of one event (``sync.alert_model.AlertKind``): what happened and what to do."""
+    html_env, text_env = _environments()
+    codes = [code for code, _ in facts.get("errorCodes", [])]
+    hints = list(dict.fromkeys(FAILURE_HINTS[c] for c in codes if c in FAILURE_HINTS)) or [DEFAULT_FAILURE_HINT]
+    context = {
+        "portal_name": portal_name,
+        "portal_url": portal_url,
+        "kind": kind,
+        "subscription_name": subscription_name,
+        "subject_name": header_text(subscription_name, SUBJECT_NAME),
+        "run_id": run_id,
+        "facts": facts,
+        "hints": hints,
+        "link": link,
+        "started": _when(facts.get("startedAt")),
+        "finished": _when(facts.get("finishedAt")),
+        "consented": _when(facts.get("consentedAt")),
+        "detected": _when(facts.get("detectedAt")),
+    }
+    subject = header_text(text_env.get_template("alert_subject.txt").render(context), 200)
+    return RenderedEmail(
+        subject=subject,
+        html=html_env.get_template("alert.html").render(context),
+        text=text_env.get_template("alert.txt").render(context),
+    )
+
+
+def _when(value: str | None) -> str | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).strftime("%d %B %Y, %H:%M UTC")

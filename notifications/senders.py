@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class OutgoingEmail:
-    """One multipart/alternative e-mail to one person."""
+    """One multipart/alternative e-mail to one person (an invitation), or to a few who all see each other in To
+    (an admin alert: ``also_to``)."""
 
     to_address: str
     to_name: str
@@ -16,6 +17,11 @@ class OutgoingEmail:
     html: str
     text: str
     message_id_hint: str
+    also_to: tuple[str, ...] = ()  # further recipients, addresses only
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        return (self.to_address, *self.also_to)
 
 
 class MailError(Exception):
@@ -30,8 +36,9 @@ class MailSender(abc.ABC):
     """Delivers e-mails. SMTP first; Graph sendMail or Azure Communication Services fit the same port."""
 
     @abc.abstractmethod
-    async def send(self, email: OutgoingEmail) -> None:
-        """Send or raise MailError."""
+    async def send(self, email: OutgoingEmail) -> tuple[str, ...] | None:
+        """Send or raise MailError (every recipient refused is a MailError too); returns the recipients the relay
+        refused while it accepted the others."""
 
     async def close(self) -> None:
         return None

@@ -19,8 +19,11 @@ def build_message(email: OutgoingEmail, mail_from: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = mail_from
     name = " ".join(email.to_name.split())  # no CR/LF can reach a header
-    username, _, domain = email.to_address.partition("@")
-    message["To"] = Address(display_name=name, username=username, domain=domain)
+    to = []
+    for n, address in enumerate(email.recipients):
+        username, _, domain = address.partition("@")
+        to.append(Address(display_name=name if n == 0 else "", username=username, domain=domain))
+    message["To"] = to
     message["Subject"] = " ".join(email.subject.split())
     message["Message-ID"] = make_msgid(domain=(mail_from.rpartition("@")[2].strip(" >") or None))
     message["X-Directory-Sync"] = email.message_id_hint
@@ -35,13 +38,13 @@ class SmtpSender(MailSender):
     def __init__(self, settings: Any) -> None:
         self._s = settings
 
-    async def send(self, email: OutgoingEmail) -> None:
-        if not is_single_address(email.to_address):
-            raise MailError("the recipient is not exactly one e-mail address", permanent=True)
+    async def send(self, email: OutgoingEmail) -> tuple[str, ...]:
+        if not all(is_single_address(r) for r in email.recipients):
+            raise MailError("a recipient is not exactly one e-mail address", permanent=True)
         message = build_message(email, self._s.mail_from)
-        await asyncio.to_thread(self._send_blocking, message, email.to_address)
+        return await asyncio.to_thread(self._send_blocking, message, list(email.recipients))
 
-    def _send_blocking(self, message: EmailMessage, recipient: str) -> None:
+    def _send_blocking(self, message: EmailMessage, recipients: list[str]) -> tuple[str, ...]:
         s = self._s
         try:
             if s.smtp_security == "tls":
@@ -54,8 +57,8 @@ class SmtpSender(MailSender):
                     client.starttls(context=ssl.create_default_context())
                 if s.smtp_username:
                     client.login(s.smtp_username, s.smtp_password or "")
-                # The envelope names exactly the one recipient; never what a header might be parsed into.
-                client.send_message(message, to_addrs=[recipient])
+                # The envelope names exactly the recipients given; never what a header might be parsed into.
+                refused = client.send_message(message, to_addrs=recipients)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise MailError(f"the relay refused the recipient ({codes})", permanent=all(c >= 500 for c in codes)) from None
@@ -64,3 +67,4 @@ class SmtpSender(MailSender):
                             and not isinstance(exc, smtplib.SMTPAuthenticationError)) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise MailError(f"the relay could not be reached: {type(exc).__name__}", permanent=False) from None
+        return tuple(refused)  # the relay took the message for the others

@@ -9,7 +9,18 @@ from typing import Any, Callable
 
 from .concurrency import KeyedLocks
 from .model import utcnow
-from .ports import Directory, DirectoryChangeFeed, Groups, JobQueue, Runs, SignIns, Subscriptions, Users, Watches
+from .ports import (
+    Alerts,
+    Directory,
+    DirectoryChangeFeed,
+    Groups,
+    JobQueue,
+    Runs,
+    SignIns,
+    Subscriptions,
+    Users,
+    Watches,
+)
 from .recent import RecentUsers
 from .settings import Settings
 
@@ -29,6 +40,7 @@ class Services:
     watches: Watches | None = None
     sign_ins: SignIns | None = None
     mail_sender: Any = None
+    alerts: Alerts | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
     finalizing: KeyedLocks = field(default_factory=KeyedLocks)
@@ -42,6 +54,7 @@ class Services:
 
 def build(settings: Settings) -> Services:
     """Real adapters for these settings (Table Storage, Microsoft Graph, Service Bus, the mail sender)."""
+    from .adapters.alert_table import TableAlerts
     from .adapters.graph import GraphDirectory
     from .adapters.identity import OidcSignIns
     from .adapters.servicebus import ServiceBusQueue
@@ -55,11 +68,11 @@ def build(settings: Settings) -> Services:
     if settings.service_bus_connection_string:
         queue = ServiceBusQueue.from_connection_string(
             settings.service_bus_connection_string, settings.group_sync_queue, settings.enrollment_queue,
-            settings.change_queue)
+            settings.change_queue, settings.alert_queue)
     else:
         queue = ServiceBusQueue.from_namespace(
             settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue,
-            settings.change_queue)
+            settings.change_queue, settings.alert_queue)
     from .adapters.credentials import TenantCredentials
 
     credentials = TenantCredentials(settings)
@@ -81,6 +94,7 @@ def build(settings: Settings) -> Services:
         watches=TableWatches(store),
         sign_ins=OidcSignIns(settings.authority_host, settings.graph_client_id),
         mail_sender=_mail_sender(settings),
+        alerts=TableAlerts(store),
     )
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
     services.closers += [store.close, queue.close, credentials.close, directory.close]

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
+from . import alerts, subscriptions
 from . import runs as runs_uc
-from . import subscriptions
+from .alert_model import owed_alert
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -107,7 +108,7 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
             # than by redelivery (which would spend the message's deliveries in seconds).
             await _retry_later(svc, job, min(PROPAGATION_RETRY_S, left), f"consent_propagating: {exc.message}", ctx)
             return
-        await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id)
+        await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id, run_id=job.run_id)
         await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked")
     except CredentialInvalid as exc:
         await fail_group(svc, job, "credential_invalid", exc.message)
@@ -584,6 +585,8 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
     run = view.run
     if run.status in RunStatus.TERMINAL and not (approved_by and run.status == RunStatus.NEEDS_REVIEW):
         await _release_if_still_held(svc, run)
+        if run.alert_due:  # the call that ended the run died before its alert was recorded
+            await alerts.run_ended(svc, org, sub_id, run_id)
         return
     settings = svc.settings
     group_ids = set(run.group_ids)
@@ -642,6 +645,8 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
         await _tidy_groups_grid(svc, org, sub_id)
         log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,
                                         "counts": counts.to_api()})
+        if owed_alert(status):
+            await alerts.run_ended(svc, org, sub_id, run_id)
     else:
         await _release_if_still_held(svc, run)
 
@@ -683,7 +688,7 @@ async def _end_run(svc: Services, run: Run, status: str, counts: Counts, errors:
             return None
         now = svc.clock()
         return replace(current, status=status, final_counts=counts, errors=errors, pending_deactivations=pending,
-                       finished_at=now, updated_at=now)
+                       finished_at=now, updated_at=now, alert_due=owed_alert(status))
 
     return await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), end, svc.runs.save) is not None
 

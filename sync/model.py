@@ -113,6 +113,7 @@ class Subscription:
     consented_at: datetime | None = None  # when the last admin consent was proven (its roles may still propagate)
     consented_by: str | None = None  # object id of the admin whose signed sign-in proved the tenant
     deleting: bool = False
+    notify_emails: tuple[str, ...] = ()  # admins e-mailed when a run fails or needs review, or consent is lost
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -227,6 +228,9 @@ class Run:
     errors: tuple[RunError, ...] = ()
     pending_deactivations: int = 0
     updated_at: datetime = field(default_factory=utcnow)
+    # The status whose admin alert is owed: written with the terminal transition, cleared once the alert is recorded
+    # and queued (sync/alerts.py), so a worker that dies in between leaves it for the redelivery to finish.
+    alert_due: str | None = None
     etag: str | None = field(default=None, compare=False)
     delta_links: "DeltaLinks | None" = None  # where the next incremental run continues once this one has ended
 

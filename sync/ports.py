@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import AsyncIterator, Collection, Iterable
 
+from .alert_model import Alert, AlertJob
 from .model import (
     ChangeJob,
     DeltaLinks,
@@ -198,6 +199,28 @@ class Groups(abc.ABC):
         """Delete some (or, with None, all) synced groups of a subscription."""
 
 
+class Alerts(abc.ABC):
+    """Admin alerts: one row per event, created once, then claimed, sent and recorded like an invitation."""
+
+    @abc.abstractmethod
+    async def add(self, alert: Alert) -> tuple[Alert, bool]:
+        """Insert the event's row unless it exists: (the stored row, whether this call created it). Never overwrites."""
+
+    @abc.abstractmethod
+    async def get(self, org: str, sub_id: str, alert_id: str) -> Alert | None: ...
+
+    @abc.abstractmethod
+    async def save(self, alert: Alert) -> Alert:
+        """Conditional on the row's etag; PreconditionFailed if it changed (or is gone)."""
+
+    @abc.abstractmethod
+    async def unsent(self, org: str, sub_id: str) -> list[Alert]:
+        """The subscription's alerts still queued or being sent."""
+
+    @abc.abstractmethod
+    async def delete_all(self, org: str, sub_id: str) -> None: ...
+
+
 class Directory(abc.ABC):
     """A customer's Entra ID tenant, read through Microsoft Graph with app-only permissions."""
 
@@ -304,3 +327,5 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     async def send_change_jobs(self, jobs: list[ChangeJob], *, delay_s: float = 0) -> None:
         """Queue incremental runs, now or ``delay_s`` later (notifications of a burst share one run)."""
+    async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
+        """Queue admin alerts (a queue of their own: never behind a run's thousands of invitations)."""

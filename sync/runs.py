@@ -5,7 +5,7 @@ import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from . import subscriptions
+from . import alerts, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .errors import Conflict, InvalidInput, NotFound, Transient
@@ -87,6 +87,7 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
         raise
     log.info("full sync queued", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
                                         "trigger": trigger, "groups": len(sub.group_ids)})
+    await _recover_alerts(svc, sub)
     return run
 
 
@@ -100,6 +101,13 @@ async def _delta_baseline(svc: Services, sub: Subscription) -> DeltaLinks | None
             "org": sub.org, "subscription": sub.id, "error_type": type(exc).__name__,
             "code": getattr(exc, "code", None)})
         return None
+async def _recover_alerts(svc: Services, sub: Subscription) -> None:
+    """Tell what earlier runs left untold (best effort: the sync is queued and must be answered as such)."""
+    try:
+        await alerts.recover(svc, sub)
+    except Exception:
+        log.warning("untold admin alerts could not be re-queued now", exc_info=True,
+                    extra={"org": sub.org, "subscription": sub.id})
 
 
 async def _abandon_start(svc: Services, run: Run) -> None:
@@ -143,11 +151,13 @@ async def fail_run(svc: Services, run: Run, error: RunError, *, release: bool = 
         if current.status in RunStatus.TERMINAL:
             return None
         return replace(current, status=RunStatus.FAILED, errors=current.errors + (error,), finished_at=svc.clock(),
-                       updated_at=svc.clock())
+                       updated_at=svc.clock(), alert_due=RunStatus.FAILED)
 
-    await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), fail, svc.runs.save)
+    ended = await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), fail, svc.runs.save)
     if release:
         await release_subscription(svc, run)
+    if ended is not None:
+        await alerts.run_ended(svc, run.org, run.subscription_id, run.id, quiet=True)
 
 
 async def release_subscription(svc: Services, run: Run, *, remember: bool = True) -> None:

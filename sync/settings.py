@@ -46,6 +46,7 @@ class Settings:
     service_bus_namespace: str | None
     group_sync_queue: str
     enrollment_queue: str
+    alert_queue: str
     graph_base_url: str
     graph_client_id: str
     graph_credential: str
@@ -93,6 +94,7 @@ class Settings:
             service_bus_namespace=reader.optional("ServiceBusConnection__fullyQualifiedNamespace"),
             group_sync_queue=reader.text("GROUP_SYNC_QUEUE", "group-sync"),
             enrollment_queue=reader.text("ENROLLMENT_QUEUE", "enrollment-email"),
+            alert_queue=reader.text("ALERT_QUEUE", "admin-alerts"),
             graph_base_url=reader.url("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0").rstrip("/"),
             graph_client_id=reader.required("GRAPH_CLIENT_ID"),
             graph_credential=reader.choice("GRAPH_CREDENTIAL", GRAPH_CREDENTIALS, "secret"),

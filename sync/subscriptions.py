@@ -5,6 +5,8 @@ import uuid
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
+from . import alerts
+from .alert_model import notify_emails
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import consent_propagation_left
@@ -36,7 +38,7 @@ MAX_GROUPS = 200  # each selected group is a property on every member's row; Tab
 MIN_SEARCH = 4
 MAX_SEARCH = 256
 SEARCH_LIMIT = 50
-PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync")
+PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync", "notifyEmails")
 
 
 async def create(svc: Services, caller: Caller, body: dict[str, Any]) -> Subscription:
@@ -82,6 +84,8 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             if not isinstance(body[field], bool):
                 raise InvalidInput(f"{field} must be true or false", code="invalid_field")
             changes[attr] = body[field]
+    if "notifyEmails" in body:
+        changes["notify_emails"] = notify_emails(body["notifyEmails"])
 
     async def change(sub: Subscription) -> Subscription:
         return replace(sub, **changes, updated_at=svc.clock())
@@ -109,6 +113,8 @@ async def delete(svc: Services, caller: Caller, sub_id: str) -> None:
     released = await _release_users(svc, caller.org, sub.id)
     await svc.groups.delete(caller.org, sub.id)
     await svc.runs.delete_all(caller.org, sub.id)
+    if svc.alerts is not None:
+        await svc.alerts.delete_all(caller.org, sub.id)
     await svc.subscriptions.delete(replace(sub, etag=None))
     log.info("subscription deleted", extra={"org": caller.org, "subscription": sub.id, "users_released": released})
 
@@ -213,18 +219,23 @@ async def _directory_call(svc: Services, sub: Subscription, call: Awaitable[Any]
                         retry_after=exc.retry_after or 5, code="directory_unavailable") from None
 
 
-async def mark_consent_revoked(svc: Services, org: str, sub_id: str) -> None:
-    """Record that the tenant withdrew consent, so the portal asks for it again."""
+async def mark_consent_revoked(svc: Services, org: str, sub_id: str, *, run_id: str | None = None) -> None:
+    """Record that the tenant withdrew consent, so the portal asks for it again, and tell the admins (once: only
+    the call that moves the subscription from ``authorized`` does). ``run_id``: the run that found out."""
     caller = Caller(org=org, subject="directory-sync", role="Owner")
 
-    async def revoke(sub: Subscription) -> Subscription:
+    async def revoke(sub: Subscription) -> Subscription | None:
+        if sub.status != SubscriptionStatus.AUTHORIZED:
+            return None  # already marked (by another worker, or a search): not a new event
         return replace(sub, status=SubscriptionStatus.CONSENT_REVOKED, updated_at=svc.clock())
 
     try:
-        await modify(svc, caller, sub_id, revoke)
-        log.warning("admin consent revoked", extra={"org": org, "subscription": sub_id})
+        revoked = await modify(svc, caller, sub_id, revoke)
     except NotFound:
         return
+    if revoked is not None:
+        log.warning("admin consent revoked", extra={"org": org, "subscription": sub_id})
+        await alerts.consent_lost(svc, revoked, run_id=run_id)
     from .changes import forget
 
     await forget(svc, org, sub_id, None)  # Graph cannot be asked any more; its subscriptions expire on their own

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Collection, Iterable
 
 from notifications.senders import MailError, MailSender, OutgoingEmail
+from sync.alert_model import Alert, AlertJob
 from sync.composition import Services
 from sync.errors import (
     AuthorizationLost,
@@ -42,6 +43,7 @@ from sync.model import (
     Watch,
 )
 from sync.ports import (
+    Alerts,
     Created,
     Directory,
     DirectoryChangeFeed,
@@ -325,6 +327,36 @@ class MemoryUsers(Users):
         return self.claims.get((org, _claim(username)))
 
 
+class MemoryAlerts(Alerts):
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str], Alert] = {}
+
+    async def add(self, alert: Alert) -> tuple[Alert, bool]:
+        key = (alert.org, alert.subscription_id, alert.id)
+        if key in self.rows:
+            return self.rows[key], False
+        stored = self.rows[key] = replace(alert, etag=etag())
+        return stored, True
+
+    async def get(self, org: str, sub_id: str, alert_id: str) -> Alert | None:
+        return self.rows.get((org, sub_id, alert_id))
+
+    async def save(self, alert: Alert) -> Alert:
+        key = (alert.org, alert.subscription_id, alert.id)
+        current = self.rows.get(key)
+        if current is None or (alert.etag is not None and current.etag != alert.etag):
+            raise PreconditionFailed("changed")
+        stored = self.rows[key] = replace(alert, etag=etag())
+        return stored
+
+    async def unsent(self, org: str, sub_id: str) -> list[Alert]:
+        return [a for (o, s, _), a in self.rows.items() if (o, s) == (org, sub_id) and a.state in ("queued", "sending")]
+
+    async def delete_all(self, org: str, sub_id: str) -> None:
+        for key in [k for k in self.rows if k[:2] == (org, sub_id)]:
+            del self.rows[key]
+
+
 class MemoryGroups(Groups):
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, str], SyncedGroup] = {}
@@ -561,6 +593,9 @@ class RecordingQueue(JobQueue):
     def __init__(self) -> None:
         self.group_jobs: list[GroupJob] = []
         self.enrollment_jobs: list[EnrollmentJob] = []
+        self.alert_jobs: list[AlertJob] = []
+        self.alert_delays: list[float] = []
+        self.fail_alerts: Exception | None = None  # the next send_alert_jobs raises it
         self.delays: list[float] = []
         self.group_delays: list[float] = []
         self.change_jobs: list[ChangeJob] = []
@@ -581,6 +616,12 @@ class RecordingQueue(JobQueue):
     async def send_change_jobs(self, jobs: list[ChangeJob], *, delay_s: float = 0) -> None:
         self.change_jobs.extend(jobs)
         self.change_delays.extend([delay_s] * len(jobs))
+    async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
+        if self.fail_alerts:
+            exc, self.fail_alerts = self.fail_alerts, None
+            raise exc
+        self.alert_jobs.extend(jobs)
+        self.alert_delays.extend([delay_s] * len(jobs))
 
     def take_group_jobs(self) -> list[GroupJob]:
         jobs, self.group_jobs = self.group_jobs, []
@@ -638,6 +679,7 @@ def make_services(**settings_overrides: str) -> Services:
         watches=MemoryWatches(),
         sign_ins=FakeSignIns(),
         mail_sender=RecordingMailSender(),
+        alerts=MemoryAlerts(),
         clock=Clock(),
     )
 

@@ -14,6 +14,7 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from ..alert_model import AlertJob
 from ..errors import Transient
 from ..logs import get_logger
 from ..model import ChangeJob, EnrollmentJob, GroupJob
@@ -23,28 +24,30 @@ log = get_logger(__name__)
 
 
 class ServiceBusQueue(JobQueue):
-    """Sends group jobs and enrollment jobs, each batch as few AMQP transfers as fit."""
+    """Sends group jobs, enrollment jobs and admin alerts, each batch as few AMQP transfers as fit."""
 
     def __init__(self, client: ServiceBusClient, group_queue: str, enrollment_queue: str,
-                 change_queue: str = "directory-changes") -> None:
+                 change_queue: str = "directory-changes", alert_queue: str = "admin-alerts") -> None:
         self._client = client
         self._group_queue = group_queue
         self._enrollment_queue = enrollment_queue
         self._change_queue = change_queue
+        self._alert_queue = alert_queue
         self._senders: dict[str, ServiceBusSender] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.sent = 0
 
     @classmethod
     def from_connection_string(cls, connection_string: str, group_queue: str, enrollment_queue: str,
-                               change_queue: str = "directory-changes", **client_options: Any) -> "ServiceBusQueue":
+                               change_queue: str = "directory-changes", alert_queue: str = "admin-alerts",
+                               **client_options: Any) -> "ServiceBusQueue":
         return cls(ServiceBusClient.from_connection_string(connection_string, **client_options), group_queue,
-                   enrollment_queue, change_queue)
+                   enrollment_queue, change_queue, alert_queue)
 
     @classmethod
     def from_namespace(cls, namespace: str, credential: Any, group_queue: str, enrollment_queue: str,
-                       change_queue: str = "directory-changes") -> "ServiceBusQueue":
-        return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue, change_queue)
+                       change_queue: str = "directory-changes", alert_queue: str = "admin-alerts") -> "ServiceBusQueue":
+        return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue, change_queue, alert_queue)
 
     async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
         messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
@@ -70,6 +73,13 @@ class ServiceBusQueue(JobQueue):
             await self._schedule(self._change_queue, messages, delay_s)
         else:
             await self._send(self._change_queue, messages)
+    async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
+        messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
+                                      subject="admin-alert") for job in jobs]
+        if delay_s > 0:
+            await self._schedule(self._alert_queue, messages, delay_s)
+        else:
+            await self._send(self._alert_queue, messages)
 
     async def _send(self, queue: str, messages: list[ServiceBusMessage]) -> None:
         if not messages:

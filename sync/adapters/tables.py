@@ -353,6 +353,7 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "consentedAt": sub.consented_at,
         "consentedBy": sub.consented_by,
         "deleting": sub.deleting,
+        "notifyEmails": json.dumps(list(sub.notify_emails), ensure_ascii=False),
     }
 
 
@@ -376,6 +377,7 @@ def _sub_from(e: Any) -> Subscription:
         consented_at=_dt(e["consentedAt"]) if e.get("consentedAt") else None,
         consented_by=e.get("consentedBy"),
         deleting=bool(e.get("deleting")),
+        notify_emails=tuple(json.loads(e.get("notifyEmails") or "[]")),
         etag=_etag(e),
     )
 
@@ -532,6 +534,7 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         "updatedAt": run.updated_at,
         **(_long_text("usersDeltaLink", run.delta_links.users_link) if run.delta_links else {}),
         **(_long_text("groupsDeltaLink", run.delta_links.groups_link) if run.delta_links else {}),
+        "alertDue": run.alert_due,
     }
 
 
@@ -549,6 +552,7 @@ def _run_from(e: Any) -> Run:
         errors=tuple(RunError.from_api(x) for x in json.loads(_read_long_text(e, "errors") or "[]")),
         pending_deactivations=int(e.get("pendingDeactivations") or 0),
         updated_at=_dt(e.get("updatedAt")),
+        alert_due=e.get("alertDue"),
         etag=_etag(e),
         delta_links=_delta_links(e),
     )

@@ -29,6 +29,7 @@ async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any
         "deactivateBlockedUsers": sub.deactivate_blocked_users,
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "nightlySync": sub.nightly_sync,
+        "notifyEmails": list(sub.notify_emails),
         "groups": [g.to_api() for g in sub.groups],
         "lastRun": last.to_api() if last else None,
         "createdAt": iso(sub.created_at),

@@ -7,13 +7,14 @@ from azure.servicebus.aio import ServiceBusClient
 
 from local.broker import LocalServiceBus
 from sync.adapters.servicebus import ServiceBusQueue
+from sync.alert_model import AlertJob
 from sync.errors import Transient
 from sync.model import EnrollmentJob, GroupJob
 
 
 @pytest.fixture
 def bus():
-    server = LocalServiceBus(queues=("group-sync", "enrollment-email"))
+    server = LocalServiceBus(queues=("group-sync", "enrollment-email", "admin-alerts"))
     server.start()
     yield server
     server.stop()
@@ -70,3 +71,16 @@ async def test_a_delayed_invitation_is_scheduled_not_sent(bus):
     await queue.close()
     stats = bus.stats()["queues"]["enrollment-email"]
     assert (stats["scheduled"], stats["active"]) == (1, 0)
+
+
+async def test_alerts_go_to_their_own_queue_with_short_stable_ids(bus):
+    queue = ServiceBusQueue.from_connection_string(bus.connection_string, "group-sync", "enrollment-email", "admin-alerts")
+    job = AlertJob("o" * 256, "sub-1", "run:8204230000000-abcd:failed")
+    await queue.send_alert_jobs([job])
+    await queue.send_alert_jobs([AlertJob("o", "s", "consent:0", attempt=1)], delay_s=600)
+    await queue.close()
+    [received] = await receive_all(bus.connection_string, "admin-alerts", 1)
+    assert received.message_id == job.message_id and len(job.message_id) <= 128
+    assert AlertJob.from_json(b"".join(received.body)) == job
+    stats = bus.stats()["queues"]
+    assert stats["admin-alerts"]["scheduled"] == 1 and stats["group-sync"]["sent"] == stats["enrollment-email"]["sent"] == 0

@@ -72,3 +72,31 @@ async def test_unreachable_relay_is_transient():
     with pytest.raises(MailError) as err:
         await SmtpSender(settings(9)).send(EMAIL)
     assert not err.value.permanent
+
+
+async def test_an_alert_is_one_message_to_every_admin(sink):
+    alert = OutgoingEmail(to_address="ops@contoso.example", to_name="", also_to=("lead@contoso.example", "zoë@bücher.example"),
+                          subject="Directory Sync failed: Contoso", html="<p>failed</p>", text="failed",
+                          message_id_hint="alert:abc")
+    assert await SmtpSender(settings(sink.port)).send(alert) == ()
+    [message] = sink.messages()
+    assert message["X-Envelope-To"] == "ops@contoso.example, lead@contoso.example, zoë@bücher.example"
+    to = [a.addr_spec for a in message["To"].addresses]
+    assert to[:2] == ["ops@contoso.example", "lead@contoso.example"] and len(to) == 3
+
+
+async def test_a_recipient_refused_among_others_is_reported_and_the_rest_get_it(sink):
+    alert = OutgoingEmail(to_address="gone@contoso.example", to_name="", also_to=("ops@contoso.example",),
+                          subject="s", html="<p>h</p>", text="t", message_id_hint="alert:abc")
+    sink.fail_next(code=550, stage="RCPT")
+    assert await SmtpSender(settings(sink.port)).send(alert) == ("gone@contoso.example",)
+    [message] = sink.messages()
+    assert message["X-Envelope-To"] == "ops@contoso.example"
+
+
+async def test_one_bad_recipient_refuses_the_whole_message_before_the_relay(sink):
+    alert = OutgoingEmail(to_address="ops@contoso.example", to_name="", also_to=("a@x.example,b@evil.example",),
+                          subject="s", html="<p>h</p>", text="t", message_id_hint="alert:abc")
+    with pytest.raises(MailError) as err:
+        await SmtpSender(settings(sink.port)).send(alert)
+    assert err.value.permanent and sink.messages() == []

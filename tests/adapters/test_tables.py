@@ -204,6 +204,9 @@ async def test_subscription_etag_and_nightly_candidates(table_store):
     with pytest.raises(PreconditionFailed):
         await table_store.subscriptions.save(replace(sub, name="stale"))
     assert (await table_store.subscriptions.get("org/a", "s1")).groups == (GroupRef(GROUP, "Sales & Co"),)
+    admins = ("ops@contoso.example", "zoë@bücher.example", "x" * 64 + "@" + "d" * 60 + ".example")
+    saved = await table_store.subscriptions.save(replace(saved, notify_emails=admins))
+    assert (await table_store.subscriptions.get("org/a", "s1")).notify_emails == admins
     await table_store.subscriptions.add(Subscription(org="org-b", id="s2", name="Off", nightly_sync=False, status="authorized",
                                                      created_at=NOW, updated_at=NOW))
     assert [s.id for s in await table_store.subscriptions.nightly_candidates()] == [saved.id]

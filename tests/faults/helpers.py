@@ -13,7 +13,7 @@ from typing import Any, Callable
 from local.client import ApiError, FakeTenantAdmin, Portal
 from tests.faults import figures
 
-QUEUES = ("group-sync", "enrollment-email")
+QUEUES = ("group-sync", "enrollment-email", "admin-alerts")
 
 
 def connect(portal: Portal, groups: list[str], **options: Any) -> str:
