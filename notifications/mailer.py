@@ -15,7 +15,7 @@ from .senders import MailError, OutgoingEmail
 
 log = get_logger(__name__)
 
-SEND_LEASE = timedelta(minutes=5)  # a claim older than this was left by a delivery that died: it is taken over
+# A claim older than INVITATION_LEASE_SECONDS (default 5 minutes) was left by a delivery that died: it is taken over.
 
 
 async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
@@ -83,7 +83,8 @@ async def _claim(svc: Services, job: EnrollmentJob) -> User | str:
             reason = "skipped"
             return _outcome(user, EmailState.FAILED, now, error="the user is inactive or has no e-mail address")
         else:
-            return replace(user, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=now + SEND_LEASE)
+            lease = timedelta(seconds=svc.settings.invitation_lease_s)
+            return replace(user, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=now + lease)
         return None
 
     claimed = await change_user(svc, job.org, job.user_id, claim)

@@ -76,6 +76,7 @@ class Settings:
     watch_renew_before_hours: float = 36.0
     incremental_max_objects: int = 500
     change_debounce_s: float = 2.0
+    invitation_lease_s: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -125,6 +126,7 @@ class Settings:
             watch_renew_before_hours=reader.number("WATCH_RENEW_BEFORE_HOURS", 36.0, 0.5, 10_000.0),
             incremental_max_objects=int(reader.number("INCREMENTAL_MAX_OBJECTS", 500, 1, 100_000)),
             change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
+            invitation_lease_s=reader.number("INVITATION_LEASE_SECONDS", 300.0, 5.0, 3600.0),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()
@@ -152,6 +154,9 @@ def _mail_settings(reader: "_Reader") -> MailSettings | None:
 
 
 def _cross_checks(s: Settings, reader: "_Reader") -> None:
+    if s.mail is not None and s.invitation_lease_s <= s.mail.smtp_timeout_s:
+        reader.fail("INVITATION_LEASE_SECONDS", "must be longer than SMTP_TIMEOUT_SECONDS (a slow send would be "
+                                                "taken over while it still runs, and the user invited twice)")
     if not (s.tables_connection_string or s.tables_endpoint):
         reader.fail("TABLES_CONNECTION_STRING", "set it, or TABLES_ENDPOINT to use the managed identity")
     if not (s.service_bus_connection_string or s.service_bus_namespace):

@@ -25,6 +25,7 @@ SETTINGS = {
     "MAX_DELIVERY_COUNT": "3",
     "MAX_PAGES_PER_MESSAGE": "1",
     "DEPROVISION_GUARD_MIN_USERS": "10",
+    "INVITATION_LEASE_SECONDS": "60",  # test_crash waits out a dead sender's claim (longer than its 20 s hold)
     "SMTP_USERNAME": "mailer",
     "SMTP_PASSWORD": SMTP_PASSWORD,
     "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,

@@ -101,7 +101,7 @@ INVITED = ("ann.lee", "bob.stone", "cat.moss", "dan.pike", "eve.ruiz", "fay.wong
 HOLD_MS = 20_000  # the held DATA's wait; below the mailer's SMTP_TIMEOUT_SECONDS (30), so only the kill ends it
 
 
-@pytest.mark.slow  # waits out the invitation's 5-minute claim lease in real time: the mailer has no setting for it
+@pytest.mark.slow  # waits out the invitation's claim lease in real time (INVITATION_LEASE_SECONDS: 60 in this suite)
 @pytest.mark.timeout(600)
 def test_killed_during_an_invitations_smtp_send_no_invitation_is_lost(devhost, portal, load_tenant):
     """The host dies with an invitation claimed (``sending``, a lease) and its DATA sent but not yet answered.
@@ -158,7 +158,7 @@ def test_killed_during_an_invitations_smtp_send_no_invitation_is_lost(devhost, p
         if u is not victim:
             assert (row(u)["emailState"], bool(u["enrollmentEmailSentAt"]), sent_to(u["email"])) == ("sent", True, 1), u
 
-    # The claim's lease (notifications.mailer.SEND_LEASE, 5 minutes, no setting) runs out; the next run re-queues the
+    # The claim's lease (INVITATION_LEASE_SECONDS, 60 s in this suite) runs out; the next run re-queues the
     # invitation left "sending" and the mailer takes the claim over.
     lease_until = row(victim)["emailLeaseUntil"]
     if isinstance(lease_until, str):

@@ -115,15 +115,17 @@ async def test_a_send_in_progress_elsewhere_is_not_repeated_until_its_lease_ends
 
 async def test_a_claim_left_by_a_delivery_that_died_is_taken_over_after_its_lease(svc, invited):
     from dataclasses import replace
+    from datetime import timedelta
 
-    from notifications.mailer import SEND_LEASE
     from sync.users import change_user
 
+    lease = timedelta(seconds=svc.settings.invitation_lease_s)
+
     async def claim(u):  # what the killed delivery had written
-        return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock() + SEND_LEASE)
+        return replace(u, enrollment_email=EmailState.SENDING, enrollment_email_lease_until=svc.clock() + lease)
     await change_user(svc, "org-a", invited[0].user_id, claim)
     assert await send_invitation(svc, invited[0]) == "being_sent"  # within the lease: the claimer may be sending
-    svc.clock.advance(seconds=SEND_LEASE.total_seconds() + 1)
+    svc.clock.advance(seconds=lease.total_seconds() + 1)
     assert await send_invitation(svc, invited[0]) == "sent"
     assert await send_invitation(svc, invited[0]) == "already_sent"
     assert [m.to_address for m in svc.mail_sender.sent] == ["tom@contoso.example"]
