@@ -67,6 +67,7 @@ class Settings:
     graph_concurrency: int
     consent_propagation_grace_s: float
     graph_tenant_cache: int
+    history_retention_days: int
     mail: MailSettings | None
 
     @classmethod
@@ -107,6 +108,7 @@ class Settings:
             graph_concurrency=int(reader.number("GRAPH_CONCURRENCY", 4, 1, 64)),
             consent_propagation_grace_s=reader.number("CONSENT_PROPAGATION_GRACE_SECONDS", 600.0, 0.0, 86400.0),
             graph_tenant_cache=int(reader.number("GRAPH_TENANT_CACHE", 1000, 1, 100_000)),
+            history_retention_days=int(reader.number("HISTORY_RETENTION_DAYS", 90, 1, 3650)),
             mail=_mail_settings(reader),
         )
         _cross_checks(settings, reader)
