@@ -10,6 +10,7 @@ from typing import Any, Callable
 from .concurrency import KeyedLocks
 from .model import utcnow
 from .ports import Directory, Groups, JobQueue, Runs, SignIns, Subscriptions, Users
+from .preview import PreviewLedgers
 from .recent import RecentUsers
 from .settings import Settings
 
@@ -29,6 +30,7 @@ class Services:
     mail_sender: Any = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
+    previews: PreviewLedgers = field(default_factory=PreviewLedgers)
     finalizing: KeyedLocks = field(default_factory=KeyedLocks)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
