@@ -147,7 +147,7 @@ _API_NAMES = (("username", "username"), ("email", "email"), ("display_name", "di
               ("status_reason", "statusReason"))
 
 
-def field_changes(old: User | None, new: User) -> dict[str, list]:
+def field_changes(old: User | None, new: User | Desired) -> dict[str, list]:
     """``{api name: [old, new]}`` for the fields the directory decides that differ (all set ones for a new user)."""
     out: dict[str, list] = {}
     for attr, name in _API_NAMES:
@@ -158,7 +158,7 @@ def field_changes(old: User | None, new: User) -> dict[str, list]:
     return out
 
 
-def reason_of(change: str, old: User | None, new: User) -> str:
+def reason_of(change: str, old: User | None, new: User | Desired) -> str:
     """Why a run changed a user, from the user before and after."""
     if change == Change.CREATED:
         return new.status_reason if new.status == UserStatus.INACTIVE and new.status_reason else ChangeReason.JOINED
@@ -175,10 +175,15 @@ def reason_of(change: str, old: User | None, new: User) -> str:
 def with_history(user: User, entry: HistoryEntry, keep_since: datetime) -> User:
     """``user`` with ``entry`` first in its history: one entry per (run, change) however often a run's message is
     delivered, entries older than ``keep_since`` dropped, at most HISTORY_MAX_ENTRIES kept."""
-    if entry.run_id is not None and any(e.run_id == entry.run_id and e.change == entry.change for e in user.history):
-        return user
-    kept = (entry, *(e for e in user.history if e.at >= keep_since))
-    return replace(user, history=kept[:HISTORY_MAX_ENTRIES])
+    history = _history_with(user.history, entry, keep_since)
+    return user if history is user.history else replace(user, history=history)
+
+
+def _history_with(history: tuple[HistoryEntry, ...], entry: HistoryEntry,
+                  keep_since: datetime) -> tuple[HistoryEntry, ...]:
+    if entry.run_id is not None and any(e.run_id == entry.run_id and e.change == entry.change for e in history):
+        return history
+    return (entry, *(e for e in history if e.at >= keep_since))[:HISTORY_MAX_ENTRIES]
 
 
 def pruned_history(user: User, keep_since: datetime) -> User | None:
@@ -224,7 +229,7 @@ def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, stamp
     """A user first seen in this run; invitations are decided here, atomically with the row's creation. The history
     entry of a creation lists no fields: they are the user's first values."""
     invite = sub.send_enrollment_email and desired.status == UserStatus.ACTIVE and desired.email is not None
-    user = User(
+    return User(
         org=org,
         id=synced_user_id(org, sub.id, desired.azure_object_id),
         **_directory_fields(desired),
@@ -237,27 +242,27 @@ def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, stamp
         last_change=Change.CREATED,
         created_at=stamp.now,
         updated_at=stamp.now,
+        history=(_entry(stamp, Change.CREATED, reason_of(Change.CREATED, None, desired), {}, group_id),),
     )
-    return with_history(user, _entry(stamp, Change.CREATED, reason_of(Change.CREATED, None, user), {}, group_id),
-                        stamp.keep_since)
 
 
 def updated_user(existing: User, desired: Desired, group_id: str, selected: Iterable[str], stamp: Stamp) -> User:
     """``existing`` brought in line with the directory, as a member of ``group_id``; memberships of groups no longer
     ``selected`` are dropped on the way (a row holds at most 252 properties). A change goes into its history."""
     change = change_of(existing, desired)
-    user = replace(
+    history = existing.history
+    if change != Change.UNCHANGED:
+        entry = _entry(stamp, change, reason_of(change, existing, desired), field_changes(existing, desired), group_id)
+        history = _history_with(history, entry, stamp.keep_since)
+    return replace(
         existing,
         **_directory_fields(desired),
         group_ids=existing.group_ids.intersection(selected) | {group_id},
         last_run_id=stamp.run_id,
         last_change=change,
         updated_at=stamp.now,
+        history=history,
     )
-    if change == Change.UNCHANGED:
-        return user
-    entry = _entry(stamp, change, reason_of(change, existing, user), field_changes(existing, user), group_id)
-    return with_history(user, entry, stamp.keep_since)
 
 
 def in_scope(user: User | ScopeState, group_ids: Iterable[str]) -> bool:
@@ -273,10 +278,11 @@ def should_deprovision(user: User | ScopeState, group_ids: Iterable[str]) -> boo
 def deprovisioned(user: User, stamp: Stamp) -> User:
     """Inactive because the directory no longer lists the user in a selected group; never deleted. It is a member of
     no selected group, so the memberships it still holds (of groups since deselected) go."""
-    out = replace(user, status=UserStatus.INACTIVE, status_reason=StatusReason.REMOVED, last_run_id=stamp.run_id,
-                  last_change=Change.DEACTIVATED, group_ids=frozenset(), updated_at=stamp.now)
-    entry = _entry(stamp, Change.DEACTIVATED, ChangeReason.REMOVED, field_changes(user, out), None)
-    return with_history(out, entry, stamp.keep_since)
+    fields = {"status": [user.status, UserStatus.INACTIVE], "statusReason": [user.status_reason, StatusReason.REMOVED]}
+    entry = _entry(stamp, Change.DEACTIVATED, ChangeReason.REMOVED, fields, None)
+    return replace(user, status=UserStatus.INACTIVE, status_reason=StatusReason.REMOVED, last_run_id=stamp.run_id,
+                   last_change=Change.DEACTIVATED, group_ids=frozenset(), updated_at=stamp.now,
+                   history=_history_with(user.history, entry, stamp.keep_since))
 
 
 def switched_by_admin(user: User, active: bool, stamp: Stamp) -> User:

@@ -240,8 +240,7 @@ class _Segment:
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         if job.segment > 0:  # (read here rather than at the end: the same rows, and a restart needs them)
             self.earlier = await svc.runs.load_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment)
-        if self.dry:
-            self.ledger = await svc.previews.of(self.run.id, lambda: svc.users.username_claims(job.org))
+
         started = time.monotonic()
         source = svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link).__aiter__()
         ahead: asyncio.Future | None = asyncio.ensure_future(_next_or_none(source))
@@ -370,8 +369,12 @@ class _Segment:
     async def preview(self, absent: list[str], reread: list[str], wanted: dict[str, Desired], flags: list[str]) -> None:
         """A dry run's page: the decisions ``apply`` would write, with the run's ledger standing in for the store (who
         exists, which usernames are taken, which group records a change), and nothing written."""
+        if not absent and not reread:  # every member as the store has it (a preview of an unchanged directory)
+            self.seen.update(flags)
+            return
+        if self.ledger is None:  # read once per run and process, when first needed
+            self.ledger = await self.svc.previews.of(self.run.id, lambda: self.svc.users.username_claims(self.org))
         ledger, group, stamp = self.ledger, self.job.group_id, self.stamp()
-        assert ledger is not None
         stored_ids = [uid for uid in absent if uid in ledger.existing] + reread
         for uid in absent:
             if uid not in ledger.existing:

@@ -151,17 +151,18 @@ def decode_cursor(token: str | None, run_id: str) -> tuple[str, int]:
 
 def history_properties(entries: Sequence[HistoryEntry]) -> dict[str, Any]:
     """The user row's ``history`` (newest first) and ``historyOldest``, the date the nightly's retention filters on."""
-    kept: list[str] = []
-    sent = 0
-    for e in entries:
-        text = json.dumps([iso(e.at), e.run_id, e.trigger, e.change, e.reason, e.fields, e.group_id],
-                          ensure_ascii=False, separators=(",", ":"))
-        sent += len(json.dumps(text))
-        if kept and sent > HISTORY_BYTES:
-            break
-        kept.append(text)
-    if not kept:
+    if not entries:
         return {}
+    texts = [json.dumps([iso(e.at), e.run_id, e.trigger, e.change, e.reason, e.fields, e.group_id],
+                        ensure_ascii=False, separators=(",", ":")) for e in entries]
+    kept = texts
+    if 6 * sum(len(t) + 1 for t in texts) > HISTORY_BYTES:  # (escaped, a character takes at most 6 bytes)
+        kept, sent = [], 0
+        for text in texts:
+            sent += len(json.dumps(text)) + 1
+            if kept and sent > HISTORY_BYTES:
+                break
+            kept.append(text)
     oldest = min(e.at for e in entries[: len(kept)])
     return {**long_text("history", "[" + ",".join(kept) + "]"), "historyOldest": oldest}
 

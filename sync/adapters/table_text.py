@@ -20,15 +20,16 @@ def long_text(name: str, text: str) -> dict[str, str]:
     one String), cut between code points. Entities written with it are always replaced, never merged."""
     if len(text) <= TEXT_PART_UNITS // 2:  # every code point is at most 2 units
         return {name: text}
+    data = text.encode("utf-16-le", "surrogatepass")
+    limit = 2 * TEXT_PART_UNITS
     parts: dict[str, str] = {}
-    start = units = 0
-    for i, ch in enumerate(text):
-        width = 2 if ord(ch) > 0xFFFF else 1
-        if units + width > TEXT_PART_UNITS:
-            parts[_part_name(name, len(parts))] = text[start:i]
-            start, units = i, 0
-        units += width
-    parts[_part_name(name, len(parts))] = text[start:]
+    start = 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        if end < len(data) and 0xD8 <= data[end - 1] <= 0xDB:  # the last unit is a high surrogate: keep the pair
+            end -= 2
+        parts[_part_name(name, len(parts))] = data[start:end].decode("utf-16-le", "surrogatepass")
+        start = end
     return parts
 
 
