@@ -98,7 +98,7 @@ class ChangeReason:
     DEACTIVATED_BY_ADMIN = "deactivated_by_admin"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UserChange:
     """One user's change in a run: proposed by a dry run, applied by a real one.
 
