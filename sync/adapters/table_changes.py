@@ -125,6 +125,12 @@ def transactions(entities: list[dict[str, Any]], reserve: int = 0) -> list[list[
     return out
 
 
+def cursor_after(row_key: str, index: int, size: int) -> str:
+    """The token of the change at ``index`` of a row of ``size``; past its end, of the next row (whatever its key:
+    every key character sorts after a space), so a page that ends with a row never makes the next one read it."""
+    return encode_cursor(row_key + " ", 0) if index >= size else encode_cursor(row_key, index)
+
+
 def encode_cursor(row_key: str, index: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"row": row_key, "at": index}).encode()).decode().rstrip("=")
 

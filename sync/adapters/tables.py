@@ -515,7 +515,7 @@ class TableRuns(_Repository, Runs):
         rows = 0
         try:
             async for e in table_wire.query(table, query, {"pk": self._pk(org, sub_id), "lo": start, "hi": hi},
-                                            page_size=2):
+                                            page_size=1):
                 rows += 1
                 listed = table_changes.changes_of(e)
                 first = skip if e["RowKey"] == start else 0
@@ -523,9 +523,9 @@ class TableRuns(_Repository, Runs):
                     if change is None or listed[i].change == change:
                         found.append(listed[i])
                         if len(found) >= page_size:
-                            return found, table_changes.encode_cursor(e["RowKey"], i + 1)
+                            return found, table_changes.cursor_after(e["RowKey"], i + 1, len(listed))
                 if rows >= CHANGE_ROWS_PER_CALL:
-                    return found, table_changes.encode_cursor(e["RowKey"], len(listed))
+                    return found, table_changes.cursor_after(e["RowKey"], len(listed), len(listed))
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
         return found, None

@@ -67,6 +67,9 @@ async def test_the_change_list_pages_filters_and_refuses_foreign_tokens(table_st
     everything = await all_changes(table_store, size=7)
     assert len(everything) == 210 and len({c.user_id for c in everything}) == 210
     assert everything[-1].change == "deactivated" and everything[-1].group_id is None
+    page, token = await table_store.runs.changes_page("org-a", "sub-1", RUN, None, 100, None)  # a row exactly
+    page2, _ = await table_store.runs.changes_page("org-a", "sub-1", RUN, None, 100, token)
+    assert page == everything[:100] and page2 == everything[100:200]
     updated = await all_changes(table_store, change_kind="updated", size=5)
     assert len(updated) == 67 and {c.change for c in updated} == {"updated"}
     assert everything[0] == change(0, "updated", G1)  # fields and the invitation flag round-trip
