@@ -2,9 +2,11 @@
 
     python benchmarks/full_sync.py [--users 20000] [--groups 20] [--seed 1] [--latency-ms 0] [--profile FILE]
 
-Generates a tenant deterministically, serves it from the fake Graph, and runs three things one after the other,
-each in its own process: the floor (``benchmarks/floor.py``: raw paging and raw batch writes), then a Full Sync and
-a re-sync with the app's use cases and real adapters (``benchmarks/worker.py``). The fake tenant, the local
+Generates a tenant deterministically, serves it from the fake Graph, and runs four things one after the other,
+each in its own process: the floor (``benchmarks/floor.py``: raw paging and raw batch writes), then a Full Sync, a
+re-sync and a dry run of the unchanged directory with the app's use cases and real adapters
+(``benchmarks/worker.py``), then a dry run before the first sync on an empty store (``worker.py --dry-run-only``,
+so its peak RSS is its own). The fake tenant, the local
 Service Bus and Azurite run out of process, so the worker's peak RSS is the group workers' own. Prints a human
 table and, as its last line, one JSON object (see benchmarks/README.md for what each number means).
 """
@@ -36,7 +38,8 @@ PAGE_SIZE = 999
 MAX_TRANSACTION = 100
 KEYS = ("users", "groups", "memberships", "graph_requests", "graph_floor", "table_writes", "table_write_floor",
         "full_sync_s", "floor_s", "resync_s", "resync_user_writes", "resync_membership_writes", "peak_rss_mb",
-        "import_function_app_s", "import_azure_functions_s")
+        "import_function_app_s", "import_azure_functions_s", "dry_run_s", "dry_run_peak_rss_mb", "dry_run_user_writes",
+        "dry_run_table_writes", "dry_resync_s", "dry_resync_user_writes")
 CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"  # the app registration the fake's identity platform holds
 CONSENT_REDIRECT_URI = "http://127.0.0.1:7071/api/directory/consent"
 # Local-only secrets (the dev host's defaults); never used in Azure. The Graph credential's settings come from the
@@ -198,15 +201,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "--timeout", str(args.timeout), "--store-pid", str(azurite.pid)]
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
-                sync = run_script(worker_args, "sync worker", env=env, timeout=2 * args.timeout + 120)
+                sync = run_script(worker_args, "sync worker", env=env, timeout=3 * args.timeout + 120)
             _progress(f"sync: full {sync['full']['seconds']} s ({sync['full']['status']}), "
-                      f"re-sync {sync.get('resync', {}).get('seconds')} s")
+                      f"re-sync {sync.get('resync', {}).get('seconds')} s, "
+                      f"dry re-sync {sync.get('dry_resync', {}).get('seconds')} s")
+            with Azurite(speedups=not args.stock_azurite) as azurite:  # an empty store: a preview before any sync
+                env = _env(**APP_SETTINGS, **graph_settings(graph.ready), GRAPH_BASE_URL=base_url,
+                           TABLES_CONNECTION_STRING=azurite.connection_string, ServiceBusConnection=bus.ready["serviceBus"])
+                dry = run_script(["benchmarks/worker.py", "--tenant", tenant_id, "--groups", ",".join(group_ids),
+                                  "--timeout", str(args.timeout), "--store-pid", str(azurite.pid), "--dry-run-only"],
+                                 "dry-run worker", env=env, timeout=args.timeout + 120)
+            _progress(f"dry run: {dry['dry']['seconds']} s ({dry['dry']['status']}), peak RSS {dry['peak_rss_mb']} MB")
         finally:
             for child in reversed(children):
                 child.stop()
 
     full = sync["full"]
     resync = sync.get("resync") or _NOT_RUN
+    dry_resync = sync.get("dry_resync") or _NOT_RUN
+    preview = dry["dry"]
     result = {
         "users": users,
         "groups": len(group_ids),
@@ -220,13 +233,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "resync_s": resync["seconds"],
         "resync_user_writes": resync["store"]["user_rows"],
         "resync_membership_writes": resync["store"]["membership_rows"],
-        "peak_rss_mb": sync["peak_rss_mb"],
+        "peak_rss_mb": sync.get("peak_rss_mb_before_dry_resync", sync["peak_rss_mb"]),
         "import_function_app_s": import_time("function_app", args.import_runs),
         "import_azure_functions_s": import_time("azure.functions", args.import_runs),
+        "dry_run_s": preview["seconds"],
+        "dry_run_peak_rss_mb": dry["peak_rss_mb"],
+        "dry_run_user_writes": preview["store"]["user_rows"] + preview["store"]["membership_rows"],
+        "dry_run_table_writes": preview["wire"]["write_requests"],
+        "dry_resync_s": dry_resync["seconds"],
+        "dry_resync_user_writes": _sum(dry_resync["store"]["user_rows"], dry_resync["store"]["membership_rows"]),
     }
-    report(args, {**result, "azurite_cpu_floor_s": azurite_cpu_floor}, floor, sync, writes_floor)
+    report(args, {**result, "azurite_cpu_floor_s": azurite_cpu_floor}, floor, {**sync, "dry": preview}, writes_floor)
     print(json.dumps({k: result[k] for k in KEYS}), flush=True)
     return result
+
+
+def _sum(*values: int | None) -> int | None:
+    return None if any(v is None for v in values) else sum(values)
 
 
 def _ratio(value: float | None, floor: float) -> str:
@@ -268,6 +291,14 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     for name, value, ref, target, ok in rows:
         print(f"{name:<28}{value!s:>12}{ref!s:>12}{_ratio(value, ref):>9}  {target:<26}{mark[ok]}")
     print(f"{'re-sync seconds':<28}{r['resync_s']!s:>12}")
+    preview = sync["dry"]
+    print("\ndry runs (previews; they write no user, membership, invitation or grid row)")
+    print(f"  before the first sync: {preview['status']} in {r['dry_run_s']} s (full sync {r['full_sync_s']} s),"
+          f" peak RSS {r['dry_run_peak_rss_mb']} MB (full sync's workers {r['peak_rss_mb']} MB),"
+          f" user and membership writes {r['dry_run_user_writes']}, table write requests {r['dry_run_table_writes']}"
+          f" (the run's own rows), counts {preview['counts']}")
+    print(f"  of the unchanged directory after the sync: {r['dry_resync_s']} s (re-sync {r['resync_s']} s),"
+          f" user and membership writes {r['dry_resync_user_writes']}")
 
     print("\nwhere the requests went (full sync | re-sync)")
     for name in ("write_requests", "batches", "failed_batches", "writes", "failed_writes", "batch_entities",

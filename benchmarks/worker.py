@@ -4,7 +4,9 @@ Run by ``benchmarks/full_sync.py`` in a child process (so its peak RSS is the gr
 settings in the environment. It connects a subscription to the fake tenant, selects the groups, then runs a Full
 Sync and a re-sync: ``sync.runs.start`` sends one message per group to the local broker, and
 ``maxConcurrentCalls`` (host.json) deliveries at a time run ``handle_group_job`` as the group-worker trigger does
-(complete on success, abandon on an exception). Prints one JSON line with what each phase measured.
+(complete on success, abandon on an exception); then a dry run of the unchanged directory (a preview on a full
+portal). With ``--dry-run-only`` it runs one dry run on an empty portal instead (a preview before the first sync),
+so that process's peak RSS is the dry run's own. Prints one JSON line with what each phase measured.
 """
 from __future__ import annotations
 
@@ -250,8 +252,9 @@ async def connect(svc: Services, caller: Caller, tenant_id: str, group_ids: list
 
 
 async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncClient, transport: CountingTransport,
-                consumer: Consumer, totals: dict[str, list], timeout: float, store_pid: int | None = None) -> dict[str, Any]:
-    """One Full Sync from the API's start to the run's terminal status, with everything it cost."""
+                consumer: Consumer, totals: dict[str, list], timeout: float, store_pid: int | None = None,
+                dry_run: bool = False) -> dict[str, Any]:
+    """One Full Sync (or dry run) from the API's start to the run's terminal status, with everything it cost."""
     svc.store.counters.reset()
     transport.reset()
     consumer.reset()
@@ -263,7 +266,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
     store = psutil.Process(store_pid) if store_pid else None
     store_cpu = sum(store.cpu_times()[:2]) if store else 0.0
     started, cpu_started = time.perf_counter(), time.process_time()
-    run = await runs.start(svc, caller, sub_id)
+    run = await runs.start(svc, caller, sub_id, dry_run=dry_run)
     deadline = started + timeout
     while True:
         current = await svc.runs.get(caller.org, sub_id, run.id)
@@ -361,12 +364,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             profiler = cProfile.Profile() if args.profile else None
             if profiler:
                 profiler.enable()
-            result["full"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout, args.store_pid)
+            if args.dry_run_only:
+                result["dry"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout,
+                                            args.store_pid, dry_run=True)
+            else:
+                result["full"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout,
+                                             args.store_pid)
             if profiler:
                 profiler.disable()
                 profiler.dump_stats(args.profile)
-            if not args.skip_resync and result["full"]["status"] in RunStatus.TERMINAL:
+            if not args.dry_run_only and not args.skip_resync and result["full"]["status"] in RunStatus.TERMINAL:
                 result["resync"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals, args.timeout, args.store_pid)
+                # The group workers' peak before the preview below (which reads the org's claims into memory).
+                result["peak_rss_mb_before_dry_resync"] = _peak_rss_mb()
+                result["dry_resync"] = await phase(svc, caller, sub_id, graph, transport, consumer, totals,
+                                                   args.timeout, args.store_pid, dry_run=True)
         finally:
             consumer.stopping.set()
             await asyncio.wait_for(consuming, timeout=60)
@@ -382,6 +394,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="give up waiting for a run after this long")
     parser.add_argument("--profile", help="write a cProfile of the Full Sync phase to this file")
     parser.add_argument("--skip-resync", action="store_true")
+    parser.add_argument("--dry-run-only", action="store_true", help="one dry run on an empty portal, nothing else")
     parser.add_argument("--store-pid", type=int, help="the Table store's process (Azurite), to report its CPU per run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -445,6 +445,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SEGMENT_TIME_BUDGET_SECONDS: '150'
     RUN_STALE_AFTER_MINUTES: '180'
     ENROLLMENT_TOKEN_TTL_HOURS: '168'
+    HISTORY_RETENTION_DAYS: '90'
 
     // Enrollment e-mail.
     MAIL_SENDER: empty(smtpHost) ? 'none' : 'smtp'

@@ -103,8 +103,24 @@ class Portal:
     def select_groups(self, sub_id: str, group_ids: list[str]) -> list[dict]:
         return self.call("PUT", f"/directory/subscriptions/{sub_id}/groups", json={"groupIds": group_ids})["groups"]
 
-    def full_sync(self, sub_id: str) -> str:
-        return self.call("POST", f"/directory/subscriptions/{sub_id}/sync", expect=202)["runId"]
+    def full_sync(self, sub_id: str, *, dry_run: bool = False) -> str:
+        body = {"dryRun": True} if dry_run else None
+        return self.call("POST", f"/directory/subscriptions/{sub_id}/sync", json=body, expect=202)["runId"]
+
+    def changes(self, sub_id: str, run_id: str, **params: Any) -> list[dict]:
+        """Every page of a run's change list."""
+        out: list[dict] = []
+        token = None
+        while True:
+            query = {k: v for k, v in {**params, "pageSize": 500, "continuationToken": token}.items() if v is not None}
+            page = self.call("GET", f"/directory/subscriptions/{sub_id}/runs/{run_id}/changes", params=query)
+            out += page["changes"]
+            token = page["continuationToken"]
+            if not token:
+                return out
+
+    def history(self, user_id: str) -> list[dict]:
+        return self.call("GET", f"/users/{user_id}/history")["history"]
 
     def run(self, sub_id: str, run_id: str) -> dict:
         return self.call("GET", f"/directory/subscriptions/{sub_id}/runs/{run_id}")

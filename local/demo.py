@@ -2,9 +2,10 @@
 
 Starts the dev host (``python -m local``) with the Contoso demo tenant, then drives the public HTTP API exactly as
 the portal backend would: New Active Directory, admin consent, username attribute, group search and selection,
-options, Full Sync with a progress line, the Users and Groups grids and the invitations in the SMTP sink. Then it
-changes the tenant the way an Azure admin would (Graph writes), runs the nightly function on demand and prints
-what changed. The dev host always stops; any failure exits non-zero naming the step and the host's log.
+options, a preview (dry run) of the first sync with its proposed changes, Full Sync with a progress line, the Users
+and Groups grids and the invitations in the SMTP sink. Then it changes the tenant the way an Azure admin would
+(Graph writes), runs the nightly function on demand and prints what changed: the grid before and after, the
+nightly run's change list, and a deactivated user's history. The dev host always stops; any failure exits non-zero naming the step and the host's log.
 """
 from __future__ import annotations
 
@@ -149,12 +150,15 @@ class Demo:
         self.start_stack()
         self.connect()
         self.choose_groups()
+        self.preview()
         first = self.full_sync()
         before = self.show_grids()
         self.show_emails(first["counts"].get("emailsQueued", 0))
         self.change_tenant(before)
-        self.nightly(first["runId"])
-        self.show_changes(before, {u["id"]: u for u in self.portal.users()})
+        nightly = self.nightly(first["runId"])
+        after = {u["id"]: u for u in self.portal.users()}
+        self.show_changes(before, after)
+        self.show_change_list(nightly, after)
 
     def start_stack(self) -> None:
         """Start ``python -m local`` on free ports, its log going to a file."""
@@ -205,13 +209,32 @@ class Demo:
             self.out.line(f"deactivateBlockedUsers = {sub['deactivateBlockedUsers']}, "
                           f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}")
 
+    def preview(self) -> dict[str, Any]:
+        """A dry run before the first sync: what Full Sync would do, with nothing written and no e-mail sent."""
+        with self.step("Preview: a dry run of the first Full Sync (POST …/sync {\"dryRun\": true})"):
+            run = self.wait(self.portal.full_sync(self.sub_id, dry_run=True), expect="previewed")
+            changes = self.portal.changes(self.sub_id, run["runId"])
+            kinds: dict[str, int] = {}
+            for c in changes:
+                kinds[c["change"]] = kinds.get(c["change"], 0) + 1
+            self.out.line("proposed changes: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+            sample = sorted(changes, key=lambda c: (c["reason"] == "joined_selected_group", c["username"]))[:5]
+            self.out.table(("USERNAME", "CHANGE", "REASON", "STATUS"),
+                           [(c["username"], c["change"], c["reason"], (c["fields"].get("status") or ["", ""])[1])
+                            for c in sample])
+            if self.portal.users() or sorted(self.outbox.glob("*.eml")):
+                raise StepFailed("the dry run wrote users or sent e-mails")
+            self.out.line(f"users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing); "
+                          f"{len(changes)} changes listed at …/runs/{run['runId']}/changes")
+            return run
+
     def full_sync(self) -> dict[str, Any]:
         """Press Full Sync and follow the run."""
         with self.step("Full Sync"):
             return self.wait(self.portal.full_sync(self.sub_id))
 
-    def wait(self, run_id: str) -> dict[str, Any]:
-        """Follow a run to its end with a progress line; anything but succeeded fails the step."""
+    def wait(self, run_id: str, expect: str = "succeeded") -> dict[str, Any]:
+        """Follow a run to its end with a progress line; any other end than ``expect`` fails the step."""
         started = time.monotonic()
 
         def show(run: dict[str, Any]) -> None:
@@ -221,7 +244,7 @@ class Demo:
         run = self.portal.wait(self.sub_id, run_id, timeout=60, progress=show)
         self.out.line(f"{run['status']} in {time.monotonic() - started:.1f} s")
         self.out.line(counts_text(run["counts"]))
-        if run["status"] != "succeeded":
+        if run["status"] != expect:
             raise StepFailed(f"the run ended {run['status']}: {run['errors']}")
         return run
 
@@ -267,7 +290,7 @@ class Demo:
             self.admin.remove_member(groups[group], by_name[who]["azureObjectId"])
             self.out.line(f"removed {who} from {group}")
 
-    def nightly(self, previous_run: str) -> None:
+    def nightly(self, previous_run: str) -> dict[str, Any]:
         """Run the nightly timer function now through the host's admin API and follow the run it starts."""
         with self.step("Nightly sync, triggered on demand"):
             known = {r["runId"] for r in self.portal.runs(self.sub_id)} | {previous_run}
@@ -283,7 +306,7 @@ class Demo:
                 time.sleep(0.2)
             if new[0]["trigger"] != "nightly":
                 raise StepFailed(f"the new run has trigger {new[0]['trigger']}, not nightly")
-            self.wait(new[0]["runId"])
+            return self.wait(new[0]["runId"])
 
     def show_changes(self, before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> None:
         """The users whose status or groups differ between two readings of the grid, and why."""
@@ -305,6 +328,23 @@ class Demo:
             if not rows:
                 raise StepFailed("the nightly run changed nobody")
             self.out.table(("USERNAME", "BEFORE", "AFTER", "WHY"), rows)
+
+
+    def show_change_list(self, run: dict[str, Any], users: dict[str, dict[str, Any]]) -> None:
+        """The nightly run's change list as the API pages it, and why a deactivated user is inactive (their history)."""
+        with self.step("The nightly run's change list, and a user's history"):
+            changes = self.portal.changes(self.sub_id, run["runId"])
+            self.out.table(("USERNAME", "CHANGE", "REASON", "FIELDS"),
+                           [(c["username"], c["change"], c["reason"],
+                             "; ".join(f"{k} {v[0]} -> {v[1]}" for k, v in c["fields"].items())) for c in changes])
+            who = next((u for u in users.values() if u["username"] == TO_REMOVE[0]), None)
+            if who is None:
+                raise StepFailed(f"{TO_REMOVE[0]} is not in the Users grid")
+            self.out.line()
+            self.out.line(f"GET /api/users/{who['id']}/history ({who['username']}: why inactive?)")
+            self.out.table(("AT", "RUN", "TRIGGER", "CHANGE", "REASON"),
+                           [(h["at"], h["runId"], h["trigger"], h["change"], h["reason"])
+                            for h in self.portal.history(who["id"])])
 
 
 def status_text(user: dict[str, Any]) -> str:

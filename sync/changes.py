@@ -22,12 +22,23 @@ import hmac
 import json
 import secrets
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from . import runs
 from .composition import Services
-from .decisions import Desired, Skip, change_of, desired_user, new_user, synced_user_id, updated_user
+from .decisions import (
+    Change,
+    Desired,
+    Skip,
+    Stamp,
+    change_of,
+    change_record,
+    desired_user,
+    new_user,
+    synced_user_id,
+    updated_user,
+)
 from .errors import (
     AuthorizationLost,
     Conflict,
@@ -54,15 +65,18 @@ from .model import (
     Run,
     RunError,
     RunStatus,
+    SegmentChanges,
     SourceType,
     Subscription,
     SubscriptionStatus,
     SyncedGroup,
     Trigger,
     User,
+    UserChange,
     Watch,
 )
 from .ports import Created, Exists, Stale, Updated
+from .run_end import finalize
 
 log = get_logger(__name__)
 
@@ -147,7 +161,7 @@ async def _proven_watch(svc: Services, item: Any, cache: dict[str, Watch | None]
 async def after_run(svc: Services, run: Run, status: str) -> None:
     """A run ended: its links become the subscription's delta state (unless it failed: the older links then replay
     what it did, which is idempotent), and a subscription that syncs gets its watches."""
-    if svc.watches is None or run.delta_links is None or status == RunStatus.FAILED:
+    if svc.watches is None or run.delta_links is None or run.dry_run or status == RunStatus.FAILED:
         return
     sub = await svc.subscriptions.get(run.org, run.subscription_id)
     if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED:
@@ -359,8 +373,6 @@ async def handle_change_job(svc: Services, job: ChangeJob) -> None:
     await _apply(svc, sub, run, plan)
     if plan.resync:
         await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in sorted(plan.resync)])
-    from .group_sync import finalize
-
     await finalize(svc, sub.org, sub.id, run.id)
 
 
@@ -451,7 +463,7 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
     updates: list[tuple[User, str]] = []
     leave: list[str] = []
     changed_groups: set[str] = set()
-    now = svc.clock()
+    stamp = Stamp.of(run.id, run.trigger, svc.clock(), svc.settings.history_retention_days)
     for oid in plan.removed:
         existing = stored.get(ids[oid])
         if existing is not None and existing.group_ids:
@@ -476,8 +488,7 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
             continue
         if existing is None:
             first = sorted(groups)[0]
-            creates.append((replace(new_user(org, sub, desired, first, run.id, now), group_ids=frozenset(groups)),
-                            desired))
+            creates.append((replace(new_user(org, sub, desired, first, stamp), group_ids=frozenset(groups)), desired))
             changed_groups |= groups
             continue
         if existing.source_type != SourceType.AD_SYNC or existing.subscription_id != sub.id:
@@ -486,46 +497,55 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
         if change_of(existing, desired) == "unchanged" and existing.group_ids == groups:
             continue
         changed_groups |= groups ^ existing.group_ids
-        updates.append((_written(existing, desired, groups, run, now), existing.username))
+        updates.append((_written(existing, desired, groups, stamp), existing.username))
     invitations: list[EnrollmentJob] = []
+    records: list[UserChange] = []  # the run's change list: what this job wrote (the finalizer adds deactivations)
     if creates:
         for (user, desired), outcome in zip(creates, await svc.users.create([u for u, _ in creates])):
             if isinstance(outcome, Created):
+                records.append(change_record(None, outcome.user, Change.CREATED, sorted(user.group_ids)[0]))
                 if outcome.user.enrollment_email == EmailState.QUEUED:
                     invitations.append(EnrollmentJob(org, user.id, run.id))
             elif isinstance(outcome, Exists):  # written meanwhile (a redelivered job): decided like any stored user
-                updates.append((_written(outcome.user, desired, user.group_ids, run, now), outcome.user.username))
+                stored[outcome.user.id] = outcome.user
+                updates.append((_written(outcome.user, desired, user.group_ids, stamp), outcome.user.username))
             else:
                 errors.append(RunError("username_conflict", f"{user.display_name} ({user.azure_object_id}) maps to "
                                                             f"username '{user.username}', which another user has",
                                        user_id=user.id))
-    await _update(svc, org, updates, errors)
+    for user in await _update(svc, org, updates, errors):
+        if user.last_change != Change.UNCHANGED:
+            records.append(change_record(stored.get(user.id), user, user.last_change, sorted(user.group_ids)[0]))
     if leave:
         await svc.users.remove_memberships(org, leave, ())
     if invitations:
         await svc.queue.send_enrollment_jobs(invitations)
     await _recount_groups(svc, sub, changed_groups)
-    if errors or skipped:
-        await _report(svc, run, errors, skipped)
+    if errors or skipped or records:
+        await _report(svc, run, plan, errors, skipped, records)
 
 
-def _written(existing: User, desired: Desired, groups: frozenset[str] | set[str], run: Run, now: datetime) -> User:
+def _written(existing: User, desired: Desired, groups: frozenset[str] | set[str], stamp: Stamp) -> User:
     first = sorted(groups)[0]
-    return replace(updated_user(existing, desired, first, groups, run.id, now), group_ids=frozenset(groups))
+    return replace(updated_user(existing, desired, first, groups, stamp), group_ids=frozenset(groups))
 
 
-async def _update(svc: Services, org: str, updates: list[tuple[User, str]], errors: list[RunError]) -> None:
+async def _update(svc: Services, org: str, updates: list[tuple[User, str]], errors: list[RunError]) -> list[User]:
+    """Write the updates (a row changed meanwhile gets its fresh etag and is written again); the users written."""
+    written: list[User] = []
     for _ in range(MAX_STALE_ROUNDS):
         if not updates:
-            return
+            return written
         outcomes = await svc.users.update(updates)
         stale = [(u, old) for (u, old), o in zip(updates, outcomes) if isinstance(o, Stale)]
         for (u, _), o in zip(updates, outcomes):
-            if not isinstance(o, (Updated, Stale)):
+            if isinstance(o, Updated):
+                written.append(o.user)
+            elif not isinstance(o, Stale):
                 errors.append(RunError("username_conflict", f"{u.display_name} ({u.azure_object_id}) maps to username "
                                                             f"'{u.username}', which another user has", user_id=u.id))
         if not stale:
-            return
+            return written
         fresh = await svc.users.get_many(org, [u.id for u, _ in stale])
         updates = [(replace(u, etag=fresh[u.id].etag), fresh[u.id].username) for u, _ in stale if u.id in fresh]
     raise PreconditionFailed("users kept changing under the incremental run; the job is retried")
@@ -541,8 +561,10 @@ async def _recount_groups(svc: Services, sub: Subscription, group_ids: set[str])
         await svc.groups.save(SyncedGroup(sub.org, sub.id, gid, names[gid], count, svc.clock()))
 
 
-async def _report(svc: Services, run: Run, errors: list[RunError], skipped: dict[str, int]) -> None:
-    """Skips and conflicts of the users the run wrote itself, on the run (as a group's are on its progress row)."""
+async def _report(svc: Services, run: Run, plan: _Plan, errors: list[RunError], skipped: dict[str, int],
+                  records: list[UserChange]) -> None:
+    """What the job wrote itself goes where a group's would: its skips and conflicts on the run, its counts and change
+    list with the progress row of a group it did not hand to a worker (a worker replaces its own group's)."""
     from .concurrency import optimistic
 
     async def add(current: Run) -> Run | None:
@@ -550,10 +572,13 @@ async def _report(svc: Services, run: Run, errors: list[RunError], skipped: dict
 
     if errors:
         await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), add, svc.runs.save)
-    done = next((g for g in run.group_ids), None)
-    if skipped and done is not None:
-        async def count(p: GroupProgress) -> GroupProgress | None:
-            return replace(p, counts=p.counts + Counts(skipped=sum(skipped.values()), skippedReasons=dict(skipped)))
+    done = next((g for g in run.group_ids if g not in plan.resync), None)
+    if done is None or not (skipped or records):
+        return
+    listed = SegmentChanges(done, 0, {0: tuple(records)}) if records else None
 
-        await optimistic(lambda: svc.runs.get_group(run.org, run.subscription_id, run.id, done), count,
-                         lambda p: svc.runs.save_group(run.org, run.subscription_id, run.id, p))
+    async def count(p: GroupProgress) -> GroupProgress | None:
+        return replace(p, counts=p.counts + Counts(skipped=sum(skipped.values()), skippedReasons=dict(skipped)))
+
+    await optimistic(lambda: svc.runs.get_group(run.org, run.subscription_id, run.id, done), count,
+                     lambda p: svc.runs.save_group(run.org, run.subscription_id, run.id, p, listed))

@@ -21,6 +21,7 @@ from .ports import (
     Users,
     Watches,
 )
+from .preview import PreviewLedgers
 from .recent import RecentUsers
 from .settings import Settings
 
@@ -43,6 +44,7 @@ class Services:
     alerts: Alerts | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
+    previews: PreviewLedgers = field(default_factory=PreviewLedgers)
     finalizing: KeyedLocks = field(default_factory=KeyedLocks)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 

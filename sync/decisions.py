@@ -4,31 +4,51 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from .mailbox import is_single_address
 from .model import (
+    ChangeKind,
+    ChangeReason,
     DirectoryUser,
     EmailState,
+    HistoryEntry,
     MemberState,
     ScopeState,
     SourceType,
     StatusReason,
     Subscription,
     User,
+    UserChange,
     UserStatus,
 )
 
 MAX_USERNAME_LENGTH = 256
+HISTORY_MAX_ENTRIES = 50  # per user row; older ones go (and, after the retention days, any)
 
 
 class Change:
-    CREATED = "created"
-    UPDATED = "updated"
-    REACTIVATED = "reactivated"
-    DEACTIVATED = "deactivated"
+    CREATED = ChangeKind.CREATED
+    UPDATED = ChangeKind.UPDATED
+    REACTIVATED = ChangeKind.REACTIVATED
+    DEACTIVATED = ChangeKind.DEACTIVATED
     UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Who changes users and when: a run (``run_id`` None for an administrator in the portal), its trigger, the time,
+    and the oldest history entry still kept (the retention setting)."""
+
+    run_id: str | None
+    trigger: str
+    now: datetime
+    keep_since: datetime
+
+    @classmethod
+    def of(cls, run_id: str | None, trigger: str, now: datetime, retention_days: int) -> "Stamp":
+        return cls(run_id, trigger, now, now - timedelta(days=retention_days))
 
 
 @dataclass(frozen=True)
@@ -122,8 +142,92 @@ def _directory_fields(desired: Desired) -> dict[str, str | None]:
             "status_reason": desired.status_reason}
 
 
-def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, run_id: str, now: datetime) -> User:
-    """A user first seen in this run; invitations are decided here, atomically with the row's creation."""
+_API_NAMES = (("username", "username"), ("email", "email"), ("display_name", "displayName"),
+              ("given_name", "givenName"), ("surname", "surname"), ("status", "status"),
+              ("status_reason", "statusReason"))
+
+
+def field_changes(old: User | None, new: User | Desired) -> dict[str, list]:
+    """``{api name: [old, new]}`` for the fields the directory decides that differ (all set ones for a new user)."""
+    out: dict[str, list] = {}
+    for attr, name in _API_NAMES:
+        before = getattr(old, attr) if old is not None else None
+        after = getattr(new, attr)
+        if before != after:
+            out[name] = [before, after]
+    return out
+
+
+def reason_of(change: str, old: User | None, new: User | Desired) -> str:
+    """Why a run changed a user, from the user before and after."""
+    if change == Change.CREATED:
+        return new.status_reason if new.status == UserStatus.INACTIVE and new.status_reason else ChangeReason.JOINED
+    if change == Change.DEACTIVATED:
+        return new.status_reason or ChangeReason.REMOVED
+    if change == Change.REACTIVATED:
+        return ChangeReason.UNBLOCKED if old is not None and old.status_reason == StatusReason.BLOCKED \
+            else ChangeReason.RETURNED
+    if old is not None and old.status_reason != new.status_reason and new.status_reason:
+        return new.status_reason  # inactive either way, for another reason now (removed, then blocked)
+    return ChangeReason.ATTRIBUTES
+
+
+def with_history(user: User, entry: HistoryEntry, keep_since: datetime) -> User:
+    """``user`` with ``entry`` first in its history: one entry per (run, change) however often a run's message is
+    delivered, entries older than ``keep_since`` dropped, at most HISTORY_MAX_ENTRIES kept."""
+    history = _history_with(user.history, entry, keep_since)
+    return user if history is user.history else replace(user, history=history)
+
+
+def _history_with(history: tuple[HistoryEntry, ...], entry: HistoryEntry,
+                  keep_since: datetime) -> tuple[HistoryEntry, ...]:
+    if entry.run_id is not None and any(e.run_id == entry.run_id and e.change == entry.change for e in history):
+        return history
+    return (entry, *(e for e in history if e.at >= keep_since))[:HISTORY_MAX_ENTRIES]
+
+
+def pruned_history(user: User, keep_since: datetime) -> User | None:
+    """``user`` without the history entries older than ``keep_since``; None when none is."""
+    kept = tuple(e for e in user.history if e.at >= keep_since)
+    return None if len(kept) == len(user.history) else replace(user, history=kept)
+
+
+def _entry(stamp: Stamp, change: str, reason: str, fields: dict[str, list], group_id: str | None) -> HistoryEntry:
+    return HistoryEntry(at=stamp.now, run_id=stamp.run_id, trigger=stamp.trigger, change=change, reason=reason,
+                        fields=fields, group_id=group_id)
+
+
+def change_record(old: User | None, new: User, change: str, group_id: str | None) -> UserChange:
+    """The change list's line for a user a run changed (or, in a dry run, would change)."""
+    return UserChange(user_id=new.id, username=new.username, display_name=new.display_name, change=change,
+                      reason=reason_of(change, old, new), fields=field_changes(old, new), group_id=group_id,
+                      email_queued=change == Change.CREATED and new.enrollment_email == EmailState.QUEUED)
+
+
+def recovered_record(user: User, entry: HistoryEntry) -> UserChange:
+    """The change list's line for a change an earlier delivery of the same message made (read from the user's
+    history): the line that delivery would have recorded had it finished."""
+    fields = entry.fields if entry.change != Change.CREATED else field_changes(None, user)
+    return UserChange(user_id=user.id, username=user.username, display_name=user.display_name, change=entry.change,
+                      reason=entry.reason, fields=dict(fields), group_id=entry.group_id,
+                      email_queued=entry.change == Change.CREATED and user.enrollment_email is not None)
+
+
+def removal_record(user_id: str, username: str, display_name: str) -> UserChange:
+    """The change list's line for an active user the run deactivates because no selected group lists them."""
+    return UserChange(user_id=user_id, username=username, display_name=display_name, change=Change.DEACTIVATED,
+                      reason=ChangeReason.REMOVED,
+                      fields={"status": [UserStatus.ACTIVE, UserStatus.INACTIVE], "statusReason": [None, StatusReason.REMOVED]})
+
+
+def username_claim(username: str) -> str:
+    """What makes two usernames the same within an org (the store keeps one claim per this)."""
+    return username.strip().casefold()
+
+
+def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, stamp: Stamp) -> User:
+    """A user first seen in this run; invitations are decided here, atomically with the row's creation. The history
+    entry of a creation lists no fields: they are the user's first values."""
     invite = sub.send_enrollment_email and desired.status == UserStatus.ACTIVE and desired.email is not None
     return User(
         org=org,
@@ -134,24 +238,30 @@ def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, run_i
         azure_object_id=desired.azure_object_id,
         group_ids=frozenset({group_id}),
         enrollment_email=EmailState.QUEUED if invite else None,
-        last_run_id=run_id,
+        last_run_id=stamp.run_id,
         last_change=Change.CREATED,
-        created_at=now,
-        updated_at=now,
+        created_at=stamp.now,
+        updated_at=stamp.now,
+        history=(_entry(stamp, Change.CREATED, reason_of(Change.CREATED, None, desired), {}, group_id),),
     )
 
 
-def updated_user(existing: User, desired: Desired, group_id: str, selected: Iterable[str], run_id: str,
-                 now: datetime) -> User:
+def updated_user(existing: User, desired: Desired, group_id: str, selected: Iterable[str], stamp: Stamp) -> User:
     """``existing`` brought in line with the directory, as a member of ``group_id``; memberships of groups no longer
-    ``selected`` are dropped on the way (a row holds at most 252 properties)."""
+    ``selected`` are dropped on the way (a row holds at most 252 properties). A change goes into its history."""
+    change = change_of(existing, desired)
+    history = existing.history
+    if change != Change.UNCHANGED:
+        entry = _entry(stamp, change, reason_of(change, existing, desired), field_changes(existing, desired), group_id)
+        history = _history_with(history, entry, stamp.keep_since)
     return replace(
         existing,
         **_directory_fields(desired),
         group_ids=existing.group_ids.intersection(selected) | {group_id},
-        last_run_id=run_id,
-        last_change=change_of(existing, desired),
-        updated_at=now,
+        last_run_id=stamp.run_id,
+        last_change=change,
+        updated_at=stamp.now,
+        history=history,
     )
 
 
@@ -165,11 +275,33 @@ def should_deprovision(user: User | ScopeState, group_ids: Iterable[str]) -> boo
     return user.source_type == SourceType.AD_SYNC and user.status == UserStatus.ACTIVE and not in_scope(user, group_ids)
 
 
-def deprovisioned(user: User, run_id: str, now: datetime) -> User:
+def deprovisioned(user: User, stamp: Stamp) -> User:
     """Inactive because the directory no longer lists the user in a selected group; never deleted. It is a member of
     no selected group, so the memberships it still holds (of groups since deselected) go."""
-    return replace(user, status=UserStatus.INACTIVE, status_reason=StatusReason.REMOVED, last_run_id=run_id,
-                   last_change=Change.DEACTIVATED, group_ids=frozenset(), updated_at=now)
+    fields = {"status": [user.status, UserStatus.INACTIVE], "statusReason": [user.status_reason, StatusReason.REMOVED]}
+    entry = _entry(stamp, Change.DEACTIVATED, ChangeReason.REMOVED, fields, None)
+    return replace(user, status=UserStatus.INACTIVE, status_reason=StatusReason.REMOVED, last_run_id=stamp.run_id,
+                   last_change=Change.DEACTIVATED, group_ids=frozenset(), updated_at=stamp.now,
+                   history=_history_with(user.history, entry, stamp.keep_since))
+
+
+def switched_by_admin(user: User, active: bool, stamp: Stamp) -> User:
+    """A Manual user activated or deactivated by an administrator in the portal, with the entry in its history."""
+    out = replace(user, status=UserStatus.ACTIVE if active else UserStatus.INACTIVE,
+                  status_reason=None if active else StatusReason.BY_ADMIN, updated_at=stamp.now)
+    change, reason = ((Change.REACTIVATED, ChangeReason.ACTIVATED_BY_ADMIN) if active
+                      else (Change.DEACTIVATED, ChangeReason.DEACTIVATED_BY_ADMIN))
+    return with_history(out, _entry(stamp, change, reason, field_changes(user, out), None), stamp.keep_since)
+
+
+def created_by_admin(user: User, stamp: Stamp) -> User:
+    """A Manual user as an administrator created it, with the entry in its history."""
+    return with_history(user, _entry(stamp, Change.CREATED, ChangeReason.CREATED_BY_ADMIN, {}, None), stamp.keep_since)
+
+
+def history_entry_of(user: User, run_id: str, group_id: str) -> HistoryEntry | None:
+    """The entry a run's worker of ``group_id`` left in the user's history, if any."""
+    return next((e for e in user.history if e.run_id == run_id and e.group_id == group_id), None)
 
 
 def guard_trips(to_deactivate: int, active_synced: int, percent: float, min_users: int) -> bool:

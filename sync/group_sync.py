@@ -1,8 +1,13 @@
-"""The group worker and the run's fan-in: sync one group's members, then finalize the run exactly once.
+"""The group worker: sync one group's members (or, in a dry run, decide and write nothing), then fan in.
 
 Every step is safe to repeat: user ids are derived from the Azure object id, rows are created with
 "insert" (never blind overwrite) and updated conditionally on their ETag, memberships are separate
-properties merged per group, and a run's terminal transition is ETag-guarded.
+properties merged per group, and a run's terminal transition is ETag-guarded (``run_end``).
+
+Each change a segment makes is recorded once, by the worker whose write the store accepted, and stored with the
+segment's progress in one transaction (one row per Graph page). A redelivered or rescheduled segment may find its
+own earlier writes already made: it reads them back from the users' history (which the same write carried), so the
+change list it records is the one the first delivery would have.
 """
 from __future__ import annotations
 
@@ -11,26 +16,25 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
-from . import alerts, subscriptions
-from . import runs as runs_uc
-from .alert_model import owed_alert
+from . import subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
     Change,
     Desired,
     Skip,
+    Stamp,
     change_of,
+    change_record,
     consent_propagation_left,
-    deprovisioned,
     desired_user,
     fingerprint,
-    guard_trips,
-    in_scope,
+    history_entry_of,
     new_user,
-    should_deprovision,
+    recovered_record,
     synced_user_id,
     updated_user,
+    username_claim,
 )
 from .errors import (
     AuthorizationLost,
@@ -55,15 +59,19 @@ from .model import (
     Run,
     RunError,
     RunStatus,
+    SegmentChanges,
     SourceType,
     Subscription,
     SubscriptionStatus,
     SyncedGroup,
     User,
+    UserChange,
     UserPage,
     UserStatus,
 )
 from .ports import Created, Exists, Stale, Updated, UsernameTaken
+from .preview import RunLedger
+from .run_end import finalize
 
 log = get_logger(__name__)
 
@@ -99,8 +107,9 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         await fail_group(svc, job, "consent_revoked", "the directory no longer grants access (admin consent revoked)")
         return
     await _mark_running(svc, run)
+    segment = _Segment(svc, sub, run, job, progress, redelivered)
     try:
-        await _Segment(svc, sub, run, job, progress, redelivered).execute()
+        await segment.execute()
     except AuthorizationLost as exc:
         left = consent_propagation_left(sub.consented_at, svc.clock(), svc.settings.consent_propagation_grace_s)
         if exc.may_be_propagating and left > 0 and job.attempt < MAX_SCHEDULED_WAITS:
@@ -109,15 +118,17 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
             await _retry_later(svc, job, min(PROPAGATION_RETRY_S, left), f"consent_propagating: {exc.message}", ctx)
             return
         await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id, run_id=job.run_id)
-        await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked")
+        await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked",
+                         changes=segment.recorded())
     except CredentialInvalid as exc:
-        await fail_group(svc, job, "credential_invalid", exc.message)
+        await fail_group(svc, job, "credential_invalid", exc.message, changes=segment.recorded())
     except PermissionMissing as exc:
-        await fail_group(svc, job, exc.code, exc.message)
+        await fail_group(svc, job, exc.code, exc.message, changes=segment.recorded())
     except NotFound:
-        await fail_group(svc, job, "group_not_found", f"group {job.group_id} no longer exists in the directory")
+        await fail_group(svc, job, "group_not_found", f"group {job.group_id} no longer exists in the directory",
+                         changes=segment.recorded())
     except InvalidInput as exc:
-        await fail_group(svc, job, exc.code, exc.message)
+        await fail_group(svc, job, exc.code, exc.message, changes=segment.recorded())
     except Transient as exc:
         if exc.retry_after and exc.retry_after > IN_PROCESS_WAIT_S and job.attempt < MAX_SCHEDULED_WAITS:
             # Graph asked for a long pause: honour it with a scheduled copy of this segment (its own message id),
@@ -165,13 +176,15 @@ class _Known:
     created_by_this_run: bool  # may be an earlier attempt's creation it never reported: read it in full
     invitation_queued: bool  # queued by this run (re-queued if this delivery is a redelivery)
     invitation_stuck: bool = False  # an earlier run's invitation still claimed ("sending"): its sender may have died
+    changed_by_this_run: bool = False  # updated by this run: maybe by an earlier delivery of this segment
 
     @classmethod
     def of(cls, member: MemberState, run_id: str) -> "_Known":
         this_run = member.last_run_id == run_id
         return cls(fingerprint(member), this_run and member.last_change == Change.CREATED,
                    this_run and member.enrollment_email == EmailState.QUEUED,
-                   not this_run and member.enrollment_email == EmailState.SENDING)
+                   not this_run and member.enrollment_email == EmailState.SENDING,
+                   this_run and member.last_change in (Change.UPDATED, Change.REACTIVATED, Change.DEACTIVATED))
 
 
 @dataclass
@@ -192,15 +205,42 @@ class _Segment:
     invitations: list[EnrollmentJob] = field(default_factory=list)
     refused_mail: set[str] = field(default_factory=set)
     pages_read: int = 0
+    changes: dict[int, list[UserChange]] = field(default_factory=dict)  # by page of this segment
+    page_no: int = 0
+    earlier: set[str] = field(default_factory=set)  # users the group's earlier segments saw (recorded there)
+    ledger: RunLedger | None = None  # a dry run's stand-in for the store (sync/preview.py)
 
     @property
     def org(self) -> str:
         return self.job.org
 
+    @property
+    def dry(self) -> bool:
+        return self.run.dry_run
+
+    @property
+    def recovering(self) -> bool:
+        """An earlier delivery of this segment may have written (a redelivery, or a scheduled copy)."""
+        return self.redelivered or self.job.attempt > 0
+
+    def stamp(self) -> Stamp:
+        return Stamp.of(self.run.id, self.run.trigger, self.svc.clock(), self.svc.settings.history_retention_days)
+
+    def note(self, change: UserChange) -> None:
+        self.changes.setdefault(self.page_no, []).append(change)
+
+    def recorded(self) -> SegmentChanges:
+        """The changes this segment recorded so far, as stored with its progress."""
+        return SegmentChanges(self.job.group_id, self.job.segment,
+                              {page: tuple(listed) for page, listed in self.changes.items()})
+
     async def execute(self) -> None:
         svc, job = self.svc, self.job
         self.snapshot = {m.id: _Known.of(m, self.run.id)
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
+        if job.segment > 0:  # (read here rather than at the end: the same rows, and a restart needs them)
+            self.earlier = await svc.runs.load_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment)
+
         started = time.monotonic()
         source = svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link).__aiter__()
         ahead: asyncio.Future | None = asyncio.ensure_future(_next_or_none(source))
@@ -220,6 +260,7 @@ class _Segment:
                     break
                 pages += 1
                 self.pages_read += 1
+                self.page_no = pages - 1
                 # Fetch the next page while this one is written, unless this segment ends with this page: then the
                 # follow-up message reads it (a page fetched here would be read twice). A segment cut by its time
                 # budget (minutes, rare) drops the page it read ahead; the follow-up reads it again.
@@ -261,12 +302,16 @@ class _Segment:
             known = self.snapshot.get(uid)
             if known is None:
                 absent.append(uid)
-            elif known.fingerprint == fingerprint(desired) and not known.created_by_this_run:
+            elif known.fingerprint == fingerprint(desired) and (uid in self.earlier or not (
+                    known.created_by_this_run or (known.changed_by_this_run and self.recovering))):
                 self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
                 if known.invitation_stuck:  # the mailer takes the claim over once its lease ran out
                     self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
             else:
                 reread.append(uid)
+        if self.dry:
+            await self.preview(absent, reread, wanted, flags)
+            return
         updates: list[tuple[User, Desired]] = []
         await self.create_or_join(absent, wanted, updates, flags, reread)
         if reread:
@@ -321,12 +366,69 @@ class _Segment:
         else:
             reread.append(uid)
 
+    async def preview(self, absent: list[str], reread: list[str], wanted: dict[str, Desired], flags: list[str]) -> None:
+        """A dry run's page: the decisions ``apply`` would write, with the run's ledger standing in for the store (who
+        exists, which usernames are taken, which group records a change), and nothing written."""
+        if not absent and not reread:  # every member as the store has it (a preview of an unchanged directory)
+            self.seen.update(flags)
+            return
+        if self.ledger is None:  # read once per run and process, when first needed
+            self.ledger = await self.svc.previews.of(self.run.id, lambda: self.svc.users.username_claims(self.org))
+        ledger, group, stamp = self.ledger, self.job.group_id, self.stamp()
+        stored_ids = [uid for uid in absent if uid in ledger.existing] + reread
+        for uid in absent:
+            if uid not in ledger.existing:
+                self.preview_new(uid, wanted[uid], stamp, flags)
+        stored = await self.svc.users.get_many(self.org, stored_ids) if stored_ids else {}
+        for uid in stored_ids:
+            if uid not in stored:  # deleted meanwhile: it would be created anew
+                self.preview_new(uid, wanted[uid], stamp, flags)
+                continue
+            existing, desired = stored[uid], wanted[uid]
+            if existing.source_type != SourceType.AD_SYNC or existing.subscription_id != self.sub.id:
+                self.skip("managed_manually", f"{existing.username} is now managed in the portal and is not "
+                          "overwritten", user_id=existing.id)
+                continue
+            in_group = group in existing.group_ids
+            if change_of(existing, desired) == Change.UNCHANGED:
+                self.unchanged(uid, flags, in_group=in_group, invitation_queued=False)
+                continue
+            user = updated_user(existing, desired, group, self.run.group_ids, stamp)
+            holder = (ledger.claim(uid, user.username, existing.username)
+                      if username_claim(user.username) != username_claim(existing.username) else None)
+            if holder is not None:  # as ``update`` meets it: reported, and the user keeps (or joins) the group
+                self.conflict(user, UsernameTaken(*holder))
+                if in_group:
+                    self.seen.add(uid)
+                else:
+                    flags.append(uid)
+            elif not ledger.take(uid, group):  # another group of this run records (would write) the change
+                self.unchanged(uid, flags, in_group=in_group, invitation_queued=False)
+            else:
+                self.seen.add(uid)
+                self.counts = self.counts.bump(user.last_change)
+                self.note(change_record(existing, user, user.last_change, group))
+        self.seen.update(flags)
+
+    def preview_new(self, uid: str, desired: Desired, stamp: Stamp, flags: list[str]) -> None:
+        """A dry run meets a user with no row: it would be created, unless its username is taken, or another group of
+        the run creates it (then this group would only add its membership)."""
+        assert self.ledger is not None
+        user = new_user(self.org, self.sub, desired, self.job.group_id, stamp)
+        holder = self.ledger.claim(uid, user.username)
+        if holder is not None:
+            self.conflict(user, UsernameTaken(*holder))
+        elif not self.ledger.take(uid, self.job.group_id):
+            self.unchanged(uid, flags, in_group=False, invitation_queued=False)
+        else:
+            self.created(user)
+
     async def create(self, uids: list[str], wanted: dict[str, Desired], updates: list, flags: list[str]) -> None:
         """Insert users with their username claims; one that exists already is decided like any stored user."""
         if not uids:
             return
-        now = self.svc.clock()
-        creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, self.run.id, now) for uid in uids]
+        stamp = self.stamp()
+        creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, stamp) for uid in uids]
         for user, outcome in zip(creates, await self.svc.users.create(creates)):
             if isinstance(outcome, Created):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(user))
@@ -357,18 +459,33 @@ class _Segment:
                       user_id=existing.id)
             return
         if change_of(existing, desired) == Change.UNCHANGED:
+            if self.changed_by_a_lost_attempt(existing):
+                return
             queued = existing.enrollment_email == EmailState.QUEUED and existing.last_run_id == self.run.id
             self.unchanged(existing.id, flags, in_group=self.job.group_id in existing.group_ids,
                            invitation_queued=queued)
         else:
             updates.append((existing, desired))
 
+    def changed_by_a_lost_attempt(self, user: User) -> bool:
+        """Did an earlier delivery of this segment update ``user`` and die (or lose its answer) before recording it?
+        Then the user's history holds that delivery's entry: report and record the change as it would have."""
+        if not self.recovering or user.id in self.seen or user.id in self.earlier or user.last_run_id != self.run.id:
+            return False
+        entry = history_entry_of(user, self.run.id, self.job.group_id)
+        if entry is None or entry.change == Change.CREATED:
+            return False
+        self.seen.add(user.id)
+        self.counts = self.counts.bump(entry.change)
+        self.note(recovered_record(user, entry))
+        return True
+
     async def update(self, updates: list[tuple[User, Desired]], wanted: dict[str, Desired], flags: list[str]) -> None:
         rounds = 0
         while updates:
             rounds += 1
-            now = self.svc.clock()
-            changes = [(updated_user(u, d, self.job.group_id, self.run.group_ids, self.run.id, now), u.username)
+            stamp = self.stamp()
+            changes = [(updated_user(u, d, self.job.group_id, self.run.group_ids, stamp), u.username)
                        for u, d in updates]
             outcomes = await self.svc.users.update(changes)
             stale: list[str] = []
@@ -377,6 +494,7 @@ class _Segment:
                     self.seen.add(user.id)
                     self.svc.recent.remember(self.run.id, user.id, fingerprint(user))
                     self.counts = self.counts.bump(user.last_change)
+                    self.note(change_record(existing, user, user.last_change, self.job.group_id))
                 elif isinstance(outcome, Stale):
                     stale.append(outcome.user_id)
                 else:
@@ -397,6 +515,7 @@ class _Segment:
     def created(self, user: User) -> None:
         self.seen.add(user.id)
         self.counts = self.counts.bump("created")
+        self.note(change_record(None, user, Change.CREATED, self.job.group_id))
         if user.enrollment_email == EmailState.QUEUED:
             self.counts = self.counts.bump("emailsQueued")
             self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id))
@@ -407,11 +526,16 @@ class _Segment:
     def created_by_a_lost_attempt(self, user: User, desired: Desired) -> bool:
         """Did an earlier attempt of this segment create ``user`` and then die (or lose its answer) before recording it?
 
-        Such a row names this run as its creator and only this group (other groups of the run merge their own
-        membership in when they meet the user), and the progress row holds no report of it: only one attempt's
+        Such a row names this run as its creator and this group in its history (other groups of the run merge their
+        own membership in when they meet the user), and the progress row holds no report of it: only one attempt's
         report is ever merged, so reporting it again counts it once."""
-        return (user.id not in self.seen and user.last_run_id == self.run.id and user.last_change == Change.CREATED
-                and user.group_ids == frozenset({self.job.group_id}) and change_of(user, desired) == Change.UNCHANGED)
+        if user.id in self.seen or user.id in self.earlier or user.last_run_id != self.run.id \
+                or user.last_change != Change.CREATED or change_of(user, desired) != Change.UNCHANGED:
+            return False
+        entry = history_entry_of(user, self.run.id, self.job.group_id)
+        if user.history:
+            return entry is not None and entry.change == Change.CREATED
+        return user.group_ids == frozenset({self.job.group_id})  # a row written before histories existed
 
     def conflict(self, user: User, outcome: UsernameTaken) -> None:
         self.skip("username_conflict",
@@ -431,6 +555,9 @@ class _Segment:
             self.dropped += 1
 
     async def flush_invitations(self) -> None:
+        if self.dry:  # a dry run sends nothing; its counts say what it would have queued
+            self.invitations = []
+            return
         if self.invitations:
             await self.svc.queue.send_enrollment_jobs(self.invitations)
             self.invitations = []
@@ -482,24 +609,25 @@ class _Segment:
                            errors_dropped=p.errors_dropped + self.dropped + max(0, len(p.errors) + len(self.errors) - MAX_ERRORS_PER_GROUP),
                            updated_at=svc.clock())
 
-        await update_progress(svc, job, advance)
+        await update_progress(svc, job, advance, self.recorded())
 
     async def finish(self) -> None:
         """Last page done: drop memberships that ended, record the group, and fan in."""
         job, svc = self.job, self.svc
         await self.flush_invitations()
-        seen = self.seen
-        if job.segment > 0:
-            seen = seen | await svc.runs.load_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment)
+        seen = self.seen | self.earlier
         if not seen:
             await self.check_not_hidden()
-        left = [uid for uid in self.snapshot if uid not in seen]
-        if left:  # the membership property is removed, not set false: a row must not keep what it no longer is
-            await svc.users.remove_memberships(job.org, left, set(self.run.group_ids) - {job.group_id})
-        names = {g.id: g.display_name for g in self.sub.groups}
         now = svc.clock()
-        await svc.groups.save(SyncedGroup(job.org, job.subscription_id, job.group_id,
-                                          names.get(job.group_id, job.group_id), len(seen), now))
+        if self.dry:  # the run's end compares what every group saw with the stored users
+            await svc.runs.save_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment, self.seen)
+        else:
+            left = [uid for uid in self.snapshot if uid not in seen]
+            if left:  # the membership property is removed, not set false: a row must not keep what it no longer is
+                await svc.users.remove_memberships(job.org, left, set(self.run.group_ids) - {job.group_id})
+            names = {g.id: g.display_name for g in self.sub.groups}
+            await svc.groups.save(SyncedGroup(job.org, job.subscription_id, job.group_id,
+                                              names.get(job.group_id, job.group_id), len(seen), now))
 
         def complete(p: GroupProgress) -> GroupProgress | None:
             if p.finished or p.segment > job.segment:
@@ -509,13 +637,14 @@ class _Segment:
                            errors_dropped=p.errors_dropped + self.dropped + max(0, len(p.errors) + len(self.errors) - MAX_ERRORS_PER_GROUP),
                            user_count=len(seen), last_error=None, updated_at=now, finished_at=now)
 
-        await update_progress(svc, job, complete)
+        await update_progress(svc, job, complete, self.recorded())
         await finalize(svc, job.org, job.subscription_id, job.run_id)
 
 
-async def update_progress(svc: Services, job: GroupJob,
-                          change: Callable[[GroupProgress], GroupProgress | None]) -> None:
-    """Apply ``change`` to the group's progress row with optimistic concurrency; None means nothing to do."""
+async def update_progress(svc: Services, job: GroupJob, change: Callable[[GroupProgress], GroupProgress | None],
+                          changes: SegmentChanges | None = None) -> None:
+    """Apply ``change`` to the group's progress row with optimistic concurrency; None means nothing to do. The
+    segment's user ``changes`` are written with it (and not at all when there is nothing to do)."""
 
     async def read() -> GroupProgress | None:
         return await svc.runs.get_group(job.org, job.subscription_id, job.run_id, job.group_id)
@@ -524,13 +653,15 @@ async def update_progress(svc: Services, job: GroupJob,
         return change(current)
 
     async def write(new: GroupProgress) -> GroupProgress:
-        return await svc.runs.save_group(job.org, job.subscription_id, job.run_id, new)
+        return await svc.runs.save_group(job.org, job.subscription_id, job.run_id, new, changes or None)
 
     await optimistic(read, apply, write)
 
 
-async def fail_group(svc: Services, job: GroupJob, code: str, message: str) -> None:
-    """Mark a group failed (the run will fail and deprovision nobody) and fan in."""
+async def fail_group(svc: Services, job: GroupJob, code: str, message: str,
+                     changes: SegmentChanges | None = None) -> None:
+    """Mark a group failed (the run will fail and deprovision nobody) and fan in; ``changes``: what the failing
+    segment had already written."""
     now = svc.clock()
 
     def failed(p: GroupProgress) -> GroupProgress | None:
@@ -539,7 +670,7 @@ async def fail_group(svc: Services, job: GroupJob, code: str, message: str) -> N
         return replace(p, state=GroupState.FAILED, errors=p.errors + (RunError(code, message, group_id=job.group_id),),
                        updated_at=now, finished_at=now)
 
-    await update_progress(svc, job, failed)
+    await update_progress(svc, job, failed, changes)
     log.warning("group failed", extra={"org": job.org, "subscription": job.subscription_id, "run": job.run_id,
                                        "group": job.group_id, "code": code})
     await finalize(svc, job.org, job.subscription_id, job.run_id)
@@ -561,144 +692,3 @@ async def _next_or_none(pages):
         return await pages.__anext__()
     except StopAsyncIteration:
         return None
-
-
-# ---------------------------------------------------------------- fan-in
-
-
-async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approved_by: str | None = None) -> None:
-    """When every group has finished: recount, deprovision (unless a group failed or the guard trips), end the run.
-
-    Safe to call any number of times from any worker: it does nothing until all groups are finished, its writes
-    are idempotent, and the run's terminal transition is conditional on the run's ETag. Within one process the
-    calls for a run take turns: when the last two groups finish together, the second finds the run ended by the
-    first instead of reading every user of the subscription again (across processes that can still happen).
-    """
-    async with svc.finalizing.hold((org, sub_id, run_id)):
-        await _finalize(svc, org, sub_id, run_id, approved_by=approved_by)
-
-
-async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approved_by: str | None) -> None:
-    view = await svc.runs.view(org, sub_id, run_id)
-    if view is None or not all(g.finished for g in view.groups):
-        return
-    run = view.run
-    if run.status in RunStatus.TERMINAL and not (approved_by and run.status == RunStatus.NEEDS_REVIEW):
-        await _release_if_still_held(svc, run)
-        if run.alert_due:  # the call that ended the run died before its alert was recorded
-            await alerts.run_ended(svc, org, sub_id, run_id)
-        return
-    settings = svc.settings
-    group_ids = set(run.group_ids)
-    failed = [g for g in view.groups if g.state == GroupState.FAILED]
-    counts = Counts()
-    active = 0
-    candidates: list[str] = []
-    holding_others: list[str] = []  # rows still holding memberships of groups since deselected
-    async for user in svc.users.subscription_scope(org, sub_id, group_ids):
-        if user.other_groups:
-            holding_others.append(user.id)
-        if user.last_run_id == run.id and user.last_change:
-            counts = counts.bump(user.last_change)
-            if user.last_change == Change.CREATED and user.enrollment_email in (EmailState.QUEUED, EmailState.SENDING, EmailState.SENT, EmailState.FAILED):
-                counts = counts.bump("emailsQueued")
-        elif in_scope(user, group_ids):
-            counts = counts.bump("unchanged")
-        if user.status == UserStatus.ACTIVE:
-            active += 1
-        if should_deprovision(user, group_ids):
-            candidates.append(user.id)
-    for g in view.groups:
-        counts = counts + Counts(skipped=g.counts.skipped, skippedReasons=g.counts.skippedReasons)
-    # An approval replaces the note that deprovisioning was held back.
-    errors = tuple(e for e in run.errors if not (approved_by and e.code == "deprovisioning_held"))
-    pending = 0
-    if failed:
-        status = RunStatus.FAILED
-        if candidates:
-            errors += (RunError("deprovisioning_skipped",
-                                f"{len(failed)} group(s) failed, so {len(candidates)} user(s) no longer seen were left as they are"),)
-    elif candidates and not approved_by and guard_trips(len(candidates), active, settings.deprovision_guard_percent,
-                                                         settings.deprovision_guard_min_users):
-        status = RunStatus.NEEDS_REVIEW
-        pending = len(candidates)
-        errors += (RunError("deprovisioning_held",
-                            f"{pending} of {active} active users would be deactivated (more than "
-                            f"{settings.deprovision_guard_percent:g}%); approve the run to apply it"),)
-    else:
-        status = RunStatus.SUCCEEDED
-        counts = counts.bump("deactivated", await _deprovision(svc, org, run, candidates, group_ids))
-    if holding_others:
-        # Deselected groups leave the rows (a row holds at most 252 properties, so stale ones must not pile up);
-        # deprovisioned users already lost theirs.
-        stale = set(holding_others).difference(candidates) if status == RunStatus.SUCCEEDED else set(holding_others)
-        await svc.users.remove_memberships(org, stale, group_ids)
-    if approved_by:
-        log.info("held-back deprovisioning approved", extra={"org": org, "subscription": sub_id, "run": run_id,
-                                                             "by": approved_by})
-    finished = await _end_run(svc, run, status, counts, errors, pending, approved=bool(approved_by))
-    if finished:
-        from . import changes
-
-        await changes.after_run(svc, run, status)  # before the release: the next run continues from its links
-        await runs_uc.release_subscription(svc, run)
-        await _tidy_groups_grid(svc, org, sub_id)
-        log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,
-                                        "counts": counts.to_api()})
-        if owed_alert(status):
-            await alerts.run_ended(svc, org, sub_id, run_id)
-    else:
-        await _release_if_still_held(svc, run)
-
-
-async def _release_if_still_held(svc: Services, run: Run) -> None:
-    """The run is over, but the subscription may still hold it as active: its end was written by a call whose answer
-    was lost (the retry met a 412) or by a worker that crashed before releasing. Release it now (only if still this
-    run's: a newer run must never be overwritten)."""
-    sub = await svc.subscriptions.get(run.org, run.subscription_id)
-    if sub is not None and sub.active_run_id == run.id:
-        await runs_uc.release_subscription(svc, run)
-        await _tidy_groups_grid(svc, run.org, run.subscription_id)
-
-
-async def _deprovision(svc: Services, org: str, run: Run, candidates: list[str], group_ids: set[str]) -> int:
-    """Deactivate users who left every selected group (never delete); returns how many this call changed."""
-    applied = 0
-    pending = candidates
-    for _ in range(MAX_STALE_ROUNDS):
-        if not pending:
-            break
-        stored = await svc.users.get_many(org, pending)
-        batch = [u for u in stored.values() if should_deprovision(u, group_ids)]
-        if not batch:
-            break
-        now = svc.clock()
-        outcomes = await svc.users.update([(deprovisioned(u, run.id, now), u.username) for u in batch])
-        applied += sum(1 for o in outcomes if isinstance(o, Updated))
-        pending = [o.user_id for o in outcomes if isinstance(o, Stale)]
-    return applied
-
-
-async def _end_run(svc: Services, run: Run, status: str, counts: Counts, errors: tuple, pending: int,
-                   *, approved: bool) -> bool:
-    """The run's one terminal transition; False if another worker already made it."""
-
-    async def end(current: Run) -> Run | None:
-        if current.status in RunStatus.TERMINAL and not (approved and current.status == RunStatus.NEEDS_REVIEW):
-            return None
-        now = svc.clock()
-        return replace(current, status=status, final_counts=counts, errors=errors, pending_deactivations=pending,
-                       finished_at=now, updated_at=now, alert_due=owed_alert(status))
-
-    return await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), end, svc.runs.save) is not None
-
-
-async def _tidy_groups_grid(svc: Services, org: str, sub_id: str) -> None:
-    """Drop Groups-grid rows of groups that are no longer selected."""
-    sub = await svc.subscriptions.get(org, sub_id)
-    if sub is None:
-        return
-    selected = set(sub.group_ids)
-    stale = [g.id for g in await svc.groups.list(org) if g.subscription_id == sub_id and g.id not in selected]
-    if stale:
-        await svc.groups.delete(org, sub_id, stale)

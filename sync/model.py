@@ -53,8 +53,9 @@ class RunStatus:
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     NEEDS_REVIEW = "needs_review"
+    PREVIEWED = "previewed"  # a dry run that finished: it changed nothing and lists what a real run would do
     ACTIVE = frozenset({"queued", "running"})
-    TERMINAL = frozenset({"succeeded", "failed", "needs_review"})
+    TERMINAL = frozenset({"succeeded", "failed", "needs_review", "previewed"})
 
 
 class UserStatus:
@@ -71,6 +72,69 @@ class StatusReason:
 class SourceType:
     AD_SYNC = "AdSync"
     MANUAL = "Manual"
+
+
+class ChangeKind:
+    """What a run (or an administrator) did to a user, as change lists and histories name it."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    REACTIVATED = "reactivated"
+    DEACTIVATED = "deactivated"
+    ALL = ("created", "updated", "reactivated", "deactivated")
+
+
+class ChangeReason:
+    """Why a user changed."""
+
+    JOINED = "joined_selected_group"  # created: a member of a selected group
+    BLOCKED = "blocked_in_directory"  # sign-in blocked in Entra ID (deactivateBlockedUsers on)
+    UNBLOCKED = "unblocked_in_directory"  # sign-in allowed again (or deactivateBlockedUsers turned off)
+    RETURNED = "returned_to_selected_group"  # in a selected group again after being removed
+    REMOVED = "removed_from_directory"  # in none of the selected groups any more
+    ATTRIBUTES = "attributes_changed"  # username, e-mail or names changed in the directory
+    CREATED_BY_ADMIN = "created_by_admin"
+    ACTIVATED_BY_ADMIN = "activated_by_admin"
+    DEACTIVATED_BY_ADMIN = "deactivated_by_admin"
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    """One user's change in a run: proposed by a dry run, applied by a real one.
+
+    ``fields`` maps the API names of the fields the directory decides to ``[old, new]`` (old is None for a user
+    created by the run)."""
+
+    user_id: str
+    username: str
+    display_name: str
+    change: str
+    reason: str
+    fields: dict[str, list] = field(default_factory=dict)
+    group_id: str | None = None  # the group whose worker decided it; None for the run's deactivations at its end
+    email_queued: bool = False  # created with an invitation queued (a dry run's emailsQueued)
+
+    def to_api(self) -> dict[str, Any]:
+        return {"userId": self.user_id, "username": self.username, "displayName": self.display_name,
+                "change": self.change, "reason": self.reason, "fields": {k: list(v) for k, v in self.fields.items()},
+                "groupId": self.group_id}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change in a user's history, kept on the user's row (newest first)."""
+
+    at: datetime
+    run_id: str | None  # None: an administrator in the portal
+    trigger: str  # the run's trigger (manual, nightly), or manual for an administrator
+    change: str
+    reason: str
+    fields: dict[str, list] = field(default_factory=dict)
+    group_id: str | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "runId": self.run_id, "trigger": self.trigger, "change": self.change,
+                "reason": self.reason, "fields": {k: list(v) for k, v in self.fields.items()}, "groupId": self.group_id}
 
 
 class EmailState:
@@ -231,8 +295,21 @@ class Run:
     # The status whose admin alert is owed: written with the terminal transition, cleared once the alert is recorded
     # and queued (sync/alerts.py), so a worker that dies in between leaves it for the redelivery to finish.
     alert_due: str | None = None
+    dry_run: bool = False  # reads the directory and decides, but writes no user, membership, invitation or grid row
     etag: str | None = field(default=None, compare=False)
     delta_links: "DeltaLinks | None" = None  # where the next incremental run continues once this one has ended
+
+
+@dataclass(frozen=True)
+class SegmentChanges:
+    """The user changes one segment of a group recorded, by the segment's Graph page (0, 1, …)."""
+
+    group_id: str
+    segment: int
+    pages: dict[int, tuple[UserChange, ...]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pages.values())
 
 
 @dataclass(frozen=True)
@@ -287,6 +364,7 @@ class RunView:
             "subscriptionId": self.run.subscription_id,
             "trigger": self.run.trigger,
             "status": self.run.status,
+            "dryRun": self.run.dry_run,
             "groupsTotal": len(self.run.group_ids),
             "groupsDone": self.groups_done,
             "counts": self.counts.to_api(),
@@ -330,6 +408,7 @@ class User:
     last_change: str | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    history: tuple[HistoryEntry, ...] = ()  # newest first; capped and pruned (decisions.with_history)
     etag: str | None = field(default=None, compare=False)
 
     def to_api(self, group_names: dict[str, str]) -> dict[str, Any]:
@@ -410,6 +489,8 @@ class ScopeState:
     last_change: str | None
     group_ids: frozenset[str]
     other_groups: bool = False
+    username: str = ""
+    display_name: str = ""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import datetime
-from typing import AsyncIterator, Collection, Iterable
+from typing import AsyncIterator, Collection, Iterable, Sequence
 
 from .alert_model import Alert, AlertJob
 from .model import (
@@ -21,10 +21,12 @@ from .model import (
     Run,
     RunView,
     ScopeState,
+    SegmentChanges,
     SignIn,
     Subscription,
     SyncedGroup,
     User,
+    UserChange,
     UserPage,
     Watch,
 )
@@ -80,8 +82,34 @@ class Runs(abc.ABC):
     async def get_group(self, org: str, sub_id: str, run_id: str, group_id: str) -> GroupProgress | None: ...
 
     @abc.abstractmethod
-    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress) -> GroupProgress:
-        """Conditional on the progress row's etag; PreconditionFailed if it changed."""
+    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress,
+                         changes: SegmentChanges | None = None) -> GroupProgress:
+        """Conditional on the progress row's etag; PreconditionFailed if it changed. ``changes`` (the user changes
+        a segment recorded) are stored with it, in the same transaction when they fit: a segment's report lands
+        whole or not at all, and a redelivered segment's replaces it (same keys)."""
+
+    @abc.abstractmethod
+    async def save_final_changes(self, org: str, sub_id: str, run_id: str, changes: Sequence[UserChange]) -> None:
+        """Store the changes of the run's end (its deactivations), replacing what an earlier call stored."""
+
+    @abc.abstractmethod
+    def change_rows(self, org: str, sub_id: str, run_id: str) -> AsyncIterator[tuple[str, list[UserChange]]]:
+        """Every stored part of the run's change list, in order, with an id for ``replace_change_row``."""
+
+    @abc.abstractmethod
+    async def replace_change_row(self, org: str, sub_id: str, run_id: str, row_id: str,
+                                 changes: Sequence[UserChange]) -> None:
+        """Rewrite one part of the run's change list (deleted when ``changes`` is empty)."""
+
+    @abc.abstractmethod
+    async def changes_page(self, org: str, sub_id: str, run_id: str, change: str | None, page_size: int,
+                           token: str | None) -> tuple[list[UserChange], str | None]:
+        """One page of the run's change list (only ``change`` ones when given) and the opaque token of the next;
+        InvalidInput (``invalid_continuation_token``) for a token this method did not return."""
+
+    @abc.abstractmethod
+    async def expire_changes(self, org: str, sub_id: str, before: datetime) -> int:
+        """Delete the change lists (and seen-user rows) of the runs started before ``before``; rows deleted."""
 
     @abc.abstractmethod
     async def save_seen(self, org: str, sub_id: str, run_id: str, group_id: str, segment: int, user_ids: Iterable[str]) -> None:
@@ -183,6 +211,15 @@ class Users(abc.ABC):
     @abc.abstractmethod
     async def username_owner(self, org: str, username: str) -> str | None:
         """The id of the user holding a username, if any."""
+
+    @abc.abstractmethod
+    def username_claims(self, org: str) -> AsyncIterator[tuple[str, str]]:
+        """Every username of the org and the id of the user holding it (every user holds one: a dry run's view of
+        which users exist and which usernames are taken)."""
+
+    @abc.abstractmethod
+    def expired_history(self, before: datetime) -> AsyncIterator[User]:
+        """Users of every org whose oldest history entry is older than ``before`` (the nightly's retention)."""
 
 
 class Groups(abc.ABC):

@@ -4,15 +4,17 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from . import alerts, subscriptions
+from . import alerts, retention, subscriptions
 from .composition import Services
 from .concurrency import optimistic
-from .errors import Conflict, InvalidInput, NotFound, Transient
+from .errors import Conflict, Gone, InvalidInput, NotFound, Transient
 from .logs import get_logger
 from .model import (
     Caller,
     ChangeJob,
+    ChangeKind,
     DeltaLinks,
     GroupJob,
     GroupProgress,
@@ -24,11 +26,14 @@ from .model import (
     SubscriptionStatus,
     Trigger,
 )
+from .run_end import finalize, release_subscription
 
 log = get_logger(__name__)
 
 RESERVATION_GRACE = timedelta(minutes=2)  # a run id reserved on the subscription whose rows are not written yet
 RECENT_RUNS = 50
+MAX_CHANGES_PAGE = 500
+DEFAULT_CHANGES_PAGE = 50
 
 
 def new_run_id(now: datetime) -> str:
@@ -38,11 +43,16 @@ def new_run_id(now: datetime) -> str:
 
 
 async def start_requested(svc: Services, caller: Caller, sub_id: str, body: dict) -> Run:
-    """``POST …/sync``: a Full Sync, refusing any body field (a misspelt option must never start a real sync)."""
-    if body:
-        raise InvalidInput(f"unknown field(s): {', '.join(sorted(body))[:200]}; a Full Sync takes no options",
+    """``POST …/sync``: a Full Sync, or with ``{"dryRun": true}`` a preview of one. Any other field is refused (a
+    misspelt option must never start a real sync), and so is a ``dryRun`` that is not a boolean."""
+    unknown = sorted(set(body) - {"dryRun"})
+    if unknown:
+        raise InvalidInput(f"unknown field(s): {', '.join(unknown)[:200]}; a Full Sync takes only dryRun",
                            code="unknown_field")
-    return await start(svc, caller, sub_id)
+    dry_run = body.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidInput("dryRun must be true or false", code="invalid_field")
+    return await start(svc, caller, sub_id, dry_run=dry_run)
 
 
 async def reserve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> Subscription:
@@ -63,18 +73,20 @@ async def reserve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> Su
 
 
 async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manual",
-                notes: tuple[RunError, ...] = ()) -> Run:
-    """Queue a Full Sync: one Service Bus message per selected group. Exactly one concurrent caller wins.
+                notes: tuple[RunError, ...] = (), *, dry_run: bool = False) -> Run:
+    """Queue a Full Sync (or a dry run of one): one Service Bus message per selected group. Exactly one concurrent
+    caller wins: a dry run holds the subscription like a run, so a run and a dry run never overlap.
 
     Before any member is read, links to the tenant's current state are taken (Graph delta, ``$deltatoken=latest``):
     once the run has ended, incremental runs continue from them, so a change made while it reads is applied
-    again later rather than missed. Without them (Graph refused) the run is a Full Sync all the same."""
+    again later rather than missed. Without them (Graph refused) the run is a Full Sync all the same. A dry run
+    takes none: it applies nothing, so the next incremental run must continue from the links before it."""
     now = svc.clock()
     run_id = new_run_id(now)
     sub = await reserve(svc, caller, sub_id, run_id)
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=trigger, status=RunStatus.QUEUED,
-              group_ids=sub.group_ids, started_at=now, updated_at=now, errors=notes,
-              delta_links=await _delta_baseline(svc, sub))
+              group_ids=sub.group_ids, started_at=now, updated_at=now, errors=notes, dry_run=dry_run,
+              delta_links=None if dry_run else await _delta_baseline(svc, sub))
     try:
         run = await svc.runs.add(run, [GroupProgress(group_id=g, updated_at=now) for g in sub.group_ids])
     except Transient:
@@ -86,7 +98,7 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
         await fail_run(svc, run, RunError("queue_unavailable", "the sync could not be queued; try again"))
         raise
     log.info("full sync queued", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
-                                        "trigger": trigger, "groups": len(sub.group_ids)})
+                                        "trigger": trigger, "groups": len(sub.group_ids), "dry_run": dry_run})
     await _recover_alerts(svc, sub)
     return run
 
@@ -160,21 +172,6 @@ async def fail_run(svc: Services, run: Run, error: RunError, *, release: bool = 
         await alerts.run_ended(svc, run.org, run.subscription_id, run.id, quiet=True)
 
 
-async def release_subscription(svc: Services, run: Run, *, remember: bool = True) -> None:
-    """Clear the subscription's active run (if it is this one) and remember it as the last run (if ``remember``)."""
-    caller = Caller(org=run.org, subject="directory-sync", role="Owner")
-
-    async def clear(sub: Subscription) -> Subscription:
-        active = None if sub.active_run_id == run.id else sub.active_run_id
-        last = run.id if remember else sub.last_run_id
-        return replace(sub, active_run_id=active, last_run_id=last, updated_at=svc.clock())
-
-    try:
-        await subscriptions.modify(svc, caller, run.subscription_id, clear, deleting=True)
-    except NotFound:
-        pass
-
-
 async def get(svc: Services, caller: Caller, sub_id: str, run_id: str) -> RunView:
     await subscriptions.get(svc, caller, sub_id)
     view = await svc.runs.view(caller.org, sub_id, run_id) if _plausible_run_id(run_id) else None
@@ -183,21 +180,43 @@ async def get(svc: Services, caller: Caller, sub_id: str, run_id: str) -> RunVie
     return view
 
 
+async def changes(svc: Services, caller: Caller, sub_id: str, run_id: str, params: dict[str, str]) -> dict[str, Any]:
+    """``GET …/runs/{runId}/changes``: a page of the run's per-user changes, proposed (dry run) or applied. Listed
+    as the run's groups recorded them; complete once the run has ended; kept for the history retention days."""
+    view = await get(svc, caller, sub_id, run_id)
+    size_text = params.get("pageSize") or str(DEFAULT_CHANGES_PAGE)
+    if not size_text.isdigit() or not 1 <= int(size_text) <= MAX_CHANGES_PAGE:
+        raise InvalidInput(f"pageSize must be a whole number from 1 to {MAX_CHANGES_PAGE}", code="invalid_page_size")
+    change = params.get("change") or None
+    if change is not None and change not in ChangeKind.ALL:
+        raise InvalidInput(f"change must be one of {', '.join(ChangeKind.ALL)}", code="invalid_change")
+    token = params.get("continuationToken") or None
+    if token is not None and len(token) > 2048:
+        raise InvalidInput("continuationToken is not one this API returned", code="invalid_continuation_token")
+    if view.run.started_at < svc.clock() - timedelta(days=svc.settings.history_retention_days):
+        raise Gone(f"the changes of runs older than {svc.settings.history_retention_days} days are not kept",
+                   code="changes_expired")
+    listed, following = await svc.runs.changes_page(caller.org, sub_id, run_id, change, int(size_text), token)
+    return {"runId": view.run.id, "dryRun": view.run.dry_run, "status": view.run.status,
+            "changes": [c.to_api() for c in listed], "continuationToken": following}
+
+
 async def recent(svc: Services, caller: Caller, sub_id: str) -> list[RunView]:
     await subscriptions.get(svc, caller, sub_id)
     return await svc.runs.recent(caller.org, sub_id, RECENT_RUNS)
 
 
 async def last_run(svc: Services, sub: Subscription) -> RunView | None:
-    """The subscription's running or latest run, for its summary."""
-    run_id = sub.active_run_id or sub.last_run_id
-    return await svc.runs.view(sub.org, sub.id, run_id) if run_id else None
+    """The subscription's running or latest real run, for its summary (a dry run is never the last sync)."""
+    if sub.active_run_id:
+        active = await svc.runs.view(sub.org, sub.id, sub.active_run_id)
+        if active is not None and not active.run.dry_run:
+            return active
+    return await svc.runs.view(sub.org, sub.id, sub.last_run_id) if sub.last_run_id else None
 
 
 async def approve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> RunView:
     """Apply the deactivations that the safety guard held back on a ``needs_review`` run."""
-    from .group_sync import finalize
-
     sub = await subscriptions.get(svc, caller, sub_id)
     view = await get(svc, caller, sub_id, run_id)
     if view.run.status != RunStatus.NEEDS_REVIEW:
@@ -212,7 +231,8 @@ async def approve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> Ru
 
 
 async def nightly(svc: Services) -> dict[str, int]:
-    """Start a nightly Full Sync for every eligible subscription; one failure does not stop the others."""
+    """Start a nightly Full Sync for every eligible subscription (one failure does not stop the others), then drop
+    what is older than the history retention."""
     started = skipped = failed = 0
     for sub in await svc.subscriptions.nightly_candidates():
         if sub.deleting or not sub.groups or not sub.nightly_sync or sub.status != SubscriptionStatus.AUTHORIZED:
@@ -235,7 +255,12 @@ async def nightly(svc: Services) -> dict[str, int]:
         except Exception:  # isolation: one broken subscription must not stop the others; nothing is acknowledged
             failed += 1
             log.exception("nightly sync could not start", extra={"org": sub.org, "subscription": sub.id})
-    return {"started": started, "skipped": skipped, "failed": failed}
+    summary = {"started": started, "skipped": skipped, "failed": failed}
+    try:
+        summary.update(await retention.apply(svc))
+    except Exception:  # the syncs are started; the expired entries wait for the next night
+        log.exception("nightly retention failed")
+    return summary
 
 
 def _plausible_run_id(run_id: str) -> bool:

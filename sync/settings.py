@@ -68,6 +68,7 @@ class Settings:
     graph_concurrency: int
     consent_propagation_grace_s: float
     graph_tenant_cache: int
+    history_retention_days: int
     mail: MailSettings | None
     # Near-real-time sync (Graph change notifications and delta queries).
     notification_url: str | None = field(default=None, repr=False)  # carries the function key (`code`)
@@ -117,6 +118,7 @@ class Settings:
             graph_concurrency=int(reader.number("GRAPH_CONCURRENCY", 4, 1, 64)),
             consent_propagation_grace_s=reader.number("CONSENT_PROPAGATION_GRACE_SECONDS", 600.0, 0.0, 86400.0),
             graph_tenant_cache=int(reader.number("GRAPH_TENANT_CACHE", 1000, 1, 100_000)),
+            history_retention_days=int(reader.number("HISTORY_RETENTION_DAYS", 90, 1, 3650)),
             mail=_mail_settings(reader),
             notification_url=reader.optional_url("NOTIFICATION_URL"),
             change_queue=reader.text("CHANGE_QUEUE", "directory-changes"),

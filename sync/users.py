@@ -10,8 +10,9 @@ from typing import Any, Awaitable, Callable
 from . import signing
 from .composition import Services
 from .concurrency import optimistic
+from .decisions import Stamp, created_by_admin, switched_by_admin
 from .errors import Conflict, Gone, InvalidInput, NotFound, PreconditionFailed
-from .model import Caller, SourceType, StatusReason, SyncedGroup, User, UserStatus
+from .model import Caller, SourceType, SyncedGroup, User, UserStatus
 from .ports import Created, Stale, UserFilter, UsernameTaken
 
 ENROLLMENT_PURPOSE = "enrollment"
@@ -57,6 +58,17 @@ async def get(svc: Services, caller: Caller, user_id: str) -> User:
     return user
 
 
+async def history(svc: Services, caller: Caller, user_id: str) -> dict[str, Any]:
+    """``GET /api/users/{userId}/history``: what changed the user and why, newest first, within the retention."""
+    user = await get(svc, caller, user_id)
+    keep_since = _admin_stamp(svc).keep_since  # also before the nightly has dropped what expired
+    return {"history": [e.to_api() for e in user.history if e.at >= keep_since]}
+
+
+def _admin_stamp(svc: Services) -> Stamp:
+    return Stamp.of(None, "manual", svc.clock(), svc.settings.history_retention_days)
+
+
 async def create_manual(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
     """A user the admins manage by hand in the portal."""
     unknown = sorted(set(body) - {"username", "email", "displayName"})
@@ -72,6 +84,7 @@ async def create_manual(svc: Services, caller: Caller, body: dict[str, Any]) -> 
     now = svc.clock()
     user = User(org=caller.org, id=str(uuid.uuid4()), username=username, email=email, display_name=display,
                 source_type=SourceType.MANUAL, created_at=now, updated_at=now)
+    user = created_by_admin(user, _admin_stamp(svc))
     [outcome] = await svc.users.create([user])
     if isinstance(outcome, UsernameTaken):
         raise Conflict(f"the username '{username}' is already taken in this organisation", code="username_taken")
@@ -108,8 +121,7 @@ async def set_active(svc: Services, caller: Caller, user_id: str, active: bool) 
                            code="managed_by_directory")
         if current.status == status:
             return None
-        return replace(current, status=status, status_reason=None if active else StatusReason.BY_ADMIN,
-                       updated_at=svc.clock())
+        return switched_by_admin(current, active, _admin_stamp(svc))
 
     return await change_user(svc, caller.org, user.id, switch) or await get(svc, caller, user_id)
 

@@ -6,7 +6,7 @@ import itertools
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Collection, Iterable
+from typing import Any, AsyncIterator, Collection, Iterable, Sequence
 
 from notifications.senders import MailError, MailSender, OutgoingEmail
 from sync.alert_model import Alert, AlertJob
@@ -35,10 +35,12 @@ from sync.model import (
     Run,
     RunView,
     ScopeState,
+    SegmentChanges,
     SignIn,
     Subscription,
     SyncedGroup,
     User,
+    UserChange,
     UserPage,
     Watch,
 )
@@ -148,6 +150,7 @@ class MemoryRuns(Runs):
         self.runs: dict[tuple[str, str, str], Run] = {}
         self.groups: dict[tuple[str, str, str, str], GroupProgress] = {}
         self.seen: dict[tuple[str, str, str, str, int], set[str]] = {}
+        self.changes: dict[tuple[str, str, str], dict[str, list[UserChange]]] = {}
 
     async def add(self, run: Run, groups: Iterable[GroupProgress]) -> Run:
         stored = replace(run, etag=etag())
@@ -182,14 +185,66 @@ class MemoryRuns(Runs):
     async def get_group(self, org: str, sub_id: str, run_id: str, group_id: str) -> GroupProgress | None:
         return self.groups.get((org, sub_id, run_id, group_id))
 
-    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress) -> GroupProgress:
+    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress,
+                         changes: SegmentChanges | None = None) -> GroupProgress:
         key = (org, sub_id, run_id, progress.group_id)
         current = self.groups.get(key)
         if (progress.etag is None) != (current is None) or (current is not None and current.etag != progress.etag):
             raise PreconditionFailed("changed")
         stored = replace(progress, etag=etag())
         self.groups[key] = stored
+        if changes:  # in the same transaction as the progress row
+            rows = self.changes.setdefault((org, sub_id, run_id), {})
+            for page, listed in changes.pages.items():
+                rows[f"x|{changes.group_id}|{changes.segment:05d}|{page:04d}"] = list(listed)
         return stored
+
+    async def save_final_changes(self, org: str, sub_id: str, run_id: str, changes: Sequence[UserChange]) -> None:
+        rows = self.changes.setdefault((org, sub_id, run_id), {})
+        ordered = sorted(changes, key=lambda c: c.user_id)
+        for n, start in enumerate(range(0, len(ordered), 1000)):
+            rows[f"y|{n:05d}"] = ordered[start : start + 1000]
+
+    async def change_rows(self, org: str, sub_id: str, run_id: str) -> AsyncIterator[tuple[str, list[UserChange]]]:
+        for row, listed in sorted(self.changes.get((org, sub_id, run_id), {}).items()):
+            yield row, list(listed)
+
+    async def replace_change_row(self, org, sub_id, run_id, row_id, changes) -> None:
+        rows = self.changes.setdefault((org, sub_id, run_id), {})
+        if changes:
+            rows[row_id] = list(changes)
+        else:
+            rows.pop(row_id, None)
+
+    async def changes_page(self, org, sub_id, run_id, change, page_size, token):
+        start, skip = ("", 0)
+        if token:
+            try:
+                data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+                start, skip = str(data["row"]), int(data["at"])
+            except (ValueError, KeyError, TypeError):
+                raise InvalidInput("bad token", code="invalid_continuation_token") from None
+        found: list[UserChange] = []
+        for row, listed in sorted(self.changes.get((org, sub_id, run_id), {}).items()):
+            if row < start:
+                continue
+            for i in range(skip if row == start else 0, len(listed)):
+                if change is None or listed[i].change == change:
+                    found.append(listed[i])
+                    if len(found) >= page_size:
+                        cursor = json.dumps({"row": row, "at": i + 1}).encode()
+                        return found, base64.urlsafe_b64encode(cursor).decode()
+        return found, None
+
+    async def expire_changes(self, org: str, sub_id: str, before: datetime) -> int:
+        n = 0
+        for (o, s, r), run in list(self.runs.items()):
+            if (o, s) == (org, sub_id) and run.started_at < before:
+                n += len(self.changes.pop((o, s, r), {}))
+                for key in [k for k in self.seen if k[:3] == (o, s, r)]:
+                    del self.seen[key]
+                    n += 1
+        return n
 
     async def save_seen(self, org, sub_id, run_id, group_id, segment, user_ids) -> None:
         self.seen[(org, sub_id, run_id, group_id, segment)] = set(user_ids)
@@ -206,6 +261,8 @@ class MemoryRuns(Runs):
             del self.runs[key]
         for key in [k for k in self.groups if k[:2] == (org, sub_id)]:
             del self.groups[key]
+        for key in [k for k in self.changes if k[:2] == (org, sub_id)]:
+            del self.changes[key]
 
 
 def _claim(username: str) -> str:
@@ -321,10 +378,21 @@ class MemoryUsers(Users):
         wanted = set(group_ids)
         async for u in self.subscription_users(org, subscription_id):
             yield ScopeState(u.id, u.status, u.source_type, u.enrollment_email, u.last_run_id, u.last_change,
-                             u.group_ids & wanted, other_groups=not u.group_ids <= wanted)
+                             u.group_ids & wanted, other_groups=not u.group_ids <= wanted, username=u.username,
+                             display_name=u.display_name)
 
     async def username_owner(self, org: str, username: str) -> str | None:
         return self.claims.get((org, _claim(username)))
+
+    async def username_claims(self, org: str) -> AsyncIterator[tuple[str, str]]:
+        for (o, name), uid in list(self.claims.items()):
+            if o == org:
+                yield name, uid
+
+    async def expired_history(self, before: datetime) -> AsyncIterator[User]:
+        for u in list(self.rows.values()):
+            if u.history and min(e.at for e in u.history) < before:
+                yield u
 
 
 class MemoryAlerts(Alerts):

@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"users", "groups", "memberships", "graph_requests", "graph_floor", "table_writes", "table_write_floor",
         "full_sync_s", "floor_s", "resync_s", "resync_user_writes", "resync_membership_writes", "peak_rss_mb",
-        "import_function_app_s", "import_azure_functions_s"}
+        "import_function_app_s", "import_azure_functions_s", "dry_run_s", "dry_run_peak_rss_mb", "dry_run_user_writes",
+        "dry_run_table_writes", "dry_resync_s", "dry_resync_user_writes"}
 
 
 @pytest.mark.slow
@@ -29,4 +30,5 @@ def test_benchmark_prints_the_contract_at_a_tiny_size():
     assert result["table_writes"] >= result["table_write_floor"] > 0
     assert result["resync_user_writes"] == 0
     assert result["resync_membership_writes"] == 0
+    assert result["dry_run_user_writes"] == 0 and result["dry_resync_user_writes"] == 0 and result["dry_run_s"] > 0
     assert "PASS" in done.stdout or "MISS" in done.stdout

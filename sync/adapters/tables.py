@@ -8,7 +8,10 @@ Schema (PK = PartitionKey, RK = RowKey; key parts are percent-encoded so any org
   the same user merge different properties and never conflict.
 - ``{prefix}Runs``           PK ``org|subscription``; RK run id (ids sort newest first) for the run,
   ``<run id>|g|<group id>`` for each group's progress, ``<run id>|s|<group id>|<segment>|<n>`` for the users a
-  segment of a large group saw.
+  segment of a large group (or any group of a dry run) saw, ``<run id>|x|<group id>|<segment>|<page>|<part>`` for
+  the user changes a segment recorded, one row per Graph page, and ``<run id>|y|<part>`` for the deactivations of
+  the run's end (``table_changes``).
+  A user row also keeps its history (``history``, newest first, and ``historyOldest`` for the nightly's retention).
 - ``{prefix}Groups``         PK org, RK ``subscription|group``: the Groups grid.
 """
 from __future__ import annotations
@@ -20,8 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Collection, Iterable, TypeVar
-from urllib.parse import quote
+from typing import Any, AsyncIterator, Callable, Collection, Iterable, Sequence, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -47,9 +49,11 @@ from ..model import (
     RunError,
     RunView,
     ScopeState,
+    SegmentChanges,
     Subscription,
     SyncedGroup,
     User,
+    UserChange,
     is_guid,
 )
 from ..ports import (
@@ -64,7 +68,10 @@ from ..ports import (
     UsernameTaken,
     Users,
 )
-from . import table_wire
+from . import table_changes, table_wire
+from .table_text import key
+from .table_text import long_text as _long_text
+from .table_text import read_long_text as _read_long_text
 
 log = get_logger(__name__)
 
@@ -77,12 +84,8 @@ USER_RK_END = "|"  # every user id sorts before this; claims sort after it
 SEEN_IDS_PER_PROPERTY = 850  # 37 chars each: a string property holds at most 32K UTF-16 characters
 SEEN_PROPERTIES_PER_ENTITY = 15  # ~15 x 64 KiB keeps each entity under the 1 MiB limit
 SCAN_LIMIT = 5000  # rows read per Users-grid call at most, so a rare search never scans a whole org at once
+CHANGE_ROWS_PER_CALL = 20  # change-list rows (a Graph page each) read per call at most, when filtered
 T = TypeVar("T")
-
-
-def key(text: str) -> str:
-    """A key part safe for PartitionKey/RowKey ('/', '\\', '#', '?' and controls are not allowed) and unambiguous."""
-    return quote(text, safe="")
 
 
 def username_key(username: str) -> str:
@@ -228,39 +231,6 @@ def _dt(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-TEXT_PART_UNITS = 32 * 1024  # a String property holds 64 KiB: 32K UTF-16 code units
-
-
-def _long_text(name: str, text: str) -> dict[str, str]:
-    """``text`` as the properties ``name``, ``name_2``, … of at most 32K UTF-16 units each (Table Storage's limit for
-    one String), cut between code points. Entities written with it are always replaced, never merged."""
-    parts: dict[str, str] = {}
-    start = units = 0
-    for i, ch in enumerate(text):
-        width = 2 if ord(ch) > 0xFFFF else 1
-        if units + width > TEXT_PART_UNITS:
-            parts[_part_name(name, len(parts))] = text[start:i]
-            start, units = i, 0
-        units += width
-    parts[_part_name(name, len(parts))] = text[start:]
-    return parts
-
-
-def _read_long_text(e: Any, name: str) -> str | None:
-    first = e.get(name)
-    if first is None:
-        return None
-    parts, n = [first], 1
-    while (part := e.get(_part_name(name, n))) is not None:
-        parts.append(part)
-        n += 1
-    return "".join(parts)
-
-
-def _part_name(name: str, n: int) -> str:
-    return name if n == 0 else f"{name}_{n + 1}"
 
 
 def _conditional(etag: str | None) -> dict[str, Any]:
@@ -463,9 +433,12 @@ class TableRuns(_Repository, Runs):
             return None
         return _progress_from(entity)
 
-    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress) -> GroupProgress:
+    async def save_group(self, org: str, sub_id: str, run_id: str, progress: GroupProgress,
+                         changes: SegmentChanges | None = None) -> GroupProgress:
         table = await self._table()
         entity = _progress_entity(self._pk(org, sub_id), run_id, progress)
+        if changes:
+            return await self._save_group_with_changes(table, run_id, progress, entity, changes)
         try:
             if progress.etag is None:
                 meta = await call(table.create_entity(entity))
@@ -475,6 +448,103 @@ class TableRuns(_Repository, Runs):
             raise PreconditionFailed("the group's progress changed meanwhile") from None
         self._store.count_write(1)
         return replace(progress, etag=meta.get("etag"))
+
+    async def _save_group_with_changes(self, table: TableClient, run_id: str, progress: GroupProgress,
+                                       entity: dict[str, Any], changes: SegmentChanges) -> GroupProgress:
+        """The progress row and the segment's change rows in one transaction (the change rows that do not fit go
+        first, in transactions of their own: rewriting them is idempotent)."""
+        packs = table_changes.transactions(table_changes.segment_entities(entity["PartitionKey"], run_id, changes),
+                                           reserve=1)
+        for pack in packs[:-1]:
+            await self._upsert_all(table, pack)
+        if progress.etag is None:
+            first: tuple = ("create", entity)
+        else:
+            first = ("update", entity, {"mode": UpdateMode.REPLACE, **_conditional(progress.etag)})
+        ops = [first, *(("upsert", e, {"mode": UpdateMode.REPLACE}) for e in packs[-1])]
+        try:
+            result = await call(self._store.transaction(table, ops))
+        except TableTransactionError as exc:
+            if exc.index == 0 and exc.error_code in ("UpdateConditionNotSatisfied", "ResourceNotFound",
+                                                     "EntityAlreadyExists"):
+                raise PreconditionFailed("the group's progress changed meanwhile") from None
+            raise
+        self._store.count_write(len(ops))
+        return replace(progress, etag=result[0].get("etag"))
+
+    async def _upsert_all(self, table: TableClient, entities: list[dict[str, Any]]) -> None:
+        if entities:
+            await call(self._store.transaction(table, [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities]))
+            self._store.count_write(len(entities))
+
+    async def save_final_changes(self, org: str, sub_id: str, run_id: str, changes: Sequence[UserChange]) -> None:
+        table = await self._table()
+        for pack in table_changes.transactions(table_changes.final_entities(self._pk(org, sub_id), run_id, changes)):
+            await self._upsert_all(table, pack)
+
+    async def change_rows(self, org: str, sub_id: str, run_id: str) -> AsyncIterator[tuple[str, list[UserChange]]]:
+        table = await self._table()
+        lo, hi = table_changes.list_range(run_id)
+        query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        try:
+            async for e in table_wire.query(table, query, {"pk": self._pk(org, sub_id), "lo": lo, "hi": hi},
+                                            page_size=4):
+                yield e["RowKey"], table_changes.changes_of(e)
+        except HttpResponseError as exc:
+            raise Transient(f"table storage answered {exc.status_code}") from exc
+
+    async def replace_change_row(self, org: str, sub_id: str, run_id: str, row_id: str,
+                                 changes: Sequence[UserChange]) -> None:
+        table = await self._table()
+        pk = self._pk(org, sub_id)
+        if changes:
+            await call(table.upsert_entity(table_changes.row_entity(pk, row_id, changes), mode=UpdateMode.REPLACE))
+        else:
+            try:
+                await call(table.delete_entity(pk, row_id))
+            except ResourceNotFoundError:
+                pass
+        self._store.count_write(1)
+
+    async def changes_page(self, org: str, sub_id: str, run_id: str, change: str | None, page_size: int,
+                           token: str | None) -> tuple[list[UserChange], str | None]:
+        """Rows are read from the token's on, a few at a time; a filtered call reads at most CHANGE_ROWS_PER_CALL
+        rows and may answer fewer changes than asked for, with a token."""
+        table = await self._table()
+        start, skip = table_changes.decode_cursor(token, run_id)
+        _, hi = table_changes.list_range(run_id)
+        query = "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi"
+        found: list[UserChange] = []
+        rows = 0
+        try:
+            async for e in table_wire.query(table, query, {"pk": self._pk(org, sub_id), "lo": start, "hi": hi},
+                                            page_size=1):
+                rows += 1
+                listed = table_changes.changes_of(e)
+                first = skip if e["RowKey"] == start else 0
+                for i in range(first, len(listed)):
+                    if change is None or listed[i].change == change:
+                        found.append(listed[i])
+                        if len(found) >= page_size:
+                            return found, table_changes.cursor_after(e["RowKey"], i + 1, len(listed))
+                if rows >= CHANGE_ROWS_PER_CALL:
+                    return found, table_changes.cursor_after(e["RowKey"], len(listed), len(listed))
+        except HttpResponseError as exc:
+            raise Transient(f"table storage answered {exc.status_code}") from exc
+        return found, None
+
+    async def expire_changes(self, org: str, sub_id: str, before: datetime) -> int:
+        table = await self._table()
+        pk = self._pk(org, sub_id)
+        # Run ids sort newest first: every run started before ``before`` has a greater key than this.
+        older = f"{10**13 - int(before.timestamp() * 1000):013d}"
+        rows = await collect(table.query_entities(
+            "PartitionKey eq @pk and RowKey gt @older and (kind eq 'changes' or kind eq 'seen')",
+            parameters={"pk": pk, "older": older}, select=["RowKey"]))
+        for chunk in _chunks([("delete", {"PartitionKey": pk, "RowKey": r["RowKey"]}) for r in rows], MAX_TRANSACTION):
+            await call(self._store.transaction(table, chunk))
+            self._store.count_write(len(chunk))
+        return len(rows)
 
     async def save_seen(self, org: str, sub_id: str, run_id: str, group_id: str, segment: int, user_ids: Iterable[str]) -> None:
         table = await self._table()
@@ -535,6 +605,7 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         **(_long_text("usersDeltaLink", run.delta_links.users_link) if run.delta_links else {}),
         **(_long_text("groupsDeltaLink", run.delta_links.groups_link) if run.delta_links else {}),
         "alertDue": run.alert_due,
+        "dryRun": run.dry_run,
     }
 
 
@@ -553,6 +624,7 @@ def _run_from(e: Any) -> Run:
         pending_deactivations=int(e.get("pendingDeactivations") or 0),
         updated_at=_dt(e.get("updatedAt")),
         alert_due=e.get("alertDue"),
+        dry_run=bool(e.get("dryRun")),
         etag=_etag(e),
         delta_links=_delta_links(e),
     )
@@ -919,7 +991,8 @@ class TableUsers(_Repository, Users):
                                  enrollment_email=e.get("emailState"), last_run_id=e.get("lastRunId"),
                                  last_change=e.get("lastChange"),
                                  group_ids=frozenset(g for p, g in props.items() if e.get(p) is True),
-                                 other_groups=any(n not in props and _is_membership(n) for n in e))
+                                 other_groups=any(n not in props and _is_membership(n) for n in e),
+                                 username=e["username"], display_name=e.get("displayName") or "")
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
 
@@ -930,6 +1003,27 @@ class TableUsers(_Repository, Users):
         except ResourceNotFoundError:
             return None
         return entity.get("userId")
+
+    async def username_claims(self, org: str) -> AsyncIterator[tuple[str, str]]:
+        table = await self._table()
+        query = "PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi"
+        try:
+            async for e in table_wire.query(table, query, {"pk": key(org), "lo": CLAIM_PREFIX, "hi": CLAIM_END},
+                                            select=["username", "userId"]):
+                yield e["username"], e["userId"]
+        except HttpResponseError as exc:
+            raise Transient(f"table storage answered {exc.status_code}") from exc
+
+    async def expired_history(self, before: datetime) -> AsyncIterator[User]:
+        table = await self._table()
+        # Every org's partition, filtered by the service: only rows whose oldest entry expired come back.
+        pages = table.query_entities("kind eq 'user' and historyOldest lt @before", parameters={"before": before},
+                                     results_per_page=1000)
+        try:
+            async for entity in pages:
+                yield _user_from(entity)
+        except HttpResponseError as exc:
+            raise Transient(f"table storage answered {exc.status_code}") from exc
 
 
 _MEMBER_COLUMNS = ["id", "username", "email", "displayName", "givenName", "surname", "status", "statusReason",
@@ -961,6 +1055,7 @@ def _user_entity(user: User) -> dict[str, Any]:
             entity[prop] = value
     for gid in user.group_ids:
         entity[membership_property(gid)] = True
+    entity.update(table_changes.history_properties(user.history))
     return entity
 
 
@@ -979,7 +1074,8 @@ def _user_from(e: Any) -> User:
         value = e.get(prop)
         values[attr] = _dt(value) if attr in _DATES else value
     groups = frozenset(g for name, v in e.items() if v is True and (g := group_of_property(name)))
-    return User(org=e["org"], id=e["id"], group_ids=groups, etag=_etag(e), **values)
+    return User(org=e["org"], id=e["id"], group_ids=groups, history=table_changes.history_of(e), etag=_etag(e),
+                **values)
 
 
 def _search_text(user: User) -> str:

@@ -162,6 +162,14 @@ async def get_run(req: func.HttpRequest) -> func.HttpResponse:
     return await handle(req, act)
 
 
+@bp.function_name("list_run_changes")
+@bp.route(route=ONE + "/runs/{runId}/changes", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def list_run_changes(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        return await runs.changes(svc, caller, route(req, "subscriptionId"), route(req, "runId"), query(req))
+    return await handle(req, act, query_params=("pageSize", "continuationToken", "change"))
+
+
 @bp.function_name("approve_run")
 @bp.route(route=ONE + "/runs/{runId}/approve", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def approve_run(req: func.HttpRequest) -> func.HttpResponse:

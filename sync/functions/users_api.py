@@ -35,6 +35,14 @@ async def get_user(req: func.HttpRequest) -> func.HttpResponse:
     return await handle(req, act)
 
 
+@bp.function_name("get_user_history")
+@bp.route(route="users/{userId}/history", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def get_user_history(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        return await users.history(svc, caller, route(req, "userId"))
+    return await handle(req, act)
+
+
 @bp.function_name("deactivate_user")
 @bp.route(route="users/{userId}/deactivate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def deactivate_user(req: func.HttpRequest) -> func.HttpResponse:

@@ -107,12 +107,13 @@ def test_demo_walks_the_workflow_through_the_api(demo):
 
 def test_demo_prints_the_grids_and_the_emails(demo):
     out = demo.stdout
-    assert rows(out, "USERNAME")[0] == ["USERNAME", "STATUS", "REASON", "SOURCE", "GROUPS"]
-    assert rows(out, "adele.vance@contoso.example")[0] == ["adele.vance@contoso.example", "Active", "AdSync", "Sales Team"]
-    assert rows(out, "emily.braun@contoso.example")[0] == [
+    users = section(out, "Users grid")  # (the preview before it lists some of the same users)
+    assert rows(users, "USERNAME")[0] == ["USERNAME", "STATUS", "REASON", "SOURCE", "GROUPS"]
+    assert rows(users, "adele.vance@contoso.example")[0] == ["adele.vance@contoso.example", "Active", "AdSync", "Sales Team"]
+    assert rows(users, "emily.braun@contoso.example")[0] == [
         "emily.braun@contoso.example", "Inactive", "blocked_in_directory", "AdSync", "Sales Team"]
     # Platform Team and Platform On-Call are nested in Engineering: their members count as Engineering's.
-    assert rows(out, "mika.virtanen@contoso.example")[0][-1] == "Engineering"
+    assert rows(users, "mika.virtanen@contoso.example")[0][-1] == "Engineering"
     assert rows(out, "Engineering") == [["Engineering", "14"]]
     assert rows(out, "Sales Team") == [["Sales Team", "8"]]
     assert rows(out, "Support Staff") == [["Support Staff", "8"]]
@@ -139,6 +140,24 @@ def test_demo_shows_what_the_nightly_run_changed(demo):
         "joni.sherman@contoso.example", "Active", "Inactive (removed_from_directory)",
         "no longer in any selected group; left Support Staff"]]
     assert len([line for line in changes.splitlines() if "@" in line]) == 2
+
+
+def test_demo_previews_the_first_sync_and_explains_the_nightly_changes(demo):
+    out = demo.stdout
+    preview = section(out, "Preview: a dry run of the first Full Sync")
+    assert re.search(r"\(manual\) \[#{20}\] 3/3 groups  previewed", preview)
+    assert "created 30 · " in preview and "e-mails queued 29" in preview and "proposed changes: 30 created" in preview
+    assert rows(preview, "emily.braun@contoso.example") == [[
+        "emily.braun@contoso.example", "created", "blocked_in_directory", "Inactive"]]
+    assert "users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing)" in preview
+    listed = section(out, "The nightly run's change list, and a user's history")
+    assert rows(listed, "joni.sherman@contoso.example")[0][:3] == [
+        "joni.sherman@contoso.example", "deactivated", "removed_from_directory"]
+    assert rows(listed, "alex.wilber@contoso.example")[0][:3] == [
+        "alex.wilber@contoso.example", "deactivated", "blocked_in_directory"]
+    history = [line.split() for line in listed.splitlines() if re.match(r"\s+\d{4}-\d\d-\d\dT", line)]
+    assert [h[2:] for h in history] == [["nightly", "deactivated", "removed_from_directory"],
+                                        ["manual", "created", "joined_selected_group"]]
 
 
 def test_a_failing_step_exits_non_zero_naming_it_and_the_log(tmp_path):

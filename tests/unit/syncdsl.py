@@ -55,10 +55,29 @@ async def deliver(svc: Services, *, times: int = 1, limit: int = 10_000) -> int:
     return handled
 
 
-async def full_sync(svc: Services, sub: Subscription, *, times: int = 1) -> RunView:
-    run = await runs.start(svc, caller(sub.org), sub.id)
+async def full_sync(svc: Services, sub: Subscription, *, times: int = 1, dry_run: bool = False,
+                    trigger: str = "manual") -> RunView:
+    run = await runs.start(svc, caller(sub.org), sub.id, trigger, dry_run=dry_run)
     await deliver(svc, times=times)
     return await runs.get(svc, caller(sub.org), sub.id, run.id)
+
+
+async def dry_run(svc: Services, sub: Subscription, *, times: int = 1) -> RunView:
+    return await full_sync(svc, sub, times=times, dry_run=True)
+
+
+async def changes_of(svc: Services, sub: Subscription, run_id: str, *, page_size: int = 500,
+                     **params: str) -> list[dict]:
+    """Every page of a run's change list, as the API answers it."""
+    out: list[dict] = []
+    token = None
+    while True:
+        query = {"pageSize": str(page_size), **params, **({"continuationToken": token} if token else {})}
+        page = await runs.changes(svc, caller(sub.org), sub.id, run_id, query)
+        out += page["changes"]
+        token = page["continuationToken"]
+        if not token:
+            return out
 
 
 def users_of(svc: Services, org: str = "org-a") -> dict[str, User]:

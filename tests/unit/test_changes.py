@@ -280,3 +280,19 @@ async def test_a_user_the_sync_cannot_map_is_skipped_and_counted(svc, tenant):
     assert run.counts.skipped == 1 and run.counts.skippedReasons == {"missing_username_attribute": 1}
     assert [e.code for e in run.run.errors] == ["missing_username_attribute"]
     assert not any(u.azure_object_id == "eve" for u in users_of(svc).values()) and len(users_of(svc)) == 3
+
+
+async def test_an_incremental_run_lists_its_changes_and_writes_history(svc, tenant):
+    sub = await synced(svc)
+    tenant.block("cat")
+    tenant.add_user("eve", groups=[ENG])
+    tenant.remove(SALES, "ann")
+    run = await notified(svc, sub)
+    listed, _ = await svc.runs.changes_page(sub.org, sub.id, run.run.id, None, 50, None)
+    by_user = {c.username: (c.change, c.reason) for c in listed}
+    assert by_user == {"cat@contoso.example": ("deactivated", "blocked_in_directory"),
+                       "eve@contoso.example": ("created", "joined_selected_group"),
+                       "ann@contoso.example": ("deactivated", "removed_from_directory")}
+    cat = users_of(svc)["cat@contoso.example"]
+    assert (cat.history[0].run_id, cat.history[0].trigger, cat.history[0].change) == (
+        run.run.id, "change_notification", "deactivated")

@@ -256,9 +256,11 @@ async def test_unknown_query_parameters_empty_patches_and_sync_options_are_refus
     assert (status, body["code"]) == (400, "empty_patch")
     await consent(sub["id"])
     await call("select_groups", route={"subscriptionId": sub["id"]}, body={"groupIds": [SALES]})
-    for options in ({"dryRun": True}, {"dryrun": True}, {"groups": [SALES]}):
+    for options, code in (({"dryrun": True}, "unknown_field"), ({"groups": [SALES]}, "unknown_field"),
+                          ({"dryRun": True, "force": True}, "unknown_field"), ({"dryRun": "true"}, "invalid_field"),
+                          ({"dryRun": 1}, "invalid_field"), ({"dryRun": None}, "invalid_field")):
         status, body, _ = await call("start_full_sync", route={"subscriptionId": sub["id"]}, body=options)
-        assert (status, body["code"]) == (400, "unknown_field"), options
+        assert (status, body["code"]) == (400, code), options
     assert svc.queue.group_jobs == []  # a misspelt option started nothing
     assert (await call("start_full_sync", route={"subscriptionId": sub["id"]}, body={}))[0] == 202
 
