@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import alerts, subscriptions
+from . import alerts
 from .alert_model import owed_alert
 from .composition import Services
 from .concurrency import optimistic
@@ -20,10 +20,8 @@ from .decisions import (
     removal_record,
     should_deprovision,
 )
-from .errors import NotFound
 from .logs import get_logger
 from .model import (
-    Caller,
     ChangeKind,
     Counts,
     EmailState,
@@ -33,32 +31,17 @@ from .model import (
     RunStatus,
     RunView,
     SourceType,
-    Subscription,
     UserChange,
     UserStatus,
 )
 from .ports import Stale, Updated
+from .run_lock import release_subscription
+from .watching import after_run
 
 log = get_logger(__name__)
 
 MAX_STALE_ROUNDS = 6
 ALL_SEGMENTS = 99_999  # load_seen(before_segment=…): every segment of a group
-
-
-async def release_subscription(svc: Services, run: Run, *, remember: bool = True) -> None:
-    """Clear the subscription's active run (if it is this one) and remember it as the last run (if ``remember``:
-    never a dry run, so the portal's last sync stays the last real one)."""
-    caller = Caller(org=run.org, subject="directory-sync", role="Owner")
-
-    async def clear(sub: Subscription) -> Subscription:
-        active = None if sub.active_run_id == run.id else sub.active_run_id
-        last = run.id if remember and not run.dry_run else sub.last_run_id
-        return replace(sub, active_run_id=active, last_run_id=last, updated_at=svc.clock())
-
-    try:
-        await subscriptions.modify(svc, caller, run.subscription_id, clear, deleting=True)
-    except NotFound:
-        pass
 
 
 async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approved_by: str | None = None) -> None:
@@ -142,9 +125,7 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
                                                              "by": approved_by})
     finished = await _end_run(svc, run, status, counts, errors, pending, approved=bool(approved_by))
     if finished:
-        from . import changes  # changes builds on this module (an incremental run ends here too)
-
-        await changes.after_run(svc, run, status)  # before the release: the next run continues from its links
+        await after_run(svc, run, status)  # before the release: the next run continues from its links
         await release_subscription(svc, run)
         await _tidy_groups_grid(svc, org, sub_id)
         log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,

@@ -8,7 +8,6 @@ from typing import Any
 
 from . import alerts, retention, subscriptions
 from .composition import Services
-from .concurrency import optimistic
 from .errors import Conflict, Gone, InvalidInput, NotFound, Transient
 from .logs import get_logger
 from .model import (
@@ -26,11 +25,11 @@ from .model import (
     SubscriptionStatus,
     Trigger,
 )
-from .run_end import finalize, release_subscription
+from .run_end import finalize
+from .run_lock import RESERVATION_GRACE, fail_run, refuse_if_busy, release_subscription  # noqa: F401 (used here and re-exported)
 
 log = get_logger(__name__)
 
-RESERVATION_GRACE = timedelta(minutes=2)  # a run id reserved on the subscription whose rows are not written yet
 RECENT_RUNS = 50
 MAX_CHANGES_PAGE = 500
 DEFAULT_CHANGES_PAGE = 50
@@ -133,43 +132,6 @@ async def _abandon_start(svc: Services, run: Run) -> None:
     except Exception:  # storage is still failing: the reservation expires on its own (RESERVATION_GRACE)
         log.warning("could not undo a sync that failed to start", exc_info=True,
                     extra={"org": run.org, "subscription": run.subscription_id, "run": run.id})
-
-
-async def refuse_if_busy(svc: Services, sub: Subscription, action: str) -> None:
-    """409 while a run of the subscription is starting, queued or running; a stalled run is failed instead."""
-    if not sub.active_run_id:
-        return
-    now = svc.clock()
-    view = await svc.runs.view(sub.org, sub.id, sub.active_run_id)
-    if view is None:
-        if now - sub.updated_at < RESERVATION_GRACE:
-            raise Conflict(f"a sync of this directory is starting; {action} when it has finished",
-                           code="sync_in_progress")
-        return
-    if view.run.status not in RunStatus.ACTIVE:
-        return
-    if now - view.last_activity > timedelta(minutes=svc.settings.run_stale_after_minutes):
-        log.warning("abandoning a stalled run", extra={"org": sub.org, "subscription": sub.id, "run": view.run.id})
-        await fail_run(svc, view.run, RunError("run_timed_out", "the run made no progress and was abandoned"), release=False)
-        return
-    raise Conflict(f"a sync of this directory is {view.run.status}; {action} when it has finished",
-                   code="sync_in_progress")
-
-
-async def fail_run(svc: Services, run: Run, error: RunError, *, release: bool = True) -> None:
-    """End a run as failed (nothing is deprovisioned) and free the subscription for the next one."""
-
-    async def fail(current: Run) -> Run | None:
-        if current.status in RunStatus.TERMINAL:
-            return None
-        return replace(current, status=RunStatus.FAILED, errors=current.errors + (error,), finished_at=svc.clock(),
-                       updated_at=svc.clock(), alert_due=RunStatus.FAILED)
-
-    ended = await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), fail, svc.runs.save)
-    if release:
-        await release_subscription(svc, run)
-    if ended is not None:
-        await alerts.run_ended(svc, run.org, run.subscription_id, run.id, quiet=True)
 
 
 async def get(svc: Services, caller: Caller, sub_id: str, run_id: str) -> RunView:

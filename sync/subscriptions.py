@@ -30,6 +30,8 @@ from .model import (
     User,
 )
 from .ports import Stale
+from .run_lock import refuse_if_busy
+from .watching import forget
 
 log = get_logger(__name__)
 
@@ -100,15 +102,12 @@ async def delete(svc: Services, caller: Caller, sub_id: str) -> None:
     a state that the next DELETE finishes.
     """
 
-    from .runs import refuse_if_busy  # runs builds on this module; the check is shared with starting a sync
 
     async def mark(sub: Subscription) -> Subscription:
         await refuse_if_busy(svc, sub, "delete the directory")
         return replace(sub, deleting=True, nightly_sync=False, updated_at=svc.clock())
 
     sub = await modify(svc, caller, sub_id, mark, deleting=True)
-    from .changes import forget  # changes builds on runs, which builds on this module
-
     await forget(svc, caller.org, sub.id, sub.azure_tenant_id)  # no more notifications, no delta links
     released = await _release_users(svc, caller.org, sub.id)
     await svc.groups.delete(caller.org, sub.id)
@@ -236,8 +235,6 @@ async def mark_consent_revoked(svc: Services, org: str, sub_id: str, *, run_id: 
     if revoked is not None:
         log.warning("admin consent revoked", extra={"org": org, "subscription": sub_id})
         await alerts.consent_lost(svc, revoked, run_id=run_id)
-    from .changes import forget
-
     await forget(svc, org, sub_id, None)  # Graph cannot be asked any more; its subscriptions expire on their own
 
 

@@ -5,7 +5,7 @@ import time
 
 import azure.functions as func
 
-from .. import changes, composition
+from .. import changes, composition, watching
 from ..errors import InvalidInput, PayloadTooLarge, SyncError
 from ..logs import get_logger
 from ..model import ChangeJob
@@ -59,5 +59,5 @@ async def change_worker(msg: func.ServiceBusMessage) -> None:
 @bp.timer_trigger(arg_name="timer", schedule="%WATCH_RENEWAL_SCHEDULE%", run_on_startup=False, use_monitor=True)
 async def watch_renewal(timer: func.TimerRequest) -> None:
     """Renew Graph subscriptions before they expire, recreate lost ones, drop those of gone subscriptions."""
-    summary = await changes.renew_watches(await composition.services())
+    summary = await watching.renew_watches(await composition.services())
     log.info("graph subscriptions renewed", extra={"past_due": timer.past_due, **summary})

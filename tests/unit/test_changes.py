@@ -3,9 +3,9 @@ from dataclasses import replace
 
 import pytest
 
-from sync import changes, runs, subscriptions
-from sync.changes import client_state_hash
+from sync import changes, runs, subscriptions, watching
 from sync.model import ChangeJob, Trigger
+from sync.watching import client_state_hash
 from tests.fakes import make_services
 from tests.unit.syncdsl import TENANT, caller, connect, deliver, full_sync, users_of
 
@@ -252,7 +252,7 @@ async def test_renewal_renews_expiring_watches_and_drops_those_of_deleted_subscr
     sub = await synced(svc)
     first = await svc.watches.of_subscription(sub.org, sub.id)
     svc.clock.advance(hours=svc.settings.watch_lifetime_hours * 0.6)
-    summary = await changes.renew_watches(svc)
+    summary = await watching.renew_watches(svc)
     assert summary["renewed"] == 2
     assert all(w.expires_at > v.expires_at for w, v in zip(
         sorted(await svc.watches.of_subscription(sub.org, sub.id), key=lambda w: w.id), sorted(first, key=lambda w: w.id)))
