@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
@@ -50,36 +50,28 @@ class ServiceBusQueue(JobQueue):
         return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue, change_queue, alert_queue)
 
     async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
-        messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
-                                      subject="group-sync", application_properties={"runId": job.run_id})
-                    for job in jobs]
-        if delay_s > 0:
-            await self._schedule(self._group_queue, messages, delay_s)
-        else:
-            await self._send(self._group_queue, messages)
+        await self._post(self._group_queue, "group-sync", jobs, delay_s,
+                         lambda job: {"runId": job.run_id})
 
     async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
-        messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
-                                      subject="enrollment-email") for job in jobs]
-        if delay_s > 0:
-            await self._schedule(self._enrollment_queue, messages, delay_s)
-        else:
-            await self._send(self._enrollment_queue, messages)
+        await self._post(self._enrollment_queue, "enrollment-email", jobs, delay_s)
 
     async def send_change_jobs(self, jobs: list[ChangeJob], *, delay_s: float = 0) -> None:
-        messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
-                                      subject="directory-changes") for job in jobs]
-        if delay_s > 0:
-            await self._schedule(self._change_queue, messages, delay_s)
-        else:
-            await self._send(self._change_queue, messages)
+        await self._post(self._change_queue, "directory-changes", jobs, delay_s)
+
     async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
+        await self._post(self._alert_queue, "admin-alert", jobs, delay_s)
+
+    async def _post(self, queue: str, subject: str, jobs: list[Any], delay_s: float,
+                    properties: Callable[[Any], dict[str, str]] | None = None) -> None:
+        """One message per job (its JSON; ``message_id`` for duplicate detection), now or ``delay_s`` later."""
         messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
-                                      subject="admin-alert") for job in jobs]
+                                      subject=subject, application_properties=properties(job) if properties else None)
+                    for job in jobs]
         if delay_s > 0:
-            await self._schedule(self._alert_queue, messages, delay_s)
+            await self._schedule(queue, messages, delay_s)
         else:
-            await self._send(self._alert_queue, messages)
+            await self._send(queue, messages)
 
     async def _send(self, queue: str, messages: list[ServiceBusMessage]) -> None:
         if not messages:
