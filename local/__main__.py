@@ -241,7 +241,11 @@ async def run(args: argparse.Namespace) -> int:
             started.cancel()
         else:
             await started
-            print(host.ready_line(), flush=True)
+            line = host.ready_line()
+            if host.args.port:  # `make run`: where `python -m local.azure_admin` finds the fake tenant
+                (ROOT / ".local").mkdir(exist_ok=True)
+                (ROOT / ".local" / "ready.json").write_text(line.split(" ", 1)[1])
+            print(line, flush=True)
             await host.done.wait()
     finally:
         await host.stop()

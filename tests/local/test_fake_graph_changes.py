@@ -621,3 +621,33 @@ async def test_groups_delta_hides_hidden_memberships_like_the_member_lists(tls):
                 headers = {"Authorization": f"Bearer {fake.token_for(DEMO_TID, roles)}"}
                 [item] = (await client.get("/groups/delta", params=flt, headers=headers)).json()["value"]
                 assert [m["id"] for m in item.get("members@delta", [])] == members
+
+
+def test_azure_admin_changes_the_tenant_through_graph_writes(capsys):
+    """`python -m local.azure_admin`: what a person uses to try near-real-time sync by hand."""
+    from local.azure_admin import main
+    from local.fake_graph import DEMO_TENANT
+    from local.fake_graph.tenant import load_tenant
+    from local.identity import LocalApp
+
+    app = LocalApp.create("00000000-0000-0000-0000-00000000d5c1", ["http://127.0.0.1:7071/api/directory/consent"])
+    tid = load_tenant(DEMO_TENANT)["tenantId"]
+    with FakeGraph(tenants=[DEMO_TENANT], registration=app.registration, tls=app.tls) as fake:
+        admin = FakeTenantAdmin(fake.base_url, tid)
+        upn = "david.cohen@contoso.example"
+
+        def david() -> dict:
+            return next(u for u in admin.dump()["users"] if u["userPrincipalName"] == upn)
+
+        def finance() -> dict:
+            return next(g for g in admin.dump()["groups"] if g["displayName"] == "Finance")
+
+        assert main(["--graph", fake.base_url, "block", upn]) == 0 and david()["accountEnabled"] is False
+        assert main(["--graph", fake.base_url, "unblock", upn]) == 0 and david()["accountEnabled"] is True
+        assert david()["id"] not in finance()["members"]
+        assert main(["--graph", fake.base_url, "add-member", "Finance", upn]) == 0 and david()["id"] in finance()["members"]
+        assert main(["--graph", fake.base_url, "remove-member", "Finance", upn]) == 0
+        assert david()["id"] not in finance()["members"]
+        with pytest.raises(SystemExit):
+            main(["--graph", fake.base_url, "block", "nobody@contoso.example"])
+        assert "done" in capsys.readouterr().out
