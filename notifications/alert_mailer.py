@@ -19,7 +19,7 @@ from sync.logs import get_logger
 from sync.model import EmailState
 
 from .render import render_alert
-from .senders import MailError, OutgoingEmail
+from .senders import MailError, OutgoingEmail, relay_retry_delay
 
 log = get_logger(__name__)
 
@@ -90,11 +90,11 @@ async def _claim(svc: Services, job: AlertJob) -> Alert | str:
 async def _retry_later(svc: Services, alert: Alert, job: AlertJob, why: str) -> str:
     """The relay refused for now: try again later with growing delays, as invitations do."""
     mail = svc.settings.mail
-    if job.attempt >= mail.retry_attempts:
+    delay = relay_retry_delay(mail.retry_attempts, mail.retry_base_s, job.attempt)
+    if delay is None:
         await _record(svc, alert, EmailState.FAILED, error=f"gave up after {job.attempt + 1} attempts: {why}")
         log.warning("admin alert abandoned", extra={"org": alert.org, "alert": alert.id, "attempts": job.attempt + 1})
         return "failed"
-    delay = min(mail.retry_base_s * 2 ** job.attempt, 3600.0)
     await _record(svc, alert, EmailState.QUEUED)  # release the claim so the retry may send
     await svc.queue.send_alert_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
     log.info("admin alert retry scheduled", extra={"org": alert.org, "alert": alert.id, "in_s": int(delay), "why": why})

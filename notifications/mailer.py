@@ -11,7 +11,7 @@ from sync.model import EmailState, EnrollmentJob, User, UserStatus
 from sync.users import change_user, enrollment_token
 
 from .render import render_invitation
-from .senders import MailError, OutgoingEmail
+from .senders import MailError, OutgoingEmail, relay_retry_delay
 
 log = get_logger(__name__)
 
@@ -49,11 +49,11 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
 async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) -> str:
     """The relay refused for now: try again later with growing delays (not at once, which relays punish)."""
     mail = svc.settings.mail
-    if job.attempt >= mail.retry_attempts:
+    delay = relay_retry_delay(mail.retry_attempts, mail.retry_base_s, job.attempt)
+    if delay is None:
         await _record(svc, user, EmailState.FAILED, error=f"gave up after {job.attempt + 1} attempts: {why}")
         log.warning("invitation abandoned", extra={"org": user.org, "user": user.id, "attempts": job.attempt + 1})
         return "failed"
-    delay = min(mail.retry_base_s * 2 ** job.attempt, 3600.0)
     await _record(svc, user, EmailState.QUEUED)  # release the claim so the retry may send
     await svc.queue.send_enrollment_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
     log.info("invitation retry scheduled", extra={"org": user.org, "user": user.id, "in_s": int(delay), "why": why})

@@ -51,3 +51,11 @@ def build_sender(mail: Any) -> MailSender:
 
         return SmtpSender(mail)
     raise ValueError(f"unknown mail sender {mail.sender!r}")
+
+
+def relay_retry_delay(retry_attempts: int, retry_base_s: float, attempt: int) -> float | None:
+    """How long after a relay's temporary refusal the next try goes (doubling, at most an hour: at once is what relays
+    punish); None once ``retry_attempts`` tries are used up."""
+    if attempt >= retry_attempts:
+        return None
+    return min(retry_base_s * 2 ** attempt, 3600.0)

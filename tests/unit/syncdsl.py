@@ -9,6 +9,21 @@ from sync.composition import Services
 from sync.model import Caller, GroupJob, RunView, Subscription, User
 
 TENANT = "11111111-2222-3333-4444-555555555555"
+SALES, ENG, PLATFORM, OPS = "g-sales", "g-eng", "g-platform", "g-ops"
+
+
+def four_groups(svc: Services):
+    """The tenant most logic tests sync: four groups, a user in three of them, one blocked, one guest without mail."""
+    t = svc.directory.tenant(TENANT)
+    for gid, name in [(SALES, "Sales Team"), (ENG, "Engineering"), (PLATFORM, "Platform Team"), (OPS, "Operations")]:
+        t.add_group(gid, name)
+    t.add_user("ann", groups=[SALES])
+    t.add_user("bob", groups=[SALES, ENG])
+    t.add_user("cat", groups=[ENG, PLATFORM, OPS])
+    t.add_user("dan", groups=[PLATFORM], account_enabled=False)
+    t.add_user("eve", groups=[OPS], mail=None, user_principal_name="eve_gmail.com#EXT#@contoso.onmicrosoft.com",
+               user_type="Guest")
+    return t
 
 
 def caller(org: str = "org-a") -> Caller:

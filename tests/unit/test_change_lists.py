@@ -11,22 +11,25 @@ from sync.decisions import HISTORY_MAX_ENTRIES
 from sync.errors import Conflict, Gone, InvalidInput, NotFound, Transient
 from sync.preview import PreviewLedgers
 from tests.helpers import call, token
-from tests.unit.syncdsl import TENANT, caller, changes_of, connect, deliver, dry_run, full_sync, users_of
-
-SALES, ENG, PLATFORM, OPS = "g-sales", "g-eng", "g-platform", "g-ops"
+from tests.unit.syncdsl import (
+    ENG,
+    OPS,
+    PLATFORM,
+    SALES,
+    caller,
+    changes_of,
+    connect,
+    deliver,
+    dry_run,
+    four_groups,
+    full_sync,
+    users_of,
+)
 
 
 @pytest.fixture
 def tenant(svc):
-    t = svc.directory.tenant(TENANT)
-    for gid, name in [(SALES, "Sales Team"), (ENG, "Engineering"), (PLATFORM, "Platform Team"), (OPS, "Operations")]:
-        t.add_group(gid, name)
-    t.add_user("ann", groups=[SALES])
-    t.add_user("bob", groups=[SALES, ENG])
-    t.add_user("cat", groups=[ENG, PLATFORM, OPS])
-    t.add_user("dan", groups=[PLATFORM], account_enabled=False)
-    t.add_user("eve", groups=[OPS], mail=None, user_principal_name="eve_gmail.com#EXT#@contoso.onmicrosoft.com")
-    return t
+    return four_groups(svc)
 
 
 def store_state(svc):

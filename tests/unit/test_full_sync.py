@@ -8,23 +8,24 @@ from sync import runs, subscriptions
 from sync.errors import Conflict, Transient
 from sync.group_sync import handle_dead_lettered_group_job
 from sync.model import EmailState
-from tests.unit.syncdsl import TENANT, caller, connect, deliver, full_sync, users_of
-
-SALES, ENG, PLATFORM, OPS = "g-sales", "g-eng", "g-platform", "g-ops"
+from tests.unit.syncdsl import (
+    ENG,
+    OPS,
+    PLATFORM,
+    SALES,
+    TENANT,
+    caller,
+    connect,
+    deliver,
+    four_groups,
+    full_sync,
+    users_of,
+)
 
 
 @pytest.fixture
 def tenant(svc):
-    t = svc.directory.tenant(TENANT)
-    for gid, name in [(SALES, "Sales Team"), (ENG, "Engineering"), (PLATFORM, "Platform Team"), (OPS, "Operations")]:
-        t.add_group(gid, name)
-    t.add_user("ann", groups=[SALES])
-    t.add_user("bob", groups=[SALES, ENG])
-    t.add_user("cat", groups=[ENG, PLATFORM, OPS])
-    t.add_user("dan", groups=[PLATFORM], account_enabled=False)
-    t.add_user("eve", groups=[OPS], mail=None, user_principal_name="eve_gmail.com#EXT#@contoso.onmicrosoft.com",
-               user_type="Guest")
-    return t
+    return four_groups(svc)
 
 
 async def test_first_sync_creates_active_adsync_users_with_their_groups(svc, tenant):
