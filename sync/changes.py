@@ -266,9 +266,16 @@ async def handle_change_job(svc: Services, job: ChangeJob) -> None:
     log.info("incremental run started", extra={"org": sub.org, "subscription": sub.id, "run": run.id,
                                                "trigger": job.trigger, "users": len(plan.users),
                                                "removed": len(plan.removed), "regroup": len(plan.resync)})
-    await _apply(svc, sub, run, plan)
-    if plan.resync:
-        await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in sorted(plan.resync)])
+    try:
+        await _apply(svc, sub, run, plan)
+        if plan.resync:
+            await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in sorted(plan.resync)])
+    except BaseException:
+        # The run ends failed (nothing deprovisioned) and frees the subscription; the job's redelivery starts a new
+        # one from the same links, and its writes are idempotent.
+        await runs.fail_run(svc, run, RunError("incremental_interrupted", "applying the directory's changes was "
+                                                                          "interrupted; they are applied again"))
+        raise
     await finalize(svc, sub.org, sub.id, run.id)
 
 

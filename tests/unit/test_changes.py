@@ -296,3 +296,29 @@ async def test_an_incremental_run_lists_its_changes_and_writes_history(svc, tena
     cat = users_of(svc)["cat@contoso.example"]
     assert (cat.history[0].run_id, cat.history[0].trigger, cat.history[0].change) == (
         run.run.id, "change_notification", "deactivated")
+
+
+async def test_an_interrupted_incremental_run_fails_and_its_redelivery_applies_the_changes(svc, tenant):
+    from sync.errors import Transient
+
+    sub = await synced(svc)
+    tenant.block("cat")
+    update = svc.users.update
+
+    async def storage_down(changes):
+        raise Transient("table storage answered 503")
+
+    svc.users.update = storage_down
+    svc.clock.advance(seconds=1)
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    with pytest.raises(Transient):
+        await changes.handle_change_job(svc, job)
+    interrupted = (await runs.recent(svc, caller(), sub.id))[0]
+    assert interrupted.run.status == "failed" and [e.code for e in interrupted.run.errors] == ["incremental_interrupted"]
+    assert (await subscriptions.get(svc, caller(), sub.id)).active_run_id is None  # not held by the failed run
+    svc.users.update = update
+    svc.clock.advance(seconds=1)
+    await changes.handle_change_job(svc, job)  # Service Bus delivers it again
+    again = (await runs.recent(svc, caller(), sub.id))[0]
+    assert again.run.status == "succeeded" and again.counts.deactivated == 1
+    assert users_of(svc)["cat@contoso.example"].status == "Inactive"
