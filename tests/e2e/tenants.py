@@ -68,3 +68,17 @@ def big(users: int = 2500) -> TenantBuilder:
     t.group("inner", "Big Inner Group", names[: users // 2])
     t.group("outer", "Big Company Group", names[users // 2 :] + ["inner"])
     return t
+
+
+STAFF = [f"staff{i:02d}" for i in range(30)]
+
+
+def staff_and_engineering(engineering: str = "Engineering") -> TenantBuilder:
+    """The STAFF in "All Staff" and one engineer in a group of their own: removing most staff trips the guard."""
+    t = TenantBuilder()
+    for n in STAFF:
+        t.user(n)
+    t.user("eng.one")
+    t.group("all", "All Staff", STAFF)
+    t.group("eng", engineering, ["eng.one"])
+    return t

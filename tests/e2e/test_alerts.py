@@ -5,7 +5,7 @@ import pytest
 
 from local.client import ApiError
 from tests.e2e.conftest import emails_to
-from tests.e2e.tenants import TenantBuilder
+from tests.e2e.tenants import STAFF, TenantBuilder, staff_and_engineering
 
 pytestmark = pytest.mark.e2e
 
@@ -24,13 +24,7 @@ def bodies(message):
 
 
 def test_a_failed_run_and_a_run_needing_review_each_email_the_admins_once(devhost, portal, load_tenant):
-    t = TenantBuilder()
-    names = [f"staff{i:02d}" for i in range(30)]
-    for n in names:
-        t.user(n)
-    t.user("eng.one")
-    t.group("all", "All Staff", names)
-    t.group("eng", 'R&D <Engineering> "Core"', ["eng.one"])
+    t = staff_and_engineering('R&D <Engineering> "Core"')
     admin = load_tenant(t.tenant)
     d = t.domain
     admins = [f"ops@{d}", f"Lead@{d}"]
@@ -66,7 +60,7 @@ def test_a_failed_run_and_a_run_needing_review_each_email_the_admins_once(devhos
     assert [k for k, v in mail.items() if "hostile.test" in str(v)] == ["Subject"]
 
     # 2. 20 of 31 users leave: the guard holds the deactivations back and the run waits for review.
-    for n in names[:20]:
+    for n in STAFF[:20]:
         admin.remove_member(t.ids["all"], t.ids[n])
     review = portal.wait(sub, portal.full_sync(sub), timeout=120)
     assert review["status"] == "needs_review" and review["pendingDeactivations"] == 20

@@ -2,36 +2,19 @@
 still exactly one e-mail per event — a failed run, a run needing review, a lost consent and the run it failed."""
 import time
 from collections import Counter
-from email import policy
-from email.parser import BytesParser
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.tenants import TenantBuilder
+from tests.e2e.conftest import emails_to
+from tests.e2e.tenants import STAFF, staff_and_engineering
 from tests.faults import figures
 from tests.faults.helpers import bus_counters, connect, settle, sync
 
 pytestmark = pytest.mark.faults
 
 
-def alerts_to(devhost, domain: str) -> list:
-    out = []
-    for path in sorted(Path(devhost.ready["outbox"]).glob("*.eml")):
-        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
-        if message.get("X-Envelope-To", "").endswith("@" + domain):
-            out.append(message)
-    return out
-
-
 def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal, load_tenant):
-    t = TenantBuilder()
-    names = [f"staff{i:02d}" for i in range(30)]
-    for n in names:
-        t.user(n)
-    t.user("eng.one")
-    t.group("all", "All Staff", names)
-    t.group("eng", "Engineering", ["eng.one"])
+    t = staff_and_engineering()
     admin = load_tenant(t.tenant)
     admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 3})  # a revocation shows once tokens expire
     admins = [f"ops@{t.domain}", f"lead@{t.domain}", f"oncall@{t.domain}"]
@@ -51,7 +34,7 @@ def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal
         events.append(("Directory Sync failed: Fabrikam", failed["runId"]))
         settle(devhost)
         # 20 of 31 leave: held back for review.
-        for n in names[:20]:
+        for n in STAFF[:20]:
             admin.remove_member(t.ids["all"], t.ids[n])
         review = sync(portal, sub)
         assert review["status"] == "needs_review", review
@@ -77,7 +60,7 @@ def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal
     alert_sends = after["admin-alerts"]["sent"] - before["admin-alerts"]["sent"]
     assert alert_sends >= 4 and extra["admin-alerts"] >= alert_sends  # every alert message came (at least) twice
 
-    mails = alerts_to(devhost, t.domain)
+    mails = emails_to(devhost, t.domain)
     assert all(m["X-Envelope-To"] == ", ".join(admins) for m in mails)
     told = Counter()
     for m in mails:
