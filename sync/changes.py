@@ -26,6 +26,7 @@ from typing import Any
 
 from . import runs
 from .composition import Services
+from .concurrency import optimistic
 from .decisions import (
     Change,
     Desired,
@@ -306,13 +307,14 @@ class _Plan:
         self.users: dict[str, tuple[DirectoryUser, frozenset[str] | None]] = {}  # None: memberships unchanged
         self.removed: set[str] = set()
         self.resync: set[str] = set()
+        self.overflow = False  # more users affected than an incremental run takes: a Full Sync instead
 
     @property
     def empty(self) -> bool:
         return not (self.users or self.removed or self.resync)
 
     def too_many(self, limit: int) -> bool:
-        return len(self.users) + len(self.removed) > limit
+        return self.overflow or len(self.users) + len(self.removed) > limit
 
 
 async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> _Plan:
@@ -344,7 +346,7 @@ async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> 
     plan.removed = set(changes.users_removed & stored_oids)
     candidates = (regroup | (changes.users_changed & stored_oids)) - plan.removed
     if len(candidates) > svc.settings.incremental_max_objects:
-        plan.users = {oid: (DirectoryUser(id=oid), None) for oid in candidates}  # too_many() turns it into a Full Sync
+        plan.overflow = True  # known without reading them: too_many() turns the run into a Full Sync
         return plan
     found = await svc.changes.get_users(tenant, sorted(candidates))
     plan.removed |= (candidates - set(found)) & (stored_oids | regroup)
@@ -468,8 +470,6 @@ async def _report(svc: Services, run: Run, plan: _Plan, errors: list[RunError], 
                   records: list[UserChange]) -> None:
     """What the job wrote itself goes where a group's would: its skips and conflicts on the run, its counts and change
     list with the progress row of a group it did not hand to a worker (a worker replaces its own group's)."""
-    from .concurrency import optimistic
-
     async def add(current: Run) -> Run | None:
         return replace(current, errors=current.errors + tuple(errors[:50]))
 

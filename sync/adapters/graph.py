@@ -61,6 +61,20 @@ def escape_filter_string(text: str) -> str:
     return text.replace("'", "''")
 
 
+def id_filters(object_ids: list[str]) -> list[str]:
+    """``id in (…)`` filters naming ``object_ids``, IDS_PER_FILTER a filter (Graph's limit). Only a GUID can be an
+    object id; Graph answers a filter naming anything else with 400 ("Invalid object identifier"), which would refuse
+    every id of the request instead of leaving the unknown ones out, so anything else is dropped here."""
+    ids = list(dict.fromkeys(i for i in object_ids if is_guid(i)))
+    return [f"id in ({','.join(odata_literal(i) for i in ids[n:n + IDS_PER_FILTER])})"
+            for n in range(0, len(ids), IDS_PER_FILTER)]
+
+
+def odata_literal(text: str) -> str:
+    """An OData string literal."""
+    return f"'{escape_filter_string(text)}'"
+
+
 def escape_search(text: str) -> str:
     """Text safe inside ``$search="displayName:…"``: quotes and backslashes escaped as Graph expects."""
     return text.replace("\\", "\\\\").replace('"', '\\"')
@@ -179,21 +193,16 @@ class GraphDirectory(Directory):
         from kiota_abstractions.base_request_configuration import RequestConfiguration
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
-        def chunk_request(ids: list[str]) -> Callable[[Any], Any]:
-            listed = ",".join(f"'{escape_filter_string(i)}'" for i in ids)
-
+        def chunk_request(id_filter: str) -> Callable[[Any], Any]:
             def request(adapter: Any) -> Any:
                 params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
-                    filter=f"id in ({listed})", select=GROUP_SELECT, top=len(ids))
+                    filter=id_filter, select=GROUP_SELECT, top=IDS_PER_FILTER)
                 return GroupsRequestBuilder(adapter, {}).to_get_request_information(
                     RequestConfiguration(query_parameters=params))
             return request
 
-        # Only a GUID can be an object id; Graph answers a filter naming anything else with 400 ("Invalid object
-        # identifier"), which would refuse the whole selection instead of naming the unknown ids.
-        group_ids = [i for i in group_ids if is_guid(i)]
-        chunks = [group_ids[i:i + IDS_PER_FILTER] for i in range(0, len(group_ids), IDS_PER_FILTER)]
-        pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(c), interactive=True) for c in chunks))
+        filters = id_filters(group_ids)
+        pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(f), interactive=True) for f in filters))
         return {g.id: g for g in (_group(item) for page in pages for item in page.get("value", []))}
 
     async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:

@@ -18,9 +18,9 @@ from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 from ..errors import NotFound
-from ..model import DeltaLinks, DirectoryChanges, DirectoryUser, GroupChange
+from ..model import DeltaLinks, DirectoryChanges, DirectoryUser, GroupChange, is_guid
 from ..ports import DirectoryChangeFeed
-from .graph import IDS_PER_FILTER, USER_SELECT, GraphDirectory, _user, escape_filter_string
+from .graph import IDS_PER_FILTER, USER_SELECT, GraphDirectory, _user, id_filters
 
 USER_TYPE = "#microsoft.graph.user"
 GROUP_TYPE = "#microsoft.graph.group"
@@ -105,13 +105,9 @@ class GraphChangeFeed(DirectoryChangeFeed):
     # ------------------------------------------------------------------ look-ups
 
     async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
-        from ..model import is_guid
-
-        ids = sorted({i for i in user_ids if is_guid(i)})
         found: dict[str, DirectoryUser] = {}
-        for start in range(0, len(ids), IDS_PER_FILTER):
-            listed = ",".join(f"'{escape_filter_string(i)}'" for i in ids[start:start + IDS_PER_FILTER])
-            url = (f"{self._base_url}/users?$filter={quote(f'id in ({listed})', safe='')}"
+        for id_filter in id_filters(sorted(set(user_ids))):
+            url = (f"{self._base_url}/users?$filter={quote(id_filter, safe='')}"
                    f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
             page = await self._graph.request_json(tenant_id, _get(url))
             for item in page.get("value") or []:
@@ -119,8 +115,6 @@ class GraphChangeFeed(DirectoryChangeFeed):
         return found
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
-        from ..model import is_guid
-
         if not is_guid(object_id) or kind not in ("users", "groups"):
             raise NotFound("no such directory object", code="directory_object_not_found")
         url: str | None = f"{self._base_url}/{kind}/{object_id}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999"

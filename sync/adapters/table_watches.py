@@ -17,7 +17,8 @@ from azure.data.tables import UpdateMode
 from ..errors import PreconditionFailed
 from ..model import DeltaState, Watch
 from ..ports import Watches
-from .tables import _conditional, _dt, _etag, _long_text, _read_long_text, _Repository, call, collect, key
+from .table_text import key, long_text, read_long_text
+from .tables import _conditional, _dt, _etag, _Repository, call, collect
 
 WATCH_PK = "watch"
 
@@ -75,8 +76,8 @@ class TableWatches(_Repository, Watches):
         table = await self._table()
         entity = {"PartitionKey": key(state.org), "RowKey": key(state.subscription_id), "kind": "delta",
                   "org": state.org, "subscriptionId": state.subscription_id,
-                  **_long_text("usersLink", state.users_link), **_long_text("groupsLink", state.groups_link),
-                  **_long_text("groupIds", json.dumps(list(state.group_ids))), "takenAt": state.taken_at}
+                  **long_text("usersLink", state.users_link), **long_text("groupsLink", state.groups_link),
+                  **long_text("groupIds", json.dumps(list(state.group_ids))), "takenAt": state.taken_at}
         try:
             if state.etag is None:
                 meta = await call(table.create_entity(entity))
@@ -108,7 +109,7 @@ def _watch_from(e: Any) -> Watch:
 
 
 def _delta_from(e: Any) -> DeltaState:
-    return DeltaState(org=e["org"], subscription_id=e["subscriptionId"], users_link=_read_long_text(e, "usersLink"),
-                      groups_link=_read_long_text(e, "groupsLink"),
-                      group_ids=tuple(json.loads(_read_long_text(e, "groupIds") or "[]")),
+    return DeltaState(org=e["org"], subscription_id=e["subscriptionId"], users_link=read_long_text(e, "usersLink"),
+                      groups_link=read_long_text(e, "groupsLink"),
+                      group_ids=tuple(json.loads(read_long_text(e, "groupIds") or "[]")),
                       taken_at=_dt(e["takenAt"]), etag=_etag(e))
