@@ -173,7 +173,7 @@ async def _lifecycle(svc: Services, sub: Subscription, job: ChangeJob) -> None:
 # ---------------------------------------------------------------- incremental runs
 
 
-async def handle_change_job(svc: Services, job: ChangeJob) -> None:
+async def handle_change_job(svc: Services, job: ChangeJob, *, again: bool = True) -> None:
     """Apply what changed since the subscription's delta links, as a run."""
     sub = await svc.subscriptions.get(job.org, job.subscription_id)
     if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED or not sub.groups:
@@ -200,8 +200,44 @@ async def handle_change_job(svc: Services, job: ChangeJob) -> None:
     if notice is not None:
         await _full_sync(svc, sub, job, notice)
         return
-    caller = Caller(org=sub.org, subject=SYSTEM, role="Owner")
     now = svc.clock()
+    # Reading and planning hold nothing (a notification about nothing synced must not make an admin's approval or
+    # Full Sync meet 409); only a plan with something to write reserves the subscription.
+    try:
+        changes = await svc.changes.read_changes(sub.azure_tenant_id, DeltaLinks(state.users_link, state.groups_link),
+                                                 svc.settings.incremental_max_objects)
+    except AuthorizationLost as exc:
+        if not exc.may_be_propagating:
+            from .subscriptions import mark_consent_revoked
+
+            await mark_consent_revoked(svc, sub.org, sub.id)
+            return
+        raise
+    except DeltaExpired:
+        await _full_sync(svc, sub, job, RunError("delta_expired", "Microsoft Graph no longer knew this subscription's "
+                                                                  "delta link (older than 7 days, or reset): this run "
+                                                                  "is a Full Sync"))
+        return
+    if changes is None:
+        await _full_sync(svc, sub, job, RunError(
+            "incremental_too_large", f"more than {svc.settings.incremental_max_objects} directory objects changed: "
+                                     "this run is a Full Sync"))
+        return
+    plan = await _plan(svc, sub, changes)
+    if plan.empty and job.trigger != Trigger.NIGHTLY:
+        # Nothing in the synced scope changed: no run to show, only the links move on (unless a run moved them).
+        try:
+            await svc.watches.save_delta(replace(state, users_link=changes.links.users_link,
+                                                 groups_link=changes.links.groups_link, taken_at=now))
+        except PreconditionFailed:
+            pass
+        return
+    if plan.too_many(svc.settings.incremental_max_objects):
+        await _full_sync(svc, sub, job, RunError(
+            "incremental_too_large", f"more than {svc.settings.incremental_max_objects} users are affected: this run "
+                                     "is a Full Sync"))
+        return
+    caller = Caller(org=sub.org, subject=SYSTEM, role="Owner")
     run_id = runs.new_run_id(now)
     try:
         sub = await runs.reserve(svc, caller, sub.id, run_id)
@@ -210,50 +246,16 @@ async def handle_change_job(svc: Services, job: ChangeJob) -> None:
             await _later(svc, job)
         return
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger, status=RunStatus.RUNNING,
-              group_ids=sub.group_ids, started_at=now, updated_at=now)
-    try:
-        changes = await svc.changes.read_changes(sub.azure_tenant_id, DeltaLinks(state.users_link, state.groups_link),
-                                                 svc.settings.incremental_max_objects)
-    except AuthorizationLost as exc:
+              group_ids=sub.group_ids, started_at=now, updated_at=now, delta_links=changes.links)
+    current = await svc.watches.get_delta(sub.org, sub.id)
+    if current is None or current.etag != state.etag or set(sub.group_ids) != set(state.group_ids):
+        # A run ended since the plan was read and left newer links (or the selection changed): decide again from
+        # them — this notification may be covered by now.
         await runs.release_subscription(svc, run, remember=False)
-        if not exc.may_be_propagating:
-            from .subscriptions import mark_consent_revoked
-
-            await mark_consent_revoked(svc, sub.org, sub.id)
-            return
-        raise
-    except DeltaExpired:
-        await runs.release_subscription(svc, run, remember=False)
-        await _full_sync(svc, sub, job, RunError("delta_expired", "Microsoft Graph no longer knew this subscription's "
-                                                                  "delta link (older than 7 days, or reset): this run "
-                                                                  "is a Full Sync"))
-        return
-    except BaseException:
-        await runs.release_subscription(svc, run, remember=False)
-        raise
-    if changes is None:
-        await runs.release_subscription(svc, run, remember=False)
-        await _full_sync(svc, sub, job, RunError(
-            "incremental_too_large", f"more than {svc.settings.incremental_max_objects} directory objects changed: "
-                                     "this run is a Full Sync"))
-        return
-    try:
-        plan = await _plan(svc, sub, changes)
-    except BaseException:
-        await runs.release_subscription(svc, run, remember=False)
-        raise
-    run = replace(run, delta_links=changes.links)
-    if plan.empty and job.trigger != Trigger.NIGHTLY:
-        # Nothing in the synced scope changed: no run to show, only the links move on.
-        await runs.release_subscription(svc, run, remember=False)
-        await svc.watches.save_delta(replace(state, users_link=changes.links.users_link,
-                                             groups_link=changes.links.groups_link, taken_at=now))
-        return
-    if plan.too_many(svc.settings.incremental_max_objects):
-        await runs.release_subscription(svc, run, remember=False)
-        await _full_sync(svc, sub, job, RunError(
-            "incremental_too_large", f"more than {svc.settings.incremental_max_objects} users are affected: this run "
-                                     "is a Full Sync"))
+        if again:
+            await handle_change_job(svc, job, again=False)
+        else:
+            await _later(svc, job)
         return
     now = svc.clock()
     progress = [GroupProgress(group_id=g, state=GroupState.PENDING if g in plan.resync else GroupState.DONE,

@@ -188,6 +188,7 @@ async def test_a_redelivered_change_job_writes_and_invites_once(svc, tenant):
 
 async def test_a_busy_subscription_reschedules_the_job(svc, tenant):
     sub = await synced(svc)
+    tenant.block("ann")  # something to apply (a notification about nothing synced reserves nothing)
     await runs.start(svc, caller(), sub.id)  # a Full Sync is queued
     svc.clock.advance(seconds=1)
     job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
