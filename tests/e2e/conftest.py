@@ -1,6 +1,7 @@
 """End-to-end fixtures: the dev host (``python -m local``) on free ports, driven only through HTTP."""
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -9,15 +10,20 @@ import pytest
 from local.__main__ import LOCAL_PORTAL_TOKEN_SECRET
 from local.client import DevHostProcess, FakeTenantAdmin, Portal, portal_token
 
+# The suite runs once per kind of Microsoft credential the app supports, each getting its tokens from the local
+# identity platform: a client secret, a certificate, and the managed identity's federated credential.
+# `E2E_CREDENTIALS=secret pytest tests/e2e` runs one kind only.
+CREDENTIALS = os.environ.get("E2E_CREDENTIALS", "secret,certificate,managed_identity").split(",")
 
-@pytest.fixture(scope="session")
-def devhost(tmp_path_factory):
-    """One dev host for the session, loaded with the demo tenant and the e2e tenant."""
-    outbox = tmp_path_factory.mktemp("outbox")
+
+@pytest.fixture(scope="session", params=CREDENTIALS)
+def devhost(request, tmp_path_factory):
+    """One dev host per credential kind, loaded with the demo tenant and the e2e tenant."""
+    outbox = tmp_path_factory.mktemp(f"outbox-{request.param}")
     host = DevHostProcess("--lock-duration", "20",
                           # Every watch is due when the renewal timer is fired by hand (test_changes).
                           env={"MAX_DELIVERY_COUNT": "3", "DEPROVISION_GUARD_MIN_USERS": "10",
-                               "WATCH_RENEW_BEFORE_HOURS": "1000"},
+                               "WATCH_RENEW_BEFORE_HOURS": "1000", "GRAPH_CREDENTIAL": request.param},
                           outbox=str(outbox), log=str(outbox.parent / "devhost.log"))
     host.start()
     yield host
