@@ -150,8 +150,9 @@ class GraphFaults:
         self.asked: list[dict] = []
 
     def add(self, path: str, *, status: int | None = None, times: int = 1, retry_after: float | None = None,
-            delay_ms: int | None = None) -> None:
-        spec = {"path": path, "times": times, "status": status, "retryAfter": retry_after, "delayMs": delay_ms}
+            delay_ms: int | None = None, code: str | None = None) -> None:
+        spec = {"path": path, "times": times, "status": status, "retryAfter": retry_after, "delayMs": delay_ms,
+                "code": code}
         spec = {k: v for k, v in spec.items() if v is not None}
         self.admin.control("POST", "/faults", json=spec)
         self.asked.append(spec)

@@ -1,11 +1,15 @@
 """Microsoft Graph throttling (429 + Retry-After), 503 and slow answers while syncing and while using the API."""
+import time
+
 import pytest
 
 from tests.faults.helpers import (
     GraphFaults,
+    bus_counters,
     connect,
     emails_of_org,
     errors,
+    poll,
     recipients,
     settle,
     state,
@@ -88,3 +92,65 @@ def test_graph_errors_during_group_search_and_selection_answer_503_with_retry_af
     faults.count()
     # After the throttling: the same selection succeeds.
     assert [g["id"] for g in portal.select_groups(sub, [t.ids["eng"], t.ids["sales"]])] == [t.ids["eng"], t.ids["sales"]]
+
+
+def test_a_long_retry_after_parks_the_segment_instead_of_sleeping_and_the_run_ends_like_a_clean_one(
+        devhost, new_portal, load_tenant):
+    """Graph's Retry-After can be minutes: the worker hands its segment back to Service Bus, scheduled for then,
+    instead of sleeping in the function with the message locked; a person's search answers at once."""
+    t = with_large_group(1200)
+    admin = load_tenant(t.tenant)
+    groups = [t.ids["eng"], t.ids["large"]]
+    clean = new_portal()
+    assert sync(clean, connect(clean, groups))["status"] == "succeeded"
+    settle(devhost)
+
+    faulty = new_portal()
+    sub = connect(faulty, groups)
+    faults = GraphFaults(admin)
+    faults.add("$skiptoken=", status=429, retry_after=15, times=1)  # the large group's second page
+    started = time.monotonic()
+    run_id = faulty.full_sync(sub)
+    # While Graph asks for 15 s: the segment waits scheduled in the queue, no handler holds it locked.
+    parked = poll(lambda: bus_counters(devhost)["group-sync"]["scheduled"] >= 1 and faults.pending() == [], 30,
+                  "the throttled segment to be scheduled")
+    assert parked and bus_counters(devhost)["group-sync"]["locked"] == 0
+    run = faulty.wait(sub, run_id, timeout=120)
+    assert run["status"] == "succeeded", run
+    assert time.monotonic() - started >= 14  # it waited for Graph's Retry-After, not less
+    assert faults.count() == {"graph 429": 1}
+    settle(devhost)
+    assert state(faulty)["users"] == state(clean)["users"]
+
+    # A person is never made to wait for minutes: 120 s of Retry-After on the search is a 503 at once.
+    faults.add('$search="displayName:Depa', status=503, retry_after=120, times=1)
+    faults.add("startswith(displayName,'Depa')", status=503, retry_after=120, times=1)
+    asked = time.monotonic()
+    refused = faulty.http.get(f"{faulty.api}/directory/subscriptions/{sub}/directory-groups",
+                              params={"search": "Depa"}, headers={"Authorization": f"Bearer {faulty.token}"})
+    assert time.monotonic() - asked < 5
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 100, refused.text
+    assert refused.json()["code"] == "directory_unavailable"
+    faults.count()
+    admin.control("DELETE", "/faults")  # the search sends both at once; the first 503 may cancel the other
+
+
+def test_a_401_mid_run_is_a_fresh_token_not_a_lost_consent(devhost, new_portal, load_tenant):
+    """401 InvalidAuthenticationToken (a token Graph no longer takes: clock skew, a rotated key) on a worker's page:
+    the worker asks the authority for a new token and goes on; the subscription stays authorized."""
+    t = with_large_group(1200)
+    admin = load_tenant(t.tenant)
+    groups = [t.ids["eng"], t.ids["large"]]
+    portal = new_portal()
+    sub = connect(portal, groups)
+    faults = GraphFaults(admin)
+    faults.add("$skiptoken=", status=401, code="InvalidAuthenticationToken", times=1)
+    faults.add(members_route(t.ids["eng"]), status=401, code="InvalidAuthenticationToken", times=1)
+    admin.control("POST", "/stats/reset")
+    run = sync(portal, sub)
+    assert run["status"] == "succeeded", run
+    assert faults.count() == {"graph 401": 2}
+    tokens = sum(n for route, n in admin.control("GET", "/stats")["byRoute"].items() if "oauth2/v2.0/token" in route)
+    assert tokens >= 2  # each 401 dropped the cached token: a fresh one was issued
+    assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorized"
+    assert len(portal.users()) > 1200
