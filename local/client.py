@@ -31,6 +31,7 @@ def portal_token(secret: str, org: str = "contoso", role: str = "Administrator",
 class ApiError(Exception):
     def __init__(self, response: httpx.Response) -> None:
         self.status = response.status_code
+        self.headers = response.headers
         try:
             self.body = response.json()
         except ValueError:

@@ -24,7 +24,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from . import runs
+from . import runs, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -34,19 +34,24 @@ from .decisions import (
     Stamp,
     change_of,
     change_record,
+    consent_propagation_left,
     desired_user,
     new_user,
+    propagation_wait,
     synced_user_id,
+    throttled_wait,
     updated_user,
 )
 from .errors import (
     AuthorizationLost,
     Conflict,
+    CredentialInvalid,
     DeltaExpired,
     InvalidInput,
     NotFound,
     PreconditionFailed,
     SyncError,
+    Transient,
 )
 from .logs import get_logger
 from .model import (
@@ -84,6 +89,7 @@ MAX_NOTIFICATIONS = 1000  # per POST; Graph batches far fewer
 MAX_VALIDATION_TOKEN = 1024
 BUSY_RETRY_S = 5.0
 BUSY_RETRIES = 120  # ten minutes of a busy subscription, then the next notification or the nightly takes over
+MAX_THROTTLED_WAITS = 20  # copies of a job (busy ones included) waiting out Graph's Retry-After; then redelivery
 MAX_STALE_ROUNDS = 5
 SYSTEM = "directory-changes"
 
@@ -174,12 +180,51 @@ async def _lifecycle(svc: Services, sub: Subscription, job: ChangeJob) -> None:
 
 
 async def handle_change_job(svc: Services, job: ChangeJob, *, again: bool = True) -> None:
-    """Apply what changed since the subscription's delta links, as a run."""
+    """Apply what changed since the subscription's delta links, as a run.
+
+    Graph's refusals are decided as for a group job: inside the window after a consent, an answer that may be the
+    consent still propagating reschedules the job; outside it, consent is lost (the subscription is marked, nobody
+    is deprovisioned); our own credential refused ends the job with one error log (redelivering cannot fix it); a
+    long Retry-After reschedules the job instead of spending its deliveries. Raises on other transient failures
+    so Service Bus redelivers."""
     sub = await svc.subscriptions.get(job.org, job.subscription_id)
     if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED or not sub.groups:
         return
     if svc.changes is None or svc.watches is None:
         return
+    ctx = {"org": sub.org, "subscription": sub.id, "trigger": job.trigger, "attempt": job.attempt}
+    try:
+        await _incremental(svc, sub, job, again)
+    except AuthorizationLost as exc:
+        wait = _propagation_wait(svc, sub, job, exc)
+        if wait is not None:
+            await _retry_later(svc, job, wait, f"consent_propagating: {exc.message}", ctx)
+            return
+        await subscriptions.mark_consent_revoked(svc, sub.org, sub.id)
+    except CredentialInvalid as exc:
+        log.error("change job ended: the app's own Microsoft credential is refused; renew it (the next "
+                  "notification or the nightly run applies the changes)", extra={**ctx, "error": exc.message[:300]})
+    except Transient as exc:
+        wait = throttled_wait(exc.retry_after)
+        if wait is None or job.attempt >= MAX_THROTTLED_WAITS:
+            raise
+        await _retry_later(svc, job, wait, f"throttled: {exc.message}", ctx)
+
+
+def _propagation_wait(svc: Services, sub: Subscription, job: ChangeJob, exc: AuthorizationLost) -> float | None:
+    """How long to wait for a consent that may still be propagating; None: outside its window, consent is lost."""
+    left = consent_propagation_left(sub.consented_at, svc.clock(), svc.settings.consent_propagation_grace_s)
+    return propagation_wait(job.attempt, left) if exc.may_be_propagating and left > 0 else None
+
+
+async def _retry_later(svc: Services, job: ChangeJob, delay: float, why: str, ctx: dict) -> None:
+    """A copy of the job (its own message id) ``delay`` seconds later."""
+    await svc.queue.send_change_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
+    log.info("change job rescheduled", extra={**ctx, "delay_s": delay, "why": why[:100]})
+
+
+async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: bool) -> None:
+    """Read the delta, plan, and (with something to write) reserve the subscription and apply the plan as a run."""
     if job.lifecycle:
         try:
             await _lifecycle(svc, sub, job)
@@ -206,13 +251,6 @@ async def handle_change_job(svc: Services, job: ChangeJob, *, again: bool = True
     try:
         changes = await svc.changes.read_changes(sub.azure_tenant_id, DeltaLinks(state.users_link, state.groups_link),
                                                  svc.settings.incremental_max_objects)
-    except AuthorizationLost as exc:
-        if not exc.may_be_propagating:
-            from .subscriptions import mark_consent_revoked
-
-            await mark_consent_revoked(svc, sub.org, sub.id)
-            return
-        raise
     except DeltaExpired:
         await _full_sync(svc, sub, job, RunError("delta_expired", "Microsoft Graph no longer knew this subscription's "
                                                                   "delta link (older than 7 days, or reset): this run "

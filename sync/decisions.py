@@ -26,6 +26,10 @@ from .model import (
 
 MAX_USERNAME_LENGTH = 256
 HISTORY_MAX_ENTRIES = 50  # per user row; older ones go (and, after the retention days, any)
+PROPAGATION_FIRST_WAIT_S = 5.0  # a job that meets a still-propagating consent waits this long, then twice as long...
+PROPAGATION_MAX_WAIT_S = 60.0  # ...up to this: a 10-minute window is about fourteen scheduled copies, not 120
+IN_PROCESS_WAIT_S = 5.0  # the Graph adapter waits out a Retry-After up to this long itself (WORKER_WAIT_S)
+MAX_RETRY_AFTER_S = 900.0  # a longer Retry-After is honoured for 15 minutes, then the job tries again
 
 
 class Change:
@@ -319,3 +323,21 @@ def consent_propagation_left(consented_at: datetime | None, now: datetime, grace
     if consented_at is None:
         return 0.0
     return max(0.0, grace_s - (now - consented_at).total_seconds())
+
+
+def propagation_wait(attempt: int, left: float) -> float:
+    """How long a job that met a still-propagating consent waits before its next try: 5 s, doubling with each
+    scheduled copy (``attempt``), at most 60 s, and never past the end of the window (``left`` seconds).
+
+    The window, not a count of copies, bounds the waiting: the next try after the window has passed finds
+    ``consent_propagation_left`` at 0 and counts the same answer as consent lost.
+    """
+    return max(0.0, min(PROPAGATION_FIRST_WAIT_S * 2 ** min(attempt, 16), PROPAGATION_MAX_WAIT_S, left))
+
+
+def throttled_wait(retry_after: float | None) -> float | None:
+    """The delay a job is rescheduled with when Graph asked for a pause longer than the adapter sits out itself
+    (at most MAX_RETRY_AFTER_S); None: no such pause, so the job is retried as usual (redelivery)."""
+    if retry_after is None or retry_after <= IN_PROCESS_WAIT_S:
+        return None
+    return min(retry_after, MAX_RETRY_AFTER_S)

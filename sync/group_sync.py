@@ -31,8 +31,10 @@ from .decisions import (
     fingerprint,
     history_entry_of,
     new_user,
+    propagation_wait,
     recovered_record,
     synced_user_id,
+    throttled_wait,
     updated_user,
     username_claim,
 )
@@ -77,10 +79,7 @@ log = get_logger(__name__)
 
 MAX_ERRORS_PER_GROUP = 50
 MAX_STALE_ROUNDS = 6
-PROPAGATION_RETRY_S = 5.0
-IN_PROCESS_WAIT_S = 5.0  # the Graph adapter waits out a Retry-After up to this long itself
-MAX_RETRY_AFTER_S = 900.0
-MAX_SCHEDULED_WAITS = 20  # scheduled copies of one segment (propagation and throttling); then redelivery as usual
+MAX_SCHEDULED_WAITS = 20  # scheduled copies of one segment waiting out throttling; then redelivery as usual
 MAX_LISTING_RESTARTS = 3
 
 
@@ -112,10 +111,12 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
         await segment.execute()
     except AuthorizationLost as exc:
         left = consent_propagation_left(sub.consented_at, svc.clock(), svc.settings.consent_propagation_grace_s)
-        if exc.may_be_propagating and left > 0 and job.attempt < MAX_SCHEDULED_WAITS:
-            # A fresh consent still replicating: try this segment again a little later, as a scheduled copy, rather
-            # than by redelivery (which would spend the message's deliveries in seconds).
-            await _retry_later(svc, job, min(PROPAGATION_RETRY_S, left), f"consent_propagating: {exc.message}", ctx)
+        if exc.may_be_propagating and left > 0:
+            # A fresh consent still replicating: try this segment again later, as a scheduled copy, rather than by
+            # redelivery (which would spend the message's deliveries in seconds). The window bounds the waiting,
+            # not a count of copies: only once it has passed does the same answer mean consent lost.
+            await _retry_later(svc, job, propagation_wait(job.attempt, left), f"consent_propagating: {exc.message}",
+                               ctx)
             return
         await subscriptions.mark_consent_revoked(svc, job.org, job.subscription_id, run_id=job.run_id)
         await fail_group(svc, job, "consent_revoked", "Microsoft Graph refused access: the tenant's admin consent was revoked",
@@ -130,10 +131,11 @@ async def handle_group_job(svc: Services, job: GroupJob, *, redelivered: bool = 
     except InvalidInput as exc:
         await fail_group(svc, job, exc.code, exc.message, changes=segment.recorded())
     except Transient as exc:
-        if exc.retry_after and exc.retry_after > IN_PROCESS_WAIT_S and job.attempt < MAX_SCHEDULED_WAITS:
+        wait = throttled_wait(exc.retry_after)
+        if wait is not None and job.attempt < MAX_SCHEDULED_WAITS:
             # Graph asked for a long pause: honour it with a scheduled copy of this segment (its own message id),
             # instead of sleeping in the function or spending a delivery on an immediate redelivery.
-            await _retry_later(svc, job, min(exc.retry_after, MAX_RETRY_AFTER_S), f"throttled: {exc.message}", ctx)
+            await _retry_later(svc, job, wait, f"throttled: {exc.message}", ctx)
             return
         await _note_error(svc, job, f"{type(exc).__name__}: {exc.message[:300]}")
         raise

@@ -543,11 +543,14 @@ class FakeChangeFeed(DirectoryChangeFeed):
         self.subscriptions: dict[str, dict] = {}
         self.created = 0
         self.reads = 0
+        self.fail: dict[str, Exception] = {}  # method name ("read_changes", "get_users", "member_of") -> raised
 
-    def _tenant(self, tid: str) -> FakeTenant:
+    def _tenant(self, tid: str, method: str | None = None) -> FakeTenant:
         """The tenant, refused as Graph would (Graph requests of the change feed are counted in ``reads``)."""
         if tid in self.directory.revoked or tid not in self.directory.tenants:
             raise AuthorizationLost("revoked")
+        if method in self.fail:
+            raise self.fail[method]
         return self.directory.tenants[tid]
 
     def _snapshot(self, tid: str) -> DeltaLinks:
@@ -560,7 +563,7 @@ class FakeChangeFeed(DirectoryChangeFeed):
         return self._snapshot(tenant_id)
 
     async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
-        t = self._tenant(tenant_id)
+        t = self._tenant(tenant_id, "read_changes")
         self.reads += 1
         base = links.users_link.rsplit("?", 1)[0]
         if base in self.expired or base not in self.snapshots:
@@ -583,11 +586,11 @@ class FakeChangeFeed(DirectoryChangeFeed):
         return DirectoryChanges(changed, removed, groups, self._snapshot(tenant_id))
 
     async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
-        t = self._tenant(tenant_id)
+        t = self._tenant(tenant_id, "get_users")
         return {u: t.users[u] for u in user_ids if u in t.users}
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
-        t = self._tenant(tenant_id)
+        t = self._tenant(tenant_id, "member_of")
         if kind == "groups" and object_id not in t.groups:
             raise NotFound("no group")
         found: set[str] = set()

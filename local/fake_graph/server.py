@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ..identity.platform import (
     ADMIN_TOOL_ROLES,
+    PROPAGATION_ERRORS,
     Admin,
     AppRegistration,
     IdentityPlatform,
@@ -258,7 +259,8 @@ class FakeGraph(ServerThread):
         self._call(self._faults.clear)
 
     def set_consent(self, **changes: Any) -> dict:
-        """Same as POST /_fake/consent: deny, tenant, wids, roles, propagationSeconds, revoked, revokedTenant."""
+        """Same as POST /_fake/consent: deny, tenant, wids, roles, propagationSeconds, propagationError, revoked,
+        revokedTenant."""
         return self._call(self._set_consent, changes)
 
     def set_authority(self, **changes: Any) -> dict:
@@ -329,11 +331,13 @@ class FakeGraph(ServerThread):
         return {"deny": identity.deny, "tenant": admin.tenant if admin else None,
                 "wids": list(admin.wids) if admin else None, "revoked": sorted(identity.revoked),
                 "roles": list(identity.next_grant[0]), "propagationSeconds": identity.next_grant[1],
-                "grants": [{"tenant": tid, "roles": list(g.roles), "at": g.at, "propagationSeconds": g.propagation_s}
-                           for tid, g in identity.grants.items()]}
+                "propagationError": identity.next_propagation_error,
+                "grants": [{"tenant": tid, "roles": list(g.roles), "at": g.at, "propagationSeconds": g.propagation_s,
+                            "propagationError": g.propagation_error} for tid, g in identity.grants.items()]}
 
     def _set_consent(self, body: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(body) - {"deny", "tenant", "wids", "roles", "propagationSeconds", "revoked", "revokedTenant"}
+        unknown = set(body) - {"deny", "tenant", "wids", "roles", "propagationSeconds", "propagationError", "revoked",
+                               "revokedTenant"}
         if unknown:
             raise bad_request(f"Unknown consent settings: {', '.join(sorted(unknown))}.", code="BadRequest")
         identity = self.identity
@@ -345,14 +349,19 @@ class FakeGraph(ServerThread):
             if wids is not None and (not isinstance(wids, list) or not all(isinstance(w, str) for w in wids)):
                 raise bad_request("'wids' must be a list of directory role template ids.", code="BadRequest")
             identity.admin = Admin(tenant, tuple(wids) if wids is not None else Admin(tenant).wids) if tenant else None
-        if "roles" in body or "propagationSeconds" in body:
+        if "roles" in body or "propagationSeconds" in body or "propagationError" in body:
             roles = body.get("roles", list(identity.next_grant[0]))
             seconds = body.get("propagationSeconds", 0)
+            error = body.get("propagationError")
             if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
                 raise bad_request("'roles' must be a list of application role names.", code="BadRequest")
             if not isinstance(seconds, (int, float)) or seconds < 0:
                 raise bad_request("'propagationSeconds' must be a non-negative number.", code="BadRequest")
+            if error is not None and (isinstance(error, bool) or error not in PROPAGATION_ERRORS or not seconds):
+                raise bad_request("'propagationError' must be 65001 or 700016, with 'propagationSeconds' > 0 (the "
+                                  "window in which token requests answer it).", code="BadRequest")
             identity.next_grant = (tuple(roles), float(seconds))
+            identity.next_propagation_error = error
         if "revoked" in body:
             target = body.get("revokedTenant") or body.get("tenant")
             if body["revoked"]:

@@ -28,6 +28,7 @@ GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
 PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
 CLOUD_APPLICATION_ADMINISTRATOR = "158c047a-c907-4556-b7ef-446551a6b5f7"
 DEFAULT_ROLES = ("User.Read.All", "GroupMember.Read.All", "Group.Read.All")
+PROPAGATION_ERRORS = (65001, 700016)  # what a token request may answer while a fresh consent replicates
 # Writes of the tenant's own admin tools (the tests' "Azure admin"), never granted to the app by consent.
 ADMIN_TOOL_ROLES = ("Directory.ReadWrite.All", "User.ReadWrite.All", "Group.ReadWrite.All", "GroupMember.ReadWrite.All")
 WELL_KNOWN_TENANTS = ("organizations", "common", "consumers")
@@ -113,6 +114,7 @@ class Grant:
     roles: tuple[str, ...]
     at: float
     propagation_s: float = 0.0
+    propagation_error: int | None = None  # within propagation_s: this AADSTS error instead of role-less tokens
 
 
 @dataclass
@@ -144,6 +146,7 @@ class IdentityPlatform:
         self.default_tenant: Callable[[], str | None] = lambda: None
         self.deny = False
         self.next_grant: tuple[tuple[str, ...], float] = (DEFAULT_ROLES, 0.0)  # what the next consent grants
+        self.next_propagation_error: int | None = None  # and what its token requests answer while it propagates
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._public = self._key.public_key()
         self.kid = b64url(hashlib.sha256(self._public.public_bytes(
@@ -166,9 +169,13 @@ class IdentityPlatform:
             raise SignInError("AADSTS90002: No tenant is loaded, so nobody can sign in.")
         return Admin(tenant)
 
-    def consent(self, tenant: str, roles: tuple[str, ...] = DEFAULT_ROLES, propagation_s: float = 0.0) -> Grant:
-        """A tenant's admin consents: a service principal exists there and holds ``roles``."""
-        grant = Grant(tuple(roles), time.time(), float(propagation_s))
+    def consent(self, tenant: str, roles: tuple[str, ...] = DEFAULT_ROLES, propagation_s: float = 0.0,
+                propagation_error: int | None = None) -> Grant:
+        """A tenant's admin consents: a service principal exists there and holds ``roles``. For ``propagation_s``
+        seconds its tokens carry no roles, or (``propagation_error``: 65001 or 700016) token requests fail."""
+        if propagation_error not in (None, *PROPAGATION_ERRORS):
+            raise ValueError(f"propagation_error must be one of {PROPAGATION_ERRORS}")
+        grant = Grant(tuple(roles), time.time(), float(propagation_s), propagation_error)
         self.grants[tenant] = grant
         self.revoked.discard(tenant)
         return grant
@@ -179,6 +186,7 @@ class IdentityPlatform:
         self.revoked.clear()
         self.admin, self.deny, self.token_lifetime_s = None, False, 3600
         self.next_grant = (DEFAULT_ROLES, 0.0)
+        self.next_propagation_error = None
         for secret in self.registration.secrets:
             secret.expires_at = float("inf")
 
@@ -241,9 +249,16 @@ class IdentityPlatform:
             raise TokenError(400, "unauthorized_client", 700016, f"Application with identifier '{client_id}' was not "
                              f"found in the directory '{tenant}'. This can happen if the application has not been "
                              "installed by the administrator of the tenant or consented to by any user in the tenant.")
-        roles: tuple[str, ...] = ()
-        if grant is not None and time.time() - grant.at >= grant.propagation_s:
-            roles = grant.roles
+        propagating = grant is not None and time.time() - grant.at < grant.propagation_s
+        if propagating and grant.propagation_error == 65001:
+            raise TokenError(400, "invalid_grant", 65001, f"The user or administrator has not consented to use the "
+                             f"application with ID '{client_id}' named '{reg.display_name}'. Send an interactive "
+                             "authorization request for this user and resource.")
+        if propagating and grant.propagation_error == 700016:
+            raise TokenError(400, "unauthorized_client", 700016, f"Application with identifier '{client_id}' was not "
+                             f"found in the directory '{tenant}'. This can happen if the application has not been "
+                             "installed by the administrator of the tenant or consented to by any user in the tenant.")
+        roles: tuple[str, ...] = grant.roles if grant is not None and not propagating else ()
         lifetime = self.token_lifetime_s
         return {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
                 "access_token": self.app_token(tenant, roles, lifetime)}

@@ -110,7 +110,8 @@ class AuthorityRoutes:
             return _signin_error("AADSTS90094: Admin consent is required: granting application permissions of Microsoft "
                                  "Graph needs a Global Administrator or Privileged Role Administrator.")
         else:
-            self.identity.consent(admin.tenant, *self.identity.next_grant)
+            self.identity.consent(admin.tenant, *self.identity.next_grant,
+                                  propagation_error=self.identity.next_propagation_error)
             answer = [("admin_consent", "True"), ("tenant", admin.tenant)]
             if query.get("scope"):
                 answer.append(("scope", query["scope"]))

@@ -4,7 +4,7 @@ Every tenant needs a credential of its own (the tenant is part of the token requ
 they need not each hold a connection: one aiohttp session (a bounded keep-alive pool) carries every tenant's token
 requests, and one managed-identity credential provides the federated assertion for all of them. With a session
 per credential, each kept an idle TLS connection to the authority: about 340 KB per tenant, 400 MB for 1,000
-tenants (benchmarks/tenants.py); shared, about 50 KB per tenant.
+tenants; shared, about 33.5 KB per tenant, 101 MB for 1,000 (benchmarks/tenants.py, figures in benchmarks/README.md).
 """
 from __future__ import annotations
 

@@ -169,6 +169,31 @@ async def test_a_refused_client_secret_is_credential_invalid(fake, app, consente
         await d.close()
 
 
+@pytest.mark.parametrize(("code", "message", "raised", "propagating"), [
+    # The text names another code than error_codes does: only error_codes may decide.
+    (7000222, "AADSTS7000229: The client application is missing service principal in the tenant.",
+     CredentialInvalid, None),
+    (7000229, "AADSTS7000215: Invalid client secret provided.", AuthorizationLost, False),
+    (65001, "The user or administrator has not consented to use the application.", AuthorizationLost, True),
+    (700016, "Application was not found in the directory.", AuthorizationLost, True),
+], ids=["7000222-credential_invalid", "7000229-consent_lost", "65001-propagating", "700016-propagating"])
+async def test_a_token_error_is_mapped_from_its_error_codes_not_its_text(directory, fake, tenants, code, message,
+                                                                        raised, propagating):
+    small, _ = tenants
+    tid = small.tenant["tenantId"]
+    fault = {"path": "/oauth2/v2.0/token", "status": 400, "code": code, "message": message}
+    httpx.post(f"{fake.origin}/_fake/faults", json=fault, timeout=10).raise_for_status()
+    with pytest.raises(raised) as err:
+        await directory.search_groups(tid, "sales", 10)
+    if propagating is not None:
+        assert err.value.may_be_propagating is propagating
+    assert f"AADSTS{code}" in err.value.message
+    assert (token_requests(fake), graph_requests(fake)) == (1, 0)  # one token request, never retried; no Graph call
+    # The fault was one answer: the next call asks for a token again and gets one.
+    assert [g.id for g in await directory.search_groups(tid, "Sales Team", 10)] == [small.ids["sales"]]
+    assert token_requests(fake) == 2
+
+
 async def test_a_revoked_tenant_is_authorization_lost_once_its_token_expired(directory, fake, tenants):
     small, _ = tenants
     tid = small.tenant["tenantId"]

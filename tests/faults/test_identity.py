@@ -40,6 +40,29 @@ def test_a_fresh_consent_propagates_for_a_while_and_is_never_taken_for_revoked(d
     assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorized"
 
 
+def test_a_fresh_consent_answering_aadsts65001_propagates_and_is_never_taken_for_revoked(devhost, portal, load_tenant):
+    """The other way Microsoft answers a consent still replicating: the token request itself fails with 65001."""
+    from local.client import ApiError
+
+    t = with_large_group(3)
+    admin = load_tenant(t.tenant)
+    admin.control("POST", "/consent", json={"tenant": t.tenant["tenantId"], "propagationSeconds": 6,
+                                            "propagationError": 65001})
+    sub = portal.create_subscription("Fresh")["id"]
+    assert portal.authorize(sub)["consent"] == "granted"
+    before = token_requests(admin)
+    started = time.monotonic()
+    with pytest.raises(ApiError) as err:
+        portal.search_groups(sub, "Depa")
+    assert (err.value.status, err.value.body["code"]) == (503, "consent_propagating"), err.value.body
+    assert 1 <= int(err.value.headers["Retry-After"]) <= 5
+    assert token_requests(admin) > before  # the authority was asked and answered 65001 (no Graph token to reuse)
+    figures.fault("consent propagating (AADSTS65001 from the token endpoint for 6 s)")
+    found = poll(lambda: _search_or_none(portal, sub), 30, "group search to work once consent propagated", interval=1)
+    assert found and 5 <= time.monotonic() - started < 30
+    assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorized"
+
+
 def test_a_run_started_right_after_consent_waits_for_propagation(devhost, portal, load_tenant):
     t = with_large_group(3)
     admin = load_tenant(t.tenant)

@@ -261,6 +261,43 @@ async def test_consent_propagation_first_token_has_no_roles(fake, app, authority
     assert (await graph_get(fake, later)).status_code == 200
 
 
+@pytest.mark.parametrize(("code", "error"), [(65001, "invalid_grant"), (700016, "unauthorized_client")])
+async def test_consent_propagation_can_answer_a_token_error_instead(fake, app, authority, code, error):
+    state = (await authority.post("/_fake/consent", json={"tenant": DEMO_TID, "propagationSeconds": 1.5,
+                                                          "propagationError": code})).json()
+    assert (state["propagationSeconds"], state["propagationError"]) == (1.5, code)
+    response = await authority.get(f"/{DEMO_TID}/v2.0/adminconsent",
+                                   params={"client_id": CLIENT_ID, "redirect_uri": REDIRECT})
+    assert response.status_code == 302
+    [grant] = (await authority.get("/_fake/consent")).json()["grants"]
+    assert (grant["tenant"], grant["propagationSeconds"], grant["propagationError"]) == (DEMO_TID, 1.5, code)
+    response = await token_request(authority, app)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == error and body["error_codes"] == [code]
+    assert body["error_description"].startswith(f"AADSTS{code}:")
+    assert {"timestamp", "trace_id", "correlation_id", "error_uri"} <= set(body)
+    with pytest.raises(ClientAuthenticationError, match=f"AADSTS{code}"):
+        await token_of(secret_credential(fake, app))
+
+    await asyncio.sleep(1.6)
+    token = await token_of(secret_credential(fake, app))  # the window has passed: a token with the roles
+    assert sorted(claims(token)["roles"]) == ["Group.Read.All", "GroupMember.Read.All", "User.Read.All"]
+    assert (await graph_get(fake, token)).status_code == 200
+
+
+async def test_propagation_error_needs_a_window_and_a_propagation_code(fake, authority):
+    for body in ({"propagationError": 65001}, {"propagationSeconds": 0, "propagationError": 65001},
+                 {"propagationSeconds": 5, "propagationError": 7000229},
+                 {"propagationSeconds": 5, "propagationError": "65001"}, {"propagationSeconds": 5, "propagationError": True}):
+        response = await authority.post("/_fake/consent", json=body)
+        assert response.status_code == 400 and "propagationError" in response.json()["error"]["message"], body
+    assert fake.set_consent(propagationSeconds=5, propagationError=700016)["propagationError"] == 700016
+    # Naming the next grant again without it: role-less tokens, as before the field existed.
+    state = fake.set_consent(propagationSeconds=5)
+    assert (state["propagationSeconds"], state["propagationError"]) == (5.0, None)
+
+
 async def test_propagation_through_next_grant(fake, app):
     fake.identity.next_grant = (("GroupMember.Read.All",), 60.0)
     assert fake.set_consent()["propagationSeconds"] == 60.0

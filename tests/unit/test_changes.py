@@ -323,3 +323,95 @@ async def test_an_interrupted_incremental_run_fails_and_its_redelivery_applies_t
     again = (await runs.recent(svc, caller(), sub.id))[0]
     assert again.run.status == "succeeded" and again.counts.deactivated == 1
     assert users_of(svc)["cat@contoso.example"].status == "Inactive"
+
+
+def statuses(svc):
+    return {name.split("@")[0]: u.status for name, u in users_of(svc).items()}
+
+
+@pytest.mark.parametrize("method", ["read_changes", "get_users", "member_of"])
+async def test_a_change_job_meeting_a_propagating_consent_waits_for_it_then_applies_the_changes(svc, tenant, method):
+    from sync.errors import AuthorizationLost
+
+    sub = await synced(svc)
+    tenant.remove(SALES, "ann")  # her only selected group: the run that applies it deprovisions her
+    svc.changes.fail[method] = AuthorizationLost("AADSTS65001", may_be_propagating=True)
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    await changes.handle_change_job(svc, job)  # not raised: no delivery spent
+    [later] = svc.queue.take_change_jobs()
+    assert later == replace(job, attempt=1) and later.message_id != job.message_id
+    assert svc.queue.change_delays[-1] == 5
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "authorized"
+    assert len(await runs.recent(svc, caller(), sub.id)) == 1 and statuses(svc)["ann"] == "Active"
+    svc.clock.advance(seconds=5)
+    await changes.handle_change_job(svc, later)  # still propagating: a longer wait
+    [again] = svc.queue.take_change_jobs()
+    assert again.attempt == 2 and svc.queue.change_delays[-1] == 10
+    del svc.changes.fail[method]  # the consent has propagated
+    svc.clock.advance(seconds=10)
+    await changes.handle_change_job(svc, again)
+    await deliver(svc)
+    run = (await runs.recent(svc, caller(), sub.id))[0]
+    assert (run.run.trigger, run.run.status, run.counts.deactivated) == ("change_notification", "succeeded", 1)
+    assert statuses(svc)["ann"] == "Inactive"
+
+
+@pytest.mark.parametrize("trigger", [Trigger.CHANGE_NOTIFICATION, Trigger.NIGHTLY])
+async def test_outside_the_window_a_refused_change_job_means_consent_lost_and_deprovisions_nobody(svc, tenant, trigger):
+    from sync.errors import AuthorizationLost
+
+    sub = await synced(svc)
+    tenant.remove(SALES, "ann")
+    svc.clock.advance(seconds=svc.settings.consent_propagation_grace_s)
+    svc.changes.fail["get_users"] = AuthorizationLost("403", may_be_propagating=True)
+    await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, trigger, svc.clock()))
+    after = await subscriptions.get(svc, caller(), sub.id)
+    assert (after.status, after.active_run_id) == ("consent_revoked", None)
+    assert svc.queue.change_jobs == [] and len(await runs.recent(svc, caller(), sub.id)) == 1
+    assert set(statuses(svc).values()) == {"Active"}
+    assert await svc.watches.of_subscription(sub.org, sub.id) == []
+
+
+@pytest.mark.parametrize(("method", "trigger"), [("read_changes", Trigger.CHANGE_NOTIFICATION),
+                                                  ("get_users", Trigger.NIGHTLY)])
+async def test_a_refused_app_credential_ends_the_change_job_with_one_error_log(svc, tenant, caplog, method, trigger):
+    import logging
+
+    from sync.errors import CredentialInvalid
+
+    sub = await synced(svc)
+    tenant.remove(SALES, "ann")
+    svc.changes.fail[method] = CredentialInvalid("AADSTS7000222: the secret expired")
+    caplog.set_level(logging.INFO)
+    await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, trigger, svc.clock()))  # acknowledged, not raised
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "credential" in errors[0].getMessage()
+    after = await subscriptions.get(svc, caller(), sub.id)
+    assert (after.status, after.active_run_id) == ("authorized", None)  # not the customer's fault; nothing held
+    assert svc.queue.change_jobs == [] and len(await runs.recent(svc, caller(), sub.id)) == 1
+    assert statuses(svc)["ann"] == "Active"
+
+
+async def test_a_long_retry_after_reschedules_the_change_job_and_a_short_one_is_redelivered(svc, tenant):
+    from sync.errors import Transient
+
+    sub = await synced(svc)
+    tenant.block("cat")
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    svc.changes.fail["read_changes"] = Transient("429", retry_after=2)  # the adapter waits that out itself...
+    with pytest.raises(Transient):  # ...so reaching here it is a failure like any other: redelivery
+        await changes.handle_change_job(svc, job)
+    assert svc.queue.change_jobs == []
+    svc.changes.fail["read_changes"] = Transient("429", retry_after=120)
+    await changes.handle_change_job(svc, job)
+    [later] = svc.queue.take_change_jobs()
+    assert later.attempt == 1 and svc.queue.change_delays[-1] == 120
+    svc.changes.fail["read_changes"] = Transient("503", retry_after=7200)
+    await changes.handle_change_job(svc, later)
+    [capped] = svc.queue.take_change_jobs()
+    assert capped.attempt == 2 and svc.queue.change_delays[-1] == 900
+    del svc.changes.fail["read_changes"]
+    svc.clock.advance(seconds=900)
+    await changes.handle_change_job(svc, capped)
+    run = (await runs.recent(svc, caller(), sub.id))[0]
+    assert run.run.status == "succeeded" and statuses(svc)["cat"] == "Inactive"

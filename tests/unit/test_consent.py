@@ -5,7 +5,7 @@ from sync import group_sync, runs
 from sync.errors import AuthorizationLost, CredentialInvalid
 from sync.model import GroupJob
 from tests.helpers import call
-from tests.unit.syncdsl import TENANT, caller, connect, deliver
+from tests.unit.syncdsl import TENANT, caller, connect, deliver, full_sync, users_of
 from tests.unit.test_directory_api import consent, new_sub, outcome, sign_in
 
 OTHER = "99999999-8888-7777-6666-555555555555"  # another customer's tenant, which consented to the app before
@@ -135,6 +135,37 @@ async def test_a_group_waiting_for_propagation_is_retried_later_not_failed(svc):
     await deliver(svc)
     view = await runs.get(svc, caller(), sub.id, run_id)
     assert view.run.status == "succeeded" and view.counts.created == 1
+
+
+async def test_propagation_waits_last_the_whole_window_and_only_then_count_as_consent_lost(svc):
+    """Microsoft may answer as if the consent were missing for minutes: the group keeps waiting (5 s, 10 s, ... at
+    most 60 s a copy) until the window has passed, however many copies that takes, and only then is consent lost."""
+    t = svc.directory.tenant(TENANT)
+    t.add_group(ENG, "Engineering")
+    t.add_user("u1", groups=(ENG,))
+    sub = await connect(svc, groups=(ENG,))
+    assert (await full_sync(svc, sub)).run.status == "succeeded"
+    svc.directory.fail[ENG] = AuthorizationLost("403", may_be_propagating=True)
+    run_id = (await runs.start(svc, caller(), sub.id)).id
+    consented = (await svc.subscriptions.get(sub.org, sub.id)).consented_at
+    waits = []
+    while svc.queue.group_jobs:
+        [job] = svc.queue.take_group_jobs()
+        await group_sync.handle_group_job(svc, job)
+        if not svc.queue.group_jobs:
+            break
+        waits.append(svc.queue.group_delays[-1])
+        assert (await svc.subscriptions.get(sub.org, sub.id)).status == "authorized"
+        assert (await runs.get(svc, caller(), sub.id, run_id)).run.status in ("queued", "running")
+        svc.clock.advance(seconds=waits[-1])
+    grace = svc.settings.consent_propagation_grace_s
+    assert grace == 600 and waits[:5] == [5, 10, 20, 40, 60] and max(waits) == 60
+    assert sum(waits) == grace and len(waits) == 13  # the whole window, not 20 copies of 5 s (100 s)
+    assert (svc.clock() - consented).total_seconds() == grace
+    assert (await svc.subscriptions.get(sub.org, sub.id)).status == "consent_revoked"
+    view = await runs.get(svc, caller(), sub.id, run_id)
+    assert view.run.status == "failed" and [e["code"] for e in view.to_api()["errors"]] == ["consent_revoked"]
+    assert [(u.username, u.status) for u in users_of(svc).values()] == [("u1@contoso.example", "Active")]
 
 
 async def test_a_broken_app_credential_fails_the_run_at_once_without_blaming_the_customer(svc):
