@@ -12,7 +12,10 @@ The sequence:
    directory lose their memberships; the run's finalizer then counts, guards and deprovisions as for a Full Sync.
    A nested group gaining or losing a group re-reads the selected groups above it in full (group jobs). A delta link
    Graph no longer knows, a changed selection, or more changes than INCREMENTAL_MAX_OBJECTS make it a Full Sync,
-   and the run says why.
+   and the run says why. Without Member.Read.Hidden, Graph hides the members of a hidden-membership group from the
+   delta and leaves the group out of ``transitiveMemberOf``: an incremental run then keeps every stored membership
+   of such a selected group as it is (never ends one, never deprovisions for it) and leaves the group to Full Syncs,
+   which fail it (``hidden_membership``) until the permission is granted.
 4. A timer renews watches before they expire, recreates lost ones and drops those of subscriptions that are gone
    (sync/watching.py, with the delta links' promotion after a run).
 """
@@ -55,6 +58,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .model import (
+    MEMBER_READ_HIDDEN,
     Caller,
     ChangeJob,
     Counts,
@@ -348,6 +352,7 @@ class _Plan:
         self.removed: set[str] = set()
         self.resync: set[str] = set()
         self.overflow = False  # more users affected than an incremental run takes: a Full Sync instead
+        self.unlisted: frozenset[str] = frozenset()  # selected groups Graph hides from member_of: memberships kept
 
     @property
     def empty(self) -> bool:
@@ -390,10 +395,23 @@ async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> 
         return plan
     found = await svc.changes.get_users(tenant, sorted(candidates))
     plan.removed |= (candidates - set(found)) & (stored_oids | regroup)
+    if regroup:
+        plan.unlisted = await _unlisted_groups(svc, sub)
     for oid, du in found.items():
         groups = await svc.changes.member_of(tenant, oid) & selected if oid in regroup else None
         plan.users[oid] = (du, frozenset(groups) if groups is not None else None)
     return plan
+
+
+async def _unlisted_groups(svc: Services, sub: Subscription) -> frozenset[str]:
+    """Selected groups whose membership Graph hides from the app (HiddenMembership, and the tenant does not grant
+    Member.Read.Hidden): ``transitiveMemberOf`` leaves them out, so a user's absence from them says nothing."""
+    tenant = sub.azure_tenant_id
+    granted = await svc.directory.granted_permissions(tenant)
+    if MEMBER_READ_HIDDEN in granted:
+        return frozenset()
+    groups = await svc.directory.get_groups(tenant, list(sub.group_ids), interactive=False)
+    return frozenset(g.id for g in groups.values() if not g.membership_readable(granted))
 
 
 async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> None:
@@ -420,6 +438,8 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
             if existing is None:
                 continue  # a directory user the sync does not hold (and whose groups did not change)
             groups = existing.group_ids & set(sub.group_ids)
+        elif existing is not None:  # what Graph could not tell (hidden membership) stays as stored
+            groups = groups | (existing.group_ids & plan.unlisted)
         if not groups:  # in no selected group any more: the finalizer deprovisions, whatever the user looks like
             if existing is not None and existing.group_ids:
                 leave.append(existing.id)

@@ -50,6 +50,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .model import (
+    MEMBER_READ_HIDDEN,
     Counts,
     DirectoryUser,
     EmailState,
@@ -238,6 +239,7 @@ class _Segment:
 
     async def execute(self) -> None:
         svc, job = self.svc, self.job
+        await self.refuse_unreadable_membership()
         self.snapshot = {m.id: _Known.of(m, self.run.id)
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         if job.segment > 0:  # (read here rather than at the end: the same rows, and a restart needs them)
@@ -250,6 +252,11 @@ class _Segment:
             await self._pages(source, ahead, started)
         except PageTokenExpired:
             await self.start_over()
+        except AuthorizationLost:
+            # Graph may refuse a hidden group's member list (403) rather than list nobody: the group lacks the
+            # permission, the consent is not lost. Reading the group tells (a consent really lost refuses that too).
+            await self.refuse_if_hidden()
+            raise
 
     async def _pages(self, source: AsyncIterator[UserPage], ahead: asyncio.Future | None, started: float) -> None:
         svc = self.svc
@@ -564,19 +571,23 @@ class _Segment:
             await self.svc.queue.send_enrollment_jobs(self.invitations)
             self.invitations = []
 
-    async def check_not_hidden(self) -> None:
-        """A group listed no members: if its membership is hidden, that may be all Graph lets us see. Fail, never empty it.
+    async def refuse_unreadable_membership(self) -> None:
+        """Fail the group (``hidden_membership``) when Graph will not list its members to us: its membership is hidden
+        and the tenant does not grant Member.Read.Hidden. Graph then lists nobody (or answers 403), and an empty list
+        would end every membership of the group; with the permission, an empty list is an empty group."""
+        if MEMBER_READ_HIDDEN not in await self.svc.directory.granted_permissions(self.sub.azure_tenant_id):
+            await self.refuse_if_hidden()
 
-        Without Member.Read.Hidden a hidden-membership group's member list is unreadable; the docs leave the answer
-        open, and an empty list is the one that would deprovision everybody, so an empty hidden group is refused.
-        """
+    async def refuse_if_hidden(self) -> None:
+        """Raise PermissionMissing (``hidden_membership``) if the group's membership is hidden (its visibility)."""
         job = self.job
-        found = await self.svc.directory.get_groups(self.sub.azure_tenant_id, [job.group_id])
+        found = await self.svc.directory.get_groups(self.sub.azure_tenant_id, [job.group_id], interactive=False)
         group = found.get(job.group_id)
         if group is not None and group.hidden_membership:
-            raise PermissionMissing(f"group {group.display_name or job.group_id} hides its membership and listed no "
-                                    "members: grant the app Member.Read.Hidden (or deselect the group if it is empty)",
-                                    code="hidden_membership")
+            raise PermissionMissing(f"group {group.display_name or job.group_id} hides its membership (visibility "
+                                    f"HiddenMembership) and Microsoft Graph lists its members only to an app granted "
+                                    f"{MEMBER_READ_HIDDEN}: grant that application permission and consent again, or "
+                                    "deselect the group", code="hidden_membership")
 
     async def start_over(self) -> None:
         """Graph refused the page token: read the group again from its first page, in a new segment.
@@ -618,8 +629,8 @@ class _Segment:
         job, svc = self.job, self.svc
         await self.flush_invitations()
         seen = self.seen | self.earlier
-        if not seen:
-            await self.check_not_hidden()
+        if not seen:  # the permission (or the visibility) may have changed since this group's listing started
+            await self.refuse_unreadable_membership()
         now = svc.clock()
         if self.dry:  # the run's end compares what every group saw with the stored users
             await svc.runs.save_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment, self.seen)

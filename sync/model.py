@@ -5,7 +5,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Collection
 
 ALLOWED_ROLES = frozenset({"Owner", "Administrator", "User Manager"})
 USERNAME_ATTRIBUTES = ("userPrincipalName", "mail", "onPremisesSamAccountName", "employeeId")
@@ -519,6 +519,9 @@ class DirectoryUser:
         return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+MEMBER_READ_HIDDEN = "Member.Read.Hidden"  # the application permission that lists hidden-membership groups' members
+
+
 @dataclass(frozen=True)
 class DirectoryGroup:
     """A group as Microsoft Graph returns it."""
@@ -533,8 +536,17 @@ class DirectoryGroup:
     def hidden_membership(self) -> bool:
         return (self.visibility or "").lower() == "hiddenmembership"
 
-    def to_api(self) -> dict[str, Any]:
-        return {"id": self.id, "displayName": self.display_name, "description": self.description, "mail": self.mail}
+    def membership_readable(self, granted: Collection[str]) -> bool:
+        """Can an app holding the application permissions ``granted`` list this group's members?"""
+        return not self.hidden_membership or MEMBER_READ_HIDDEN in granted
+
+    def to_api(self, granted: Collection[str] | None = None) -> dict[str, Any]:
+        """As the portal shows it; with ``granted``, also whether a sync can read its members."""
+        shown: dict[str, Any] = {"id": self.id, "displayName": self.display_name, "description": self.description,
+                                 "mail": self.mail}
+        if granted is not None:
+            shown["membershipReadable"] = self.membership_readable(granted)
+        return shown
 
 
 @dataclass(frozen=True)

@@ -265,12 +265,19 @@ class Directory(abc.ABC):
     async def search_groups(self, tenant_id: str, text: str, limit: int) -> list[DirectoryGroup]: ...
 
     @abc.abstractmethod
-    async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
-        """The groups that exist among ``group_ids`` (missing ones are absent from the result)."""
+    async def get_groups(self, tenant_id: str, group_ids: list[str], *,
+                         interactive: bool = True) -> dict[str, DirectoryGroup]:
+        """The groups that exist among ``group_ids`` (missing ones are absent from the result); ``interactive``
+        False for a worker's look-up (it never takes a person's share of Graph)."""
 
     @abc.abstractmethod
     def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
         """Transitive user members, a page at a time, starting at ``next_link`` when given."""
+
+    @abc.abstractmethod
+    async def granted_permissions(self, tenant_id: str) -> frozenset[str]:
+        """The application permissions the tenant grants the app now (e.g. Member.Read.Hidden): what Graph lets the
+        next requests read."""
 
 
 class DirectoryChangeFeed(abc.ABC):

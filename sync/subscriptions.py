@@ -159,7 +159,10 @@ async def search_groups(svc: Services, caller: Caller, sub_id: str, text: str | 
         raise InvalidInput("the search text contains control characters", code="invalid_search")
     sub = await _authorized(svc, caller, sub_id)
     groups = await _directory_call(svc, sub, svc.directory.search_groups(sub.azure_tenant_id, text, SEARCH_LIMIT))
-    return [g.to_api() for g in groups]
+    # Whether a sync can read each group's members (a hidden membership needs Member.Read.Hidden): the admin sees it
+    # before selecting. The token the search just used tells; no further Graph request.
+    granted = await _directory_call(svc, sub, svc.directory.granted_permissions(sub.azure_tenant_id))
+    return [g.to_api(granted) for g in groups]
 
 
 async def select_groups(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any]) -> Subscription:

@@ -448,6 +448,10 @@ class FakeTenant:
     groups: dict[str, DirectoryGroup] = field(default_factory=dict)
     members: dict[str, list[str]] = field(default_factory=dict)
     users: dict[str, DirectoryUser] = field(default_factory=dict)
+    # The application permissions the tenant's consent grants (what the app asks for, unless a test says otherwise),
+    # and how Graph answers a hidden group's member list without Member.Read.Hidden: "empty" or "forbidden" (403).
+    permissions: set[str] = field(default_factory=lambda: {"User.Read.All", "GroupMember.Read.All"})
+    hidden_answer: str = "empty"
 
     def add_user(self, uid: str, *, groups: Iterable[str] = (), **fields: Any) -> DirectoryUser:
         defaults = {"display_name": uid.title(), "user_principal_name": f"{uid}@contoso.example",
@@ -461,6 +465,14 @@ class FakeTenant:
     def add_group(self, gid: str, name: str) -> None:
         self.groups[gid] = DirectoryGroup(gid, name)
         self.members.setdefault(gid, [])
+
+    def hide(self, gid: str, hidden: bool = True) -> None:
+        """Make a group's membership hidden (visibility HiddenMembership), as an admin can in Exchange Online."""
+        self.groups[gid] = replace(self.groups[gid], visibility="HiddenMembership" if hidden else None)
+
+    def listable(self, gid: str) -> bool:
+        """Would Graph list this group's members to the app (hidden membership needs Member.Read.Hidden)?"""
+        return self.groups[gid].membership_readable(self.permissions)
 
     def block(self, uid: str, blocked: bool = True) -> None:
         self.users[uid] = replace(self.users[uid], account_enabled=not blocked)
@@ -505,9 +517,15 @@ class FakeDirectory(Directory):
         found = [g for g in t.groups.values() if all(any(w2.startswith(w) for w2 in g.display_name.casefold().split()) for w in words)]
         return sorted(found, key=lambda g: g.display_name)[:limit]
 
-    async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
+    async def get_groups(self, tenant_id: str, group_ids: list[str], *,
+                         interactive: bool = True) -> dict[str, DirectoryGroup]:
         t = self._check(tenant_id)
         return {g: t.groups[g] for g in group_ids if g in t.groups}
+
+    async def granted_permissions(self, tenant_id: str) -> frozenset[str]:
+        if tenant_id in self.revoked or tenant_id not in self.tenants:
+            raise AuthorizationLost("no token for the tenant")
+        return frozenset(self.tenants[tenant_id].permissions)
 
     async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
         t = self._check(tenant_id)
@@ -515,7 +533,11 @@ class FakeDirectory(Directory):
             raise self.fail[group_id]
         if group_id not in t.groups:
             raise NotFound("no group")
-        ids = [u for u in t.members[group_id] if u in t.users]
+        if not t.listable(group_id) and t.hidden_answer == "forbidden":
+            raise AuthorizationLost("Microsoft Graph refused access (403 Authorization_RequestDenied)",
+                                    may_be_propagating=True)
+        # A hidden group's members without Member.Read.Hidden: Graph lists nobody (the fake Graph's default)
+        ids = [u for u in t.members[group_id] if u in t.users] if t.listable(group_id) else []
         start = int(next_link.rsplit("=", 1)[1]) if next_link else 0
         while True:
             if start and self.expire_links.get(group_id, 0) > 0:  # a nextLink used: Graph may say it expired
@@ -574,6 +596,8 @@ class FakeChangeFeed(DirectoryChangeFeed):
         groups: dict[str, GroupChange] = {}
         for gid in set(members) | set(t.members):
             before, after = set(members.get(gid, ())), set(t.members.get(gid, ()))
+            if gid in t.groups and not t.listable(gid):
+                before = after = set()  # a hidden group's members@delta is empty without Member.Read.Hidden
             if gid not in t.groups and gid in members:
                 groups[gid] = GroupChange(gid, removed=True)
             elif before != after:
@@ -601,7 +625,8 @@ class FakeChangeFeed(DirectoryChangeFeed):
                 if current in ids and gid not in found:
                     found.add(gid)
                     todo.append(gid)
-        return frozenset(found)
+        # Graph leaves out the groups whose membership the app may not read (the fake Graph does; README)
+        return frozenset(g for g in found if g not in t.groups or t.listable(g))
 
     async def subscribe(self, tenant_id: str, resource: str, notification_url: str, client_state: str,
                         expires_at: datetime) -> tuple[str, datetime]:

@@ -71,6 +71,7 @@ Handler = Callable[[web.Request, "Tenant | None", dict[str, str]], Awaitable[web
 
 DEFAULT_SKIPTOKEN_LIFETIME_S = 120.0  # Graph documents none; Directory_ExpiredPageToken is seen in the field
 DEFAULT_SEARCH_LAG_S = 5.0  # advanced queries read an eventually consistent index (aad-advanced-queries)
+HIDDEN_ANSWERS = ("empty", "forbidden")  # a hidden-membership listing without Member.Read.Hidden (README)
 
 # Application permissions that allow each kind of Graph call (any one suffices); from each API's permissions table.
 USER_READ = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
@@ -160,6 +161,7 @@ class FakeGraph(ServerThread):
         self.latency_ms = float(latency_ms)
         self.skiptoken_lifetime_s = DEFAULT_SKIPTOKEN_LIFETIME_S
         self.short_pages = True
+        self.hidden_answer = "empty"
         self.set_search_lag(DEFAULT_SEARCH_LAG_S)
         self._faults: list[dict[str, Any]] = []
         self._requests = 0
@@ -294,6 +296,10 @@ class FakeGraph(ServerThread):
         """Same as POST /_fake/notifications/lifecycle."""
         return self._call(self.notifications.lifecycle, subscription_id, event)
 
+    def set_hidden(self, answer: str) -> dict:
+        """Same as POST /_fake/hidden: how a hidden-membership group's member list answers without Member.Read.Hidden."""
+        return self._call(self._set_hidden, {"answer": answer})
+
     def set_delta(self, **changes: Any) -> dict:
         """Same as POST /_fake/delta: tokenLifetimeSeconds, pageSize, replay, expiredStatus, expireAll, tenant."""
         return self._call(self._set_delta, changes)
@@ -409,6 +415,12 @@ class FakeGraph(ServerThread):
         if "shortPages" in body:
             self.short_pages = bool(body["shortPages"])
         return self._paging_state()
+
+    def _set_hidden(self, body: dict[str, Any]) -> dict[str, Any]:
+        if set(body) != {"answer"} or body["answer"] not in HIDDEN_ANSWERS:
+            raise bad_request("The body is {\"answer\": \"empty\" | \"forbidden\"}.", code="BadRequest")
+        self.hidden_answer = body["answer"]
+        return {"answer": self.hidden_answer}
 
     @staticmethod
     def set_search_lag(seconds: float) -> None:
@@ -751,9 +763,12 @@ class FakeGraph(ServerThread):
         kind = params["cast"].rsplit(".", 1)[1].lower() if "cast" in params else None
         source = ("members", group["id"], transitive, kind)
         # A group whose membership is hidden lists its members only to Member.Read.Hidden. Without it the docs
-        # leave the answer open; the fake answers what is most dangerous to a sync: an empty collection.
+        # leave the answer open; the fake answers what is most dangerous to a sync, an empty collection, unless
+        # POST /_fake/hidden asks for the other answer the docs allow ("required"): 403.
         hidden = str(group.get("visibility") or "").lower() == "hiddenmembership"
         if hidden and "Member.Read.Hidden" not in request.get("roles", set()):
+            if self.hidden_answer == "forbidden":
+                raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
             source = ("members", None, transitive, kind)
         if "count" in params:
             return self._count(request, tenant, source, kind)
@@ -952,6 +967,10 @@ class FakeGraph(ServerThread):
             return self._json(request, self.delta_settings.state())
         if route == "POST /_fake/delta":
             return self._json(request, self._set_delta(await self._body(request)))
+        if route == "GET /_fake/hidden":
+            return self._json(request, {"answer": self.hidden_answer})
+        if route == "POST /_fake/hidden":
+            return self._json(request, self._set_hidden(await self._body(request)))
         if route == "GET /_fake/paging":
             return self._json(request, self._paging_state())
         if route == "POST /_fake/paging":
@@ -968,6 +987,7 @@ class FakeGraph(ServerThread):
             self._reset_stats()
             self.latency_ms = 0.0
             self.skiptoken_lifetime_s, self.short_pages = DEFAULT_SKIPTOKEN_LIFETIME_S, True
+            self.hidden_answer = "empty"
             self.set_search_lag(DEFAULT_SEARCH_LAG_S)
             self.identity.reset()
             self.notifications.reset()

@@ -7,6 +7,7 @@ layer dominated the worker's CPU (see README, Performance).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections import OrderedDict
@@ -41,6 +42,9 @@ WORKER_WAIT_S = 5.0  # a worker waits this long in-process; a longer Retry-After
 WORKER_RETRIES = 3
 IDS_PER_FILTER = 15  # Graph refuses an `in` list longer than this ("Too many child clauses … Max allowed: 15")
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+# What kiota's AzureIdentityAuthenticationProvider passes to get_token (CAE on by default): asking with the same
+# options reads the token the SDK sends from the same cache entry.
+KIOTA_TOKEN_OPTIONS = {"claims": None, "enable_cae": True}
 # A delta link Graph no longer knows: older than its lifetime (seven days for directory objects) answers 400
 # syncStateNotFound; a reset of the tenant's sync state 410 Gone (https://learn.microsoft.com/graph/delta-query-overview).
 DELTA_EXPIRED_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
@@ -188,7 +192,8 @@ class GraphDirectory(Directory):
         merged = {item["id"]: _group(item) for data in found for item in data.get("value", [])}
         return sorted(merged.values(), key=lambda g: (g.display_name.casefold(), g.id))[:limit]
 
-    async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
+    async def get_groups(self, tenant_id: str, group_ids: list[str], *,
+                         interactive: bool = True) -> dict[str, DirectoryGroup]:
         """The groups that exist among ``group_ids``: ``$filter=id in (…)``, 15 ids a request (Graph's limit)."""
         from kiota_abstractions.base_request_configuration import RequestConfiguration
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
@@ -202,7 +207,8 @@ class GraphDirectory(Directory):
             return request
 
         filters = id_filters(group_ids)
-        pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(f), interactive=True) for f in filters))
+        pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(f), interactive=interactive)
+                                       for f in filters))
         return {g.id: g for g in (_group(item) for page in pages for item in page.get("value", []))}
 
     async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
@@ -234,6 +240,26 @@ class GraphDirectory(Directory):
             if not link:
                 return
             request = following(link)
+
+    async def granted_permissions(self, tenant_id: str) -> frozenset[str]:
+        """The ``roles`` claim of the tenant's access token: the application permissions Graph reads it with.
+
+        The token is the one the SDK sends (the same credential and cache: no token request when one is cached), read
+        without verification: it comes straight from the authority, and Graph decides on exactly these roles. A token
+        whose claims cannot be read grants nothing as far as the caller is concerned (the cautious answer).
+        """
+        from azure.core.exceptions import AzureError, ClientAuthenticationError
+
+        self._adapter(tenant_id)
+        credential = self._adapters[tenant_id][1]
+        try:
+            token = await credential.get_token(GRAPH_SCOPE, **KIOTA_TOKEN_OPTIONS)
+        except ClientAuthenticationError as exc:
+            raise self._map_token_error(exc) from None
+        except AzureError as exc:
+            raise Transient(f"could not obtain a token for Microsoft Graph: {type(exc).__name__}",
+                            code="token_unavailable") from None
+        return token_roles(token.token)
 
     async def request_json(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool = False,
                            retry: bool = True) -> dict[str, Any]:
@@ -372,6 +398,17 @@ def token_error_codes(exc: Exception) -> frozenset[int]:
         return frozenset(int(c) for c in codes) if isinstance(codes, list) else frozenset()
     except (ValueError, TypeError, AttributeError):
         return frozenset()
+
+
+def token_roles(token: str) -> frozenset[str]:
+    """The ``roles`` claim of a JWT access token (not verified); empty when the token is not a readable JWT."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        roles = claims.get("roles") if isinstance(claims, dict) else None
+    except (IndexError, ValueError, TypeError):
+        return frozenset()
+    return frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset()
 
 
 def _map_api_error(exc: Any) -> Exception:

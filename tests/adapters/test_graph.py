@@ -157,6 +157,34 @@ async def test_errors_are_mapped(directory, fake, tenants):
         await directory.search_groups(tid, "sales", 10)
 
 
+async def test_granted_permissions_are_the_roles_of_the_token_graph_is_sent(directory, fake, others):
+    t = others["third"]
+    tid = t.tenant["tenantId"]
+    fake.identity.consent(tid, (*APP_ROLES, "Member.Read.Hidden"))
+    assert await directory.granted_permissions(tid) == {*APP_ROLES, "Member.Read.Hidden"}
+    assert len([p async for p in directory.group_user_pages(tid, t.ids["team"])][0].users) == 1
+    assert token_requests(fake) == 1  # the SDK sent the very token whose roles were read
+    fake.identity.consent(tid, APP_ROLES)  # consented again without it: tokens issued from now on lack it
+    assert "Member.Read.Hidden" in await directory.granted_permissions(tid)  # the cached token still holds it
+    directory.forget(tid)
+    assert await directory.granted_permissions(tid) == set(APP_ROLES)
+    assert token_requests(fake) == 2 and graph_requests(fake) == 1  # reading roles asks Graph nothing
+
+
+async def test_granted_permissions_map_token_errors_like_every_call(directory, fake, others):
+    with pytest.raises(AuthorizationLost) as err:
+        await directory.granted_permissions(others["unconsented"].tenant["tenantId"])
+    assert err.value.may_be_propagating is True and "700016" in err.value.message
+
+
+def test_token_roles_of_unreadable_tokens_are_none():
+    from sync.adapters.graph import token_roles
+
+    assert token_roles("not-a-jwt") == frozenset()
+    assert token_roles("a.bm90IGpzb24.c") == frozenset()  # "not json"
+    assert token_roles("a.eyJyb2xlcyI6ICJVc2VyLlJlYWQuQWxsIn0.c") == frozenset()  # roles not a list
+
+
 async def test_a_refused_client_secret_is_credential_invalid(fake, app, consented, tenants):
     small, _ = tenants
     d = GraphDirectory(fake.base_url, credential_factory(fake, app, secret="not-the-secret"), allowed_hosts=["127.0.0.1"])

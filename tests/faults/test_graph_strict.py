@@ -1,5 +1,5 @@
 """Graph as strict as Microsoft documents it (and as it behaves where the docs are silent): expired page tokens,
-short pages."""
+short pages, permissions (limited members, hidden membership)."""
 import time
 
 import pytest
@@ -105,4 +105,59 @@ def test_a_hidden_membership_group_without_member_read_hidden_fails_and_deprovis
     assert run["status"] == "failed", run
     assert [e["code"] for e in run["errors"]] == ["hidden_membership"]
     assert "Member.Read.Hidden" in run["errors"][0]["message"]
+    assert {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()} == before
+
+
+WITH_HIDDEN = ["User.Read.All", "GroupMember.Read.All", "Member.Read.Hidden"]
+
+
+def test_a_really_empty_hidden_group_with_member_read_hidden_syncs_as_empty(devhost, portal, load_tenant):
+    t = with_large_group(3)
+    t.group("board", "Board Secret", [])
+    next(g for g in t.tenant["groups"] if g["id"] == t.ids["board"])["visibility"] = "HiddenMembership"
+    admin = load_tenant(t.tenant)
+    _with_roles(admin, t.tenant["tenantId"], WITH_HIDDEN)
+    sub = connect(portal, [t.ids["eng"], t.ids["board"]])
+    run = sync(portal, sub)
+    figures.fault("graph hidden membership group that is really empty (Member.Read.Hidden granted)")
+    assert run["status"] == "succeeded", run
+    assert "hidden_membership" not in {e["code"] for e in run["errors"]}
+    assert {g["displayName"]: g["userCount"] for g in portal.groups()}["Board Secret"] == 0
+    assert any(u["groups"] for u in portal.users())  # the other group's members were synced
+
+
+def test_graph_refusing_a_hidden_groups_members_is_hidden_membership_and_the_consent_stays(devhost, portal,
+                                                                                           load_tenant):
+    t = with_large_group(3)
+    next(g for g in t.tenant["groups"] if g["id"] == t.ids["sales"])["visibility"] = "HiddenMembership"
+    admin = load_tenant(t.tenant)
+    tid = t.tenant["tenantId"]
+    _with_roles(admin, tid, WITH_HIDDEN)
+    admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 1})  # a new consent applies at once
+    sub = connect(portal, [t.ids["eng"], t.ids["sales"]])
+    assert sync(portal, sub)["status"] == "succeeded"
+    before = {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()}
+    try:
+        # Graph answers 403 instead of an empty list (the fake's other reading of "required"), once with the
+        # permission missing, once although the token holds it: neither is a lost consent.
+        admin.control("POST", "/hidden", json={"answer": "forbidden"})
+        _with_roles(admin, tid, ["User.Read.All", "GroupMember.Read.All"])
+        assert portal.authorize(sub)["consent"] == "granted"
+        time.sleep(1.5)
+        refused = [sync(portal, sub)]
+        _with_roles(admin, tid, WITH_HIDDEN)
+        assert portal.authorize(sub)["consent"] == "granted"
+        time.sleep(1.5)
+        admin.control("POST", "/faults", json={"path": f"/groups/{t.ids['sales']}/transitiveMembers", "status": 403,
+                                               "code": "Authorization_RequestDenied", "times": 1,
+                                               "message": "Insufficient privileges to complete the operation."})
+        refused.append(sync(portal, sub))
+    finally:
+        admin.control("POST", "/hidden", json={"answer": "empty"})
+    figures.fault("graph 403 on a hidden membership group's members", 2)
+    for run in refused:
+        assert run["status"] == "failed", run
+        assert [(e["code"], e.get("groupId")) for e in run["errors"]] == [("hidden_membership", t.ids["sales"])]
+    assert admin.control("GET", "/faults")["faults"] == []
+    assert portal.call("GET", f"/directory/subscriptions/{sub}")["status"] == "authorized"
     assert {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()} == before

@@ -769,6 +769,30 @@ async def test_a_hidden_membership_group_lists_nobody_without_member_read_hidden
             assert info.json()["visibility"] == "HiddenMembership"
 
 
+async def test_a_hidden_membership_group_can_refuse_instead_with_403(tls):
+    tenant = json.loads(json.dumps(DEMO))
+    group = next(g for g in tenant["groups"] if g["displayName"] == "Sales Team")
+    group["visibility"] = "HiddenMembership"
+    with FakeGraph(tenants=[tenant], registration=registration(), tls=tls) as fake:
+        url = f"{fake.base_url}/groups/{group['id']}/transitiveMembers/microsoft.graph.user"
+        without = {"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['User.Read.All', 'GroupMember.Read.All'])}"}
+        with_hidden = {"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['User.Read.All', 'GroupMember.Read.All', 'Member.Read.Hidden'])}"}
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.post(f"{fake.origin}/_fake/hidden", json={"answer": "forbidden"})).json() == {
+                "answer": "forbidden"}
+            refused = await client.get(url, headers=without)
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "Authorization_RequestDenied"
+            assert (await client.get(f"{url}/$count", headers={**without, "ConsistencyLevel": "eventual"})).status_code == 403
+            assert len((await client.get(url, headers=with_hidden)).json()["value"]) > 0  # the permission still reads them
+            group_read = await client.get(f"{fake.base_url}/groups/{group['id']}", headers=without)
+            assert group_read.status_code == 200 and group_read.json()["visibility"] == "HiddenMembership"
+            assert (await client.post(f"{fake.origin}/_fake/hidden", json={"answer": "maybe"})).status_code == 400
+            await client.post(f"{fake.origin}/_fake/reset")
+            assert (await client.get(f"{fake.origin}/_fake/hidden")).json() == {"answer": "empty"}
+            assert (await client.get(url, headers=without)).json()["value"] == []
+
+
 async def test_a_page_token_used_after_its_lifetime_is_directory_expired_page_token(fake):
     fake.set_paging(skiptokenLifetimeSeconds=0.5)
     async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID)}"}) as client:

@@ -113,6 +113,31 @@ async def test_a_nested_group_change_rereads_the_selected_groups_above_it(svc, t
     assert run.run.status == "succeeded"
 
 
+async def test_without_member_read_hidden_an_incremental_run_ends_no_membership_of_a_hidden_group(svc, tenant):
+    tenant.permissions.add("Member.Read.Hidden")
+    tenant.hide(SALES)
+    sub = await synced(svc)  # the Full Sync read the hidden group with the permission
+    tenant.permissions.discard("Member.Read.Hidden")  # consented again without it
+    tenant.remove(ENG, "bob")  # bob's only readable selected group: transitiveMemberOf now names none of his groups
+    tenant.members[ENG].append("ann")  # ann's hidden Sales membership is not in her transitiveMemberOf either
+    run = await notified(svc, sub)
+    assert run.run.status == "succeeded" and run.counts.deactivated == 0
+    users = users_of(svc)
+    assert (users["bob@contoso.example"].status, users["bob@contoso.example"].group_ids) == ("Active", {SALES})
+    assert users["ann@contoso.example"].group_ids == {SALES, ENG}
+
+
+async def test_with_member_read_hidden_an_incremental_run_sees_hidden_memberships_end(svc, tenant):
+    tenant.permissions.add("Member.Read.Hidden")
+    tenant.hide(SALES)
+    sub = await synced(svc)
+    tenant.remove(SALES, "bob")
+    tenant.remove(ENG, "bob")
+    run = await notified(svc, sub)
+    bob = users_of(svc)["bob@contoso.example"]
+    assert (bob.status, bob.group_ids) == ("Inactive", frozenset()) and run.counts.deactivated == 1
+
+
 async def test_changes_outside_the_selected_scope_make_no_run(svc, tenant):
     sub = await synced(svc)
     before = await runs.recent(svc, caller(), sub.id)

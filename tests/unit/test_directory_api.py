@@ -83,7 +83,8 @@ async def test_the_whole_flow(svc, tenant):
     assert body["azureTenantId"] == TENANT
     status, body, _ = await call("search_directory_groups", route={"subscriptionId": sub["id"]}, params={"search": "sales"})
     assert status == 200 and [g["displayName"] for g in body["groups"]] == ["Sales Managers", "Sales Team"]
-    assert set(body["groups"][0]) == {"id", "displayName", "description", "mail"}
+    assert set(body["groups"][0]) == {"id", "displayName", "description", "mail", "membershipReadable"}
+    assert all(g["membershipReadable"] is True for g in body["groups"])
     status, body, _ = await call("select_groups", route={"subscriptionId": sub["id"]},
                                  body={"groupIds": [SALES, MANAGERS, SALES]})
     assert status == 200 and body == {"groups": [{"id": SALES, "displayName": "Sales Team"},
@@ -137,6 +138,22 @@ async def test_search_rules(svc, tenant):
     status, body, _ = await call("search_directory_groups", route={"subscriptionId": sub["id"]}, params={"search": 'Quote "and" back\\slash'})
     assert status == 200 and [g["id"] for g in body["groups"]] == ["g-quote"]
     assert svc.directory.requests == requests + 1  # the short searches never reached Graph
+
+
+async def test_search_flags_hidden_groups_whose_members_a_sync_cannot_read(svc, tenant):
+    sub = await new_sub()
+    await consent(sub["id"])
+    tenant.hide(SALES)
+
+    async def readable() -> dict[str, bool]:
+        status, body, _ = await call("search_directory_groups", route={"subscriptionId": sub["id"]},
+                                     params={"search": "sales"})
+        assert status == 200
+        return {g["id"]: g["membershipReadable"] for g in body["groups"]}
+
+    assert await readable() == {SALES: False, MANAGERS: True}  # the tenant lacks Member.Read.Hidden
+    tenant.permissions.add("Member.Read.Hidden")
+    assert await readable() == {SALES: True, MANAGERS: True}
 
 
 async def test_search_when_graph_is_down_or_consent_revoked(svc, tenant):

@@ -232,8 +232,9 @@ async def test_large_group_continues_in_follow_up_messages(svc, tenant):
     before = svc.directory.requests
     view = await full_sync(svc, sub)
     assert view.run.status == "succeeded" and view.counts.created == 42
-    # 6 pages in 3 messages of 2: each read once, although a worker reads a page ahead while it writes one.
-    assert svc.directory.requests - before == 6
+    # 6 pages in 3 messages of 2: each read once, although a worker reads a page ahead while it writes one; and,
+    # the tenant not granting Member.Read.Hidden, each message reads the group's visibility first.
+    assert svc.directory.requests - before == 6 + 3
     tenant.members[OPS] = [u for u in tenant.members[OPS] if u not in ("m00", "m39")]
     view = await full_sync(svc, sub, times=2)
     assert view.run.status == "succeeded" and view.counts.deactivated == 2
@@ -271,18 +272,84 @@ async def test_a_group_whose_page_tokens_keep_expiring_fails_and_deprovisions_no
     assert svc.directory.expire_links[OPS] == 100 - 4  # the first listing and three restarts
 
 
-async def test_a_hidden_membership_group_that_lists_nobody_fails_instead_of_emptying(svc, tenant):
-    from sync.model import DirectoryGroup
-
+async def test_a_hidden_group_without_member_read_hidden_fails_before_its_members_are_read(svc, tenant):
     sub = await connect(svc, groups=(SALES, ENG))
     await full_sync(svc, sub)
     active = {u.username for u in users_of(svc).values() if u.status == "Active"}
-    tenant.groups[SALES] = DirectoryGroup(SALES, "Sales", visibility="HiddenMembership")
-    tenant.members[SALES] = []  # what Graph shows without Member.Read.Hidden
+    tenant.hide(SALES)  # Graph would now list the group as empty (the tenant lacks Member.Read.Hidden)
+    tenant.remove(SALES, "ann")  # ... and whatever it holds, it is not read:
+    svc.directory.fail[SALES] = AssertionError("a hidden group's member list was read without the permission")
     view = await full_sync(svc, sub)
     assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
-    assert {u.username for u in users_of(svc).values() if u.status == "Active"} == active
-    assert all(SALES in u.group_ids for u in users_of(svc).values() if u.username.startswith("ann"))
+    message = view.errors[0].message
+    assert "Member.Read.Hidden" in message and "Sales Team" in message and view.errors[0].group_id == SALES
+    assert {u.username for u in users_of(svc).values() if u.status == "Active"} == active  # nobody deprovisioned
+    assert SALES in users_of(svc)["ann@contoso.example"].group_ids  # nor any membership of the group ended
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "authorized"
+
+
+async def test_a_hidden_group_lists_its_members_with_member_read_hidden_and_may_be_really_empty(svc, tenant):
+    tenant.permissions.add("Member.Read.Hidden")
+    tenant.hide(SALES)
+    sub = await connect(svc, groups=(SALES, ENG))
+    view = await full_sync(svc, sub)
+    assert view.run.status == "succeeded" and SALES in users_of(svc)["ann@contoso.example"].group_ids
+    tenant.remove(SALES, "ann")
+    tenant.remove(SALES, "bob")  # the hidden group is now really empty
+    view = await full_sync(svc, sub)
+    assert view.run.status == "succeeded" and not view.errors
+    assert next(g for g in view.groups if g.group_id == SALES).user_count == 0
+    users = users_of(svc)
+    assert users["ann@contoso.example"].status == "Inactive"  # in no selected group any more
+    assert users["bob@contoso.example"].group_ids == {ENG} and users["bob@contoso.example"].status == "Active"
+
+
+async def test_a_hidden_group_that_lists_nobody_after_the_permission_went_fails_instead_of_emptying(svc, tenant):
+    """The permission checked when the listing starts may be gone by its end (a new token): an empty hidden group is
+    only trusted while the permission is still held."""
+    tenant.permissions.add("Member.Read.Hidden")
+    tenant.hide(SALES)
+    sub = await connect(svc, groups=(SALES,))
+    await full_sync(svc, sub)
+    pages = svc.directory.group_user_pages
+
+    async def permission_gone_meanwhile(tid, gid, link=None):
+        tenant.permissions.discard("Member.Read.Hidden")
+        async for page in pages(tid, gid, link):
+            yield page
+
+    svc.directory.group_user_pages = permission_gone_meanwhile
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
+    assert {u.status for u in users_of(svc).values()} == {"Active"}
+
+
+async def test_graph_refusing_a_hidden_groups_members_is_hidden_membership_not_a_lost_consent(svc, tenant):
+    from sync.errors import AuthorizationLost
+
+    tenant.permissions.add("Member.Read.Hidden")  # the token says so, and still Graph refuses the member list
+    tenant.hide(SALES)
+    sub = await connect(svc, groups=(SALES, ENG))
+    await full_sync(svc, sub)
+    svc.directory.fail[SALES] = AuthorizationLost("Microsoft Graph refused access (403 Authorization_RequestDenied)",
+                                                  may_be_propagating=True)
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "authorized"
+    assert {u.status for u in users_of(svc).values()} == {"Active"}
+    tenant.hide(SALES, False)  # the same refusal of a group whose membership is not hidden: consent lost, as before
+    view = await full_sync(svc, sub)
+    assert "consent_revoked" in {e.code for e in view.errors}
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "consent_revoked"
+
+
+async def test_the_fakes_403_answer_without_the_permission_is_hidden_membership_too(svc, tenant):
+    tenant.hide(SALES)
+    tenant.hidden_answer = "forbidden"
+    sub = await connect(svc, groups=(SALES, ENG))
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
+    assert (await subscriptions.get(svc, caller(), sub.id)).status == "authorized"
 
 
 async def test_members_without_their_properties_fail_the_run_and_blank_nobody(svc, tenant):
