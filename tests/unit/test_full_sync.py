@@ -338,6 +338,7 @@ async def test_graph_refusing_a_hidden_groups_members_is_hidden_membership_not_a
     assert (await subscriptions.get(svc, caller(), sub.id)).status == "authorized"
     assert {u.status for u in users_of(svc).values()} == {"Active"}
     tenant.hide(SALES, False)  # the same refusal of a group whose membership is not hidden: consent lost, as before
+    svc.clock.advance(seconds=svc.settings.consent_propagation_grace_s + 1)  # (once the consent cannot be propagating)
     view = await full_sync(svc, sub)
     assert "consent_revoked" in {e.code for e in view.errors}
     assert (await subscriptions.get(svc, caller(), sub.id)).status == "consent_revoked"
