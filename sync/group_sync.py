@@ -239,7 +239,8 @@ class _Segment:
 
     async def execute(self) -> None:
         svc, job = self.svc, self.job
-        await self.refuse_unreadable_membership()
+        if job.segment == 0:  # once a listing (its later segments continue it; finish() checks an empty one again)
+            await self.refuse_unreadable_membership()
         self.snapshot = {m.id: _Known.of(m, self.run.id)
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         if job.segment > 0:  # (read here rather than at the end: the same rows, and a restart needs them)
