@@ -658,8 +658,10 @@ class FakeGraph(ServerThread):
                                   "request header: 'ConsistencyLevel: eventual'")
             search = parse_search(search_text, PROPERTY_LOOKUP[kind], resource)
         predicate = None
+        by_id = False
         if filter_text is not None:
             predicate, info = parse_filter(filter_text, PROPERTY_LOOKUP[kind], resource)
+            by_id = info.by_id
             if info.advanced_operator and not query.advanced:
                 raise unsupported(f"Operator '{info.advanced_operator}' is not supported because the required "
                                   f"parameters might be missing. {ADVANCED_HINT}")
@@ -677,10 +679,7 @@ class FakeGraph(ServerThread):
                 raise GraphError(400, "Directory_ExpiredPageToken",
                                  "The specified page token value has expired and can no longer be included in your request.")
             start = result.position_after(offset, last_id)
-        size = top
-        if self.short_pages and top >= 20 and start + top < len(result.ids):
-            size = top - 1 - start % 7  # Graph may serve fewer than $top and still link a next page
-        ids = result.ids[start:start + size]
+        ids = result.ids[start:start + self._served(top, start, len(result.ids), by_id)]
         typed = kind is not None
         parts = ['{"@odata.context":', json.dumps(self._context(request, context, select))]
         if query.count and token is None:
@@ -694,6 +693,15 @@ class FakeGraph(ServerThread):
                               else tenant.item_json(oid, select, typed) for oid in ids))
         parts.append("]}")
         return self._json(request, "".join(parts))
+
+    def _served(self, top: int, start: int, total: int, by_id: bool) -> int:
+        """How many items a page holds. Graph may serve fewer than `$top` on any collection and still link a next page
+        (https://learn.microsoft.com/graph/paging); with shortPages (the default) every page that is not the last,
+        and every page of a look-up by id even when all would fit, holds 1 to 7 fewer (at least one)."""
+        left = max(0, min(top, total - start))
+        if not self.short_pages or left < 2 or not (by_id or start + top < total):
+            return left
+        return max(1, left - 1 - start % 7)
 
     @staticmethod
     def _next_link(request: web.Request, query: _Query, token: str) -> str:

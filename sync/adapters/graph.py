@@ -176,8 +176,11 @@ class GraphDirectory(Directory):
             return GroupsRequestBuilder(adapter, {}).to_get_request_information(
                 RequestConfiguration(query_parameters=params))
 
-        # The first failure cancels the other request (and waits for it): nothing is left running behind the caller.
-        asked = [asyncio.ensure_future(self._get_json(tenant_id, build, interactive=True)) for build in (searched, filtered)]
+        # Each query reads on while a page came back short with a nextLink, until it has `limit` groups (what is shown).
+        # The first failure cancels the other query (and waits for it): nothing is left running behind the caller.
+        asked = [asyncio.ensure_future(self._collect(tenant_id, build, interactive=True, enough=limit,
+                                                     eventual=build is searched))
+                 for build in (searched, filtered)]
         try:
             found = await asyncio.gather(*asked)
         except BaseException:
@@ -185,7 +188,7 @@ class GraphDirectory(Directory):
                 task.cancel()
             await asyncio.gather(*asked, return_exceptions=True)
             raise
-        merged = {item["id"]: _group(item) for data in found for item in data.get("value", [])}
+        merged = {item["id"]: _group(item) for items in found for item in items}
         return sorted(merged.values(), key=lambda g: (g.display_name.casefold(), g.id))[:limit]
 
     async def get_groups(self, tenant_id: str, group_ids: list[str]) -> dict[str, DirectoryGroup]:
@@ -202,8 +205,8 @@ class GraphDirectory(Directory):
             return request
 
         filters = id_filters(group_ids)
-        pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(f), interactive=True) for f in filters))
-        return {g.id: g for g in (_group(item) for page in pages for item in page.get("value", []))}
+        found = await asyncio.gather(*(self._collect(tenant_id, chunk_request(f), interactive=True) for f in filters))
+        return {g.id: g for g in (_group(item) for items in found for item in items)}
 
     async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
         from kiota_abstractions.base_request_configuration import RequestConfiguration
@@ -234,6 +237,20 @@ class GraphDirectory(Directory):
             if not link:
                 return
             request = following(link)
+
+    async def _collect(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool,
+                       enough: int | None = None, eventual: bool = False) -> list[dict[str, Any]]:
+        """Every item of a collection: Graph may answer any page with fewer items than asked and a nextLink
+        (https://learn.microsoft.com/graph/paging), so one page is never taken for all of them; ``enough`` stops
+        once that many were read."""
+        items: list[dict[str, Any]] = []
+        while True:
+            data = await self._get_json(tenant_id, request, interactive=interactive)
+            items.extend(data.get("value", []))
+            link = data.get("@odata.nextLink")
+            if not link or (enough is not None and len(items) >= enough):
+                return items
+            request = next_page(link, eventual=eventual)
 
     async def request_json(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool = False,
                            retry: bool = True) -> dict[str, Any]:
@@ -340,6 +357,22 @@ class GraphDirectory(Directory):
         self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def next_page(link: str, *, eventual: bool = False) -> Callable[[Any], Any]:
+    """The request for an ``@odata.nextLink``: a GET of that URL as Graph gave it (an advanced query's link needs
+    its ``ConsistencyLevel`` header again: the link carries only the query string)."""
+    def build(adapter: Any) -> Any:
+        from kiota_abstractions.method import Method
+        from kiota_abstractions.request_information import RequestInformation
+
+        info = RequestInformation(Method.GET)
+        info.url = link
+        info.headers.try_add("Accept", "application/json")
+        if eventual:
+            info.headers.try_add("ConsistencyLevel", "eventual")
+        return info
+    return build
 
 
 class _OneTokenRequestAtATime:

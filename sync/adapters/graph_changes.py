@@ -105,13 +105,17 @@ class GraphChangeFeed(DirectoryChangeFeed):
     # ------------------------------------------------------------------ look-ups
 
     async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+        # Every page of each look-up: Graph may answer 15 ids with fewer users and a nextLink
+        # (https://learn.microsoft.com/graph/paging), and a user missing here is taken for deleted.
         found: dict[str, DirectoryUser] = {}
         for id_filter in id_filters(sorted(set(user_ids))):
-            url = (f"{self._base_url}/users?$filter={quote(id_filter, safe='')}"
-                   f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
-            page = await self._graph.request_json(tenant_id, _get(url))
-            for item in page.get("value") or []:
-                found[str(item["id"])] = _user(item)
+            url: str | None = (f"{self._base_url}/users?$filter={quote(id_filter, safe='')}"
+                               f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
+            while url:
+                page = await self._graph.request_json(tenant_id, _get(url))
+                for item in page.get("value") or []:
+                    found[str(item["id"])] = _user(item)
+                url = self._checked(page["@odata.nextLink"]) if page.get("@odata.nextLink") else None
         return found
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:

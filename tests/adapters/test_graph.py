@@ -112,6 +112,34 @@ async def test_search_and_get_groups(directory, tenants):
     assert list(groups) == [small.ids["sales"]] and groups[small.ids["sales"]].display_name == "Sales Team"
 
 
+async def test_look_ups_read_every_page_graph_serves(directory, fake, tenants):
+    """Graph may answer a look-up of 15 ids with fewer groups and a nextLink (learn.microsoft.com/graph/paging):
+    a group left on the next page would be refused as unknown."""
+    small, _ = tenants
+    wanted = {small.ids[n] for n in ("inner", "sales", "quote", "mgr")}
+    found = await directory.get_groups(small.tenant["tenantId"], sorted(wanted))
+    assert set(found) == wanted
+    assert graph_requests(fake) == 2  # one `id in (…)` filter, served in two pages
+
+
+async def test_search_reads_on_while_pages_are_short(directory, fake, others):
+    """A short page with a nextLink is not the whole answer: both queries read on until they have what is shown."""
+    t = others["second"]
+    tid = t.tenant["tenantId"]
+    fake.set_search_lag(0)
+    created = []
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {fake.token_for(tid)}"}) as http:
+        for name in ("Zeta One", "Zeta Two", "Zeta Three"):
+            created.append((await http.post(f"{fake.base_url}/groups", json={"displayName": name})).json()["id"])
+        try:
+            found = await directory.search_groups(tid, "Zeta", 2)
+            assert [g.display_name for g in found] == ["Zeta One", "Zeta Three"]
+            assert graph_requests(fake) == 3 + 4  # the three creations, then two pages of each query
+        finally:
+            for gid in created:
+                await http.delete(f"{fake.base_url}/groups/{gid}")
+
+
 async def test_transitive_users_only(directory, tenants):
     small, _ = tenants
     pages = [p async for p in directory.group_user_pages(small.tenant["tenantId"], small.ids["sales"])]

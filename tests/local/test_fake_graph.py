@@ -342,7 +342,31 @@ async def test_members_include_devices_and_groups_unless_cast(graph):
 
     query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id", "displayName"], top=2)
     first = await engineering.members.get(RequestConfiguration(query_parameters=query))
-    assert len(first.value) == 2 and first.odata_next_link
+    assert len(first.value) == 1 and first.odata_next_link  # a short page: Graph may serve fewer than $top
+
+
+async def test_pages_may_be_short_even_when_everything_would_fit(fake, http):
+    """Graph may answer any page with fewer items than asked and a nextLink (learn.microsoft.com/graph/paging): every
+    page that is not the last, and a look-up by id even when its 15 ids would fit one page, with $top or without."""
+    ids = [u["id"] for u in DEMO["users"][:15]]
+    id_filter = f"id in ({','.join(repr(i) for i in ids)})"
+
+    async def pages(params: dict) -> list[list[str]]:
+        out, body = [], (await http.get("/v1.0/users", params=params)).json()
+        while True:
+            out.append([u["id"] for u in body["value"]])
+            if "@odata.nextLink" not in body:
+                return out
+            body = (await http.get(body["@odata.nextLink"])).json()
+
+    for params in ({"$filter": id_filter, "$top": "15"}, {"$filter": id_filter}):
+        served = await pages(params)
+        assert len(served) == 2 and len(served[0]) < 15, served  # one look-up, two pages
+        assert sorted(i for page in served for i in page) == sorted(ids)
+    assert [len(p) for p in await pages({"$top": "2", "$select": "id"})][:3] == [1, 1, 1]  # never more than asked
+    fake.set_paging(shortPages=False)
+    assert [len(p) for p in await pages({"$filter": id_filter, "$top": "15"})] == [15]
+    assert [len(p) for p in await pages({"$top": "20"})] == [20, 20]
 
 
 async def test_transitive_members_survive_a_membership_cycle():
