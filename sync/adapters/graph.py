@@ -163,8 +163,11 @@ class GraphDirectory(Directory):
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
         def searched(adapter: Any) -> Any:
+            # `$count=true` beside the header, as the docs' examples of `$search` with `$orderby` send it
+            # (https://learn.microsoft.com/graph/api/group-list); `$search` alone needs only the header.
             params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
                 search=f'"displayName:{escape_search(text)}"', select=GROUP_SELECT, top=limit, orderby=["displayName"],
+                count=True,
             )
             config = RequestConfiguration(query_parameters=params)
             config.headers.add("ConsistencyLevel", "eventual")
@@ -209,24 +212,28 @@ class GraphDirectory(Directory):
         return {g.id: g for g in (_group(item) for items in found for item in items)}
 
     async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
+        """Transitive members listed untyped, users kept by their ``@odata.type``. A cast (``/microsoft.graph.user``)
+        filters on the OData type, which needs the advanced query parameters (group-list-transitivemembers): their
+        index is only eventually consistent, and a member list read from it lags the directory."""
         from kiota_abstractions.base_request_configuration import RequestConfiguration
-        from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
-            GraphUserRequestBuilder,
+        from msgraph.generated.groups.item.transitive_members.transitive_members_request_builder import (
+            TransitiveMembersRequestBuilder,
         )
 
         def first(adapter: Any) -> Any:
-            params = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(select=USER_SELECT, top=PAGE_SIZE)
-            builder = GraphUserRequestBuilder(adapter, {"group%2Did": group_id})
+            params = TransitiveMembersRequestBuilder.TransitiveMembersRequestBuilderGetQueryParameters(
+                select=USER_SELECT, top=PAGE_SIZE)
+            builder = TransitiveMembersRequestBuilder(adapter, {"group%2Did": group_id})
             return builder.to_get_request_information(RequestConfiguration(query_parameters=params))
 
         def following(link: str) -> Callable[[Any], Any]:
-            return lambda adapter: GraphUserRequestBuilder(adapter, link).to_get_request_information()
+            return lambda adapter: TransitiveMembersRequestBuilder(adapter, link).to_get_request_information()
 
         request = following(next_link) if next_link else first
         while True:
             data = await self._get_json(tenant_id, request)
             link = data.get("@odata.nextLink")
-            items = data.get("value", [])
+            items = users_only(data.get("value", []))
             if any(_limited(item) for item in items):
                 # Without User.Read.All Graph still lists user members, with only id and @odata.type
                 # (https://learn.microsoft.com/graph/permissions-overview#limited-information-returned-for-inaccessible-member-objects):
@@ -357,6 +364,23 @@ class GraphDirectory(Directory):
         self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+USER_TYPE = "#microsoft.graph.user"
+GROUP_TYPE = "#microsoft.graph.group"
+
+
+def of_type(items: list[dict[str, Any]], odata_type: str) -> list[dict[str, Any]]:
+    """The items of an untyped directoryObject collection that are of ``odata_type``. Graph types every item of such a
+    collection; one without a type cannot be told from a user, so the whole page is refused rather than guessed."""
+    if any(not isinstance(item.get("@odata.type"), str) for item in items):
+        raise InvalidInput("Microsoft Graph listed a directory object without its @odata.type",
+                           code="directory_bad_request")
+    return [item for item in items if item["@odata.type"].lower() == odata_type.lower()]
+
+
+def users_only(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return of_type(items, USER_TYPE)
 
 
 def next_page(link: str, *, eventual: bool = False) -> Callable[[Any], Any]:

@@ -13,8 +13,8 @@ from azure.identity.aio import ClientSecretCredential
 
 from local.fake_graph import FakeGraph
 from local.identity import LocalApp, trust_in_this_process
-from sync.adapters.graph import GraphDirectory, escape_search
-from sync.errors import AuthorizationLost, CredentialInvalid, NotFound, Transient
+from sync.adapters.graph import GraphDirectory, escape_search, users_only
+from sync.errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, Transient
 from tests.e2e.tenants import TenantBuilder, big
 
 CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"
@@ -98,6 +98,13 @@ def token_requests(fake) -> int:
 
 def test_escape_search():
     assert escape_search('a"b\\c') == 'a\\"b\\\\c'
+
+
+def test_members_listed_untyped_are_told_apart_by_their_type_never_guessed():
+    user, group = {"@odata.type": "#microsoft.graph.user", "id": "u"}, {"@odata.type": "#microsoft.graph.group", "id": "g"}
+    assert users_only([user, group, {"@odata.type": "#microsoft.graph.device", "id": "d"}]) == [user]
+    with pytest.raises(InvalidInput):
+        users_only([user, {"id": "x", "userPrincipalName": "x@contoso.example"}])
 
 
 async def test_search_and_get_groups(directory, tenants):
