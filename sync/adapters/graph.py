@@ -84,7 +84,8 @@ class GraphDirectory(Directory):
     """Reads groups and their transitive user members of any consented tenant."""
 
     def __init__(self, base_url: str, credential_for: Callable[[str], Any], *, timeout_s: float = 60.0,
-                 allowed_hosts: list[str] | None = None, concurrency: int = 4, max_tenants: int = 1000) -> None:
+                 allowed_hosts: list[str] | None = None, concurrency: int = 4, tenant_concurrency: int | None = None,
+                 max_tenants: int = 1000) -> None:
         self._base_url = base_url.rstrip("/")
         self._credential_for = credential_for
         self._timeout_s = timeout_s
@@ -97,13 +98,14 @@ class GraphDirectory(Directory):
         self._credential_error_logged = False
         self._http: Any = None
         self.requests = 0
-        # Fair share: workers and people get separate pools of `concurrency` requests, and within the people's pool
-        # one tenant holds at most half, so one org's 200 group look-ups or a 100,000-member sync never queue another
-        # org's search behind them. A request waiting out a Retry-After holds no slot (see _get_json).
+        # Fair share: workers and people get separate pools of `concurrency` requests, and within each pool one
+        # tenant holds at most `tenant_concurrency` (default half), so one org's 200 group look-ups never queue another
+        # org's search, nor one org's 100,000-member syncs another org's sync, behind them. A tenant waits for its own
+        # share before it takes a pool slot, and a request waiting out a Retry-After holds no slot (see _get_json).
         self._worker_pool = asyncio.Semaphore(concurrency)
         self._interactive_pool = asyncio.Semaphore(concurrency)
-        self._interactive_per_tenant = max(1, concurrency // 2)
-        self._tenant_slots: dict[str, asyncio.Semaphore] = {}
+        self._per_tenant = min(concurrency, tenant_concurrency or max(1, concurrency // 2))
+        self._tenant_slots: dict[tuple[bool, str], asyncio.Semaphore] = {}
 
     def forget(self, tenant_id: str) -> None:
         """Drop the tenant's credential and cached token, so the next call asks the authority for a fresh one."""
@@ -302,14 +304,14 @@ class GraphDirectory(Directory):
                 await asyncio.sleep(wait)  # outside every slot
 
     def _slots(self, tenant_id: str, interactive: bool) -> tuple[asyncio.Semaphore, ...]:
-        if not interactive:
-            return (self._worker_pool,)
-        mine = self._tenant_slots.get(tenant_id)
+        """The tenant's share of its pool, then the pool: taken in that order, released in reverse."""
+        key = (interactive, tenant_id)
+        mine = self._tenant_slots.get(key)
         if mine is None:
-            if len(self._tenant_slots) > 4 * self._max_tenants:
-                self._tenant_slots = {t: s for t, s in self._tenant_slots.items() if s.locked()}
-            mine = self._tenant_slots[tenant_id] = asyncio.Semaphore(self._interactive_per_tenant)
-        return (mine, self._interactive_pool)
+            if len(self._tenant_slots) > 8 * self._max_tenants:
+                self._tenant_slots = {k: s for k, s in self._tenant_slots.items() if s.locked()}
+            mine = self._tenant_slots[key] = asyncio.Semaphore(self._per_tenant)
+        return (mine, self._interactive_pool if interactive else self._worker_pool)
 
     async def _send(self, tenant_id: str, request: Callable[[Any], Any], interactive: bool) -> dict[str, Any]:
         from azure.core.exceptions import ClientAuthenticationError

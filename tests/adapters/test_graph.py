@@ -351,6 +351,36 @@ async def test_one_tenants_look_ups_never_queue_another_tenants_search(fake, app
         await directory.close()
 
 
+async def test_one_tenants_syncs_hold_at_most_half_the_workers_pool(fake, app, consented, tenants, others):
+    """Fair share among workers too: tenant A's many member listings take at most half of the workers' pool (waiting
+    for A's own share, not for a pool slot), so tenant B's sync is served beside them, not after them."""
+    small, _ = tenants
+    a, b = small.tenant["tenantId"], others["second"]
+    directory = GraphDirectory(fake.base_url, credential_factory(fake, app), allowed_hosts=["127.0.0.1"], concurrency=2)
+    try:
+        for tid, gid in ((a, small.ids["sales"]), (b.tenant["tenantId"], b.ids["team"])):  # tokens first
+            [p async for p in directory.group_user_pages(tid, gid)]
+        fake.set_latency(150)
+        done: list[str] = []
+
+        async def a_listing(n: int):
+            assert len([p async for p in directory.group_user_pages(a, small.ids["sales"])][0].users) == 3
+            done.append(f"A{n}")
+
+        async def b_sync():
+            await asyncio.sleep(0.05)  # A's four listings asked first
+            assert len([p async for p in directory.group_user_pages(b.tenant["tenantId"], b.ids["team"])][0].users) == 1
+            done.append("B")
+
+        await asyncio.gather(*(a_listing(n) for n in range(4)), b_sync())
+        # One of A's at a time (150 ms each); B's starts at 50 ms in the other slot. With one pool for everybody, A's
+        # first two would hold both slots and B would queue behind all four of A's: done last.
+        assert done.index("B") <= 1, done
+    finally:
+        fake.set_latency(0)
+        await directory.close()
+
+
 async def test_a_group_created_a_moment_ago_is_found_although_search_lags(directory, fake, others):
     """$search's index is eventually consistent (the fake lags it 5 s); startswith() is not, and is asked too."""
     t = others["third"]
