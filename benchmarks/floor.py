@@ -2,7 +2,8 @@
 
     python benchmarks/floor.py --graph URL --tenant TID --groups G1,G2 --tables CONNSTR [--table NAME]
 
-Pages ``/groups/{id}/transitiveMembers/microsoft.graph.user`` at ``$top=999`` with httpx and writes, per page,
+Pages ``/groups/{id}/transitiveMembers`` at ``$top=999`` with httpx (untyped, users kept by ``@odata.type``: a cast
+needs the advanced query parameters, as the app's listing knows) and writes, per page,
 the rows a full sync must write (a new user's row and username claim, or a membership property merged into a
 user another group already wrote) to Azurite in transactions of 100 entities, hand-serialized and signed, with
 the same concurrency as the app: ``maxConcurrentCalls`` groups at once, ``GRAPH_CONCURRENCY`` Graph requests and
@@ -33,6 +34,7 @@ import httpx
 
 USER_SELECT = "id,displayName,userPrincipalName,mail,givenName,surname,accountEnabled,onPremisesSamAccountName,employeeId,userType"
 PAGE_SIZE = 999
+USER_TYPE = "#microsoft.graph.user"
 APP_ROLES = ["User.Read.All", "GroupMember.Read.All"]  # what admin consent grants the app
 MAX_TRANSACTION = 100
 INNER_STATUS = re.compile(r"^HTTP/1\.1 (\d{3})", re.M)
@@ -128,7 +130,7 @@ class Floor:
     memberships: int = 0
 
     async def group(self, http: httpx.AsyncClient, group_id: str) -> None:
-        url: str | None = f"{self.graph}/groups/{group_id}/transitiveMembers/microsoft.graph.user"
+        url: str | None = f"{self.graph}/groups/{group_id}/transitiveMembers"
         params: dict[str, str] | None = {"$select": USER_SELECT, "$top": str(PAGE_SIZE)}
         prop = "g_" + group_id.replace("-", "").lower()
         while url:
@@ -140,7 +142,7 @@ class Floor:
             data = response.json()
             url, params = data.get("@odata.nextLink"), None
             if not self.graph_only:
-                await self.write_page(data.get("value", []), prop)
+                await self.write_page([i for i in data.get("value", []) if i.get("@odata.type") == USER_TYPE], prop)
 
     async def write_page(self, items: list[dict], prop: str) -> None:
         inserts: list[tuple[str, dict]] = []

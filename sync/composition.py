@@ -80,6 +80,7 @@ def build(settings: Settings) -> Services:
     credentials = TenantCredentials(settings)
     directory = GraphDirectory(settings.graph_base_url, credentials.for_tenant,
                                allowed_hosts=_graph_hosts(settings), concurrency=settings.graph_concurrency,
+                               tenant_concurrency=settings.graph_tenant_concurrency,
                                max_tenants=settings.graph_tenant_cache)
     from .adapters.graph_changes import GraphChangeFeed
     from .adapters.table_watches import TableWatches

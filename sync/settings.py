@@ -66,6 +66,7 @@ class Settings:
     run_stale_after_minutes: int
     enrollment_token_ttl_hours: int
     graph_concurrency: int
+    graph_tenant_concurrency: int
     consent_propagation_grace_s: float
     graph_tenant_cache: int
     history_retention_days: int
@@ -83,6 +84,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Read and validate; raises SettingsError naming every missing or bad key at once."""
         reader = _Reader(os.environ if env is None else env)
+        graph_concurrency = int(reader.number("GRAPH_CONCURRENCY", 4, 1, 64))
         settings = cls(
             portal_token_secret=reader.secret("PORTAL_TOKEN_SECRET"),
             portal_token_max_lifetime_s=reader.number("PORTAL_TOKEN_MAX_LIFETIME_HOURS", 24.0, 0.01, 24 * 30) * 3600,
@@ -115,7 +117,9 @@ class Settings:
             max_delivery_count=int(reader.number("MAX_DELIVERY_COUNT", 10, 1, 2000)),
             run_stale_after_minutes=int(reader.number("RUN_STALE_AFTER_MINUTES", 180, 1, 10**6)),
             enrollment_token_ttl_hours=int(reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168, 1, 24 * 365)),
-            graph_concurrency=int(reader.number("GRAPH_CONCURRENCY", 4, 1, 64)),
+            graph_concurrency=graph_concurrency,
+            # One tenant's share of each Graph pool (the workers' and the people's): half unless said otherwise.
+            graph_tenant_concurrency=int(reader.number("GRAPH_TENANT_CONCURRENCY", max(1, graph_concurrency // 2), 1, 64)),
             consent_propagation_grace_s=reader.number("CONSENT_PROPAGATION_GRACE_SECONDS", 600.0, 0.0, 86400.0),
             graph_tenant_cache=int(reader.number("GRAPH_TENANT_CACHE", 1000, 1, 100_000)),
             history_retention_days=int(reader.number("HISTORY_RETENTION_DAYS", 90, 1, 3650)),
@@ -156,6 +160,8 @@ def _mail_settings(reader: "_Reader") -> MailSettings | None:
 
 
 def _cross_checks(s: Settings, reader: "_Reader") -> None:
+    if s.graph_tenant_concurrency > s.graph_concurrency:
+        reader.fail("GRAPH_TENANT_CONCURRENCY", "must not exceed GRAPH_CONCURRENCY (it is one tenant's share of it)")
     if s.mail is not None and s.invitation_lease_s <= s.mail.smtp_timeout_s:
         reader.fail("INVITATION_LEASE_SECONDS", "must be longer than SMTP_TIMEOUT_SECONDS (a slow send would be "
                                                 "taken over while it still runs, and the user invited twice)")

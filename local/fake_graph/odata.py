@@ -338,6 +338,7 @@ class FilterInfo:
     """What a parsed $filter uses, to decide whether it needs advanced query parameters."""
 
     advanced_operator: str | None = None
+    by_id: bool = False  # a look-up of objects by id (`id eq …`, `id in (…)`)
 
 
 class _FilterParser:
@@ -456,6 +457,7 @@ class _FilterParser:
         if op not in ("eq", "ne", "in"):
             raise self.error()
         self.i += 1
+        self.info.by_id = self.info.by_id or (prop == "id" and op in ("eq", "in"))
         if op == "in":
             self.expect("(")
             values = [_norm(self.literal())]

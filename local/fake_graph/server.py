@@ -98,7 +98,7 @@ def required_roles(method: str, template: str) -> list[frozenset[str]]:
             return [DEVICE_WRITE]
         return [USER_WRITE] if template.startswith("/v1.0/users") else [GROUP_WRITE]
     needs: list[frozenset[str]] = []
-    if template.startswith("/v1.0/groups") or template.endswith("emberOf"):
+    if template.startswith("/v1.0/groups") or "emberOf" in template:
         needs.append(MEMBERSHIP_READ)
     # Members listed (or counted) untyped or cast to users are user objects: reading them needs a user permission.
     untyped_members = re.search(r"/(members|transitiveMembers)(/\$count)?$", template) is not None
@@ -630,9 +630,11 @@ class FakeGraph(ServerThread):
             (r"/v1\.0/groups/(?P<id>[^/]+)/(?P<rel>members|transitiveMembers)" + CAST + r"(?P<count>/\$count)?",
              {"GET": self._list_members}, members_template),
             (r"/v1\.0/(?P<coll>users|groups)/(?P<id>[^/]+)/(?P<rel>memberOf|transitiveMemberOf)"
-             r"(?:/microsoft\.graph\.group)?",
+             r"(?:/(?P<cast>(?:microsoft\.)?graph\.group))?",
              {"GET": self._list_member_of},
-             lambda m: f"/v1.0/{m['coll'].lower()}/{{id}}/{'transitiveMemberOf' if m['rel'].lower().startswith('t') else 'memberOf'}"),
+             lambda m: (f"/v1.0/{m['coll'].lower()}/{{id}}/"
+                        f"{'transitiveMemberOf' if m['rel'].lower().startswith('t') else 'memberOf'}"
+                        f"{'/microsoft.graph.group' if m['cast'] else ''}")),
         ]
         return [(re.compile(pattern, re.IGNORECASE), methods, template) for pattern, methods, template in routes]
 
@@ -679,8 +681,10 @@ class FakeGraph(ServerThread):
                                   "request header: 'ConsistencyLevel: eventual'")
             search = parse_search(search_text, PROPERTY_LOOKUP[kind], resource)
         predicate = None
+        by_id = False
         if filter_text is not None:
             predicate, info = parse_filter(filter_text, PROPERTY_LOOKUP[kind], resource)
+            by_id = info.by_id
             if info.advanced_operator and not query.advanced:
                 raise unsupported(f"Operator '{info.advanced_operator}' is not supported because the required "
                                   f"parameters might be missing. {ADVANCED_HINT}")
@@ -698,10 +702,7 @@ class FakeGraph(ServerThread):
                 raise GraphError(400, "Directory_ExpiredPageToken",
                                  "The specified page token value has expired and can no longer be included in your request.")
             start = result.position_after(offset, last_id)
-        size = top
-        if self.short_pages and top >= 20 and start + top < len(result.ids):
-            size = top - 1 - start % 7  # Graph may serve fewer than $top and still link a next page
-        ids = result.ids[start:start + size]
+        ids = result.ids[start:start + self._served(top, start, len(result.ids), by_id)]
         typed = kind is not None
         parts = ['{"@odata.context":', json.dumps(self._context(request, context, select))]
         if query.count and token is None:
@@ -715,6 +716,15 @@ class FakeGraph(ServerThread):
                               else tenant.item_json(oid, select, typed) for oid in ids))
         parts.append("]}")
         return self._json(request, "".join(parts))
+
+    def _served(self, top: int, start: int, total: int, by_id: bool) -> int:
+        """How many items a page holds. Graph may serve fewer than `$top` on any collection and still link a next page
+        (https://learn.microsoft.com/graph/paging); with shortPages (the default) every page that is not the last,
+        and every page of a look-up by id even when all would fit, holds 1 to 7 fewer (at least one)."""
+        left = max(0, min(top, total - start))
+        if not self.short_pages or left < 2 or not (by_id or start + top < total):
+            return left
+        return max(1, left - 1 - start % 7)
 
     @staticmethod
     def _next_link(request: web.Request, query: _Query, token: str) -> str:
@@ -757,6 +767,16 @@ class FakeGraph(ServerThread):
         del body["@odata.type"]
         return self._json(request, body)
 
+    @staticmethod
+    def _cast_allowed(query: _Query, cast: bool) -> None:
+        """A cast on transitiveMembers, memberOf or transitiveMemberOf filters on the OData type, which the docs allow
+        only with the advanced query parameters: "This header and $count are required when using the $search,
+        $filter, $orderby, or OData cast query parameters" (group-list-transitivemembers, user-list-memberof,
+        user-list-transitivememberof, group-list-transitivememberof; aad-advanced-queries lists "Use of OData cast
+        with transitive members list"). Graph's wording: its answer to a filter on these relationships without them."""
+        if cast and not query.advanced:
+            raise unsupported("The specified filter to the reference property query is currently not supported.")
+
     async def _list_members(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
         group = tenant.get("group", params["id"])
         transitive = params["rel"].lower() == "transitivemembers"
@@ -772,8 +792,10 @@ class FakeGraph(ServerThread):
             source = ("members", None, transitive, kind)
         if "count" in params:
             return self._count(request, tenant, source, kind)
+        query = _Query(request)
+        self._cast_allowed(query, transitive and kind is not None)  # a cast of direct members needs nothing
         context = f"{kind}s" if kind else "directoryObjects"
-        return self._page(request, tenant, _Query(request), source, kind, context, request.get("limited", frozenset()))
+        return self._page(request, tenant, query, source, kind, context, request.get("limited", frozenset()))
 
     async def _list_member_of(self, request: web.Request, tenant: Tenant, params: dict[str, str]) -> web.Response:
         """The groups a user or group is a member of (transitively: through nested groups too). Groups whose
@@ -783,7 +805,9 @@ class FakeGraph(ServerThread):
         transitive = params["rel"].lower() == "transitivememberof"
         see_hidden = "Member.Read.Hidden" in request.get("roles", set())
         source = ("memberOf", obj["id"], transitive, see_hidden)
-        return self._page(request, tenant, _Query(request), source, "group", "groups")
+        query = _Query(request)
+        self._cast_allowed(query, "cast" in params)
+        return self._page(request, tenant, query, source, "group", "groups" if "cast" in params else "directoryObjects")
 
     @staticmethod
     def _limited_json(tenant: Tenant, oid: str, select: tuple[str, ...] | None, typed: bool) -> str:

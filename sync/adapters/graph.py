@@ -88,7 +88,8 @@ class GraphDirectory(Directory):
     """Reads groups and their transitive user members of any consented tenant."""
 
     def __init__(self, base_url: str, credential_for: Callable[[str], Any], *, timeout_s: float = 60.0,
-                 allowed_hosts: list[str] | None = None, concurrency: int = 4, max_tenants: int = 1000) -> None:
+                 allowed_hosts: list[str] | None = None, concurrency: int = 4, tenant_concurrency: int | None = None,
+                 max_tenants: int = 1000) -> None:
         self._base_url = base_url.rstrip("/")
         self._credential_for = credential_for
         self._timeout_s = timeout_s
@@ -101,13 +102,14 @@ class GraphDirectory(Directory):
         self._credential_error_logged = False
         self._http: Any = None
         self.requests = 0
-        # Fair share: workers and people get separate pools of `concurrency` requests, and within the people's pool
-        # one tenant holds at most half, so one org's 200 group look-ups or a 100,000-member sync never queue another
-        # org's search behind them. A request waiting out a Retry-After holds no slot (see _get_json).
+        # Fair share: workers and people get separate pools of `concurrency` requests, and within each pool one
+        # tenant holds at most `tenant_concurrency` (default half), so one org's 200 group look-ups never queue another
+        # org's search, nor one org's 100,000-member syncs another org's sync, behind them. A tenant waits for its own
+        # share before it takes a pool slot, and a request waiting out a Retry-After holds no slot (see _get_json).
         self._worker_pool = asyncio.Semaphore(concurrency)
         self._interactive_pool = asyncio.Semaphore(concurrency)
-        self._interactive_per_tenant = max(1, concurrency // 2)
-        self._tenant_slots: dict[str, asyncio.Semaphore] = {}
+        self._per_tenant = min(concurrency, tenant_concurrency or max(1, concurrency // 2))
+        self._tenant_slots: dict[tuple[bool, str], asyncio.Semaphore] = {}
 
     def forget(self, tenant_id: str) -> None:
         """Drop the tenant's credential and cached token, so the next call asks the authority for a fresh one."""
@@ -167,8 +169,11 @@ class GraphDirectory(Directory):
         from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 
         def searched(adapter: Any) -> Any:
+            # `$count=true` beside the header, as the docs' examples of `$search` with `$orderby` send it
+            # (https://learn.microsoft.com/graph/api/group-list); `$search` alone needs only the header.
             params = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
                 search=f'"displayName:{escape_search(text)}"', select=GROUP_SELECT, top=limit, orderby=["displayName"],
+                count=True,
             )
             config = RequestConfiguration(query_parameters=params)
             config.headers.add("ConsistencyLevel", "eventual")
@@ -180,8 +185,11 @@ class GraphDirectory(Directory):
             return GroupsRequestBuilder(adapter, {}).to_get_request_information(
                 RequestConfiguration(query_parameters=params))
 
-        # The first failure cancels the other request (and waits for it): nothing is left running behind the caller.
-        asked = [asyncio.ensure_future(self._get_json(tenant_id, build, interactive=True)) for build in (searched, filtered)]
+        # Each query reads on while a page came back short with a nextLink, until it has `limit` groups (what is shown).
+        # The first failure cancels the other query (and waits for it): nothing is left running behind the caller.
+        asked = [asyncio.ensure_future(self._collect(tenant_id, build, interactive=True, enough=limit,
+                                                     eventual=build is searched))
+                 for build in (searched, filtered)]
         try:
             found = await asyncio.gather(*asked)
         except BaseException:
@@ -189,7 +197,7 @@ class GraphDirectory(Directory):
                 task.cancel()
             await asyncio.gather(*asked, return_exceptions=True)
             raise
-        merged = {item["id"]: _group(item) for data in found for item in data.get("value", [])}
+        merged = {item["id"]: _group(item) for items in found for item in items}
         return sorted(merged.values(), key=lambda g: (g.display_name.casefold(), g.id))[:limit]
 
     async def get_groups(self, tenant_id: str, group_ids: list[str], *,
@@ -207,29 +215,33 @@ class GraphDirectory(Directory):
             return request
 
         filters = id_filters(group_ids)
-        pages = await asyncio.gather(*(self._get_json(tenant_id, chunk_request(f), interactive=interactive)
+        found = await asyncio.gather(*(self._collect(tenant_id, chunk_request(f), interactive=interactive)
                                        for f in filters))
-        return {g.id: g for g in (_group(item) for page in pages for item in page.get("value", []))}
+        return {g.id: g for g in (_group(item) for items in found for item in items)}
 
     async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
+        """Transitive members listed untyped, users kept by their ``@odata.type``. A cast (``/microsoft.graph.user``)
+        filters on the OData type, which needs the advanced query parameters (group-list-transitivemembers): their
+        index is only eventually consistent, and a member list read from it lags the directory."""
         from kiota_abstractions.base_request_configuration import RequestConfiguration
-        from msgraph.generated.groups.item.transitive_members.graph_user.graph_user_request_builder import (
-            GraphUserRequestBuilder,
+        from msgraph.generated.groups.item.transitive_members.transitive_members_request_builder import (
+            TransitiveMembersRequestBuilder,
         )
 
         def first(adapter: Any) -> Any:
-            params = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(select=USER_SELECT, top=PAGE_SIZE)
-            builder = GraphUserRequestBuilder(adapter, {"group%2Did": group_id})
+            params = TransitiveMembersRequestBuilder.TransitiveMembersRequestBuilderGetQueryParameters(
+                select=USER_SELECT, top=PAGE_SIZE)
+            builder = TransitiveMembersRequestBuilder(adapter, {"group%2Did": group_id})
             return builder.to_get_request_information(RequestConfiguration(query_parameters=params))
 
         def following(link: str) -> Callable[[Any], Any]:
-            return lambda adapter: GraphUserRequestBuilder(adapter, link).to_get_request_information()
+            return lambda adapter: TransitiveMembersRequestBuilder(adapter, link).to_get_request_information()
 
         request = following(next_link) if next_link else first
         while True:
             data = await self._get_json(tenant_id, request)
             link = data.get("@odata.nextLink")
-            items = data.get("value", [])
+            items = users_only(data.get("value", []))
             if any(_limited(item) for item in items):
                 # Without User.Read.All Graph still lists user members, with only id and @odata.type
                 # (https://learn.microsoft.com/graph/permissions-overview#limited-information-returned-for-inaccessible-member-objects):
@@ -260,6 +272,20 @@ class GraphDirectory(Directory):
             raise Transient(f"could not obtain a token for Microsoft Graph: {type(exc).__name__}",
                             code="token_unavailable") from None
         return token_roles(token.token)
+
+    async def _collect(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool,
+                       enough: int | None = None, eventual: bool = False) -> list[dict[str, Any]]:
+        """Every item of a collection: Graph may answer any page with fewer items than asked and a nextLink
+        (https://learn.microsoft.com/graph/paging), so one page is never taken for all of them; ``enough`` stops
+        once that many were read."""
+        items: list[dict[str, Any]] = []
+        while True:
+            data = await self._get_json(tenant_id, request, interactive=interactive)
+            items.extend(data.get("value", []))
+            link = data.get("@odata.nextLink")
+            if not link or (enough is not None and len(items) >= enough):
+                return items
+            request = next_page(link, eventual=eventual)
 
     async def request_json(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool = False,
                            retry: bool = True) -> dict[str, Any]:
@@ -304,14 +330,14 @@ class GraphDirectory(Directory):
                 await asyncio.sleep(wait)  # outside every slot
 
     def _slots(self, tenant_id: str, interactive: bool) -> tuple[asyncio.Semaphore, ...]:
-        if not interactive:
-            return (self._worker_pool,)
-        mine = self._tenant_slots.get(tenant_id)
+        """The tenant's share of its pool, then the pool: taken in that order, released in reverse."""
+        key = (interactive, tenant_id)
+        mine = self._tenant_slots.get(key)
         if mine is None:
-            if len(self._tenant_slots) > 4 * self._max_tenants:
-                self._tenant_slots = {t: s for t, s in self._tenant_slots.items() if s.locked()}
-            mine = self._tenant_slots[tenant_id] = asyncio.Semaphore(self._interactive_per_tenant)
-        return (mine, self._interactive_pool)
+            if len(self._tenant_slots) > 8 * self._max_tenants:
+                self._tenant_slots = {k: s for k, s in self._tenant_slots.items() if s.locked()}
+            mine = self._tenant_slots[key] = asyncio.Semaphore(self._per_tenant)
+        return (mine, self._interactive_pool if interactive else self._worker_pool)
 
     async def _send(self, tenant_id: str, request: Callable[[Any], Any], interactive: bool) -> dict[str, Any]:
         from azure.core.exceptions import ClientAuthenticationError
@@ -366,6 +392,39 @@ class GraphDirectory(Directory):
         self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+USER_TYPE = "#microsoft.graph.user"
+GROUP_TYPE = "#microsoft.graph.group"
+
+
+def of_type(items: list[dict[str, Any]], odata_type: str) -> list[dict[str, Any]]:
+    """The items of an untyped directoryObject collection that are of ``odata_type``. Graph types every item of such a
+    collection; one without a type cannot be told from a user, so the whole page is refused rather than guessed."""
+    if any(not isinstance(item.get("@odata.type"), str) for item in items):
+        raise InvalidInput("Microsoft Graph listed a directory object without its @odata.type",
+                           code="directory_bad_request")
+    return [item for item in items if item["@odata.type"].lower() == odata_type.lower()]
+
+
+def users_only(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return of_type(items, USER_TYPE)
+
+
+def next_page(link: str, *, eventual: bool = False) -> Callable[[Any], Any]:
+    """The request for an ``@odata.nextLink``: a GET of that URL as Graph gave it (an advanced query's link needs
+    its ``ConsistencyLevel`` header again: the link carries only the query string)."""
+    def build(adapter: Any) -> Any:
+        from kiota_abstractions.method import Method
+        from kiota_abstractions.request_information import RequestInformation
+
+        info = RequestInformation(Method.GET)
+        info.url = link
+        info.headers.try_add("Accept", "application/json")
+        if eventual:
+            info.headers.try_add("ConsistencyLevel", "eventual")
+        return info
+    return build
 
 
 class _OneTokenRequestAtATime:

@@ -20,10 +20,8 @@ from urllib.parse import quote, urlsplit
 from ..errors import NotFound
 from ..model import DeltaLinks, DirectoryChanges, DirectoryUser, GroupChange, is_guid
 from ..ports import DirectoryChangeFeed
-from .graph import IDS_PER_FILTER, USER_SELECT, GraphDirectory, _user, id_filters
+from .graph import GROUP_TYPE, IDS_PER_FILTER, USER_SELECT, USER_TYPE, GraphDirectory, _user, id_filters, of_type
 
-USER_TYPE = "#microsoft.graph.user"
-GROUP_TYPE = "#microsoft.graph.group"
 CHANGE_TYPES = "updated,deleted"
 
 
@@ -105,23 +103,30 @@ class GraphChangeFeed(DirectoryChangeFeed):
     # ------------------------------------------------------------------ look-ups
 
     async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+        # Every page of each look-up: Graph may answer 15 ids with fewer users and a nextLink
+        # (https://learn.microsoft.com/graph/paging), and a user missing here is taken for deleted.
         found: dict[str, DirectoryUser] = {}
         for id_filter in id_filters(sorted(set(user_ids))):
-            url = (f"{self._base_url}/users?$filter={quote(id_filter, safe='')}"
-                   f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
-            page = await self._graph.request_json(tenant_id, _get(url))
-            for item in page.get("value") or []:
-                found[str(item["id"])] = _user(item)
+            url: str | None = (f"{self._base_url}/users?$filter={quote(id_filter, safe='')}"
+                               f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
+            while url:
+                page = await self._graph.request_json(tenant_id, _get(url))
+                for item in page.get("value") or []:
+                    found[str(item["id"])] = _user(item)
+                url = self._checked(page["@odata.nextLink"]) if page.get("@odata.nextLink") else None
         return found
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
         if not is_guid(object_id) or kind not in ("users", "groups"):
             raise NotFound("no such directory object", code="directory_object_not_found")
-        url: str | None = f"{self._base_url}/{kind}/{object_id}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999"
+        # Untyped, groups kept by their @odata.type: a cast (/microsoft.graph.group) needs the advanced query
+        # parameters, whose index lags membership changes (user-list-transitivememberof), and a user just added to a
+        # group that its index does not show yet would leave the portal.
+        url: str | None = f"{self._base_url}/{kind}/{object_id}/transitiveMemberOf?$select=id&$top=999"
         groups: set[str] = set()
         while url:
             page = await self._graph.request_json(tenant_id, _get(url))
-            groups.update(str(item["id"]) for item in page.get("value") or [] if item.get("id"))
+            groups.update(str(item["id"]) for item in of_type(page.get("value") or [], GROUP_TYPE) if item.get("id"))
             url = self._checked(page["@odata.nextLink"]) if page.get("@odata.nextLink") else None
         return frozenset(groups)
 

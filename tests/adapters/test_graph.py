@@ -13,8 +13,8 @@ from azure.identity.aio import ClientSecretCredential
 
 from local.fake_graph import FakeGraph
 from local.identity import LocalApp, trust_in_this_process
-from sync.adapters.graph import GraphDirectory, escape_search
-from sync.errors import AuthorizationLost, CredentialInvalid, NotFound, Transient
+from sync.adapters.graph import GraphDirectory, escape_search, users_only
+from sync.errors import AuthorizationLost, CredentialInvalid, InvalidInput, NotFound, Transient
 from tests.e2e.tenants import TenantBuilder, big
 
 CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"
@@ -100,6 +100,13 @@ def test_escape_search():
     assert escape_search('a"b\\c') == 'a\\"b\\\\c'
 
 
+def test_members_listed_untyped_are_told_apart_by_their_type_never_guessed():
+    user, group = {"@odata.type": "#microsoft.graph.user", "id": "u"}, {"@odata.type": "#microsoft.graph.group", "id": "g"}
+    assert users_only([user, group, {"@odata.type": "#microsoft.graph.device", "id": "d"}]) == [user]
+    with pytest.raises(InvalidInput):
+        users_only([user, {"id": "x", "userPrincipalName": "x@contoso.example"}])
+
+
 async def test_search_and_get_groups(directory, tenants):
     small, _ = tenants
     tid = small.tenant["tenantId"]
@@ -110,6 +117,34 @@ async def test_search_and_get_groups(directory, tenants):
     assert await directory.search_groups(tid, '" OR displayName:"', 50) == []
     groups = await directory.get_groups(tid, [small.ids["sales"], "00000000-0000-0000-0000-000000000000"])
     assert list(groups) == [small.ids["sales"]] and groups[small.ids["sales"]].display_name == "Sales Team"
+
+
+async def test_look_ups_read_every_page_graph_serves(directory, fake, tenants):
+    """Graph may answer a look-up of 15 ids with fewer groups and a nextLink (learn.microsoft.com/graph/paging):
+    a group left on the next page would be refused as unknown."""
+    small, _ = tenants
+    wanted = {small.ids[n] for n in ("inner", "sales", "quote", "mgr")}
+    found = await directory.get_groups(small.tenant["tenantId"], sorted(wanted))
+    assert set(found) == wanted
+    assert graph_requests(fake) == 2  # one `id in (…)` filter, served in two pages
+
+
+async def test_search_reads_on_while_pages_are_short(directory, fake, others):
+    """A short page with a nextLink is not the whole answer: both queries read on until they have what is shown."""
+    t = others["second"]
+    tid = t.tenant["tenantId"]
+    fake.set_search_lag(0)
+    created = []
+    async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {fake.token_for(tid)}"}) as http:
+        for name in ("Zeta One", "Zeta Two", "Zeta Three"):
+            created.append((await http.post(f"{fake.base_url}/groups", json={"displayName": name})).json()["id"])
+        try:
+            found = await directory.search_groups(tid, "Zeta", 2)
+            assert [g.display_name for g in found] == ["Zeta One", "Zeta Three"]
+            assert graph_requests(fake) == 3 + 4  # the three creations, then two pages of each query
+        finally:
+            for gid in created:
+                await http.delete(f"{fake.base_url}/groups/{gid}")
 
 
 async def test_transitive_users_only(directory, tenants):
@@ -364,6 +399,36 @@ async def test_one_tenants_look_ups_never_queue_another_tenants_search(fake, app
 
         await asyncio.gather(lookups(), search())
         assert done == ["B's search", "A's 90 look-ups"]
+    finally:
+        fake.set_latency(0)
+        await directory.close()
+
+
+async def test_one_tenants_syncs_hold_at_most_half_the_workers_pool(fake, app, consented, tenants, others):
+    """Fair share among workers too: tenant A's many member listings take at most half of the workers' pool (waiting
+    for A's own share, not for a pool slot), so tenant B's sync is served beside them, not after them."""
+    small, _ = tenants
+    a, b = small.tenant["tenantId"], others["second"]
+    directory = GraphDirectory(fake.base_url, credential_factory(fake, app), allowed_hosts=["127.0.0.1"], concurrency=2)
+    try:
+        for tid, gid in ((a, small.ids["sales"]), (b.tenant["tenantId"], b.ids["team"])):  # tokens first
+            [p async for p in directory.group_user_pages(tid, gid)]
+        fake.set_latency(150)
+        done: list[str] = []
+
+        async def a_listing(n: int):
+            assert len([p async for p in directory.group_user_pages(a, small.ids["sales"])][0].users) == 3
+            done.append(f"A{n}")
+
+        async def b_sync():
+            await asyncio.sleep(0.05)  # A's four listings asked first
+            assert len([p async for p in directory.group_user_pages(b.tenant["tenantId"], b.ids["team"])][0].users) == 1
+            done.append("B")
+
+        await asyncio.gather(*(a_listing(n) for n in range(4)), b_sync())
+        # One of A's at a time (150 ms each); B's starts at 50 ms in the other slot. With one pool for everybody, A's
+        # first two would hold both slots and B would queue behind all four of A's: done last.
+        assert done.index("B") <= 1, done
     finally:
         fake.set_latency(0)
         await directory.close()

@@ -79,6 +79,17 @@ async def test_users_by_id_and_their_groups_through_nesting(feed, tenants):
         await feed.member_of(tid, "00000000-0000-0000-0000-000000000001")
 
 
+async def test_a_look_up_graph_serves_in_short_pages_finds_every_user(feed, fake, tenants):  # noqa: F811
+    """Graph may answer `id in (…)` with fewer users and a nextLink (learn.microsoft.com/graph/paging); a user left
+    on the next page would be taken for deleted and deprovisioned by the incremental run."""
+    t, _ = tenants
+    ids = [t.ids[n] for n in ("ann", "bob", "cat")]  # dan is deleted by an earlier test
+    fake.reset_stats()
+    found = await feed.get_users(t.tenant["tenantId"], ids)
+    assert set(found) == set(ids) and all(u.user_principal_name for u in found.values())
+    assert fake.stats()["byRoute"]["GET /v1.0/users"] == 2  # one look-up, two pages
+
+
 async def test_a_subscription_is_validated_renewed_and_deleted(feed, admin, tenants, unused_tcp_port):
     t, _ = tenants
     tid = t.tenant["tenantId"]

@@ -120,6 +120,29 @@ def test_a_member_added_to_a_nested_group_is_active(devhost, portal, load_tenant
         "Engineering Department", "Sales Department"]
 
 
+def test_users_read_back_in_short_pages_are_updated_not_deprovisioned(devhost, portal, load_tenant):
+    """Users changed at once are read back by one `id in (…)` look-up, which Graph may answer with fewer users and a
+    nextLink (learn.microsoft.com/graph/paging; the fake does): a user on the second page is not taken for deleted."""
+    t, admin, sub, first = connected(devhost, portal, load_tenant, sendEnrollmentEmail=False)
+    d, renamed = t.domain, ("bob.stone", "cat.moss", "dan.pike", "eve.ruiz", "gus.hart")
+    before = grid(portal)
+    for name in renamed:
+        admin.update_user(t.ids[name], displayName=f"{name} renamed")
+    run = wait_for_run(portal, sub, {first["runId"]})
+    assert (run["trigger"], run["status"]) == ("change_notification", "succeeded"), run
+
+    def settled():
+        users = grid(portal)
+        done = all(users[f"{n}@{d}"]["displayName"] == f"{n} renamed" for n in renamed)
+        return users if done or any(users[f"{n}@{d}"]["status"] != "Active" for n in renamed) else None
+
+    after = poll(settled, 30, "the renames")
+    for name in renamed:
+        user = after[f"{name}@{d}"]
+        assert (user["status"], user["groups"]) == ("Active", before[f"{name}@{d}"]["groups"]), user
+    assert {u: v["status"] for u, v in after.items()} == {u: v["status"] for u, v in before.items()}
+
+
 def test_forged_notifications_and_the_validation_handshake(devhost, portal, load_tenant):
     t, admin, sub, first = connected(devhost, portal, load_tenant, sendEnrollmentEmail=False)
     hook = devhost.ready["api"] + "/directory/notifications"

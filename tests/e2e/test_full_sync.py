@@ -199,7 +199,7 @@ def test_a_2500_member_nested_group_in_three_graph_requests(devhost, portal, loa
     run = sync(portal, sub)
     assert run["status"] == "succeeded" and run["counts"]["created"] == 2500
     stats = admin.control("GET", "/stats")["byRoute"]
-    assert stats.get("GET /v1.0/groups/{id}/transitiveMembers/microsoft.graph.user") == 3
+    assert stats.get("GET /v1.0/groups/{id}/transitiveMembers") == 3  # untyped: a cast needs advanced queries
     [group] = portal.groups()
     assert group["userCount"] == 2500
     assert len(portal.users()) == 2500

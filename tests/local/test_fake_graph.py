@@ -137,6 +137,20 @@ def eventual(query_parameters: object = None) -> RequestConfiguration:
     return config
 
 
+ADVANCED = {"$count": "true"}  # with the ConsistencyLevel header: the advanced query parameters
+EVENTUAL = {"ConsistencyLevel": "eventual"}
+
+
+def cast_users(**params: object) -> RequestConfiguration:
+    """A cast to users (`/microsoft.graph.user`) on a transitive list, with the advanced query parameters it needs."""
+    return eventual(GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(count=True, **params))
+
+
+async def user_ids_of(builder) -> list[str]:
+    """The users among a member list read untyped (no cast: strongly consistent), by their @odata.type."""
+    return [m.id for m in (await builder.get()).value if m.odata_type == "#microsoft.graph.user"]
+
+
 def nested_tenant() -> dict:
     """2,500 distinct users under "Big": 1,700 direct, 1,000 via "Child" (200 in both), plus a device."""
     users = [{"id": f"u{i:05d}", "displayName": f"User {i:05d}", "userPrincipalName": f"user{i}@big.example",
@@ -302,9 +316,7 @@ async def test_nested_group_of_2500_pages_in_exactly_three_requests():
     with FakeGraph(tenants=[tenant]) as fake:
         graph = Graph(fake, "big-tenant")
         builder = graph.client.groups.by_group_id("big").transitive_members.graph_user
-        query = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(
-            top=999, select=["id", "displayName", "mail", "accountEnabled"])
-        page = await builder.get(RequestConfiguration(query_parameters=query))
+        page = await builder.get(cast_users(top=999, select=["id", "displayName", "mail", "accountEnabled"]))
         ids, sizes = [], []
         while True:
             sizes.append(len(page.value))
@@ -313,7 +325,7 @@ async def test_nested_group_of_2500_pages_in_exactly_three_requests():
                 break
             assert page.odata_next_link.startswith(f"{fake.base_url}/groups/big/transitiveMembers/graph.user?")
             assert "$skiptoken=" in page.odata_next_link and "$top=999" in page.odata_next_link
-            page = await builder.with_url(page.odata_next_link).get()
+            page = await builder.with_url(page.odata_next_link).get(eventual())  # the link keeps $count, not the header
         await graph.close()
         # Graph may serve fewer than $top with a nextLink (strict default: a few short pages); nothing is lost.
         assert len(sizes) == 3 and sum(sizes) == 2500 and max(sizes) <= 999 and sizes[0] < 999
@@ -342,7 +354,57 @@ async def test_members_include_devices_and_groups_unless_cast(graph):
 
     query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id", "displayName"], top=2)
     first = await engineering.members.get(RequestConfiguration(query_parameters=query))
-    assert len(first.value) == 2 and first.odata_next_link
+    assert len(first.value) == 1 and first.odata_next_link  # a short page: Graph may serve fewer than $top
+
+
+async def test_pages_may_be_short_even_when_everything_would_fit(fake, http):
+    """Graph may answer any page with fewer items than asked and a nextLink (learn.microsoft.com/graph/paging): every
+    page that is not the last, and a look-up by id even when its 15 ids would fit one page, with $top or without."""
+    ids = [u["id"] for u in DEMO["users"][:15]]
+    id_filter = f"id in ({','.join(repr(i) for i in ids)})"
+
+    async def pages(params: dict) -> list[list[str]]:
+        out, body = [], (await http.get("/v1.0/users", params=params)).json()
+        while True:
+            out.append([u["id"] for u in body["value"]])
+            if "@odata.nextLink" not in body:
+                return out
+            body = (await http.get(body["@odata.nextLink"])).json()
+
+    for params in ({"$filter": id_filter, "$top": "15"}, {"$filter": id_filter}):
+        served = await pages(params)
+        assert len(served) == 2 and len(served[0]) < 15, served  # one look-up, two pages
+        assert sorted(i for page in served for i in page) == sorted(ids)
+    assert [len(p) for p in await pages({"$top": "2", "$select": "id"})][:3] == [1, 1, 1]  # never more than asked
+    fake.set_paging(shortPages=False)
+    assert [len(p) for p in await pages({"$filter": id_filter, "$top": "15"})] == [15]
+    assert [len(p) for p in await pages({"$top": "20"})] == [20, 20]
+
+
+async def test_a_cast_on_a_transitive_list_needs_the_advanced_query_parameters(http):
+    """"To filter the results on the OData type ... you must use the advanced query parameters" (the header and
+    $count=true; group-list-transitivemembers, user-list-transitivememberof, user-list-memberof): a plain cast on
+    transitiveMembers, memberOf or transitiveMemberOf is a 400; a cast of direct members is not (group-list-members)."""
+    eng, lee = group_id("Engineering"), user_id("Lee Gu")
+    casts = [f"/v1.0/groups/{eng}/transitiveMembers/microsoft.graph.user", f"/v1.0/groups/{eng}/transitiveMembers/graph.user",
+             f"/v1.0/users/{lee}/transitiveMemberOf/microsoft.graph.group", f"/v1.0/users/{lee}/memberOf/microsoft.graph.group",
+             f"/v1.0/groups/{group_id('Platform Team')}/transitiveMemberOf/microsoft.graph.group"]
+    for path in casts:
+        for params, headers in (({}, {}), (ADVANCED, {}), ({}, EVENTUAL)):  # each half alone is not enough
+            refused = await http.get(path, params=params, headers=headers)
+            assert refused.status_code == 400, (path, params, headers)
+            error = refused.json()["error"]
+            assert (error["code"], error["message"]) == (
+                "Request_UnsupportedQuery", "The specified filter to the reference property query is currently not supported.")
+        answered = await http.get(path, params=ADVANCED, headers=EVENTUAL)
+        assert answered.status_code == 200 and answered.json()["value"], path
+    untyped = (await http.get(f"/v1.0/groups/{eng}/transitiveMembers")).json()["value"]
+    assert {m["@odata.type"] for m in untyped} == {"#microsoft.graph.user", "#microsoft.graph.group", "#microsoft.graph.device"}
+    cast = (await http.get(casts[0], params=ADVANCED, headers=EVENTUAL)).json()["value"]
+    assert [m["id"] for m in cast] == [m["id"] for m in untyped if m["@odata.type"] == "#microsoft.graph.user"]
+    groups_of_lee = (await http.get(f"/v1.0/users/{lee}/transitiveMemberOf")).json()["value"]
+    assert groups_of_lee and {m["@odata.type"] for m in groups_of_lee} == {"#microsoft.graph.group"}
+    assert (await http.get(f"/v1.0/groups/{eng}/members/microsoft.graph.user")).status_code == 200
 
 
 async def test_transitive_members_survive_a_membership_cycle():
@@ -379,7 +441,7 @@ async def test_unknown_group_is_a_404_in_graph_shape(graph):
 async def test_throttling_is_retried_by_the_sdk(fake, graph, status):
     fake.add_fault(path="/transitiveMembers", status=status, retry_after=1, times=1)
     started = time.monotonic()
-    result = await graph.groups.by_group_id(group_id("Finance")).transitive_members.graph_user.get()
+    result = await graph.groups.by_group_id(group_id("Finance")).transitive_members.graph_user.get(cast_users())
     assert len(result.value) == 6
     assert time.monotonic() - started >= 1.0  # the SDK honoured Retry-After
     assert fake.stats()["byRoute"] == {TRANSITIVE_USERS: 2}
@@ -510,7 +572,7 @@ async def test_admin_writes_are_visible_to_later_reads(fake, graph):
     assert (user.account_enabled, user.mail) == (False, "patti.f@contoso.example")
 
     await finance.members.by_directory_object_id(patti).ref.delete()
-    assert patti not in [m.id for m in (await finance.transitive_members.graph_user.get()).value]
+    assert patti not in await user_ids_of(finance.transitive_members)
 
     ref = ReferenceCreate(odata_id=f"https://graph.microsoft.com/v1.0/directoryObjects/{lee}")
     await finance.members.ref.post(ref)
@@ -524,7 +586,7 @@ async def test_admin_writes_are_visible_to_later_reads(fake, graph):
         await graph.users.by_user_id(lee).get()
     assert caught.value.response_status_code == 404
     engineering = graph.groups.by_group_id(group_id("Engineering"))
-    assert lee not in [m.id for m in (await engineering.transitive_members.graph_user.get()).value]
+    assert lee not in await user_ids_of(engineering.transitive_members)
     assert lee not in [m.id for m in (await finance.members.get()).value]
 
     created = await graph.users.post(User(display_name="New Hire", user_principal_name="new.hire@contoso.example",
@@ -592,7 +654,7 @@ async def test_each_route_needs_its_application_permissions(fake):
     read_only = fake.token_for(DEMO_TID, roles=["User.Read.All", "GroupMember.Read.All"])
     async with httpx.AsyncClient(base_url=fake.base_url, headers={"Authorization": f"Bearer {read_only}"}) as http:
         finance = group_id("Finance")
-        assert (await http.get(f"/groups/{finance}/transitiveMembers/microsoft.graph.user")).status_code == 200
+        assert (await http.get(f"/groups/{finance}/transitiveMembers")).status_code == 200
         assert (await http.get("/users")).status_code == 200
         for response in [await http.get("/devices"), await http.get("/organization"),
                          await http.patch(f"/users/{user_id('Lee Gu')}", json={"accountEnabled": False}),
@@ -737,8 +799,8 @@ def test_cli_prints_ready_and_stops_on_sigterm():
 async def test_members_without_a_user_permission_come_back_with_id_and_type_only(fake):
     sales = next(g for g in DEMO["groups"] if g["displayName"] == "Sales Team")
     url = f"{fake.base_url}/groups/{sales['id']}/transitiveMembers/microsoft.graph.user"
-    params = {"$select": "id,displayName,userPrincipalName,mail,accountEnabled"}
-    async with httpx.AsyncClient(timeout=10) as client:
+    params = {"$select": "id,displayName,userPrincipalName,mail,accountEnabled", **ADVANCED}
+    async with httpx.AsyncClient(timeout=10, headers=EVENTUAL) as client:
         limited = await client.get(url, params=params,
                                    headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['GroupMember.Read.All'])}"})
         full = await client.get(url, params=params,
@@ -757,7 +819,7 @@ async def test_a_hidden_membership_group_lists_nobody_without_member_read_hidden
     group["visibility"] = "HiddenMembership"
     with FakeGraph(tenants=[tenant], registration=registration(), tls=tls) as fake:
         url = f"{fake.base_url}/groups/{group['id']}/transitiveMembers/microsoft.graph.user"
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, headers=EVENTUAL, params=ADVANCED) as client:
             async def members(roles):
                 response = await client.get(url, headers={"Authorization": f"Bearer {fake.token_for(DEMO_TID, roles)}"})
                 assert response.status_code == 200
@@ -774,7 +836,7 @@ async def test_a_hidden_membership_group_can_refuse_instead_with_403(tls):
     group = next(g for g in tenant["groups"] if g["displayName"] == "Sales Team")
     group["visibility"] = "HiddenMembership"
     with FakeGraph(tenants=[tenant], registration=registration(), tls=tls) as fake:
-        url = f"{fake.base_url}/groups/{group['id']}/transitiveMembers/microsoft.graph.user"
+        url = f"{fake.base_url}/groups/{group['id']}/transitiveMembers"  # untyped, as the app lists them
         without = {"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['User.Read.All', 'GroupMember.Read.All'])}"}
         with_hidden = {"Authorization": f"Bearer {fake.token_for(DEMO_TID, ['User.Read.All', 'GroupMember.Read.All', 'Member.Read.Hidden'])}"}
         async with httpx.AsyncClient(timeout=10) as client:

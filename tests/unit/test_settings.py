@@ -53,6 +53,15 @@ def test_the_authority_must_be_https_and_there_is_no_static_credential():
     assert unit_settings(CONSENT_PROPAGATION_GRACE_SECONDS="30").consent_propagation_grace_s == 30
 
 
+def test_one_tenants_share_of_graph_is_half_unless_said_and_never_more_than_the_pool():
+    assert (unit_settings().graph_concurrency, unit_settings().graph_tenant_concurrency) == (4, 2)
+    assert unit_settings(GRAPH_CONCURRENCY="9").graph_tenant_concurrency == 4
+    assert unit_settings(GRAPH_CONCURRENCY="1").graph_tenant_concurrency == 1
+    assert unit_settings(GRAPH_CONCURRENCY="8", GRAPH_TENANT_CONCURRENCY="6").graph_tenant_concurrency == 6
+    with pytest.raises(SettingsError, match="GRAPH_TENANT_CONCURRENCY: must not exceed GRAPH_CONCURRENCY"):
+        unit_settings(GRAPH_CONCURRENCY="4", GRAPH_TENANT_CONCURRENCY="5")
+
+
 def test_client_secret_required_for_secret_credential():
     with pytest.raises(SettingsError, match="GRAPH_CLIENT_SECRET"):
         unit_settings(GRAPH_CREDENTIAL="secret", GRAPH_CLIENT_SECRET="", GRAPH_BASE_URL="https://graph.microsoft.com/v1.0")
