@@ -240,7 +240,7 @@ class _Segment:
     async def execute(self) -> None:
         svc, job = self.svc, self.job
         if job.segment == 0:  # once a listing (its later segments continue it; finish() checks an empty one again)
-            await self.refuse_unreadable_membership()
+            await self.refuse_unreadable_membership(trust_selection=True)
         self.snapshot = {m.id: _Known.of(m, self.run.id)
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         if job.segment > 0:  # (read here rather than at the end: the same rows, and a restart needs them)
@@ -572,12 +572,20 @@ class _Segment:
             await self.svc.queue.send_enrollment_jobs(self.invitations)
             self.invitations = []
 
-    async def refuse_unreadable_membership(self) -> None:
+    async def refuse_unreadable_membership(self, *, trust_selection: bool = False) -> None:
         """Fail the group (``hidden_membership``) when Graph will not list its members to us: its membership is hidden
         and the tenant does not grant Member.Read.Hidden. Graph then lists nobody (or answers 403), and an empty list
-        would end every membership of the group; with the permission, an empty list is an empty group."""
-        if MEMBER_READ_HIDDEN not in await self.svc.directory.granted_permissions(self.sub.azure_tenant_id):
-            await self.refuse_if_hidden()
+        would end every membership of the group; with the permission, an empty list is an empty group.
+
+        ``trust_selection``: a group that was not hidden when selected is not read again (no Graph request before
+        each listing); if it has become hidden since, its listing is empty or refused, and both are checked again.
+        """
+        if MEMBER_READ_HIDDEN in await self.svc.directory.granted_permissions(self.sub.azure_tenant_id):
+            return
+        selected = next((g for g in self.sub.groups if g.id == self.job.group_id), None)
+        if trust_selection and selected is not None and selected.hidden_membership is False:
+            return
+        await self.refuse_if_hidden()
 
     async def refuse_if_hidden(self) -> None:
         """Raise PermissionMissing (``hidden_membership``) if the group's membership is hidden (its visibility)."""

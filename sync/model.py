@@ -150,6 +150,9 @@ class GroupRef:
 
     id: str
     display_name: str
+    # Its visibility when it was selected: True for HiddenMembership, None when not known (selected before this was
+    # kept). Workers read the visibility again for a group kept hidden or unknown; an empty listing, always.
+    hidden_membership: bool | None = None
 
     def to_api(self) -> dict[str, str]:
         return {"id": self.id, "displayName": self.display_name}

@@ -184,7 +184,7 @@ async def select_groups(svc: Services, caller: Caller, sub_id: str, body: dict[s
     if unknown:
         raise InvalidInput(f"not group ids of this directory: {', '.join(unknown[:20])}", code="unknown_groups",
                            unknownIds=unknown)
-    refs = tuple(GroupRef(i, found[i].display_name) for i in unique)
+    refs = tuple(GroupRef(i, found[i].display_name, found[i].hidden_membership) for i in unique)
 
     async def choose(current: Subscription) -> Subscription:
         return replace(current, groups=refs, updated_at=svc.clock())

@@ -314,7 +314,9 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "deactivateBlockedUsers": sub.deactivate_blocked_users,
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "nightlySync": sub.nightly_sync,
-        **_long_text("groups", json.dumps([[g.id, g.display_name] for g in sub.groups], ensure_ascii=False)),
+        **_long_text("groups", json.dumps([[g.id, g.display_name, *([] if g.hidden_membership is None else
+                                                                    [g.hidden_membership])]
+                                           for g in sub.groups], ensure_ascii=False)),
         "createdAt": sub.created_at,
         "updatedAt": sub.updated_at,
         "activeRunId": sub.active_run_id,
@@ -338,7 +340,7 @@ def _sub_from(e: Any) -> Subscription:
         deactivate_blocked_users=bool(e.get("deactivateBlockedUsers")),
         send_enrollment_email=bool(e.get("sendEnrollmentEmail")),
         nightly_sync=bool(e.get("nightlySync")),
-        groups=tuple(GroupRef(gid, name) for gid, name in json.loads(_read_long_text(e, "groups") or "[]")),
+        groups=tuple(GroupRef(*ref[:3]) for ref in json.loads(_read_long_text(e, "groups") or "[]")),
         created_at=_dt(e.get("createdAt")),
         updated_at=_dt(e.get("updatedAt")),
         active_run_id=e.get("activeRunId"),

@@ -204,6 +204,10 @@ async def test_subscription_etag_and_nightly_candidates(table_store):
     with pytest.raises(PreconditionFailed):
         await table_store.subscriptions.save(replace(sub, name="stale"))
     assert (await table_store.subscriptions.get("org/a", "s1")).groups == (GroupRef(GROUP, "Sales & Co"),)
+    # The visibility kept with a selection: hidden, visible, or (selected before it was kept) not known.
+    kept = (GroupRef(GROUP, "Sales & Co", True), GroupRef("g2", "Open", False), GroupRef("g3", "Older"))
+    saved = await table_store.subscriptions.save(replace(saved, groups=kept))
+    assert (await table_store.subscriptions.get("org/a", "s1")).groups == kept
     admins = ("ops@contoso.example", "zoë@bücher.example", "x" * 64 + "@" + "d" * 60 + ".example")
     saved = await table_store.subscriptions.save(replace(saved, notify_emails=admins))
     assert (await table_store.subscriptions.get("org/a", "s1")).notify_emails == admins

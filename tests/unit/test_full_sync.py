@@ -233,8 +233,8 @@ async def test_large_group_continues_in_follow_up_messages(svc, tenant):
     view = await full_sync(svc, sub)
     assert view.run.status == "succeeded" and view.counts.created == 42
     # 6 pages in 3 messages of 2: each read once, although a worker reads a page ahead while it writes one; and,
-    # the tenant not granting Member.Read.Hidden, the listing reads the group's visibility first (once).
-    assert svc.directory.requests - before == 6 + 1
+    # the group was not hidden when selected, so no visibility is read before its listing.
+    assert svc.directory.requests - before == 6
     tenant.members[OPS] = [u for u in tenant.members[OPS] if u not in ("m00", "m39")]
     view = await full_sync(svc, sub, times=2)
     assert view.run.status == "succeeded" and view.counts.deactivated == 2
@@ -273,12 +273,27 @@ async def test_a_group_whose_page_tokens_keep_expiring_fails_and_deprovisions_no
 
 
 async def test_a_hidden_group_without_member_read_hidden_fails_before_its_members_are_read(svc, tenant):
+    tenant.hide(SALES)  # hidden when selected: its visibility is kept with the selection, and read again at each run
+    sub = await connect(svc, groups=(SALES, ENG))
+    svc.directory.fail[SALES] = AssertionError("a hidden group's member list was read without the permission")
+    view = await full_sync(svc, sub)
+    assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
+    message = view.errors[0].message
+    assert "Member.Read.Hidden" in message and "Sales Team" in message and view.errors[0].group_id == SALES
+    tenant.hide(SALES, False)  # made visible again: the run reads the visibility anew and syncs the group
+    del svc.directory.fail[SALES]
+    assert (await full_sync(svc, sub)).run.status == "succeeded"
+    assert SALES in users_of(svc)["ann@contoso.example"].group_ids
+
+
+async def test_a_group_hidden_since_it_was_selected_lists_nobody_and_fails_deprovisioning_nobody(svc, tenant):
     sub = await connect(svc, groups=(SALES, ENG))
     await full_sync(svc, sub)
     active = {u.username for u in users_of(svc).values() if u.status == "Active"}
-    tenant.hide(SALES)  # Graph would now list the group as empty (the tenant lacks Member.Read.Hidden)
-    tenant.remove(SALES, "ann")  # ... and whatever it holds, it is not read:
-    svc.directory.fail[SALES] = AssertionError("a hidden group's member list was read without the permission")
+    before = svc.directory.requests
+    assert (await full_sync(svc, sub)).run.status == "succeeded"
+    assert svc.directory.requests - before == 2  # one member page a group: no visibility read for visible groups
+    tenant.hide(SALES)  # Graph now lists the group as empty (the tenant lacks Member.Read.Hidden)
     view = await full_sync(svc, sub)
     assert view.run.status == "failed" and [e.code for e in view.errors] == ["hidden_membership"]
     message = view.errors[0].message
