@@ -33,6 +33,16 @@ def sync(portal: Portal, sub_id: str, timeout: float = 240) -> dict:
     return portal.wait(sub_id, portal.full_sync(sub_id), timeout=timeout)
 
 
+def clean_then_faulty(devhost, new_portal: Callable[[], Portal], groups: list[str]) -> tuple[Portal, Portal, str]:
+    """Two orgs selecting ``groups`` of the loaded tenant: one synced with no fault (the reference, settled), and one
+    connected, its subscription's id returned, for the test to inject faults and sync."""
+    clean = new_portal()
+    assert sync(clean, connect(clean, groups))["status"] == "succeeded"
+    settle(devhost)
+    faulty = new_portal()
+    return clean, faulty, connect(faulty, groups)
+
+
 def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """``check()`` until it returns something truthy; TimeoutError naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ import pytest
 from tests.faults.helpers import (
     GraphFaults,
     bus_counters,
+    clean_then_faulty,
     connect,
     emails_of_org,
     errors,
@@ -100,13 +101,7 @@ def test_a_long_retry_after_parks_the_segment_instead_of_sleeping_and_the_run_en
     instead of sleeping in the function with the message locked; a person's search answers at once."""
     t = with_large_group(1200)
     admin = load_tenant(t.tenant)
-    groups = [t.ids["eng"], t.ids["large"]]
-    clean = new_portal()
-    assert sync(clean, connect(clean, groups))["status"] == "succeeded"
-    settle(devhost)
-
-    faulty = new_portal()
-    sub = connect(faulty, groups)
+    clean, faulty, sub = clean_then_faulty(devhost, new_portal, [t.ids["eng"], t.ids["large"]])
     faults = GraphFaults(admin)
     faults.add("$skiptoken=", status=429, retry_after=15, times=1)  # the large group's second page
     started = time.monotonic()

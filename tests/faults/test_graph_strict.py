@@ -6,7 +6,7 @@ import pytest
 
 from local.fake_graph import transitive_user_members
 from tests.faults import figures
-from tests.faults.helpers import connect, settle, state, sync
+from tests.faults.helpers import clean_then_faulty, connect, settle, state, sync
 from tests.faults.tenants import with_large_group
 
 pytestmark = pytest.mark.faults
@@ -15,13 +15,7 @@ pytestmark = pytest.mark.faults
 def test_an_expired_page_token_restarts_the_group_and_ends_like_a_clean_run(devhost, new_portal, load_tenant):
     t = with_large_group(2100)  # three Graph pages (short ones included): three messages with MAX_PAGES_PER_MESSAGE=1
     admin = load_tenant(t.tenant)
-    groups = [t.ids["eng"], t.ids["large"]]
-    clean = new_portal()
-    assert sync(clean, connect(clean, groups))["status"] == "succeeded"
-    settle(devhost)
-
-    faulty = new_portal()
-    sub = connect(faulty, groups)
+    clean, faulty, sub = clean_then_faulty(devhost, new_portal, [t.ids["eng"], t.ids["large"]])
     # The second page's link expires once: Graph's own error on the continuation of the large group.
     admin.control("POST", "/faults", json={"path": "$skiptoken=", "status": 400, "times": 1,
                                            "code": "Directory_ExpiredPageToken",
