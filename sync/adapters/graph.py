@@ -260,18 +260,23 @@ class GraphDirectory(Directory):
         without verification: it comes straight from the authority, and Graph decides on exactly these roles. A token
         whose claims cannot be read grants nothing as far as the caller is concerned (the cautious answer).
         """
+        return token_roles(await self._token(tenant_id))
+
+    async def _token(self, tenant_id: str) -> str:
+        """The tenant's access token as the SDK will send it: the same credential and cache entry (a token request
+        only when none is cached). Asked for before a request takes its slots, so a token request the authority is
+        slow to answer, or that azure-identity retries with a sleep, holds no Graph slot."""
         from azure.core.exceptions import AzureError, ClientAuthenticationError
 
         self._adapter(tenant_id)
         credential = self._adapters[tenant_id][1]
         try:
-            token = await credential.get_token(GRAPH_SCOPE, **KIOTA_TOKEN_OPTIONS)
+            return (await credential.get_token(GRAPH_SCOPE, **KIOTA_TOKEN_OPTIONS)).token
         except ClientAuthenticationError as exc:
             raise self._map_token_error(exc) from None
         except AzureError as exc:
             raise Transient(f"could not obtain a token for Microsoft Graph: {type(exc).__name__}",
                             code="token_unavailable") from None
-        return token_roles(token.token)
 
     async def _collect(self, tenant_id: str, request: Callable[[Any], Any], *, interactive: bool,
                        enough: int | None = None, eventual: bool = False) -> list[dict[str, Any]]:
@@ -348,6 +353,7 @@ class GraphDirectory(Directory):
         adapter = self._adapter(tenant_id)
         info = request(adapter)
         info.add_request_options([RetryHandlerOption(max_retries=0)])  # retried by _get_json, holding no slot
+        await self._token(tenant_id)  # outside the slots: the SDK then finds it cached
         try:
             async with AsyncExitStack() as held:
                 for slot in self._slots(tenant_id, interactive):

@@ -308,16 +308,14 @@ async def test_an_expired_cached_token_is_replaced(directory, fake, tenants):
 
 
 class _StaleFirst:
-    """A credential whose cache still holds a token Graph has already seen expire (clock skew), then the real one."""
+    """A credential whose cache holds a token Graph has already seen expire (clock skew): it answers that token for
+    as long as it is used, as a cache would (the adapter must drop the credential to get another)."""
 
     def __init__(self, stale: str, real) -> None:
         self._stale, self._real = stale, real
 
     async def get_token(self, *scopes, **kwargs):
-        if self._stale:
-            token, self._stale = self._stale, None
-            return AccessToken(token, 4102444800)  # "valid until 2100" as far as the client knows
-        return await self._real.get_token(*scopes, **kwargs)
+        return AccessToken(self._stale, 4102444800)  # "valid until 2100" as far as the client knows
 
     async def close(self):
         await self._real.close()
@@ -431,6 +429,34 @@ async def test_one_tenants_syncs_hold_at_most_half_the_workers_pool(fake, app, c
         assert done.index("B") <= 1, done
     finally:
         fake.set_latency(0)
+        await directory.close()
+
+
+async def test_a_slow_token_request_holds_no_graph_slot(fake, app, consented, tenants, others):
+    """A tenant whose token request is slow (the authority throttled, azure-identity retrying) waits outside the
+    pool: with one worker slot, another tenant's listing is served meanwhile, not after it."""
+    small, _ = tenants
+    a, b = small.tenant["tenantId"], others["second"]
+    directory = GraphDirectory(fake.base_url, credential_factory(fake, app), allowed_hosts=["127.0.0.1"], concurrency=1)
+    try:
+        [p async for p in directory.group_user_pages(b.tenant["tenantId"], b.ids["team"])]  # B's token is cached
+        fake.add_fault(path=f"/{a}/oauth2/v2.0/token", delay_ms=2000, times=1)
+        done: list[str] = []
+
+        async def a_listing():
+            [p async for p in directory.group_user_pages(a, small.ids["sales"])]
+            done.append("A")
+
+        async def b_listing():
+            await asyncio.sleep(0.2)  # A has asked for its token by now
+            started = time.monotonic()
+            [p async for p in directory.group_user_pages(b.tenant["tenantId"], b.ids["team"])]
+            done.append(f"B in {time.monotonic() - started:.1f} s")
+
+        await asyncio.gather(a_listing(), b_listing())
+        assert done[0].startswith("B") and float(done[0].split()[2]) < 1.0, done
+    finally:
+        fake.clear_faults()
         await directory.close()
 
 
