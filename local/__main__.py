@@ -50,7 +50,7 @@ class DevHost:
         self.identity_folder: Path | None = None  # the local CA and the app's certificate, removed on stop
         self._host_ready = asyncio.Event()
         self._control: web.AppRunner | None = None
-        self.control_port = args.control_port or free_port()
+        self.control_port = args.control_port or 0  # 0: bound to any free port at start (no pick-then-bind race)
 
     def given(self, key: str) -> str | None:
         value = os.environ.get(key)
@@ -185,7 +185,9 @@ class DevHost:
         app.add_routes(smtp_control_routes(lambda: self.smtp))
         self._control = web.AppRunner(app, access_log=None)
         await self._control.setup()
-        await web.TCPSite(self._control, "127.0.0.1", self.control_port).start()
+        site = web.TCPSite(self._control, "127.0.0.1", self.control_port)
+        await site.start()
+        self.control_port = self._control.addresses[0][1]  # the port bound (any free one when asked for 0)
 
     def ready_line(self) -> str:
         return "READY " + json.dumps({

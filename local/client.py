@@ -281,7 +281,23 @@ class DevHostProcess:
         self.proc: subprocess.Popen | None = None
         self.ready: dict[str, str] = {}
 
-    def start(self, timeout: float = 120) -> "DevHostProcess":
+    def start(self, timeout: float = 120, *, attempts: int = 3) -> "DevHostProcess":
+        """Start and wait for READY. The stack picks free ports for its services and binds them a moment later; if
+        another process took one meanwhile (EADDRINUSE in the host's log), it starts again on new ports."""
+        for attempt in range(attempts):
+            logged = os.path.getsize(self.log) if self.log and os.path.exists(self.log) else 0
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                if attempt == attempts - 1 or not self.log:
+                    raise
+                with open(self.log, "rb") as f:
+                    f.seek(logged)
+                    if b"address already in use" not in f.read():
+                        raise
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "DevHostProcess":
         cmd = [sys.executable, "-m", "local", "--port", "0", *self.args]
         if self.outbox:
             cmd += ["--outbox", self.outbox]
