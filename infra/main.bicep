@@ -380,9 +380,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled' // deployments go through the package container, never FTP
       http20Enabled: true
-      // Answers without reading a setting or a store (sync/functions/meta_api.py): an instance that cannot start
-      // the worker is taken out of rotation.
-      healthCheckPath: '/api/health'
     }
     functionAppConfig: {
       deployment: {
