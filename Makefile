@@ -4,10 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 AZURITE := node_modules/.bin/azurite-table
+# Outside tools that check the deployment (checkov, azure-functions-doctor) in a venv of their own: checkov pins
+# packaging<24, which pytest refuses (tests/test_deployment_checks.py runs them).
+TOOLS := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.installed-$(shell cat requirements-tools.txt | sha1sum | cut -c1-12)
 
 .PHONY: bootstrap run test demo bench clean
 
-bootstrap: $(STAMP) $(AZURITE)
+bootstrap: $(STAMP) $(AZURITE) $(TOOLS_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +19,11 @@ $(BIN)/python:
 $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	rm -f $(VENV)/.installed-* && touch $@
+
+$(TOOLS_STAMP): requirements-tools.txt | $(BIN)/python
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --disable-pip-version-check -q -r requirements-tools.txt
+	rm -f $(TOOLS)/.installed-* && touch $@
 
 # Only when missing: `npm ci` empties node_modules first, which would pull Azurite from under a running test.
 $(AZURITE):

@@ -35,9 +35,14 @@ param portalName string = 'Identity Portal'
 @minLength(32)
 param portalTokenSecret string
 
-@description('Function key Microsoft Graph presents to the notification webhook (in the notification URL); generated when not given.')
+// No secret is drawn here (no newGuid() default): a default is evaluated again on every deployment, so each redeploy
+// would write a new key into the host and the notification-url secret, and Graph's deliveries to the URL its
+// subscriptions were made with would get 401 (learn.microsoft.com/azure/azure-resource-manager/bicep/bicep-functions-string#newguid).
+// Draw it once and pass the same value on every deployment (infra/README.md, step 2).
+@description('Function key Microsoft Graph presents to the notification webhook (the `code` of the notification URL): letters and digits, drawn once and kept.')
 @secure()
-param notificationKeyValue string = newGuid()
+@minLength(32)
+param notificationKeyValue string
 
 @description('HMAC key of consent states and enrollment links (SIGNING_SECRET).')
 @secure()
@@ -241,6 +246,10 @@ resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     }
     enableRbacAuthorization: true
     enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    // A deleted secret (or vault) cannot be purged before its retention ends: the app's signing keys are not lost
+    // to a mistaken or malicious delete. Irreversible once on; a redeploy into a new resource group needs a new name.
+    enablePurgeProtection: true
   }
 }
 
@@ -249,22 +258,29 @@ resource portalTokenSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' =
   name: 'portal-token-secret'
   properties: {
     value: portalTokenSecret
+    contentType: 'text/plain; HS256 key of the portal caller tokens'
   }
 }
 
 // Graph cannot present the portal's token to the notification webhook: a function key of its own rides in the
 // notification URL's `code`. The whole URL is the secret (a Key Vault reference is one whole setting value).
+// After the app settings: writing a key before the host's storage settings exist can fail or be lost when the host
+// restarts with them (Azure/Azure-Functions#1657, Azure/bicep-types-az#1356).
 resource notificationKey 'Microsoft.Web/sites/host/functionKeys@2024-04-01' = {
   name: '${functionApp.name}/default/graph-notifications'
   properties: {
     value: notificationKeyValue
   }
+  dependsOn: [
+    appSettings
+  ]
 }
 
 resource notificationUrlValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: keyVault
   name: 'notification-url'
   properties: {
+    contentType: 'text/uri-list; the webhook URL with its function key'
     value: 'https://${functionApp.properties.defaultHostName}/api/directory/notifications?code=${notificationKeyValue}'
   }
 }
@@ -274,6 +290,7 @@ resource signingSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   name: 'signing-secret'
   properties: {
     value: signingSecret
+    contentType: 'text/plain; HMAC key of consent states and enrollment links'
   }
 }
 
@@ -282,6 +299,7 @@ resource smtpPasswordValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (
   name: 'smtp-password'
   properties: {
     value: smtpPassword
+    contentType: 'text/plain; SMTP relay password'
   }
 }
 
@@ -360,6 +378,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     keyVaultReferenceIdentity: identity.id
     siteConfig: {
       minTlsVersion: '1.2'
+      ftpsState: 'Disabled' // deployments go through the package container, never FTP
+      http20Enabled: true
     }
     functionAppConfig: {
       deployment: {

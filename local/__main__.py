@@ -51,6 +51,7 @@ class DevHost:
         self._host_ready = asyncio.Event()
         self._control: web.AppRunner | None = None
         self.control_port = args.control_port or 0  # 0: bound to any free port at start (no pick-then-bind race)
+        self.keys_file: Path | None = None  # --require-function-keys: the host's keys (local/function_host.py)
 
     def given(self, key: str) -> str | None:
         value = os.environ.get(key)
@@ -119,8 +120,53 @@ class DevHost:
             "PORTAL_NAME": "Contoso Identity Portal",
             "MAIL_FROM": "Contoso Identity Portal <no-reply@portal.localhost>",
         }
+        if self.args.require_function_keys:
+            import secrets
+            import tempfile
+
+            self.keys_file = Path(tempfile.mkdtemp(prefix="dirsync-keys-")) / "keys.json"
+            self.keys_file.write_text(json.dumps({"master": secrets.token_urlsafe(32),
+                                                  "host": {"default": secrets.token_urlsafe(32)}}))
+            self.process_env["LOCAL_FUNCTION_KEYS_FILE"] = str(self.keys_file)
+            defaults["NOTIFICATION_URL"] += "?code=" + self.function_keys()["default"]  # as infra/main.bicep builds it
         # Precedence: what the developer put in the environment, then the stand-ins' addresses, then defaults.
         self.settings = {**defaults, **s, **{k: os.environ[k] for k in APP_SETTINGS if os.environ.get(k)}}
+
+    def function_keys(self) -> dict[str, str]:
+        """{"master": …, <host key name>: …} with --require-function-keys, else {}."""
+        if self.keys_file is None:
+            return {}
+        keys = json.loads(self.keys_file.read_text())
+        return {"master": keys["master"], **keys["host"]}
+
+    async def set_function_key(self, name: str, value: str) -> None:
+        """Set a host key (``az functionapp keys set``). The ``default`` key is the one in the dev host's own
+        NOTIFICATION_URL: setting it also rewrites that setting and restarts the function host, as a deployment of
+        infra/main.bicep with a new key does (the key and the notification-url secret change together)."""
+        assert self.keys_file is not None
+        keys = json.loads(self.keys_file.read_text())
+        if name == "master":
+            keys["master"] = value
+        else:
+            keys["host"][name] = value
+        self.keys_file.write_text(json.dumps(keys))
+        url = self.settings["NOTIFICATION_URL"]
+        own = f"http://127.0.0.1:{self.port}/api/directory/notifications?code="
+        if name == "default" and url.startswith(own) and not os.environ.get("NOTIFICATION_URL"):
+            self.settings["NOTIFICATION_URL"] = own + value
+            await self.restart_function_host()
+
+    async def restart_function_host(self) -> None:
+        """Stop the host and start it with the current settings (App Service restarts the app on a setting change)."""
+        proc, self.host_proc = self.host_proc, None  # its watcher then leaves the restart to us
+        if proc and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=15)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await self.start_function_host()
 
     async def start_function_host(self) -> None:
         env = {**os.environ, **self.process_env, **self.settings, "PYTHONPATH": str(ROOT)}
@@ -174,7 +220,19 @@ class DevHost:
             self.broker.set_faults(duplicate_deliveries=bool(body.get("duplicateDeliveries")))
             return web.json_response({"duplicateDeliveries": bool(body.get("duplicateDeliveries"))})
 
+        async def set_key(request: web.Request) -> web.Response:
+            if self.keys_file is None:
+                return web.json_response({"code": "keys_not_required", "message": "start with --require-function-keys"},
+                                         status=404)
+            import secrets
+
+            body = await request.json() if request.can_read_body else {}
+            value = body.get("value") or secrets.token_urlsafe(32)
+            await self.set_function_key(request.match_info["name"], value)
+            return web.json_response({"name": request.match_info["name"], "value": value})
+
         app.router.add_get("/status", status)
+        app.router.add_post("/function-keys/{name}", set_key)
         app.router.add_get("/servicebus/stats", bus_stats)
         app.router.add_post("/servicebus/faults", bus_faults)
         from .fault_proxy import control_routes
@@ -199,6 +257,7 @@ class DevHost:
             "tables": self.settings.get("TABLES_CONNECTION_STRING", ""),
             "outbox": str(Path(self.args.outbox).resolve()),
             "control": f"http://127.0.0.1:{self.control_port}",
+            **({"functionKeys": self.function_keys()} if self.keys_file else {}),
         })
 
     async def stop(self) -> None:
@@ -217,10 +276,12 @@ class DevHost:
                      self.graph and self.graph.stop, self.broker and self.broker.stop, self.azurite and self.azurite.stop):
             if stop:
                 stop()
-        if self.identity_folder is not None:
-            import shutil
+        import shutil
 
+        if self.identity_folder is not None:
             shutil.rmtree(self.identity_folder, ignore_errors=True)
+        if self.keys_file is not None:
+            shutil.rmtree(self.keys_file.parent, ignore_errors=True)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -272,6 +333,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--table-proxy", action="store_true",
                         help="put a fault-injecting proxy between the app and Azurite (control: /tables/faults)")
     parser.add_argument("--lock-duration", type=float, default=60.0, help="Service Bus message lock, seconds")
+    parser.add_argument("--require-function-keys", action="store_true",
+                        help="check function keys on FUNCTION- and ADMIN-level routes as Azure does (Core Tools, and "
+                             "so the default here, checks none); the keys are in READY's functionKeys")
     return parser.parse_args(argv)
 
 

@@ -41,6 +41,7 @@ class HttpFunction:
     pattern: re.Pattern
     literals: int
     call: Callable
+    auth_level: str = "FUNCTION"  # FUNCTION, ANONYMOUS or ADMIN (the trigger's authLevel)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def index(app: Any, env: dict[str, str]) -> tuple[list[HttpFunction], list[Queue
         if trigger["type"] == "httpTrigger":
             pattern, literals = route_pattern(trigger.get("route") or name)
             http.append(HttpFunction(name, trigger.get("route") or name, frozenset(m.upper() for m in trigger["methods"]),
-                                     pattern, literals, user))
+                                     pattern, literals, user, str(trigger.get("authLevel") or "FUNCTION").upper()))
         elif trigger["type"] == "serviceBusTrigger":
             queue = resolve(trigger["queueName"], env)
             dead = queue.lower().endswith("/$deadletterqueue")
@@ -127,10 +128,39 @@ async def invoke(name: str, call: Callable, arg: Any) -> Any:
     return result
 
 
+class FunctionKeys:
+    """The host's access keys, as Azure checks them (Core Tools checks none): a FUNCTION-level route takes any host key
+    or the master key, an ADMIN-level route and the admin API only the master key, in the ``x-functions-key`` header
+    or the ``code`` query parameter; anything else is a 401 with an empty body before the function runs
+    (learn.microsoft.com/azure/azure-functions/function-keys-how-to). The keys live in a JSON file,
+    ``{"master": "...", "host": {"default": "...", ...}}``, read on every request: a key set while the host runs
+    (``az functionapp keys set``; the dev host's control API) counts from the next request on, as in Azure."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def allows(self, level: str, presented: str | None) -> bool:
+        import hmac
+
+        if level == "ANONYMOUS":
+            return True
+        if not presented:
+            return False
+        keys = json.loads(self.path.read_text())
+        valid = [keys["master"]] + ([] if level == "ADMIN" else list(keys.get("host", {}).values()))
+        return any(hmac.compare_digest(presented.encode(), k.encode()) for k in valid if k)
+
+    @staticmethod
+    def presented(request: web.Request) -> str | None:
+        return request.headers.get("x-functions-key") or request.query.get("code")
+
+
 class FunctionHost:
     """Hosts one function app: HTTP, Service Bus and timer triggers, plus the admin API."""
 
-    def __init__(self, app: Any, env: dict[str, str], host_json: dict[str, Any], port: int, host: str = "127.0.0.1"):
+    def __init__(self, app: Any, env: dict[str, str], host_json: dict[str, Any], port: int, host: str = "127.0.0.1",
+                 keys: FunctionKeys | None = None):
+        self.keys = keys  # None: no key is checked (Core Tools' behaviour, the default)
         self.env = env
         self.http, self.queues, self.timers = index(app, env)
         sb = host_json.get("extensions", {}).get("serviceBus", {})
@@ -190,6 +220,8 @@ class FunctionHost:
             if request.method not in fn.methods:
                 allowed |= fn.methods
                 continue
+            if self.keys is not None and not self.keys.allows(fn.auth_level, self.keys.presented(request)):
+                return web.Response(status=401)
             body = await request.read()
             req = func.HttpRequest(request.method, str(request.url), headers=dict(request.headers),
                                    params=dict(request.query), route_params=match.groupdict(), body=body)
@@ -207,7 +239,8 @@ class FunctionHost:
     async def _admin(self, request: web.Request) -> web.Response:
         """``POST /admin/functions/{name}``: run a timer (or queue) function now, like Core Tools' admin API."""
         name = request.match_info["name"]
-
+        if self.keys is not None and not self.keys.allows("ADMIN", self.keys.presented(request)):
+            return web.Response(status=401)
         for fn in self.timers:
             if fn.name == name:
                 asyncio.create_task(self._run_timer(fn, past_due=False))
@@ -348,7 +381,9 @@ async def serve(port: int, host: str) -> None:
     import function_app
 
     host_json = json.loads((ROOT / "host.json").read_text())
-    server = FunctionHost(function_app.app, dict(os.environ), host_json, port, host)
+    keys_file = os.environ.get("LOCAL_FUNCTION_KEYS_FILE")  # set by the dev host's --require-function-keys
+    server = FunctionHost(function_app.app, dict(os.environ), host_json, port, host,
+                          keys=FunctionKeys(Path(keys_file)) if keys_file else None)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -119,7 +119,15 @@ class PreconditionFailed(SyncError):
 
 
 class SettingsError(RuntimeError):
-    """App settings are missing or invalid; the message names every bad key."""
+    """App settings are missing or invalid; the message names every bad key (never a value).
+
+    ``status`` is what an HTTP function answers: 500 for a setting that is wrong, 503 when a setting is a platform
+    reference (Key Vault, App Configuration) that App Service could not resolve — usually for a while (a role
+    assignment still propagating), and retrying later is the right thing for the caller to do."""
+
+    def __init__(self, message: str, *, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class DeltaExpired(SyncError):

@@ -680,6 +680,9 @@ class Watch:
     client_state_hash: str
     expires_at: datetime
     etag: str | None = field(default=None, compare=False)
+    # A hash of the notification URL Graph delivers to (it carries the function key): when NOTIFICATION_URL changes
+    # (a redeploy or a rotated key), the renewal timer moves the watch. None: recorded before URLs were (move it).
+    url_hash: str | None = None
 
 
 @dataclass(frozen=True)

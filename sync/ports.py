@@ -307,8 +307,10 @@ class DirectoryChangeFeed(abc.ABC):
         """Create a change-notification subscription (Graph validates the URL first); its id and expiry."""
 
     @abc.abstractmethod
-    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime) -> datetime:
-        """Extend a subscription; NotFound if Graph no longer has it."""
+    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime,
+                    notification_url: str | None = None) -> datetime:
+        """Extend a subscription, and move it to ``notification_url`` when given (Graph validates the new URL first);
+        NotFound if Graph no longer has it."""
 
     @abc.abstractmethod
     async def unsubscribe(self, tenant_id: str, watch_id: str) -> None:
@@ -333,6 +335,11 @@ class Watches(abc.ABC):
     @abc.abstractmethod
     async def expiring(self, before: datetime) -> list[Watch]:
         """Every watch (of every org) that expires before ``before``."""
+
+    @abc.abstractmethod
+    async def elsewhere(self, url_hash: str) -> list[Watch]:
+        """Every watch (of every org) created for another notification URL than the one of ``url_hash`` (or before
+        URLs were recorded)."""
 
     @abc.abstractmethod
     async def get_delta(self, org: str, subscription_id: str) -> DeltaState | None: ...

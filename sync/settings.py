@@ -12,6 +12,11 @@ MIN_SECRET_BYTES = 32
 GRAPH_CREDENTIALS = ("secret", "certificate", "managed_identity")
 SMTP_SECURITY = ("starttls", "tls", "none")
 MAIL_SENDERS = ("smtp", "none")
+# What App Service leaves in a setting whose reference it could not resolve (role not yet propagated, secret disabled
+# or deleted): the literal reference text, which anyone who can read the app's configuration knows
+# (learn.microsoft.com/azure/app-service/app-service-key-vault-references#troubleshooting-key-vault-references,
+# learn.microsoft.com/azure/app-service/app-service-configuration-references).
+UNRESOLVED_REFERENCE_PREFIXES = ("@microsoft.keyvault(", "@microsoft.appconfiguration(")
 
 
 @dataclass(frozen=True)
@@ -188,23 +193,31 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
         self._errors: list[str] = []
+        self._unresolved: set[str] = set()
 
     def fail(self, key: str, why: str) -> None:
         self._errors.append(f"{key}: {why}")
 
     def raise_if_errors(self) -> None:
         if self._errors:
-            raise SettingsError("invalid app settings: " + "; ".join(self._errors))
+            raise SettingsError("invalid app settings: " + "; ".join(self._errors), status=503 if self._unresolved else 500)
 
     def optional(self, key: str) -> str | None:
         value = self._env.get(key, "")
         value = value.strip() if isinstance(value, str) else ""
+        if value.lower().startswith(UNRESOLVED_REFERENCE_PREFIXES):
+            # Never use it (a secret setting would sign with a public string) and never echo it.
+            self._unresolved.add(key)
+            self.fail(key, "is an unresolved Key Vault or App Configuration reference (check the app's identity has "
+                           "access to the secret, and that the secret exists and is enabled)")
+            return None
         return value or None
 
     def required(self, key: str) -> str:
         value = self.optional(key)
         if value is None:
-            self.fail(key, "is missing")
+            if key not in self._unresolved:
+                self.fail(key, "is missing")
             return ""
         return value
 
@@ -220,7 +233,8 @@ class _Reader:
     def url(self, key: str, default: str | None = None) -> str:
         value = self.optional(key) or default
         if value is None:
-            self.fail(key, "is missing")
+            if key not in self._unresolved:
+                self.fail(key, "is missing")
             return ""
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -563,6 +563,7 @@ class FakeChangeFeed(DirectoryChangeFeed):
         self.snapshots: dict[str, tuple[dict, dict]] = {}
         self.expired: set[str] = set()
         self.subscriptions: dict[str, dict] = {}
+        self.unreachable: set[str] = set()  # notification URLs whose validation handshake fails
         self.created = 0
         self.reads = 0
         self.fail: dict[str, Exception] = {}  # method name ("read_changes", "get_users", "member_of") -> raised
@@ -637,9 +638,14 @@ class FakeChangeFeed(DirectoryChangeFeed):
                                    "clientState": client_state, "expires": expires_at}
         return sid, expires_at
 
-    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime) -> datetime:
+    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime,
+                    notification_url: str | None = None) -> datetime:
         if watch_id not in self.subscriptions:
             raise NotFound("no subscription")
+        if notification_url is not None:
+            if notification_url in self.unreachable:  # Graph's validation of the new URL failed: nothing changes
+                raise InvalidInput("Subscription validation request failed.", code="ValidationError")
+            self.subscriptions[watch_id]["url"] = notification_url
         self.subscriptions[watch_id]["expires"] = expires_at
         return expires_at
 
@@ -666,6 +672,9 @@ class MemoryWatches(Watches):
 
     async def expiring(self, before: datetime) -> list[Watch]:
         return [w for w in self.watches.values() if w.expires_at < before]
+
+    async def elsewhere(self, url_hash: str) -> list[Watch]:
+        return [w for w in self.watches.values() if w.url_hash != url_hash]
 
     async def get_delta(self, org: str, subscription_id: str) -> DeltaState | None:
         return self.deltas.get((org, subscription_id))

@@ -141,10 +141,15 @@ class GraphChangeFeed(DirectoryChangeFeed):
                                                  retry=False)
         return str(created["id"]), _parse(created.get("expirationDateTime")) or expires_at
 
-    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime) -> datetime:
+    async def renew(self, tenant_id: str, watch_id: str, expires_at: datetime,
+                    notification_url: str | None = None) -> datetime:
+        # Graph's PATCH takes expirationDateTime and notificationUrl (learn.microsoft.com/graph/api/subscription-update);
+        # a new notificationUrl is validated like at creation, so a failed handshake is a 400 and nothing changes.
+        body = {"expirationDateTime": _iso(expires_at)}
+        if notification_url is not None:
+            body["notificationUrl"] = notification_url
         renewed = await self._graph.request_json(
-            tenant_id, _send("PATCH", f"{self._base_url}/subscriptions/{quote(watch_id, safe='')}",
-                             {"expirationDateTime": _iso(expires_at)}))
+            tenant_id, _send("PATCH", f"{self._base_url}/subscriptions/{quote(watch_id, safe='')}", body))
         return _parse(renewed.get("expirationDateTime")) or expires_at
 
     async def unsubscribe(self, tenant_id: str, watch_id: str) -> None:

@@ -39,7 +39,7 @@ class TableWatches(_Repository, Watches):
         entity = {"PartitionKey": WATCH_PK, "RowKey": key(watch.id), "kind": "watch", "id": watch.id,
                   "org": watch.org, "subscriptionId": watch.subscription_id, "tenantId": watch.tenant_id,
                   "resource": watch.resource, "clientStateHash": watch.client_state_hash,
-                  "expiresAt": watch.expires_at}
+                  "expiresAt": watch.expires_at, "urlHash": watch.url_hash or ""}
         await call(table.upsert_entity(entity, mode=UpdateMode.REPLACE))
         self._store.count_write(1)
 
@@ -63,6 +63,13 @@ class TableWatches(_Repository, Watches):
         rows = await collect(table.query_entities("PartitionKey eq @pk and expiresAt lt @before",
                                                   parameters={"pk": WATCH_PK, "before": before}))
         return [_watch_from(e) for e in rows]
+
+    async def elsewhere(self, url_hash: str) -> list[Watch]:
+        # Filtered here, not in the query: a row written before URLs were recorded has no urlHash property, and a
+        # filter on a missing property matches nothing. The partition holds two rows per connected tenant.
+        table = await self._table()
+        rows = await collect(table.query_entities("PartitionKey eq @pk", parameters={"pk": WATCH_PK}))
+        return [w for w in map(_watch_from, rows) if w.url_hash != url_hash]
 
     async def get_delta(self, org: str, subscription_id: str) -> DeltaState | None:
         table = await self._table()
@@ -105,7 +112,7 @@ class TableWatches(_Repository, Watches):
 def _watch_from(e: Any) -> Watch:
     return Watch(id=e["id"], org=e["org"], subscription_id=e["subscriptionId"], tenant_id=e["tenantId"],
                  resource=e["resource"], client_state_hash=e["clientStateHash"], expires_at=_dt(e["expiresAt"]),
-                 etag=_etag(e))
+                 etag=_etag(e), url_hash=e.get("urlHash") or None)
 
 
 def _delta_from(e: Any) -> DeltaState:

@@ -6,10 +6,10 @@ import time
 import azure.functions as func
 
 from .. import changes, composition, watching
-from ..errors import InvalidInput, PayloadTooLarge, SyncError
+from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError
 from ..logs import get_logger
 from ..model import ChangeJob
-from .http import error_response, json_response, log_request, query
+from .http import error_response, json_response, log_request, misconfigured_response, query
 
 log = get_logger(__name__)
 bp = func.Blueprint()
@@ -40,6 +40,9 @@ async def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
     except SyncError as exc:
         log_request(req, exc.status, started, code=exc.code)
         return error_response(exc)
+    except SettingsError as exc:  # Graph retries a 5xx delivery for about 4 hours
+        log_request(req, exc.status, started, code="misconfigured")
+        return misconfigured_response(exc)
     except Exception:
         log.exception("change notifications could not be queued")
         log_request(req, 500, started)

@@ -61,15 +61,20 @@ async def _answer(req: func.HttpRequest, action: Action, query_params: tuple[str
     except SyncError as exc:
         seen["code"] = exc.code
         return error_response(exc)
-    except SettingsError:
-        log.exception("the function app is misconfigured")
-        return json_response(500, {"code": "misconfigured", "message": "the service is misconfigured; see its logs"})
+    except SettingsError as exc:
+        return misconfigured_response(exc)
     except Exception:
         log.exception("unhandled error in an HTTP function", extra={"path": _path(req)})
         return json_response(500, {"code": "internal_error", "message": "an unexpected error occurred; it has been logged"})
     if isinstance(result, Reply):
         return json_response(result.status, result.body, result.headers)
     return json_response(200, result)
+
+
+def misconfigured_response(exc: SettingsError) -> func.HttpResponse:
+    """500 (or 503 while a Key Vault reference is unresolved) ``misconfigured``; the log names the keys, never a value."""
+    log.error("the function app is misconfigured: %s", exc)
+    return json_response(exc.status, {"code": "misconfigured", "message": "the service is misconfigured; see its logs"})
 
 
 def log_request(req: func.HttpRequest, status: int, started: float, *, org: str | None = None,

@@ -8,7 +8,7 @@ from aiohttp import web
 from local.client import FakeTenantAdmin
 from sync.adapters.graph import GraphDirectory
 from sync.adapters.graph_changes import GraphChangeFeed
-from sync.errors import DeltaExpired, NotFound
+from sync.errors import DeltaExpired, InvalidInput, NotFound
 from tests.adapters.test_graph import app, consented, credential_factory, fake, others, tenants  # noqa: F401
 from tests.e2e.tenants import TenantBuilder
 
@@ -118,6 +118,15 @@ async def test_a_subscription_is_validated_renewed_and_deleted(feed, admin, tena
         assert {s["resource"] for s in listed if s["notificationUrl"] == url} == {"users", "groups"}
         later = await feed.renew(tid, watch_id, expires + timedelta(hours=5))
         assert later > expires
+        # Moving it (a rotated function key): Graph validates the new URL first; a failed handshake changes nothing.
+        with pytest.raises(InvalidInput):
+            await feed.renew(tid, watch_id, expires, notification_url="http://127.0.0.1:9/hook?code=new")
+        assert {s["notificationUrl"] for s in admin.notifications()["subscriptions"] if s["id"] == watch_id} == {url}
+        validated = len(echoed)
+        await feed.renew(tid, watch_id, expires, notification_url=url + "?code=new")
+        assert len(echoed) == validated + 1
+        assert {s["notificationUrl"] for s in admin.notifications()["subscriptions"] if s["id"] == watch_id} == {
+            url + "?code=new"}
         await feed.unsubscribe(tid, watch_id)
         await feed.unsubscribe(tid, watch_id)  # gone already is fine
         with pytest.raises(NotFound):

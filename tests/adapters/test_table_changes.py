@@ -168,3 +168,22 @@ async def test_raw_rows_keep_keys_safe(table_store):
                                       SegmentChanges("grp/with#odd?chars", 3, {2: (change(1),)}))
     [(row_id, listed)] = [r async for r in table_store.runs.change_rows("org-a", "sub-1", RUN)]
     assert row_id == f"{RUN}|x|{key('grp/with#odd?chars')}|00003|0002|00" and len(listed) == 1
+
+
+async def test_a_watch_keeps_the_hash_of_its_notification_url_and_rows_without_one_are_elsewhere(table_store):
+    from azure.data.tables import UpdateMode
+
+    from sync.adapters.table_watches import TableWatches
+    from sync.model import Watch
+
+    watches = TableWatches(table_store)
+    moved = Watch("w-1", "org-a", "sub-1", "tid", "users", "state-hash", NOW + timedelta(hours=72), url_hash="new")
+    old = replace(moved, id="w-2", resource="groups", url_hash="old")
+    await watches.save(moved)
+    await watches.save(old)
+    table = await watches._table()  # a row written before watches recorded their URL has no urlHash at all
+    row = {k: v for k, v in (await table.get_entity("watch", "w-2")).items() if k != "urlHash"}
+    await table.upsert_entity(row, mode=UpdateMode.REPLACE)
+    assert (await watches.get("w-1")).url_hash == "new" and (await watches.get("w-2")).url_hash is None
+    assert [w.id for w in await watches.elsewhere("new")] == ["w-2"]
+    assert sorted(w.id for w in await watches.elsewhere("other")) == ["w-1", "w-2"]

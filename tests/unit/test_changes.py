@@ -440,3 +440,34 @@ async def test_a_long_retry_after_reschedules_the_change_job_and_a_short_one_is_
     await changes.handle_change_job(svc, capped)
     run = (await runs.recent(svc, caller(), sub.id))[0]
     assert run.run.status == "succeeded" and statuses(svc)["cat"] == "Inactive"
+
+
+async def test_a_rotated_function_key_moves_every_watch_to_the_new_url_at_the_next_renewal(svc, tenant):
+    """A redeploy (or a rotated key) changes NOTIFICATION_URL; Graph keeps delivering to the old URL, where the host
+    answers 401, until the watch is moved (PATCH notificationUrl; Graph validates the new URL)."""
+    sub = await synced(svc)
+    before = {w.id: w for w in await svc.watches.of_subscription(sub.org, sub.id)}
+    assert all(w.url_hash == watching.url_hash(URL) and "function-key" not in w.url_hash for w in before.values())
+    rotated = URL.replace("function-key", "rotated-key")
+    svc.settings = replace(svc.settings, notification_url=rotated)
+
+    svc.changes.unreachable.add(rotated)  # the new URL does not answer Graph's validation yet: nothing changes
+    summary = await watching.renew_watches(svc)
+    assert (summary["moved"], summary["renewed"]) == (0, 0)
+    assert all(s["url"] == URL for s in svc.changes.subscriptions.values())
+
+    svc.changes.unreachable.clear()
+    summary = await watching.renew_watches(svc)  # not due for renewal: moved all the same
+    assert (summary["moved"], summary["renewed"], summary["created"]) == (2, 0, 0)
+    assert all(s["url"] == rotated for s in svc.changes.subscriptions.values())
+    after = {w.id: w for w in await svc.watches.of_subscription(sub.org, sub.id)}
+    assert after.keys() == before.keys() and all(w.url_hash == watching.url_hash(rotated) for w in after.values())
+    assert (await watching.renew_watches(svc))["moved"] == 0  # once
+
+
+async def test_a_watch_recorded_without_its_url_is_moved_to_the_current_one(svc, tenant):
+    sub = await synced(svc)
+    for w in await svc.watches.of_subscription(sub.org, sub.id):
+        await svc.watches.save(replace(w, url_hash=None))  # a row written before watches recorded their URL
+    assert (await watching.renew_watches(svc))["moved"] == 2
+    assert all(w.url_hash == watching.url_hash(URL) for w in await svc.watches.of_subscription(sub.org, sub.id))

@@ -70,3 +70,45 @@ def test_client_secret_required_for_secret_credential():
 def test_mail_can_be_disabled():
     s = unit_settings(MAIL_SENDER="none", MAIL_FROM="", SMTP_HOST="")
     assert s.mail is None
+
+
+KV_REF = "@Microsoft.KeyVault(VaultName=kv-dirsync-abc;SecretName=portal-token-secret)"
+
+
+@pytest.mark.parametrize("key", ["PORTAL_TOKEN_SECRET", "SIGNING_SECRET", "GRAPH_CLIENT_SECRET", "SMTP_PASSWORD",
+                                 "NOTIFICATION_URL", "TABLES_CONNECTION_STRING", "ServiceBusConnection"])
+@pytest.mark.parametrize("reference", [KV_REF, "@microsoft.keyvault(SecretUri=https://kv.vault.azure.net/secrets/x/)",
+                                       "@Microsoft.AppConfiguration(Endpoint=https://cfg.azconfig.io; Key=x)"])
+def test_an_unresolved_reference_is_refused_naming_the_key_never_the_value(key, reference):
+    """App Service passes the literal reference when it cannot resolve it; it is public, so it is never a secret."""
+    with pytest.raises(SettingsError) as err:
+        unit_settings(SMTP_USERNAME="relay-user", **{key: reference})
+    message = str(err.value)
+    assert f"{key}: is an unresolved Key Vault or App Configuration reference" in message
+    assert reference not in message and "VaultName" not in message and "is missing" not in message
+    assert err.value.status == 503
+
+
+def test_a_wrong_setting_is_a_500_and_an_unresolved_one_a_503():
+    with pytest.raises(SettingsError) as err:
+        unit_settings(PORTAL_TOKEN_SECRET="short")
+    assert err.value.status == 500
+
+
+async def test_a_token_signed_with_the_literal_reference_is_refused_with_503(monkeypatch, caplog):
+    """The issue's attack: the reference text is in the app's configuration; a token signed with it was accepted."""
+    from sync import composition
+    from tests.fakes import unit_env
+    from tests.helpers import call, token
+
+    for k, v in unit_env(PORTAL_TOKEN_SECRET=KV_REF).items():
+        monkeypatch.setenv(k, v)
+    composition.override(None)
+    await composition.reset()
+    try:
+        status, body, _ = await call("list_subscriptions", auth=f"Bearer {token(secret=KV_REF)}")
+    finally:
+        await composition.reset()
+    assert (status, body["code"]) == (503, "misconfigured")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "PORTAL_TOKEN_SECRET" in logged and KV_REF not in logged and "VaultName" not in logged
