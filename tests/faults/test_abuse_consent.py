@@ -74,6 +74,12 @@ class Callback:
         return self._back(httpx.post(self.url, data=fields, follow_redirects=False, timeout=30))
 
 
+def _other_bits(last: str) -> str:
+    """The last character of a 32-byte MAC (two unused low bits) spelled with one of them set: the same bytes."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return alphabet[alphabet.index(last) ^ 1]
+
+
 def consent_url(portal, sub: str) -> tuple[str, dict]:
     url = portal.call("POST", f"/directory/subscriptions/{sub}/authorize")["authorizeUrl"]
     state = parse_qs(urlsplit(url).query)["state"][0]
@@ -102,10 +108,13 @@ def test_forged_expired_replayed_and_swapped_states_change_nothing(devhost, port
         "garbage": ({**granted, "state": "garbage"}, "invalid_token"),
         "forged MAC": ({**granted, "state": body_a + ".AAAA"}, "invalid_token"),
         # The genuine state respelled (issue 22, finding 10): a lenient base64url decoder reads the same MAC.
-        "MAC with '!' appended": ({**granted, "state": state_a + "!"}, "invalid_token"),
-        "MAC with '*' inserted": ({**granted, "state": f"{body_a}.{mac_a[:5]}*{mac_a[5:]}"}, "invalid_token"),
-        "MAC with '~' inserted": ({**granted, "state": f"{body_a}.{mac_a[:9]}~{mac_a[9:]}"}, "invalid_token"),
+        # (Two characters: the lenient decoder then also finds the length it expects.)
+        "MAC with '!!' appended": ({**granted, "state": state_a + "!!"}, "invalid_token"),
+        "MAC with '*' and '~' inserted": ({**granted, "state": f"{body_a}.{mac_a[:5]}*{mac_a[5:9]}~{mac_a[9:]}"},
+                                          "invalid_token"),
         "MAC padded": ({**granted, "state": state_a + "="}, "invalid_token"),
+        "MAC's last character with other unused bits": ({**granted, "state": state_a[:-1] + _other_bits(state_a[-1])},
+                                                        "invalid_token"),
         "payload swapped to B under A's MAC": ({**granted, "state": f"{swapped_body}.{mac_a}"}, "invalid_token"),
         "enrollment-purpose token": ({**granted, "state": signing.sign(LOCAL_SIGNING_SECRET, "enrollment", claims_a)},
                                      "invalid_token"),
@@ -227,18 +236,18 @@ def test_consent_phishing_a_consent_url_completed_by_another_companys_admin_conn
     load_tenant(victim_t.tenant)  # the browser is signed in as the victim company's Global Administrator
     victims_own = victim.create_subscription("Victim")["id"]
     victim.update(victims_own, notifyEmails=[f"it@{victim_t.tenant['domain']}"])
-    assert victim.authorize(victims_own)["consent"] == "confirmed"  # the victim connected its tenant, honestly
 
     sub = attacker.create_subscription("Innocent-looking")["id"]
     url = attacker.call("POST", f"/directory/subscriptions/{sub}/authorize")["authorizeUrl"]
     # The victim's admin opens the phishing link: Microsoft's real pages, their own account, their own browser.
     landed = attacker.follow_consent(url)
+    after = attacker.call("GET", f"/directory/subscriptions/{sub}")
+    assert (after["status"], after["azureTenantId"]) == ("authorization_pending", None)  # not the victim's tenant
     assert set(landed) == {"subscriptionId", "consent", "consentCode"} and landed["consent"] == "pending"
     assert victim_tid not in json.dumps(landed) and victim_tid not in json.dumps(state_claims(landed["consentCode"]))
-    after = attacker.call("GET", f"/directory/subscriptions/{sub}")
-    assert (after["status"], after["azureTenantId"]) == ("authorization_pending", None)
     expect_error(lambda: attacker.search_groups(sub, "Depa"), 409, "not_authorized")
     expect_error(lambda: attacker.full_sync(sub, dry_run=True), 409, "not_authorized")
+    assert victim.authorize(victims_own)["consent"] == "confirmed"  # the victim connects its own tenant, honestly
 
     # The code lands in the victim's browser, on the portal, where the victim is signed in to their own org (or to
     # none); another user of the attacker's org may not use it either.

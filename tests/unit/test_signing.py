@@ -18,7 +18,10 @@ def test_a_token_as_signed_verifies():
 def respellings(text):
     """Other spellings of ``text`` that a lenient base64url decoder reads as the same bytes."""
     yield text + "!"
+    yield text + "!!"  # two: the lenient decoder then also finds the length it expects
     yield text[:3] + "*" + text[3:]
+    yield text[:3] + "*~" + text[3:]
+    yield text[:2] + "!" + text[2:6] + "~" + text[6:]
     yield text + "~"
     yield text[:5] + " " + text[5:]
     yield text + "\n"
@@ -29,7 +32,7 @@ def respellings(text):
     unused = {2: 4, 3: 2}.get(len(text) % 4, 0)
     if unused:
         last = alphabet.index(text[-1])
-        yield text[:-1] + alphabet[last | 1]  # 1 is below 2**unused: an unused bit set
+        yield text[:-1] + alphabet[last ^ 1]  # 1 is below 2**unused: an unused bit flipped
     yield text + "A"  # a dangling sixth bit group (length % 4 == 1)
 
 
