@@ -268,6 +268,11 @@ async def _hold(svc: Services, claims: dict[str, Any], sign_in: SignIn) -> tuple
 
 async def _pending(svc: Services, caller: Caller, sub_id: str, code: str | None) -> tuple[Subscription, PendingConsent]:
     """The consent ``code`` holds, for the portal user who asked for it; 404 for anyone else, 410 once used or expired."""
+    not_found = NotFound("no consent waits for you with this code", code="consent_not_found")
+    try:
+        sub = await get(svc, caller, sub_id)  # another org's subscription: 404 whatever else is sent
+    except NotFound:
+        raise not_found from None
     if not code:
         raise InvalidInput("consentCode is required: the code the consent redirect brought to the portal",
                            code="missing_consent_code")
@@ -277,15 +282,10 @@ async def _pending(svc: Services, caller: Caller, sub_id: str, code: str | None)
         raise InvalidInput("consentCode is not a code this service issued", code="invalid_consent_code") from None
     if not all(isinstance(claims.get(k), str) for k in ("org", "sub", "c", "u")) or not isinstance(claims.get("exp"), int):
         raise InvalidInput("consentCode is not a code this service issued", code="invalid_consent_code")
-    not_found = NotFound("no consent waits for you with this code", code="consent_not_found")
     # Another org, another subscription or another portal user than the one who asked: as if no such code existed.
     if claims["org"] != caller.org or claims["sub"] != sub_id \
             or not secrets.compare_digest(claims["u"], _subject_tag(svc, caller.subject)):
         raise not_found
-    try:
-        sub = await get(svc, caller, sub_id)
-    except NotFound:
-        raise not_found from None
     if claims["exp"] < int(svc.clock().timestamp()):
         raise Gone("the consent code has expired; authorize the directory again", code="consent_code_expired")
     held = sub.pending_consent
