@@ -156,10 +156,9 @@ async def confirm_consent(svc: Services, caller: Caller, sub_id: str, body: dict
     code = body.get("consentCode")
     _, held = await _pending(svc, caller, sub_id, code if isinstance(code, str) else None)
     others = [s for s in await svc.subscriptions.connected_to(held.tenant_id) if s.org != caller.org and not s.deleting]
-    allowed = not others or svc.settings.allow_shared_tenants
-    for other in others:
-        await alerts.tenant_claimed(svc, other, held, claimed_by=caller.org, connected=allowed)
-    if not allowed:
+    if others and not svc.settings.allow_shared_tenants:
+        for other in others:
+            await alerts.tenant_claimed(svc, other, held, claimed_by=caller.org, connected=False)
         log.warning("consent refused: tenant connected to another org",
                     extra={"org": caller.org, "subscription": sub_id, "orgs": len(others)})
         raise Conflict("this Entra tenant is already connected to another organisation of the portal; its "
@@ -177,6 +176,8 @@ async def confirm_consent(svc: Services, caller: Caller, sub_id: str, body: dict
                        consented_at=now, consented_by=held.admin_object_id, updated_at=now)
 
     sub = await modify(svc, caller, sub_id, apply)
+    for other in others:  # connected while another org is too (ALLOW_SHARED_TENANTS): they are told
+        await alerts.tenant_claimed(svc, other, held, claimed_by=caller.org, connected=True)
     log.info("admin consent confirmed", extra={"org": sub.org, "subscription": sub.id, "shared": bool(others)})
     return sub
 
