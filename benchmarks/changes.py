@@ -478,7 +478,7 @@ def connect(host: DevHostProcess, users: int, groups: int, seed: int) -> tuple[P
                     http=httpx.Client(timeout=120))
     sub = portal.create_subscription("Benchmark tenant")["id"]
     outcome = portal.authorize(sub)
-    if outcome.get("consent") != "granted":
+    if outcome.get("consent") != "confirmed":
         raise RuntimeError(f"consent failed: {outcome}")
     portal.update(sub, deactivateBlockedUsers=True, sendEnrollmentEmail=False, nightlySync=True)
     layout = layout_of(tenant)

@@ -53,7 +53,7 @@ def org(host: DevHostProcess, name: str, t: TenantBuilder | None = None) -> tupl
     portal = Portal(host.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org=f"{name}-{uuid.uuid4().hex[:6]}"),
                     ca=host.ready["authorityCa"])
     sub = portal.create_subscription(name)["id"]
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     portal.update(sub, sendEnrollmentEmail=False)
     return portal, sub, t
 

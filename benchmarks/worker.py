@@ -221,7 +221,7 @@ async def _settle(action: Any, message: Any) -> None:
 
 async def grant_consent(svc: Services, caller: Caller, sub_id: str, tenant_id: str) -> None:
     """The admin's consent as the browser walks it: Microsoft's admin-consent page at the (local) authority, our
-    callback, the OpenID Connect sign-in there, and the signed sign-in posted back to us."""
+    callback, the OpenID Connect sign-in there, the signed sign-in posted back to us; then the portal's confirm."""
     cafile = os.environ.get("SSL_CERT_FILE")
     verify = ssl.create_default_context(cafile=cafile) if cafile else True
     async with httpx.AsyncClient(verify=verify, timeout=30, follow_redirects=False) as browser:
@@ -237,8 +237,10 @@ async def grant_consent(svc: Services, caller: Caller, sub_id: str, tenant_id: s
             raise RuntimeError(f"sign-in at {sign_in} answered {page.status_code}: {page.text[:300]}")
         _action, fields = parse_form_post(page.text)
         back = await consent.complete_sign_in(svc, fields)
-    if "consent=granted" not in back:
+    query = dict(parse_qsl(urlsplit(back).query))
+    if query.get("consent") != "pending":
         raise RuntimeError(f"consent not recorded: {back}")
+    await consent.confirm_consent(svc, caller, sub_id, {"consentCode": query["consentCode"]})  # the portal's confirm
 
 
 async def connect(svc: Services, caller: Caller, tenant_id: str, group_ids: list[str]) -> str:

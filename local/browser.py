@@ -5,7 +5,8 @@
 Follows the admin-consent page (the local identity platform, as the tenant's Global Admin that
 ``POST /_fake/consent {"tenant"}`` chose), the app's callback, the OpenID Connect sign-in page, and submits its
 form_post to the app as a browser's script would. Stops at the portal (http://localhost:3000 locally, which is not
-running): that last URL carries ``consent=granted`` or ``consent=error&error=<code>``. ``--ca`` defaults to the CA
+running): that last URL carries ``consent=pending&consentCode=<code>`` (the portal's user then confirms it:
+``POST …/consent/confirm``, README "The consent sequence") or ``consent=error&error=<code>``. ``--ca`` defaults to the CA
 bundle of the running dev host (``.local/authority-ca.pem``, written by ``python -m local``).
 """
 from __future__ import annotations

@@ -58,14 +58,34 @@ class Portal:
     def create_subscription(self, name: str) -> dict:
         return self.call("POST", "/directory/subscriptions", json={"name": name}, expect=201)
 
-    def authorize(self, sub_id: str, *, swap_tenant: str | None = None) -> dict[str, str]:
-        """Walk admin consent as the admin's browser does; the portal's outcome (``signinError`` if Microsoft refused).
+    def authorize(self, sub_id: str, *, swap_tenant: str | None = None, confirm: bool = True) -> dict[str, str]:
+        """Walk admin consent as the admin's browser does, then confirm it as the portal does; the outcome.
 
         Microsoft's consent page → our callback (GET) → Microsoft's sign-in → its form_post to our callback (POST) →
-        the portal. ``swap_tenant`` rewrites the ``tenant`` of Microsoft's redirect on the way back, as an attacker can.
+        the portal with ``consent=pending&consentCode=…``. The portal, for the same signed-in user, then shows
+        ``GET …/consent?consentCode=`` and sends ``POST …/consent/confirm``: ``{"subscriptionId", "consent":
+        "confirmed", "tenantId"}``, or ``consent: error`` with the confirm's error code. ``confirm=False`` stops at
+        the redirect's query (``consent=pending``, ``consentCode``); ``signinError`` if Microsoft refused.
+        ``swap_tenant`` rewrites the ``tenant`` of Microsoft's redirect on the way back, as an attacker can.
         """
         url = self.call("POST", f"/directory/subscriptions/{sub_id}/authorize")["authorizeUrl"]
-        return self.follow_consent(url, swap_tenant=swap_tenant)
+        outcome = self.follow_consent(url, swap_tenant=swap_tenant)
+        if not confirm or outcome.get("consent") != "pending":
+            return outcome
+        return self.confirm_consent(sub_id, outcome["consentCode"])
+
+    def pending_consent(self, sub_id: str, code: str) -> dict:
+        """What confirming ``code`` would connect: tenantId, tenantDomain, consentedBy."""
+        return self.call("GET", f"/directory/subscriptions/{sub_id}/consent", params={"consentCode": code})
+
+    def confirm_consent(self, sub_id: str, code: str) -> dict[str, str]:
+        """The portal's confirm of a ``consent=pending`` redirect, as the user who called authorize (see ``authorize``)."""
+        try:
+            shown = self.pending_consent(sub_id, code)
+            self.call("POST", f"/directory/subscriptions/{sub_id}/consent/confirm", json={"consentCode": code})
+        except ApiError as exc:
+            return {"subscriptionId": sub_id, "consent": "error", "error": str(exc.body.get("code"))}
+        return {"subscriptionId": sub_id, "consent": "confirmed", "tenantId": shown["tenantId"]}
 
     def follow_consent(self, url: str, *, swap_tenant: str | None = None) -> dict[str, str]:
         """From Microsoft's admin-consent URL to the portal (see ``authorize``)."""

@@ -176,9 +176,15 @@ class Demo:
             sub = self.portal.create_subscription("Contoso (Entra ID)")
             self.sub_id = sub["id"]
             self.out.line(f"created subscription \"{sub['name']}\" ({sub['id']}): {sub['status']}")
-            outcome = self.portal.authorize(self.sub_id)
-            if outcome.get("consent") != "granted":
+            outcome = self.portal.authorize(self.sub_id, confirm=False)  # the tenant admin's walk through Microsoft
+            if outcome.get("consent") != "pending":
                 raise StepFailed(f"the consent callback redirected to the portal with {outcome}")
+            shown = self.portal.pending_consent(self.sub_id, outcome["consentCode"])
+            self.out.line(f"consent=pending: the portal shows tenant {shown['tenantId']} ({shown['tenantDomain']}), "
+                          f"consented by {shown['consentedBy']['name']}, and its user confirms")
+            outcome = self.portal.confirm_consent(self.sub_id, outcome["consentCode"])
+            if outcome.get("consent") != "confirmed":
+                raise StepFailed(f"the consent was not connected: {outcome}")
             sub = self.portal.call("GET", f"/directory/subscriptions/{self.sub_id}")
             self.out.line(f"admin consent granted by tenant {sub['azureTenantId']}: {sub['status']}")
             sub = self.portal.update(self.sub_id, usernameAttribute=USERNAME_ATTRIBUTE)

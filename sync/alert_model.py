@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import InvalidInput
 from .mailbox import is_single_address
-from .model import EmailState, GroupState, RunStatus, RunView, Subscription, iso, utcnow
+from .model import EmailState, GroupState, PendingConsent, RunStatus, RunView, Subscription, iso, utcnow
 
 MAX_NOTIFY_EMAILS = 10
 MAX_NOTIFY_ENTRIES = 100  # a longer list is refused before its entries are even looked at
@@ -60,6 +60,7 @@ class AlertKind:
     RUN_FAILED = "run_failed"
     RUN_NEEDS_REVIEW = "run_needs_review"
     CONSENT_LOST = "consent_lost"
+    TENANT_CLAIMED = "tenant_claimed"  # another org confirmed (or was refused) a consent of this subscription's tenant
 
 
 # Only these endings are told. Anything else — succeeded, a dry run's preview, a status added later — is not.
@@ -188,6 +189,20 @@ def consent_alert(sub: Subscription, run_id: str | None, now: datetime) -> Alert
     facts = {"tenantId": sub.azure_tenant_id, "consentedAt": iso(sub.consented_at), "detectedAt": iso(now)}
     return Alert(org=sub.org, subscription_id=sub.id, id=consent_alert_id(sub), kind=AlertKind.CONSENT_LOST,
                  subscription_name=sub.name, recipients=sub.notify_emails, run_id=run_id, facts=facts,
+                 created_at=now, updated_at=now)
+
+
+def tenant_claim_alert(sub: Subscription, held: PendingConsent, claimed_by: str, connected: bool,
+                       now: datetime) -> Alert:
+    """The alert to ``sub``'s admins that another org (``claimed_by``) tried to connect their tenant: one per consent
+    code and outcome (``connected``: it was allowed to, ALLOW_SHARED_TENANTS; else refused)."""
+    outcome = "connected" if connected else "refused"
+    facts = {"tenantId": held.tenant_id, "claimingOrg": _cut(claimed_by, MAX_NAME), "outcome": outcome,
+             "adminName": _cut(held.admin_name or "", MAX_NAME) or None,
+             "adminUsername": _cut(held.admin_username or "", MAX_NAME) or None,
+             "consentedAt": iso(held.signed_in_at), "detectedAt": iso(now)}
+    return Alert(org=sub.org, subscription_id=sub.id, id=f"tenant-claim:{held.code_nonce}:{outcome}",
+                 kind=AlertKind.TENANT_CLAIMED, subscription_name=sub.name, recipients=sub.notify_emails, facts=facts,
                  created_at=now, updated_at=now)
 
 

@@ -4,7 +4,8 @@ Events and who tells them:
 - a run ended ``failed`` or ``needs_review``: whoever made the run's terminal transition. That transition also wrote
   the owed alert on the run (``Run.alert_due``), and it is cleared only once the alert row exists and its message
   is queued, so a worker that dies in between leaves it to the redelivered message (the finalizer calls again);
-- the subscription lost its admin consent: whoever marked it ``consent_revoked`` (``subscriptions``).
+- the subscription lost its admin consent: whoever marked it ``consent_revoked`` (``subscriptions``);
+- another org confirmed (or was refused) a consent of the subscription's tenant: that confirm (``consent``).
 
 The alert row is keyed by the event (``run:<run id>:<status>``, ``consent:<consent time>``) and inserted only if
 absent: recording an event again finds the first row and never makes a second e-mail.
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .alert_model import AlertJob, consent_alert, run_alert, stuck
+from .alert_model import AlertJob, consent_alert, run_alert, stuck, tenant_claim_alert
 from .composition import Services
 from .concurrency import optimistic
 from .logs import get_logger
-from .model import EmailState, Run, Subscription
+from .model import EmailState, PendingConsent, Run, Subscription
 
 log = get_logger(__name__)
 
@@ -62,6 +63,20 @@ async def consent_lost(svc: Services, sub: Subscription, *, run_id: str | None =
         return await _tell(svc, consent_alert(sub, run_id, svc.clock()))
     except Exception:
         log.warning("admin alert of a lost consent could not be recorded", exc_info=True,
+                    extra={"org": sub.org, "subscription": sub.id})
+        return "failed"
+
+
+async def tenant_claimed(svc: Services, sub: Subscription, held: PendingConsent, *, claimed_by: str,
+                         connected: bool) -> str:
+    """Tell ``sub``'s admins that the org ``claimed_by`` confirmed a consent of their tenant (``connected``) or was
+    refused. Never raises: the confirm answers either way, and its retry (same code) tells again at most once."""
+    if not sub.notify_emails:
+        return "no_recipients"
+    try:
+        return await _tell(svc, tenant_claim_alert(sub, held, claimed_by, connected, svc.clock()))
+    except Exception:
+        log.warning("admin alert of a tenant claimed by another org could not be recorded", exc_info=True,
                     extra={"org": sub.org, "subscription": sub.id})
         return "failed"
 

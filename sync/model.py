@@ -24,6 +24,10 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _from_iso(text: str) -> datetime:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
 @dataclass(frozen=True)
 class Caller:
     """The portal administrator behind an HTTP request."""
@@ -35,6 +39,7 @@ class Caller:
 
 class SubscriptionStatus:
     AUTHORIZATION_REQUIRED = "authorization_required"
+    AUTHORIZATION_PENDING = "authorization_pending"  # consented and signed in; waits for the portal user's confirm
     AUTHORIZED = "authorized"
     CONSENT_REVOKED = "consent_revoked"
 
@@ -177,6 +182,8 @@ class Subscription:
     active_run_id: str | None = None
     last_run_id: str | None = None
     consent_nonce: str | None = None
+    consent_requested_by: str | None = None  # the portal token's ``sub`` that asked for the current consent link
+    pending_consent: "PendingConsent | None" = None  # a consent proven by a sign-in, not yet confirmed in the portal
     consented_at: datetime | None = None  # when the last admin consent was proven (its roles may still propagate)
     consented_by: str | None = None  # object id of the admin whose signed sign-in proved the tenant
     deleting: bool = False
@@ -186,6 +193,40 @@ class Subscription:
     @property
     def group_ids(self) -> tuple[str, ...]:
         return tuple(g.id for g in self.groups)
+
+
+@dataclass(frozen=True)
+class PendingConsent:
+    """A tenant's admin consent, proven by its admin's signed sign-in, waiting for the portal user who asked for it
+    (``requested_by``, of the subscription's org) to confirm it with the single-use code ``code_nonce`` names."""
+
+    tenant_id: str
+    admin_object_id: str
+    requested_by: str
+    code_nonce: str
+    expires_at: datetime
+    signed_in_at: datetime
+    admin_name: str | None = None
+    admin_username: str | None = None
+
+    @property
+    def tenant_domain(self) -> str | None:
+        """The domain of the admin's sign-in name: a verified domain of the tenant (a UPN's suffix must be one)."""
+        name = self.admin_username or ""
+        domain = name.rpartition("@")[2].strip().lower()
+        return domain if "@" in name and domain else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenantId": self.tenant_id, "adminObjectId": self.admin_object_id, "requestedBy": self.requested_by,
+                "codeNonce": self.code_nonce, "expiresAt": iso(self.expires_at), "signedInAt": iso(self.signed_in_at),
+                "adminName": self.admin_name, "adminUsername": self.admin_username}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PendingConsent":
+        return cls(tenant_id=data["tenantId"], admin_object_id=data["adminObjectId"], requested_by=data["requestedBy"],
+                   code_nonce=data["codeNonce"], expires_at=_from_iso(data["expiresAt"]),
+                   signed_in_at=_from_iso(data["signedInAt"]), admin_name=data.get("adminName"),
+                   admin_username=data.get("adminUsername"))
 
 
 @dataclass(frozen=True)
@@ -601,7 +642,8 @@ class SignIn:
     tenant_id: str
     object_id: str
     directory_roles: tuple[str, ...]  # role template ids (the id_token's wids)
-    username: str | None = None
+    username: str | None = None  # preferred_username: the admin's sign-in name (UPN)
+    display_name: str | None = None  # name
 
 
 @dataclass(frozen=True)

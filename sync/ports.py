@@ -53,6 +53,10 @@ class Subscriptions(abc.ABC):
         """Delete if unchanged since read; else PreconditionFailed."""
 
     @abc.abstractmethod
+    async def connected_to(self, tenant_id: str) -> list[Subscription]:
+        """Subscriptions of every org connected to the Entra tenant ``tenant_id`` (lower case; reads no users)."""
+
+    @abc.abstractmethod
     async def nightly_candidates(self) -> list[Subscription]:
         """Subscriptions of every org with nightly sync on and status authorized (reads no users)."""
 

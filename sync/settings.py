@@ -84,6 +84,8 @@ class Settings:
     incremental_max_objects: int = 500
     change_debounce_s: float = 2.0
     invitation_lease_s: float = 300.0
+    # An Entra tenant already connected to one org may be connected to another too (consent confirm; issue 22).
+    allow_shared_tenants: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -138,6 +140,7 @@ class Settings:
             incremental_max_objects=int(reader.number("INCREMENTAL_MAX_OBJECTS", 500, 1, 100_000)),
             change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
             invitation_lease_s=reader.number("INVITATION_LEASE_SECONDS", 300.0, 5.0, 3600.0),
+            allow_shared_tenants=reader.choice("ALLOW_SHARED_TENANTS", ("false", "true"), "false") == "true",
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()

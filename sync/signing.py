@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from typing import Any
 
 from .errors import InvalidInput
@@ -14,8 +15,21 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url (RFC 4648 §5, unpadded): ValueError for any text ``_b64`` would not have written.
+
+    Python's decoder drops characters outside the alphabet and ignores the unused low bits of the last character, so
+    ``mac!``, ``m*ac`` or a last character with other trailing bits would decode to the same bytes and verify.
+    """
+    if not isinstance(text, str) or not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:  # non-zero trailing bits: another spelling of the same bytes
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _mac(secret: str, purpose: str, body: str) -> bytes:
@@ -30,7 +44,8 @@ def sign(secret: str, purpose: str, payload: dict[str, Any]) -> str:
 
 
 def verify(secret: str, purpose: str, token: str) -> dict[str, Any]:
-    """The payload of a token signed for ``purpose``; InvalidInput if forged, truncated or for another purpose."""
+    """The payload of a token signed for ``purpose``; InvalidInput if forged, truncated, for another purpose, or not
+    exactly as ``sign`` wrote it (one token, one spelling)."""
     if not isinstance(token, str) or len(token) > 4096 or token.count(".") != 1:
         raise InvalidInput("the token is malformed", code="invalid_token")
     body, mac = token.split(".")

@@ -144,6 +144,9 @@ class MemorySubscriptions(Subscriptions):
     async def nightly_candidates(self) -> list[Subscription]:
         return [s for s in self.rows.values() if s.nightly_sync and s.status == "authorized"]
 
+    async def connected_to(self, tenant_id: str) -> list[Subscription]:
+        return [s for s in self.rows.values() if s.azure_tenant_id == tenant_id]
+
 
 class MemoryRuns(Runs):
     def __init__(self) -> None:
@@ -757,9 +760,11 @@ class FakeSignIns(SignIns):
     def __init__(self) -> None:
         self.issued: dict[str, tuple[SignIn, str]] = {}
 
-    def issue(self, tenant: str, *, nonce: str, roles: tuple[str, ...] = (GLOBAL_ADMIN,)) -> str:
+    def issue(self, tenant: str, *, nonce: str, roles: tuple[str, ...] = (GLOBAL_ADMIN,),
+              username: str | None = "admin@contoso.example", name: str | None = "Ada Admin") -> str:
         token = f"id-token-{len(self.issued) + 1}"
-        self.issued[token] = (SignIn(tenant_id=tenant, object_id=f"oid-{tenant}", directory_roles=roles), nonce)
+        self.issued[token] = (SignIn(tenant_id=tenant, object_id=f"oid-{tenant}", directory_roles=roles,
+                                     username=username, display_name=name), nonce)
         return token
 
     async def verify(self, id_token: str, *, nonce: str) -> SignIn:

@@ -338,6 +338,7 @@ class FakeGraph(ServerThread):
                 "wids": list(admin.wids) if admin else None, "revoked": sorted(identity.revoked),
                 "roles": list(identity.next_grant[0]), "propagationSeconds": identity.next_grant[1],
                 "propagationError": identity.next_propagation_error,
+                "lastSignInPrompt": identity.last_prompt,
                 "grants": [{"tenant": tid, "roles": list(g.roles), "at": g.at, "propagationSeconds": g.propagation_s,
                             "propagationError": g.propagation_error} for tid, g in identity.grants.items()]}
 

@@ -147,6 +147,7 @@ class IdentityPlatform:
         self.deny = False
         self.next_grant: tuple[tuple[str, ...], float] = (DEFAULT_ROLES, 0.0)  # what the next consent grants
         self.next_propagation_error: int | None = None  # and what its token requests answer while it propagates
+        self.last_prompt: str | None = None  # the prompt of the last OpenID Connect sign-in (None: none asked)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._public = self._key.public_key()
         self.kid = b64url(hashlib.sha256(self._public.public_bytes(
@@ -159,6 +160,11 @@ class IdentityPlatform:
         """A tenant id or verified domain in a URL path, as the id of a loaded tenant (None: unknown)."""
         found = self.tenant_lookup(path_tenant)
         return found[0] if found else None
+
+    def _domain_of(self, tenant: str) -> str:
+        """The tenant's verified domain (a UPN's suffix is one), or a made-up one for a tenant not loaded."""
+        found = self.tenant_lookup(tenant)
+        return found[1] if found else f"{tenant[:8]}.example"
 
     def signed_in(self) -> Admin:
         """The account the browser is signed in with (set by POST /_fake/consent {"tenant"})."""
@@ -187,6 +193,7 @@ class IdentityPlatform:
         self.admin, self.deny, self.token_lifetime_s = None, False, 3600
         self.next_grant = (DEFAULT_ROLES, 0.0)
         self.next_propagation_error = None
+        self.last_prompt = None
         for secret in self.registration.secrets:
             secret.expires_at = float("inf")
 
@@ -358,7 +365,7 @@ class IdentityPlatform:
             "aud": client_id, "iss": f"{self.origin}/{admin.tenant}/v2.0", "iat": now, "nbf": now, "exp": now + 3600,
             "nonce": nonce, "tid": admin.tenant, "oid": admin.oid,
             "sub": b64url(hashlib.sha256(f"{admin.oid}:{client_id}".encode()).digest()),
-            "preferred_username": f"admin@{admin.tenant[:8]}.example", "name": "Tenant Administrator",
+            "preferred_username": f"admin@{self._domain_of(admin.tenant)}", "name": "Tenant Administrator",
             "wids": list(admin.wids), "ver": "2.0",
         })
 

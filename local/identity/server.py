@@ -23,6 +23,7 @@ from .platform import (
 
 Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 CONSENTING_ROLES = (GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR)
+PROMPTS = ("login", "none", "consent", "select_account")  # one value, no combinations (README: OpenID Connect sign-in)
 
 
 class AuthorityRoutes:
@@ -124,8 +125,14 @@ class AuthorityRoutes:
         query = request.query
         try:
             redirect_uri = self._check_app(query)
+            if "prompt" in query and query["prompt"] not in PROMPTS:
+                raise SignInError("AADSTS90023: Unsupported 'prompt' value.")
         except SignInError as exc:
             return _signin_error(str(exc))
+        # select_account: the account picker is shown even to a browser with a session, and the account picked is
+        # the one signed in (POST /_fake/consent {"tenant", "wids"}); login/consent: asked again, same account; none:
+        # the session's account silently (this browser always has one). Recorded for GET /_fake/consent.
+        self.identity.last_prompt = query.get("prompt")
         fields: list[tuple[str, str]] = []
         try:
             if query.get("response_type") != "id_token":

@@ -70,6 +70,7 @@ class OidcSignIns(SignIns):
             raise InvalidInput("the sign-in does not belong to this consent link", code="tenant_unverified")
         wids = claims.get("wids")
         roles = tuple(w for w in wids if isinstance(w, str)) if isinstance(wids, list) else ()
-        username = claims.get("preferred_username")
+        username, name = claims.get("preferred_username"), claims.get("name")
         return SignIn(tenant_id=tid, object_id=str(claims["oid"]), directory_roles=roles,
-                      username=username if isinstance(username, str) else None)
+                      username=username[:256] if isinstance(username, str) else None,
+                      display_name=name[:256] if isinstance(name, str) else None)

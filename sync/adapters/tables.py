@@ -45,6 +45,7 @@ from ..model import (
     GroupProgress,
     GroupRef,
     MemberState,
+    PendingConsent,
     Run,
     RunError,
     RunView,
@@ -293,6 +294,11 @@ class TableSubscriptions(_Repository, Subscriptions):
             raise PreconditionFailed("the subscription changed meanwhile") from None
         self._store.count_write(1)
 
+    async def connected_to(self, tenant_id: str) -> list[Subscription]:
+        table = await self._table()
+        rows = await collect(table.query_entities("azureTenantId eq @tid", parameters={"tid": tenant_id.lower()}))
+        return [_sub_from(e) for e in rows]
+
     async def nightly_candidates(self) -> list[Subscription]:
         table = await self._table()
         rows = await collect(
@@ -322,6 +328,8 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "activeRunId": sub.active_run_id,
         "lastRunId": sub.last_run_id,
         "consentNonce": sub.consent_nonce,
+        "consentRequestedBy": sub.consent_requested_by,
+        "pendingConsent": json.dumps(sub.pending_consent.to_json(), ensure_ascii=False) if sub.pending_consent else None,
         "consentedAt": sub.consented_at,
         "consentedBy": sub.consented_by,
         "deleting": sub.deleting,
@@ -346,6 +354,8 @@ def _sub_from(e: Any) -> Subscription:
         active_run_id=e.get("activeRunId"),
         last_run_id=e.get("lastRunId"),
         consent_nonce=e.get("consentNonce"),
+        consent_requested_by=e.get("consentRequestedBy"),
+        pending_consent=PendingConsent.from_json(json.loads(e["pendingConsent"])) if e.get("pendingConsent") else None,
         consented_at=_dt(e["consentedAt"]) if e.get("consentedAt") else None,
         consented_by=e.get("consentedBy"),
         deleting=bool(e.get("deleting")),

@@ -88,11 +88,30 @@ async def authorize_subscription(req: func.HttpRequest) -> func.HttpResponse:
     return await handle(req, act)
 
 
+@bp.function_name("get_pending_consent")
+@bp.route(route=ONE + "/consent", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def get_pending_consent(req: func.HttpRequest) -> func.HttpResponse:
+    """What confirming the consent code would connect (only for the portal user who called authorize)."""
+    async def act(svc, caller):
+        return await consent.pending_consent(svc, caller, route(req, "subscriptionId"), query(req).get("consentCode"))
+    return await handle(req, act, query_params=("consentCode",))
+
+
+@bp.function_name("confirm_consent")
+@bp.route(route=ONE + "/consent/confirm", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def confirm_consent(req: func.HttpRequest) -> func.HttpResponse:
+    """The portal user who called authorize connects the tenant whose admin consented: the subscription is authorized."""
+    async def act(svc, caller):
+        sub = await consent.confirm_consent(svc, caller, route(req, "subscriptionId"), json_body(req))
+        return await present(svc, sub)
+    return await handle(req, act)
+
+
 @bp.function_name("consent_callback")
 @bp.route(route="directory/consent", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
     """Microsoft's redirects: admin consent (GET) goes on to the admin's sign-in; the signed sign-in (POST, form_post)
-    records consent. Redirects only to the portal or to Microsoft's sign-in at AUTHORITY_HOST, never elsewhere."""
+    holds the consent for the portal user's confirm (``consent=pending&consentCode``). Redirects only to the portal or to Microsoft's sign-in at AUTHORITY_HOST, never elsewhere."""
     started = time.perf_counter()
     try:
         svc = await composition.services()

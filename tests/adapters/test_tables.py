@@ -7,7 +7,7 @@ import pytest
 
 from sync.adapters.tables import group_of_property, key, membership_property
 from sync.errors import InvalidInput, PreconditionFailed
-from sync.model import GroupProgress, GroupRef, Run, Subscription, SyncedGroup, User
+from sync.model import GroupProgress, GroupRef, PendingConsent, Run, Subscription, SyncedGroup, User
 from sync.ports import Created, Exists, Stale, Updated, UserFilter, UsernameTaken
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
@@ -214,6 +214,22 @@ async def test_subscription_etag_and_nightly_candidates(table_store):
     await table_store.subscriptions.add(Subscription(org="org-b", id="s2", name="Off", nightly_sync=False, status="authorized",
                                                      created_at=NOW, updated_at=NOW))
     assert [s.id for s in await table_store.subscriptions.nightly_candidates()] == [saved.id]
+
+
+async def test_a_held_consent_and_who_asked_round_trip_and_subscriptions_are_found_by_tenant(table_store):
+    held = PendingConsent(tenant_id="t-held", admin_object_id="oid-1", requested_by="admin@portal", code_nonce="c1",
+                          expires_at=NOW, signed_in_at=NOW, admin_name="Zoë Admin", admin_username="zoe@bücher.example")
+    sub = await table_store.subscriptions.add(Subscription(org="org-held", id="s1", name="Dir", created_at=NOW,
+                                                           updated_at=NOW, consent_requested_by="admin@portal"))
+    await table_store.subscriptions.save(replace(sub, status="authorization_pending", pending_consent=held))
+    back = await table_store.subscriptions.get("org-held", "s1")
+    assert (back.status, back.pending_consent, back.consent_requested_by) == ("authorization_pending", held, "admin@portal")
+    assert back.pending_consent.tenant_domain == "bücher.example"
+    for org, tid in (("org-x", "t-shared"), ("org-y", "t-shared"), ("org-z", "t-other")):
+        await table_store.subscriptions.add(Subscription(org=org, id="s", name="D", status="authorized",
+                                                         azure_tenant_id=tid, created_at=NOW, updated_at=NOW))
+    assert sorted(s.org for s in await table_store.subscriptions.connected_to("t-shared")) == ["org-x", "org-y"]
+    assert await table_store.subscriptions.connected_to("t-held") == []  # held, not connected
 
 
 async def test_seen_sets_of_large_segments_round_trip(table_store):

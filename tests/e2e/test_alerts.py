@@ -29,7 +29,7 @@ def test_a_failed_run_and_a_run_needing_review_each_email_the_admins_once(devhos
     d = t.domain
     admins = [f"ops@{d}", f"Lead@{d}"]
     sub = portal.create_subscription('Fabrikam <script>alert(1)</script>\u2028Bcc: attacker@hostile.test')["id"]
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     body = portal.update(sub, notifyEmails=[*admins, f" ops@{d.upper()} "])
     assert body["notifyEmails"] == admins  # the duplicate (ignoring case, blanks around) is dropped
     with pytest.raises(ApiError) as err:
@@ -83,7 +83,7 @@ def test_consent_lost_emails_the_admins_once(devhost, portal, load_tenant):
     admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 3})  # a revocation shows once tokens expire
     try:
         sub = portal.create_subscription("Contoso")["id"]
-        assert portal.authorize(sub)["consent"] == "granted"
+        assert portal.authorize(sub)["consent"] == "confirmed"
         portal.update(sub, notifyEmails=[f"it@{t.domain}"])
         portal.select_groups(sub, [t.ids["team"]])
         admin.control("POST", "/consent", json={"revoked": True, "revokedTenant": t.tenant["tenantId"]})

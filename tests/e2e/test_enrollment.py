@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 def connect(portal, groups, **options):
     sub = portal.create_subscription("Invitations")
-    assert portal.authorize(sub["id"])["consent"] == "granted"
+    assert portal.authorize(sub["id"])["consent"] == "confirmed"
     portal.update(sub["id"], **options)
     portal.select_groups(sub["id"], groups)
     return sub["id"]

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def connect(portal, admin, groups, **options):
     sub = portal.create_subscription("Fabrikam")
-    assert portal.authorize(sub["id"]) == {"subscriptionId": sub["id"], "consent": "granted"}
+    assert portal.authorize(sub["id"])["consent"] == "confirmed"
     if options:
         portal.update(sub["id"], **options)
     portal.select_groups(sub["id"], groups)

@@ -29,6 +29,9 @@ SETTINGS = {
     "SMTP_USERNAME": "mailer",
     "SMTP_PASSWORD": SMTP_PASSWORD,
     "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,
+    # Many tests connect one fake tenant to a clean reference org and a faulty one (helpers.clean_then_faulty): a
+    # tenant in several orgs, which the consent confirm refuses by default (409 tenant_connected_elsewhere).
+    "ALLOW_SHARED_TENANTS": "true",
 }
 
 

@@ -22,7 +22,7 @@ def connect(portal: Portal, groups: list[str], **options: Any) -> str:
     ``nightlySync`` is off unless asked for, so running the nightly function in one test syncs only its own.
     """
     sub = portal.create_subscription("Fabrikam")
-    assert portal.authorize(sub["id"]) == {"subscriptionId": sub["id"], "consent": "granted"}
+    assert portal.authorize(sub["id"])["consent"] == "confirmed"
     portal.update(sub["id"], **{"nightlySync": False, **options})
     portal.select_groups(sub["id"], groups)
     return sub["id"]

@@ -2,18 +2,21 @@
 import base64
 import json
 import time
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from local.__main__ import LOCAL_SIGNING_SECRET
-from local.client import FakeTenantAdmin
+from local.__main__ import LOCAL_PORTAL_TOKEN_SECRET, LOCAL_SIGNING_SECRET
+from local.client import FakeTenantAdmin, Portal, portal_token
 from sync import signing
 from sync.consent import CONSENT_STATE_PURPOSE
 from tests.faults import figures
 from tests.faults.abuse import assert_error
-from tests.faults.helpers import expect_error
+from tests.faults.helpers import expect_error, poll
 from tests.faults.tenants import with_large_group
 
 pytestmark = pytest.mark.faults
@@ -51,7 +54,7 @@ class Callback:
         assert f"{location.scheme}://{location.netloc}" == PORTAL and location.path == RETURN_PATH, location
         assert not location.fragment and "\r" not in response.headers["location"]
         query = {k: v[0] for k, v in parse_qs(location.query).items()}
-        assert set(query) <= {"consent", "error", "subscriptionId"}, query
+        assert set(query) <= {"consent", "error", "subscriptionId", "consentCode"}, query
         assert all(c.isalnum() or c in "_-" for c in query.get("error", "")), query
         return query
 
@@ -69,6 +72,12 @@ class Callback:
     def post(self, fields: dict[str, str]) -> dict[str, str]:
         self.tried += 1
         return self._back(httpx.post(self.url, data=fields, follow_redirects=False, timeout=30))
+
+
+def _other_bits(last: str) -> str:
+    """The last character of a 32-byte MAC (two unused low bits) spelled with one of them set: the same bytes."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return alphabet[alphabet.index(last) ^ 1]
 
 
 def consent_url(portal, sub: str) -> tuple[str, dict]:
@@ -98,6 +107,14 @@ def test_forged_expired_replayed_and_swapped_states_change_nothing(devhost, port
         "no state": ({**granted}, "missing_state"),
         "garbage": ({**granted, "state": "garbage"}, "invalid_token"),
         "forged MAC": ({**granted, "state": body_a + ".AAAA"}, "invalid_token"),
+        # The genuine state respelled (issue 22, finding 10): a lenient base64url decoder reads the same MAC.
+        # (Two characters: the lenient decoder then also finds the length it expects.)
+        "MAC with '!!' appended": ({**granted, "state": state_a + "!!"}, "invalid_token"),
+        "MAC with '*' and '~' inserted": ({**granted, "state": f"{body_a}.{mac_a[:5]}*{mac_a[5:9]}~{mac_a[9:]}"},
+                                          "invalid_token"),
+        "MAC padded": ({**granted, "state": state_a + "="}, "invalid_token"),
+        "MAC's last character with other unused bits": ({**granted, "state": state_a[:-1] + _other_bits(state_a[-1])},
+                                                        "invalid_token"),
         "payload swapped to B under A's MAC": ({**granted, "state": f"{swapped_body}.{mac_a}"}, "invalid_token"),
         "enrollment-purpose token": ({**granted, "state": signing.sign(LOCAL_SIGNING_SECRET, "enrollment", claims_a)},
                                      "invalid_token"),
@@ -121,7 +138,9 @@ def test_forged_expired_replayed_and_swapped_states_change_nothing(devhost, port
     assert all(s["status"] == "authorization_required" and s["azureTenantId"] is None for s in subs.values())
 
     # The genuine state works once; replayed (with any tenant) it is refused and changes nothing.
-    assert callback.sign_in(callback({**granted, "state": state_a})["signIn"]) == {"subscriptionId": a, "consent": "granted"}
+    back = callback.sign_in(callback({**granted, "state": state_a})["signIn"])
+    assert (back["subscriptionId"], back["consent"]) == (a, "pending")
+    assert portal.confirm_consent(a, back["consentCode"])["consent"] == "confirmed"
     for tenant in (tid, "00000000-0000-0000-0000-000000000bad"):
         assert callback({**granted, "tenant": tenant, "state": state_a})["error"] == "state_used"
     assert portal.call("GET", f"/directory/subscriptions/{a}")["azureTenantId"] == tid
@@ -175,7 +194,7 @@ def test_another_customers_tenant_cannot_be_bound_by_forging_or_swapping_the_ten
     victim, attacker = new_portal(), new_portal()
     load_tenant(victim_t.tenant)  # the victim's Global Admin consents, honestly
     honest = victim.create_subscription("Victim")["id"]
-    assert victim.authorize(honest) == {"subscriptionId": honest, "consent": "granted"}
+    assert victim.authorize(honest)["consent"] == "confirmed"
     assert victim.call("GET", f"/directory/subscriptions/{honest}")["azureTenantId"] == victim_tid
 
     load_tenant(attacker_t.tenant)  # from now on the browser is signed in as the attacker's own Global Admin
@@ -201,6 +220,67 @@ def test_another_customers_tenant_cannot_be_bound_by_forging_or_swapping_the_ten
     expect_error(lambda: attacker.search_groups(sub, "Depa"), 409, "not_authorized")
     # The honest walk of the attacker's own tenant binds exactly that tenant.
     load_tenant(attacker_t.tenant)
-    assert attacker.authorize(sub) == {"subscriptionId": sub, "consent": "granted"}
+    assert attacker.authorize(sub)["consent"] == "confirmed"
     assert attacker.call("GET", f"/directory/subscriptions/{sub}")["azureTenantId"] == attacker_tid
     figures.tried("consent: another customer's tenant forged, swapped, signed in without a role", callback.tried + 2)
+
+
+def test_consent_phishing_a_consent_url_completed_by_another_companys_admin_connects_nothing(devhost, new_portal,
+                                                                                            load_tenant):
+    """Issue 22, finding 1: org A sends its genuine consent URL to another company's Global Administrator, who
+    follows it and accepts. A's subscription must not become authorized for that tenant; only A's own portal user,
+    with the code the redirect brought to *their* browser, could confirm it, and nobody else can."""
+    victim_t = with_large_group(3)
+    victim_tid = victim_t.tenant["tenantId"]
+    attacker, victim = new_portal(), new_portal()
+    load_tenant(victim_t.tenant)  # the browser is signed in as the victim company's Global Administrator
+    victims_own = victim.create_subscription("Victim")["id"]
+    victim.update(victims_own, notifyEmails=[f"it@{victim_t.tenant['domain']}"])
+
+    sub = attacker.create_subscription("Innocent-looking")["id"]
+    url = attacker.call("POST", f"/directory/subscriptions/{sub}/authorize")["authorizeUrl"]
+    # The victim's admin opens the phishing link: Microsoft's real pages, their own account, their own browser.
+    landed = attacker.follow_consent(url)
+    after = attacker.call("GET", f"/directory/subscriptions/{sub}")
+    assert (after["status"], after["azureTenantId"]) == ("authorization_pending", None)  # not the victim's tenant
+    assert set(landed) == {"subscriptionId", "consent", "consentCode"} and landed["consent"] == "pending"
+    assert victim_tid not in json.dumps(landed) and victim_tid not in json.dumps(state_claims(landed["consentCode"]))
+    expect_error(lambda: attacker.search_groups(sub, "Depa"), 409, "not_authorized")
+    expect_error(lambda: attacker.full_sync(sub, dry_run=True), 409, "not_authorized")
+    assert victim.authorize(victims_own)["consent"] == "confirmed"  # the victim connects its own tenant, honestly
+
+    # The code lands in the victim's browser, on the portal, where the victim is signed in to their own org (or to
+    # none); another user of the attacker's org may not use it either.
+    colleague = Portal(devhost.ready["api"], portal_token(LOCAL_PORTAL_TOKEN_SECRET, org=attacker.org,
+                                                          sub="colleague@attacker.example"))
+    for who, target in ((victim, sub), (victim, victims_own), (colleague, sub)):
+        for path, kw in (("/consent", {"params": {"consentCode": landed["consentCode"]}}),
+                         ("/consent/confirm", {"json": {"consentCode": landed["consentCode"]}})):
+            method = "GET" if path == "/consent" else "POST"
+            expect_error(lambda: who.call(method, f"/directory/subscriptions/{target}{path}", **kw), 404,
+                         "consent_not_found")
+    after = attacker.call("GET", f"/directory/subscriptions/{sub}")
+    assert (after["status"], after["azureTenantId"]) == ("authorization_pending", None)
+    assert victim.call("GET", f"/directory/subscriptions/{victims_own}")["azureTenantId"] == victim_tid
+
+    # Should the victim forward the URL and the attacker's own user confirm it, the preview names the tenant and
+    # who consented, and the victim's admins are told. (This host allows a tenant in several orgs, as the fault
+    # suite connects one tenant to a clean and a faulty org: ALLOW_SHARED_TENANTS=true; by default the confirm is
+    # 409 tenant_connected_elsewhere, tests/unit/test_consent.py.)
+    shown = attacker.pending_consent(sub, landed["consentCode"])
+    assert shown["tenantId"] == victim_tid and shown["tenantDomain"] == victim_t.tenant["domain"]
+    assert attacker.confirm_consent(sub, landed["consentCode"])["consent"] == "confirmed"
+    expect_error(lambda: attacker.call("POST", f"/directory/subscriptions/{sub}/consent/confirm",
+                                       json={"consentCode": landed["consentCode"]}), 410, "consent_code_used")
+
+    def alerted():
+        for path in Path(devhost.ready["outbox"]).glob("*.eml"):
+            message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+            if message["X-Envelope-To"] == f"it@{victim_t.tenant['domain']}" \
+                    and "another organisation" in str(message["Subject"]):
+                return message
+        return None
+
+    told = poll(alerted, 60, "the victim's alert")
+    assert attacker.org in told.get_body(("plain",)).get_content()
+    figures.tried("consent phishing: another company's admin completes the link; others confirm", 8)

@@ -86,7 +86,7 @@ def test_bad_tokens_are_refused_on_every_endpoint_and_method_and_change_nothing(
     before = victim.snapshot()
     ids = {"subscriptionId": victim.sub, "runId": victim.run, "userId": victim.manual_user}
     operations = routes()
-    assert len(operations) == 22  # every route but the anonymous ones (health, consent, openapi, Graph's webhook)
+    assert len(operations) == 24  # every route but the anonymous ones (health, consent, openapi, Graph's webhook)
     tried = 0
     with httpx.Client(timeout=30) as client:
         for what, auth, status in bad_tokens(victim.org):

@@ -43,7 +43,7 @@ def test_consent_revoked_mid_run_fails_it_marks_the_subscription_and_deprovision
     expect_error(lambda: portal.full_sync(sub), 409, "not_authorized")
 
     # Consent given again: the next run completes and deactivates exactly the leavers.
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     run = sync(portal, sub)
     assert run["status"] == "succeeded" and run["counts"]["deactivated"] == len(leavers)
     assert {u["username"].split("@")[0] for u in portal.users() if u["status"] == "Inactive"} == set(leavers)

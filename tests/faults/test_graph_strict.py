@@ -66,7 +66,7 @@ def test_without_user_read_all_the_run_fails_permission_missing_and_writes_nothi
     before = {u["id"]: u for u in portal.users()}
     admin.remove_member(t.ids["sales"], t.ids["ann.lee"])  # would be deprovisioned by a complete run
     _with_roles(admin, tid, ["GroupMember.Read.All"])  # consent again, without User.Read.All
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     time.sleep(1.5)  # the host's cached token (with User.Read.All) has expired
     run = sync(portal, sub)
     figures.fault("graph members with limited information (no User.Read.All)")
@@ -92,7 +92,7 @@ def test_a_hidden_membership_group_without_member_read_hidden_fails_and_deprovis
     before = {u["id"]: (u["status"], u["updatedAt"]) for u in portal.users()}
     # Consent again without Member.Read.Hidden: Graph now lists the hidden group as empty.
     _with_roles(admin, tid, ["User.Read.All", "GroupMember.Read.All"])
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     time.sleep(1.5)
     run = sync(portal, sub)
     figures.fault("graph hidden membership listed as empty (no Member.Read.Hidden)")
@@ -136,11 +136,11 @@ def test_graph_refusing_a_hidden_groups_members_is_hidden_membership_and_the_con
         # permission missing, once although the token holds it: neither is a lost consent.
         admin.control("POST", "/hidden", json={"answer": "forbidden"})
         _with_roles(admin, tid, ["User.Read.All", "GroupMember.Read.All"])
-        assert portal.authorize(sub)["consent"] == "granted"
+        assert portal.authorize(sub)["consent"] == "confirmed"
         time.sleep(1.5)
         refused = [sync(portal, sub)]
         _with_roles(admin, tid, WITH_HIDDEN)
-        assert portal.authorize(sub)["consent"] == "granted"
+        assert portal.authorize(sub)["consent"] == "confirmed"
         time.sleep(1.5)
         admin.control("POST", "/faults", json={"path": f"/groups/{t.ids['sales']}/transitiveMembers", "status": 403,
                                                "code": "Authorization_RequestDenied", "times": 1,

@@ -29,7 +29,7 @@ def test_a_fresh_consent_propagates_for_a_while_and_is_never_taken_for_revoked(d
     admin = load_tenant(t.tenant)
     admin.control("POST", "/consent", json={"tenant": t.tenant["tenantId"], "propagationSeconds": 6})
     sub = portal.create_subscription("Fresh")["id"]
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     started = time.monotonic()
     body = expect_error(lambda: portal.search_groups(sub, "Depa"), 503, "consent_propagating")
     assert "try again" in body["message"]
@@ -49,7 +49,7 @@ def test_a_fresh_consent_answering_aadsts65001_propagates_and_is_never_taken_for
     admin.control("POST", "/consent", json={"tenant": t.tenant["tenantId"], "propagationSeconds": 6,
                                             "propagationError": 65001})
     sub = portal.create_subscription("Fresh")["id"]
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     before = token_requests(admin)
     started = time.monotonic()
     with pytest.raises(ApiError) as err:
@@ -69,7 +69,7 @@ def test_a_run_started_right_after_consent_waits_for_propagation(devhost, portal
     admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 1})  # the host's cached tokens go quickly
     sub = connect(portal, [t.ids["eng"]])  # consented and groups selected while the roles were there
     admin.control("POST", "/consent", json={"tenant": t.tenant["tenantId"], "propagationSeconds": 6})
-    assert portal.authorize(sub)["consent"] == "granted"  # consent again: a new grant, propagating for 6 s
+    assert portal.authorize(sub)["consent"] == "confirmed"  # consent again: a new grant, propagating for 6 s
     time.sleep(1.5)
     started = time.monotonic()
     run = sync(portal, sub)

@@ -398,6 +398,18 @@ async def test_authorize_without_nonce_form_posts_an_error(authority):
     assert fields["state"] == "st-1"
 
 
+async def test_authorize_takes_one_documented_prompt_and_names_the_tenants_domain(fake, authority):
+    fake.set_consent(tenant=OTHER_TID)
+    for prompt in ("select_account", "login", "none", "consent"):
+        response = await authority.get(f"/{OTHER_TID}/oauth2/v2.0/authorize", params=authorize_params(prompt=prompt))
+        _, fields = parse_form_post(response.text)
+        assert fake.set_consent()["lastSignInPrompt"] == prompt  # GET /_fake/consent shows the same
+    assert claims(fields["id_token"])["preferred_username"] == "admin@fabrikam.example"  # a verified domain
+    for prompt in ("consent select_account", "admin_consent", ""):
+        response = await authority.get(f"/{OTHER_TID}/oauth2/v2.0/authorize", params=authorize_params(prompt=prompt))
+        assert response.status_code == 400 and "AADSTS90023" in response.text, prompt
+
+
 async def test_authorize_with_an_unregistered_redirect_uri_is_aadsts50011(authority):
     response = await authority.get(f"/{DEMO_TID}/oauth2/v2.0/authorize",
                                    params=authorize_params(redirect_uri="https://attacker.example/cb"))

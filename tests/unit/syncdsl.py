@@ -36,7 +36,7 @@ async def connect(svc: Services, *, org: str = "org-a", tenant: str = TENANT, gr
     who = caller(org)
     sub = await subscriptions.create(svc, who, {"name": "Contoso"})
     location = await consent_as(svc, who, sub.id, tenant)
-    assert "consent=granted" in location, location
+    await confirm(svc, who, sub.id, location)
     if options:
         await subscriptions.update(svc, who, sub.id, options)
     if groups:
@@ -56,6 +56,13 @@ async def consent_as(svc: Services, who: Caller, sub_id: str, tenant: str, *, si
     extra = {} if roles is None else {"roles": roles}
     id_token = svc.sign_ins.issue(signed_in_tenant or tenant, nonce=query["nonce"], **extra)
     return await consent.complete_sign_in(svc, {"id_token": id_token, "state": query["state"]})
+
+
+async def confirm(svc: Services, who: Caller, sub_id: str, location: str) -> Subscription:
+    """The portal's side of a consent that came back ``consent=pending``: its user confirms the code."""
+    query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    assert query.get("consent") == "pending", location
+    return await consent.confirm_consent(svc, who, sub_id, {"consentCode": query["consentCode"]})
 
 
 async def deliver(svc: Services, *, times: int = 1, limit: int = 10_000) -> int:

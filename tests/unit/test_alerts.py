@@ -117,7 +117,7 @@ async def test_consent_lost_mid_run_is_one_alert_and_the_failed_run_another(svc,
 
 
 async def test_consent_lost_found_by_a_search_alerts_once_and_again_after_a_new_consent(svc, tenant):
-    from tests.unit.syncdsl import consent_as
+    from tests.unit.syncdsl import confirm, consent_as
 
     sub = await connect(svc, groups=(SALES,), notifyEmails=ADMINS)
     svc.directory.revoked.add(TENANT)
@@ -133,7 +133,7 @@ async def test_consent_lost_found_by_a_search_alerts_once_and_again_after_a_new_
     # Consent given again and lost again: a new event, a new alert.
     svc.directory.revoked.clear()
     svc.clock.advance(minutes=30)
-    assert "consent=granted" in await consent_as(svc, caller(), sub.id, TENANT)
+    await confirm(svc, caller(), sub.id, await consent_as(svc, caller(), sub.id, TENANT))
     svc.directory.revoked.add(TENANT)
     svc.clock.advance(minutes=30)  # past the propagation grace of the new consent
     with pytest.raises(Exception):

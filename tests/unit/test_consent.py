@@ -1,10 +1,11 @@
 """Admin consent proves the tenant with a verified sign-in; a fresh consent may still propagate; our credential may break."""
+import dataclasses
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from sync import group_sync, runs
+from sync import group_sync, runs, signing
 from sync.errors import AuthorizationLost, CredentialInvalid
 from sync.model import GroupJob
-from tests.helpers import call
+from tests.helpers import call, token
 from tests.unit.syncdsl import TENANT, caller, connect, deliver, full_sync, users_of
 from tests.unit.test_directory_api import consent, new_sub, outcome, sign_in
 
@@ -53,7 +54,7 @@ async def test_a_forged_tenant_is_refused_by_the_sign_in_of_the_real_one(svc):
     assert (after["status"], after["azureTenantId"]) == ("authorization_required", None)
     # and the honest walk with the same link still works afterwards: nothing was consumed
     _, _, location = await consent(sub["id"])
-    assert query_of(location)["consent"] == "granted"
+    assert query_of(location)["consent"] == "pending"
     assert (await subscription(sub["id"]))["azureTenantId"] == TENANT
 
 
@@ -66,7 +67,7 @@ async def test_a_sign_in_without_a_consenting_role_is_refused(svc):
         assert query_of(back)["error"] == "admin_role_required"
     assert (await subscription(sub["id"]))["status"] == "authorization_required"
     back = await sign_in(location, OTHER, roles=("e8611ab8-c189-46e8-94e1-60213ab1f814",))  # Privileged Role Admin
-    assert query_of(back)["consent"] == "granted"
+    assert query_of(back)["consent"] == "pending"
 
 
 async def test_skipped_forged_replayed_or_failed_sign_ins_change_nothing(svc):
@@ -90,7 +91,7 @@ async def test_skipped_forged_replayed_or_failed_sign_ins_change_nothing(svc):
     assert (await post({"id_token": token_for_other_nonce}))["error"] == "missing_state"
     assert (await subscription(sub["id"]))["status"] == "authorization_required"
     good = svc.sign_ins.issue(TENANT, nonce=query_of(location)["nonce"])
-    assert (await post({"state": signin_state, "id_token": good}))["consent"] == "granted"
+    assert (await post({"state": signin_state, "id_token": good}))["consent"] == "pending"
     assert (await post({"state": signin_state, "id_token": good}))["error"] == "state_used"  # single use
 
 
@@ -183,3 +184,118 @@ async def test_a_broken_app_credential_fails_the_run_at_once_without_blaming_the
     status, body, _ = await call("search_directory_groups", route={"subscriptionId": sub.id}, params={"search": "Engi"})
     assert (status, body["code"]) == (503, "credential_invalid") and "AADSTS" not in body["message"]
     assert caller().org == sub.org
+
+
+# ---------------------------------------------------------------- the portal user's confirm (issue 22, finding 1)
+
+
+async def pending_code(sub_id, tenant=TENANT):
+    """Consent and sign-in completed, not confirmed: the portal's redirect query."""
+    _, _, location = await consent(sub_id, tenant=tenant, confirm=False)
+    return query_of(location)
+
+
+async def confirm_as(sub_id, code, **who):
+    return await call("confirm_consent", route={"subscriptionId": sub_id}, body={"consentCode": code},
+                      auth=f"Bearer {token(**who)}" if who else "default")
+
+
+async def preview_as(sub_id, code, **who):
+    return await call("get_pending_consent", route={"subscriptionId": sub_id}, params={"consentCode": code},
+                      auth=f"Bearer {token(**who)}" if who else "default")
+
+
+async def test_a_completed_consent_waits_for_the_portal_user_and_the_redirect_tells_nothing_of_the_tenant(svc):
+    sub = await new_sub()
+    _, location = await start(sub["id"])
+    assert query_of(location)["prompt"] == "select_account"  # the admin sees which account approves
+    back = query_of(await sign_in(location, TENANT, name="Ada Admin", username="ada@contoso.example"))
+    assert set(back) == {"subscriptionId", "consent", "consentCode"} and back["consent"] == "pending"
+    code = back["consentCode"]
+    assert TENANT not in code and TENANT not in signing._unb64(code.split(".")[0]).decode()
+    after = await subscription(sub["id"])
+    assert (after["status"], after["azureTenantId"]) == ("authorization_pending", None)
+    status, _, _ = await call("search_directory_groups", route={"subscriptionId": sub["id"]}, params={"search": "Engi"})
+    assert status == 409  # not connected yet
+
+    status, body, _ = await preview_as(sub["id"], code)
+    assert status == 200 and body["tenantId"] == TENANT and body["tenantDomain"] == "contoso.example"
+    assert body["consentedBy"] == {"name": "Ada Admin", "username": "ada@contoso.example"}
+    status, body, _ = await confirm_as(sub["id"], code)
+    assert (status, body["status"], body["azureTenantId"]) == (200, "authorized", TENANT)
+    for again in (confirm_as, preview_as):
+        status, body, _ = await again(sub["id"], code)
+        assert (status, body["code"]) == (410, "consent_code_used")
+
+
+async def test_only_the_org_and_portal_user_who_asked_can_see_or_confirm_the_consent(svc):
+    sub = await new_sub()
+    other_sub = await new_sub("another of org-a")
+    code = (await pending_code(sub["id"]))["consentCode"]
+    for who, sub_id in (({"org": "org-b"}, sub["id"]), ({"sub": "colleague@portal"}, sub["id"]),
+                        ({"org": "org-b", "sub": "admin@portal"}, sub["id"]), ({}, other_sub["id"]),
+                        ({"org": "org-b"}, "no-such-subscription")):
+        for attempt in (confirm_as, preview_as):
+            status, body, _ = await attempt(sub_id, code, **who)
+            assert (status, body["code"]) == (404, "consent_not_found"), (who, attempt.__name__)
+    assert (await subscription(sub["id"]))["status"] == "authorization_pending"
+    for bad, why in (("", "missing_consent_code"), ("garbage", "invalid_consent_code"), (code + "!", "invalid_consent_code")):
+        status, body, _ = await confirm_as(sub["id"], bad)
+        assert (status, body["code"]) == (400, why)
+    status, body, _ = await call("confirm_consent", route={"subscriptionId": sub["id"]},
+                                 body={"consentCode": code, "tenantId": OTHER})
+    assert (status, body["code"]) == (400, "unknown_field")
+    status, body, _ = await confirm_as(sub["id"], code)
+    assert (status, body["status"]) == (200, "authorized")
+
+
+async def test_a_consent_code_lasts_ten_minutes_and_a_newer_authorize_replaces_it(svc):
+    sub = await new_sub()
+    code = (await pending_code(sub["id"]))["consentCode"]
+    svc.clock.advance(minutes=10, seconds=1)
+    status, body, _ = await confirm_as(sub["id"], code)
+    assert (status, body["code"]) == (410, "consent_code_expired")
+    status, body, _ = await confirm_as(sub["id"], code, sub="colleague@portal")
+    assert status == 404  # expired or not, another user learns nothing
+    newer = (await pending_code(sub["id"]))["consentCode"]
+    svc.clock.advance(minutes=1)
+    first = (await pending_code(sub["id"]))["consentCode"]  # a second walk replaces the first code
+    status, body, _ = await confirm_as(sub["id"], newer)
+    assert (status, body["code"]) == (410, "consent_code_used")
+    status, body, _ = await confirm_as(sub["id"], first)
+    assert (status, body["status"]) == (200, "authorized")
+
+
+async def test_a_tenant_connected_to_another_org_is_refused_and_that_orgs_admins_are_told(svc):
+    from sync.alert_model import AlertKind
+    from tests.unit.syncdsl import connect
+
+    theirs = await connect(svc, org="org-b", notifyEmails=["it@b.example"])
+    sub = await new_sub()
+    code = (await pending_code(sub["id"]))["consentCode"]
+    for _ in range(2):  # a retry tells them once
+        status, body, _ = await confirm_as(sub["id"], code)
+        assert (status, body["code"]) == (409, "tenant_connected_elsewhere")
+    assert (await subscription(sub["id"]))["azureTenantId"] is None
+    [told] = [a for a in svc.alerts.rows.values() if a.org == "org-b"]
+    assert (told.kind, told.subscription_id, told.recipients) == (AlertKind.TENANT_CLAIMED, theirs.id, ("it@b.example",))
+    assert told.facts["outcome"] == "refused" and told.facts["claimingOrg"] == "org-a"
+
+    svc.settings = dataclasses.replace(svc.settings, allow_shared_tenants=True)
+    status, body, _ = await confirm_as(sub["id"], code)
+    assert (status, body["status"], body["azureTenantId"]) == (200, "authorized", TENANT)
+    outcomes = sorted(a.facts["outcome"] for a in svc.alerts.rows.values() if a.org == "org-b")
+    assert outcomes == ["connected", "refused"]
+
+
+async def test_the_other_orgs_alert_renders_what_happened_and_what_to_do():
+    from notifications.render import render_alert
+
+    facts = {"tenantId": TENANT, "claimingOrg": "org-a", "outcome": "refused", "adminName": "Ada <b>Admin</b>",
+             "adminUsername": "ada@contoso.example", "consentedAt": "2026-01-01T10:00:00.000Z",
+             "detectedAt": "2026-01-01T10:01:00.000Z"}
+    rendered = render_alert(portal_name="Portal", portal_url="https://portal.example", kind="tenant_claimed",
+                            subscription_name="Contoso", run_id=None, facts=facts, link="https://portal.example/d")
+    assert "tried to connect" in rendered.subject and "\n" not in rendered.subject
+    assert "org-a" in rendered.text and "consent phishing" in rendered.text and TENANT in rendered.text
+    assert "Ada &lt;b&gt;Admin&lt;/b&gt;" in rendered.html and "Started" not in rendered.text

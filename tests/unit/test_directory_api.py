@@ -30,9 +30,10 @@ async def new_sub(name="Contoso AD"):
     return body
 
 
-async def consent(sub_id, *, tenant=TENANT, signed_in=None, **extra):
+async def consent(sub_id, *, tenant=TENANT, signed_in=None, confirm=True, **extra):
     """Microsoft's admin-consent redirect to the callback, then (when it sends the browser there) the admin's sign-in
-    of ``signed_in`` (default: ``tenant``) posted back: (authorize URL, state, where the browser ends up)."""
+    of ``signed_in`` (default: ``tenant``) posted back: (authorize URL, state, where the browser ends up). With
+    ``confirm``, a ``consent=pending`` ending is confirmed by the same portal user, as the portal does."""
     status, body, _ = await call("authorize_subscription", route={"subscriptionId": sub_id})
     assert status == 200
     url = body["authorizeUrl"]
@@ -42,7 +43,11 @@ async def consent(sub_id, *, tenant=TENANT, signed_in=None, **extra):
     assert status == 302
     location = headers["Location"]
     if "/oauth2/v2.0/authorize?" in location:
-        return url, state, await sign_in(location, signed_in or tenant)
+        location = await sign_in(location, signed_in or tenant)
+        if confirm and outcome(location)[1].get("consent") == "pending":
+            code = outcome(location)[1]["consentCode"]
+            status, body, _ = await call("confirm_consent", route={"subscriptionId": sub_id}, body={"consentCode": code})
+            assert status == 200 and body["status"] == "authorized", body
     return url, state, location
 
 
@@ -76,7 +81,7 @@ async def test_the_whole_flow(svc, tenant):
     assert q["redirect_uri"] == svc.settings.consent_redirect_uri
     back, result = outcome(location)
     assert back == "https://portal.example/directory-sync"
-    assert result == {"consent": "granted", "subscriptionId": sub["id"]}
+    assert result == {"consent": "pending", "subscriptionId": sub["id"], "consentCode": result["consentCode"]}
     status, body, _ = await call("update_subscription", route={"subscriptionId": sub["id"]},
                                  body={"usernameAttribute": "mail", "deactivateBlockedUsers": True, "sendEnrollmentEmail": True})
     assert status == 200 and body["usernameAttribute"] == "mail" and body["status"] == "authorized"
@@ -197,7 +202,7 @@ async def test_consent_state_cannot_be_replayed_forged_expired_or_swapped(svc, t
     a = await new_sub("A")
     b = await new_sub("B")
     _, state, location = await consent(a["id"])
-    assert outcome(location)[1]["consent"] == "granted"
+    assert outcome(location)[1]["consent"] == "pending"
     # replayed
     status, _, headers = await call("consent_callback", params={"admin_consent": "True", "tenant": TENANT, "state": state}, auth=None)
     assert outcome(headers["Location"])[1]["error"] == "state_used"

@@ -1,4 +1,6 @@
 """Non-HTTP triggers called as the host calls them: timer and Service Bus, with real azure.functions objects."""
+import dataclasses
+
 import azure.functions.servicebus as sb
 from azure.functions.timer import TimerRequest
 
@@ -24,6 +26,7 @@ async def _tenant(svc, users=3):
 
 async def test_nightly_starts_eligible_skips_busy_and_survives_a_failure(svc):
     await _tenant(svc)
+    svc.settings = dataclasses.replace(svc.settings, allow_shared_tenants=True)  # three orgs, one test tenant
     eligible = await connect(svc, groups=(G,))
     busy = await connect(svc, groups=(G,))
     await runs.start(svc, caller(), busy.id)
