@@ -187,3 +187,23 @@ def test_html_and_header_injection_in_directory_data_stays_text_in_the_emails(de
     users = {u["username"]: u for u in portal.users()}
     assert users[f"mailcrlf@{d}"]["enrollmentEmailSentAt"] is None
     figures.tried("hostile directory names into e-mails", 5)
+
+
+def test_unicode_digits_huge_numbers_lone_surrogates_and_deep_json_are_400_not_500(devhost, victim):
+    """Issue 22 #5: each of these was a 500."""
+    import httpx
+
+    p, tried = victim.portal, 0
+    for size in ("²", "①", "٣", "9" * 5000):
+        for path in ("/users", f"/directory/subscriptions/{victim.sub}/runs/{victim.run}/changes"):
+            assert_error(call(p, "GET", path, params={"pageSize": size}), 400, "invalid_page_size")
+            tried += 1
+    hook = devhost.ready["api"] + "/directory/notifications"
+    lone = b'{"value": [{"subscriptionId": "\\ud800", "clientState": "x", "changeType": "updated"}]}'
+    deep = b'{"value": [' + b"[" * 1000 + b"]" * 1000 + b"]}"
+    many = {"value": [{"subscriptionId": f"00000000-0000-0000-0000-{i:012d}", "clientState": "x"} for i in range(1000)]}
+    for body in (lone, deep, httpx.Request("POST", hook, json=many).read()):
+        answer = httpx.post(hook, content=body, headers={"Content-Type": "application/json"}, timeout=10)
+        assert_error(answer, 400, "invalid_notification")
+        tried += 1
+    figures.tried("unicode digits, lone surrogates and deep JSON", tried)
