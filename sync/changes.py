@@ -121,7 +121,8 @@ async def receive(svc: Services, body: bytes) -> dict[str, int]:
         raise InvalidInput("the body is not a change notification collection", code="invalid_notification") from None
     if len(items) > MAX_NOTIFICATIONS:
         raise InvalidInput(f"at most {MAX_NOTIFICATIONS} notifications per request", code="invalid_notification")
-    named = {item.get("subscriptionId") for item in items if isinstance(item, dict)}
+    named = {item.get("subscriptionId") for item in items
+             if isinstance(item, dict) and isinstance(item.get("subscriptionId"), str)}
     if len(named) > MAX_WATCH_IDS:
         raise InvalidInput(f"at most {MAX_WATCH_IDS} distinct subscriptionIds per request",
                            code="invalid_notification")

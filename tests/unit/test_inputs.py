@@ -64,6 +64,8 @@ async def test_a_notification_body_bounds_the_watches_it_reads(svc):
     allowed = {"value": [{"subscriptionId": f"w-{i % changes.MAX_WATCH_IDS}", "clientState": "x"} for i in range(1000)]}
     assert await changes.receive(svc, json.dumps(allowed).encode()) == {"accepted": 0, "ignored": 1000, "queued": 0}
     assert svc.watches.reads == changes.MAX_WATCH_IDS
+    odd = {"value": [{"subscriptionId": ["x"], "clientState": "x"}, {"subscriptionId": {"a": 1}}, {"x": 1}, 7]}
+    assert await changes.receive(svc, json.dumps(odd).encode()) == {"accepted": 0, "ignored": 4, "queued": 0}
 
 
 async def test_users_grid_and_change_list_refuse_unicode_digits_and_huge_numbers(svc):
