@@ -94,9 +94,9 @@ class TableWatches(_Repository, Watches):
         except ResourceExistsError:
             pass  # another reader moved it first
         try:
-            await call(table.delete_entity(key(org), key(subscription_id)))
+            await call(table.delete_entity(key(org), key(subscription_id), **_conditional(_etag(old))))
             self._store.count_write(1)
-        except ResourceNotFoundError:
+        except (ResourceNotFoundError, ResourceModifiedError):
             pass
         return await self.get_delta(org, subscription_id)
 
