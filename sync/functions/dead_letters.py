@@ -5,6 +5,7 @@ from typing import Callable, TypeVar
 
 import azure.functions as func
 
+from ..inputs import loads_json
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -16,7 +17,9 @@ def decoded(msg: func.ServiceBusMessage, parse: Callable[[bytes], T], queue: str
     deliver it again from the dead-letter queue, which has no dead-letter queue of its own: it would loop for ever.
     Returning completes it; the log line (never the body, which may be anything) is all that is left of it."""
     try:
-        return parse(msg.get_body())
+        body = msg.get_body()
+        loads_json(body)  # no lone surrogate (\ud800) nor nesting too deep: such text names no row
+        return parse(body)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # UnicodeDecodeError is a ValueError
         log.error("dead-lettered message is not a job: completed without action",
                   extra={"queue": queue, "message_id": str(msg.message_id)[:128],

@@ -74,7 +74,8 @@ async def test_a_dead_letter_trigger_completes_a_message_it_cannot_parse_and_log
 
     triggers = ["group_worker_dead_letters", "mailer_dead_letters", "alert_mailer_dead_letters"]
     bodies = [b"not json", b"[]", b"{}", b'{"org": "o"}', b"\xff\xfe", b'{"org": "o", "subscriptionId": "s", "runId": '
-              b'"r", "groupId": "g", "segment": "x"}', b"[" * 5000 + b"]" * 5000, b"null", b'"text"']
+              b'"r", "groupId": "g", "segment": "x"}', b"[" * 5000 + b"]" * 5000, b"null", b'"text"',
+              b'{"org": "\\ud800", "subscriptionId": "s", "runId": "r", "groupId": "g", "userId": "u", "alertId": "a"}']
     with caplog.at_level(logging.INFO):
         for name in triggers:
             for body in bodies:
