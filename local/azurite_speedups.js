@@ -19,7 +19,9 @@
 //    TooManyProperties; more than 1 MiB by Microsoft's entity-size formula is 400 EntityTooLarge; a String over
 //    32K UTF-16 code units or a Binary over 64 KiB is 400 PropertyValueTooLarge. In a batch Azurite answers the
 //    failing operation's error with its index and rolls the batch back. `@odata.type` keys are annotations, not
-//    properties. https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model
+//    properties. A PartitionKey or RowKey over 1 KiB is 400 KeyValueTooLarge; one holding '/', '\', '#', '?' or a
+//    control character is 400 OutOfRangeInput (Azurite stores both).
+//    https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model
 "use strict";
 const path = require("path");
 
@@ -246,6 +248,27 @@ function valueSize(context, value, type) {
   }
 }
 
+// 4. The key rules (understanding-the-table-service-data-model, "PartitionKey"/"RowKey" and "Characters disallowed
+//    in key fields"): each key is a string of at most 1 KiB (2 bytes per UTF-16 code unit: 512 units), without '/',
+//    '\\', '#', '?' or a control character U+0000-U+001F, U+007F-U+009F. Azurite checks them (with the code
+//    InvalidInput) on inserts, replaces and merges only; a point read or a delete with such a key answered 404 or
+//    204 where Table Storage answers 400. Here every operation naming a key checks it, with Azure's codes:
+//    OutOfRangeInput for a disallowed character, KeyValueTooLarge for a key over 1 KiB (TableErrorCode).
+const MAX_KEY_BYTES = 1024;
+const DISALLOWED_KEY = /[\/\\#?\u0000-\u001F\u007F-\u009F]/;
+
+function checkKey(context, name, value) {
+  const text = String(value === undefined || value === null ? "" : value);
+  if (2 * text.length > MAX_KEY_BYTES) {
+    throw new StorageError(400, "KeyValueTooLarge", `The ${name} is larger than the 1 KiB a key may hold.`,
+      context.contextID || "DefaultID", undefined, context);
+  }
+  if (DISALLOWED_KEY.test(text)) {
+    throw new StorageError(400, "OutOfRangeInput", `The ${name} holds a character keys may not hold ('/', '\\', ` +
+      "'#', '?' or a control character).", context.contextID || "DefaultID", undefined, context);
+  }
+}
+
 // 4 + 2 * (len(PartitionKey) + len(RowKey)) + for each property 8 + 2 * len(name) + its value's size; the 4 bytes
 // cover Timestamp and the row's metadata, so the system properties are not counted again.
 function checkLimits(context, partitionKey, rowKey, properties) {
@@ -301,4 +324,16 @@ LokiTableMetadataStore.prototype.mergeTableEntity = async function (context, tab
     checkLimits(context, entity.PartitionKey, entity.RowKey, properties);
   }
   return mergeTableEntity.call(this, context, table, account, entity, ifMatch, ...rest);
+};
+
+const { default: TableHandler } = require(path.join(azurite, "dist/src/table/handlers/TableHandler"));
+TableHandler.prototype.validateKey = function (context, key) {
+  if (key !== undefined) checkKey(context, "key", key);
+};
+const getAndCheckKeys = TableHandler.getAndCheckKeys;
+TableHandler.getAndCheckKeys = function (partitionKey, rowKey, tableContext, context, ...rest) {
+  const keys = getAndCheckKeys.call(this, partitionKey, rowKey, tableContext, context, ...rest);
+  checkKey(context, "PartitionKey", keys[0]);
+  checkKey(context, "RowKey", keys[1]);
+  return keys;
 };

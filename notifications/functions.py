@@ -5,6 +5,7 @@ import azure.functions as func
 
 from sync import composition
 from sync.alert_model import AlertJob
+from sync.functions.dead_letters import decoded
 from sync.model import EnrollmentJob
 
 from .alert_mailer import handle_dead_lettered_alert, send_alert
@@ -25,7 +26,9 @@ async def mailer(msg: func.ServiceBusMessage) -> None:
                               connection="ServiceBusConnection")
 async def mailer_dead_letters(msg: func.ServiceBusMessage) -> None:
     """An invitation that exhausted its deliveries is recorded as failed on the user."""
-    await handle_dead_lettered(await composition.services(), EnrollmentJob.from_json(msg.get_body()), msg.dead_letter_reason)
+    job = decoded(msg, EnrollmentJob.from_json, "enrollment-email")
+    if job is not None:
+        await handle_dead_lettered(await composition.services(), job, msg.dead_letter_reason)
 
 
 @bp.function_name("alert_mailer")
@@ -40,5 +43,6 @@ async def alert_mailer(msg: func.ServiceBusMessage) -> None:
                               connection="ServiceBusConnection")
 async def alert_mailer_dead_letters(msg: func.ServiceBusMessage) -> None:
     """An alert that exhausted its deliveries is recorded as failed on its row."""
-    await handle_dead_lettered_alert(await composition.services(), AlertJob.from_json(msg.get_body()),
-                                     msg.dead_letter_reason)
+    job = decoded(msg, AlertJob.from_json, "admin-alerts")
+    if job is not None:
+        await handle_dead_lettered_alert(await composition.services(), job, msg.dead_letter_reason)

@@ -22,7 +22,6 @@ The sequence:
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -56,6 +55,7 @@ from .errors import (
     SyncError,
     Transient,
 )
+from .inputs import loads_json
 from .logs import get_logger
 from .model import (
     MEMBER_READ_HIDDEN,
@@ -90,6 +90,7 @@ from .watching import client_state_hash, ensure_watches
 log = get_logger(__name__)
 
 MAX_NOTIFICATIONS = 1000  # per POST; Graph batches far fewer
+MAX_WATCH_IDS = 200  # distinct subscriptionIds per POST: each unknown one costs a table read
 MAX_VALIDATION_TOKEN = 1024
 BUSY_RETRY_S = 5.0
 BUSY_RETRIES = 120  # ten minutes of a busy subscription, then the next notification or the nightly takes over
@@ -112,14 +113,19 @@ async def receive(svc: Services, body: bytes) -> dict[str, int]:
     """Notifications Graph posted: each must name a watch we hold and present its secret; anything else is ignored
     (no Graph call, nothing queued). One job per subscription, however many notifications name it."""
     try:
-        data = json.loads(body)
+        data = loads_json(body)  # refuses a lone surrogate ("\ud800") and JSON nested 1,000 deep
         items = data["value"]
         if not isinstance(items, list):
             raise TypeError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):
         raise InvalidInput("the body is not a change notification collection", code="invalid_notification") from None
     if len(items) > MAX_NOTIFICATIONS:
         raise InvalidInput(f"at most {MAX_NOTIFICATIONS} notifications per request", code="invalid_notification")
+    named = {item.get("subscriptionId") for item in items
+             if isinstance(item, dict) and isinstance(item.get("subscriptionId"), str)}
+    if len(named) > MAX_WATCH_IDS:
+        raise InvalidInput(f"at most {MAX_WATCH_IDS} distinct subscriptionIds per request",
+                           code="invalid_notification")
     watches: dict[str, Watch | None] = {}
     jobs: dict[tuple[str, str], ChangeJob] = {}
     ignored = 0

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, MutableMapping
+from typing import Any, Mapping, MutableMapping
+
+# The attributes every LogRecord has (and ``message``/``asctime``, which formatting adds): ``Logger.makeRecord``
+# refuses an ``extra`` key among them with a KeyError, and a summary's ``created`` count is one.
+RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def safe_extra(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` with each key LogRecord reserves renamed ``field_<key>`` (``created`` → ``field_created``)."""
+    return {(f"field_{key}" if key in RESERVED else key): value for key, value in fields.items()}
 
 
 class FieldsAdapter(logging.LoggerAdapter):
@@ -18,6 +27,7 @@ class FieldsAdapter(logging.LoggerAdapter):
         fields = kwargs.get("extra") or {}
         if fields:
             msg = f"{msg} " + " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+            kwargs["extra"] = safe_extra(fields)  # the text keeps the names; the record's attributes are safe
         return msg, kwargs
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from . import alerts, retention, subscriptions
 from .composition import Services
 from .errors import Conflict, Gone, InvalidInput, NotFound, Transient
+from .inputs import page_size
 from .logs import get_logger
 from .model import (
     Caller,
@@ -146,9 +147,7 @@ async def changes(svc: Services, caller: Caller, sub_id: str, run_id: str, param
     """``GET …/runs/{runId}/changes``: a page of the run's per-user changes, proposed (dry run) or applied. Listed
     as the run's groups recorded them; complete once the run has ended; kept for the history retention days."""
     view = await get(svc, caller, sub_id, run_id)
-    size_text = params.get("pageSize") or str(DEFAULT_CHANGES_PAGE)
-    if not size_text.isdigit() or not 1 <= int(size_text) <= MAX_CHANGES_PAGE:
-        raise InvalidInput(f"pageSize must be a whole number from 1 to {MAX_CHANGES_PAGE}", code="invalid_page_size")
+    size = page_size(params.get("pageSize"), default=DEFAULT_CHANGES_PAGE, maximum=MAX_CHANGES_PAGE)
     change = params.get("change") or None
     if change is not None and change not in ChangeKind.ALL:
         raise InvalidInput(f"change must be one of {', '.join(ChangeKind.ALL)}", code="invalid_change")
@@ -158,7 +157,7 @@ async def changes(svc: Services, caller: Caller, sub_id: str, run_id: str, param
     if view.run.started_at < svc.clock() - timedelta(days=svc.settings.history_retention_days):
         raise Gone(f"the changes of runs older than {svc.settings.history_retention_days} days are not kept",
                    code="changes_expired")
-    listed, following = await svc.runs.changes_page(caller.org, sub_id, run_id, change, int(size_text), token)
+    listed, following = await svc.runs.changes_page(caller.org, sub_id, run_id, change, size, token)
     return {"runId": view.run.id, "dryRun": view.run.dry_run, "status": view.run.status,
             "changes": [c.to_api() for c in listed], "continuationToken": following}
 

@@ -12,6 +12,7 @@ from .composition import Services
 from .concurrency import optimistic
 from .decisions import Stamp, created_by_admin, switched_by_admin
 from .errors import Conflict, Gone, InvalidInput, NotFound, PreconditionFailed
+from .inputs import page_size
 from .model import Caller, SourceType, SyncedGroup, User, UserStatus
 from .ports import Created, Stale, UserFilter, UsernameTaken
 
@@ -42,10 +43,8 @@ async def page(svc: Services, caller: Caller, params: dict[str, str]) -> dict[st
     search = params.get("search") or None
     if search is not None and (len(search) > MAX_TEXT or any(ord(c) < 32 for c in search)):
         raise InvalidInput(f"search must be at most {MAX_TEXT} printable characters", code="invalid_search")
-    size_text = params.get("pageSize") or str(DEFAULT_PAGE_SIZE)
-    if not size_text.isdigit() or not 1 <= int(size_text) <= MAX_PAGE_SIZE:
-        raise InvalidInput(f"pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}", code="invalid_page_size")
-    users, token = await svc.users.page(caller.org, UserFilter(status, source, search), int(size_text),
+    size = page_size(params.get("pageSize"), default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
+    users, token = await svc.users.page(caller.org, UserFilter(status, source, search), size,
                                         params.get("continuationToken") or None)
     names = await group_names(svc, caller.org)
     return {"users": [u.to_api(names) for u in users], "continuationToken": token}

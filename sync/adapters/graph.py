@@ -27,6 +27,7 @@ from ..errors import (
 from ..logs import get_logger
 from ..model import DirectoryGroup, DirectoryUser, UserPage, is_guid
 from ..ports import Directory
+from .graph_links import is_graph_link
 
 log = get_logger(__name__)
 
@@ -237,10 +238,17 @@ class GraphDirectory(Directory):
         def following(link: str) -> Callable[[Any], Any]:
             return lambda adapter: TransitiveMembersRequestBuilder(adapter, link).to_get_request_information()
 
-        request = following(next_link) if next_link else first
+        def checked(link: Any) -> str:
+            # The link came from a queue message or a Graph answer, and is sent with the tenant's token.
+            if not is_graph_link(link, self._base_url, f"groups/{group_id}/transitiveMembers"):
+                raise InvalidInput("the group's next page link is not under its transitiveMembers in Microsoft Graph",
+                                   code="invalid_next_link")
+            return link
+
+        request = following(checked(next_link)) if next_link else first
         while True:
             data = await self._get_json(tenant_id, request)
-            link = data.get("@odata.nextLink")
+            link = checked(data["@odata.nextLink"]) if data.get("@odata.nextLink") else None
             items = users_only(data.get("value", []))
             if any(_limited(item) for item in items):
                 # Without User.Read.All Graph still lists user members, with only id and @odata.type

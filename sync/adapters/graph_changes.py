@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from ..errors import NotFound
 from ..model import DeltaLinks, DirectoryChanges, DirectoryUser, GroupChange, is_guid
 from ..ports import DirectoryChangeFeed
 from .graph import GROUP_TYPE, IDS_PER_FILTER, USER_SELECT, USER_TYPE, GraphDirectory, _user, id_filters, of_type
+from .graph_links import is_graph_link
 
 CHANGE_TYPES = "updated,deleted"
 
@@ -37,7 +38,8 @@ class GraphChangeFeed(DirectoryChangeFeed):
             tenant_id, _get(f"{self._base_url}/users/delta?$select={','.join(USER_SELECT)}&$deltatoken=latest"))
         groups = await self._graph.request_json(
             tenant_id, _get(f"{self._base_url}/groups/delta?$select=members&$deltatoken=latest"))
-        return DeltaLinks(users_link=self._delta_link(users), groups_link=self._delta_link(groups))
+        return DeltaLinks(users_link=self._delta_link(users, "users/delta"),
+                          groups_link=self._delta_link(groups, "groups/delta"))
 
     async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
         changed: set[str] = set()
@@ -63,19 +65,19 @@ class GraphChangeFeed(DirectoryChangeFeed):
                                       users_added=frozenset(added_users), users_removed=frozenset(removed_users),
                                       groups_changed=frozenset(nested))
 
-        users_link = await self._follow(tenant_id, links.users_link, on_user, lambda: len(changed) + len(removed), max_objects)
+        users_link = await self._follow(tenant_id, links.users_link, "users/delta", on_user, lambda: len(changed) + len(removed), max_objects)
         if users_link is None:
             return None
-        groups_link = await self._follow(tenant_id, links.groups_link, on_group, lambda: len(groups), max_objects)
+        groups_link = await self._follow(tenant_id, links.groups_link, "groups/delta", on_group, lambda: len(groups), max_objects)
         if groups_link is None:
             return None
         return DirectoryChanges(users_changed=frozenset(changed - removed), users_removed=frozenset(removed),
                                 groups=groups, links=DeltaLinks(users_link, groups_link))
 
-    async def _follow(self, tenant_id: str, link: str, on_item: Callable[[dict[str, Any]], None],
+    async def _follow(self, tenant_id: str, link: str, under: str, on_item: Callable[[dict[str, Any]], None],
                       count: Callable[[], int], max_objects: int) -> str | None:
         """Read pages from ``link`` to the next delta link; None as soon as more than ``max_objects`` changed."""
-        url = self._checked(link)
+        url = self._checked(link, under)
         while True:
             page = await self._graph.request_json(tenant_id, _get(url))
             for item in page.get("value") or []:
@@ -84,20 +86,20 @@ class GraphChangeFeed(DirectoryChangeFeed):
             if count() > max_objects:
                 return None
             if page.get("@odata.nextLink"):
-                url = self._checked(page["@odata.nextLink"])
+                url = self._checked(page["@odata.nextLink"], under)
                 continue
-            return self._delta_link(page)
+            return self._delta_link(page, under)
 
-    def _delta_link(self, page: dict[str, Any]) -> str:
+    def _delta_link(self, page: dict[str, Any], under: str) -> str:
         link = page.get("@odata.deltaLink")
         if not isinstance(link, str) or not link:
             raise ValueError("Microsoft Graph answered a delta request without a delta link")
-        return self._checked(link)
+        return self._checked(link, under)
 
-    def _checked(self, link: str) -> str:
-        """A link must point at the Graph we use (it is stored, then sent with a token)."""
-        if urlsplit(link).netloc != urlsplit(self._base_url).netloc:
-            raise ValueError("a delta link points outside Microsoft Graph")
+    def _checked(self, link: str, under: str) -> str:
+        """A link must point at the Graph we use, under the path asked for (it is stored, then sent with a token)."""
+        if not is_graph_link(link, self._base_url, under):
+            raise ValueError("a link points outside the Microsoft Graph collection it continues")
         return link
 
     # ------------------------------------------------------------------ look-ups
@@ -113,7 +115,7 @@ class GraphChangeFeed(DirectoryChangeFeed):
                 page = await self._graph.request_json(tenant_id, _get(url))
                 for item in page.get("value") or []:
                     found[str(item["id"])] = _user(item)
-                url = self._checked(page["@odata.nextLink"]) if page.get("@odata.nextLink") else None
+                url = self._checked(page["@odata.nextLink"], "users") if page.get("@odata.nextLink") else None
         return found
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
@@ -127,7 +129,8 @@ class GraphChangeFeed(DirectoryChangeFeed):
         while url:
             page = await self._graph.request_json(tenant_id, _get(url))
             groups.update(str(item["id"]) for item in of_type(page.get("value") or [], GROUP_TYPE) if item.get("id"))
-            url = self._checked(page["@odata.nextLink"]) if page.get("@odata.nextLink") else None
+            url = (self._checked(page["@odata.nextLink"], f"{kind}/{object_id}/transitiveMemberOf")
+                   if page.get("@odata.nextLink") else None)
         return frozenset(groups)
 
     # ------------------------------------------------------------------ subscriptions

@@ -3,13 +3,29 @@ UTF-16 code units), so a long JSON text is spread over the properties ``name``, 
 it are always replaced, never merged)."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from urllib.parse import quote
 
+# Table Storage keys (PartitionKey, RowKey) hold at most 1 KiB: 512 UTF-16 units; '/', '\\', '#', '?' and control
+# characters are not allowed (learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model).
+# A key is at most two parts and a short fixed tail (``<run>|s|<group>|00000|0000``), so a part stays within 240.
+KEY_MAX_UNITS = 512
+KEY_PART_MAX = 240
+_HASHED_HEAD = KEY_PART_MAX - 2 - 48
+
 
 def key(text: str) -> str:
-    """A key part safe for PartitionKey/RowKey ('/', '\\', '#', '?' and controls are not allowed) and unambiguous."""
-    return quote(text, safe="")
+    """A key part safe for PartitionKey/RowKey and unambiguous: percent-encoded (so only ``A-Z a-z 0-9 _ . - ~ %``),
+    and, when that is longer than 240 characters (a 256-character non-ASCII org id encodes to 2,304), its first
+    characters, ``%~`` and a SHA-256 of the text (``%~`` never occurs in an encoding, so no short key equals it)."""
+    encoded = quote(text.encode("utf-8", "surrogatepass"), safe="")
+    if len(encoded) <= KEY_PART_MAX:
+        return encoded
+    head = encoded[:_HASHED_HEAD]
+    cut = head.rfind("%", len(head) - 2)  # never end inside a %XX
+    head = head[:cut] if cut != -1 else head
+    return f"{head}%~{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:48]}"
 
 
 TEXT_PART_UNITS = 32 * 1024  # a String property holds 64 KiB: 32K UTF-16 code units

@@ -7,6 +7,7 @@ from .. import composition
 from ..group_sync import handle_dead_lettered_group_job, handle_group_job
 from ..logs import get_logger
 from ..model import GroupJob
+from .dead_letters import decoded
 
 log = get_logger(__name__)
 bp = func.Blueprint()
@@ -25,5 +26,6 @@ async def group_worker(msg: func.ServiceBusMessage) -> None:
                               connection="ServiceBusConnection")
 async def group_worker_dead_letters(msg: func.ServiceBusMessage) -> None:
     """A group message that exhausted its deliveries: fail the group so the run ends instead of hanging."""
-    job = GroupJob.from_json(msg.get_body())
-    await handle_dead_lettered_group_job(await composition.services(), job, msg.dead_letter_reason)
+    job = decoded(msg, GroupJob.from_json, "group-sync")
+    if job is not None:
+        await handle_dead_lettered_group_job(await composition.services(), job, msg.dead_letter_reason)

@@ -12,6 +12,7 @@ import azure.functions as func
 from .. import composition
 from ..auth import authenticate, authorize
 from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError, Transient
+from ..inputs import loads_json
 from ..logs import get_logger
 from ..model import Caller
 
@@ -104,8 +105,8 @@ def json_body(req: func.HttpRequest) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting deeper than Python parses
+        body = loads_json(raw)
+    except ValueError:  # UnicodeDecodeError is one; nesting too deep and lone surrogates become one
         raise InvalidInput("the body is not valid JSON", code="malformed_json") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body")

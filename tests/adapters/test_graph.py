@@ -168,6 +168,32 @@ async def test_a_2500_member_nested_group_takes_three_requests(directory, fake, 
     assert token_requests(fake) == 1
 
 
+async def test_a_group_jobs_next_link_is_followed_only_under_that_groups_members_in_graph(directory, fake, tenants):
+    """Issue 22 #4: the link comes from a queue message and is sent with the tenant's token."""
+    small, large = tenants
+    tid, outer = large.tenant["tenantId"], large.ids["outer"]
+    first = await directory.group_user_pages(tid, outer).__anext__()
+    link = first.next_link
+    origin, rest = link.split("/v1.0/", 1)
+    query = rest.split("?", 1)[1]
+    before = graph_requests(fake)
+    hostile = [
+        link.replace(origin, origin.rsplit(":", 1)[0] + ":1"),  # another port of Graph's host
+        link.replace(origin, "http://evil.example"), link.replace("http://", "https://"),  # another host, scheme
+        link.replace(origin, origin.replace("//", "//user@")),
+        f"{origin}/v1.0/groups/{small.ids['sales']}/transitiveMembers?{query}",  # another group's members
+        f"{origin}/v1.0/users?{query}", f"{origin}/v1.0/groups/{outer}/transitiveMembers/../../../users?{query}",
+        f"{origin}/v1.0/groups/{outer}/transitiveMembers/%2e%2e/members?{query}", f"{origin}/beta/groups/{outer}/transitiveMembers?{query}",
+        "not a link",
+    ]
+    for bad in hostile:
+        with pytest.raises(InvalidInput) as raised:
+            [p async for p in directory.group_user_pages(tid, outer, bad)]
+        assert raised.value.code == "invalid_next_link", bad
+    assert graph_requests(fake) == before  # none was sent
+    assert len([p async for p in directory.group_user_pages(tid, outer, link)]) == 2
+
+
 async def test_throttling_is_retried_by_the_adapter(directory, fake, tenants):
     small, _ = tenants
     fake.add_fault(path="/transitiveMembers", status=429, retry_after=1, times=1)

@@ -187,3 +187,69 @@ def test_html_and_header_injection_in_directory_data_stays_text_in_the_emails(de
     users = {u["username"]: u for u in portal.users()}
     assert users[f"mailcrlf@{d}"]["enrollmentEmailSentAt"] is None
     figures.tried("hostile directory names into e-mails", 5)
+
+
+def test_unicode_digits_huge_numbers_lone_surrogates_and_deep_json_are_400_not_500(devhost, victim):
+    """Issue 22 #5: each of these was a 500."""
+    import httpx
+
+    p, tried = victim.portal, 0
+    for size in ("²", "①", "٣", "9" * 5000):
+        for path in ("/users", f"/directory/subscriptions/{victim.sub}/runs/{victim.run}/changes"):
+            assert_error(call(p, "GET", path, params={"pageSize": size}), 400, "invalid_page_size")
+            tried += 1
+    hook = devhost.ready["api"] + "/directory/notifications"
+    lone = b'{"value": [{"subscriptionId": "\\ud800", "clientState": "x", "changeType": "updated"}]}'
+    deep = b'{"value": [' + b"[" * 1000 + b"]" * 1000 + b"]}"
+    many = {"value": [{"subscriptionId": f"00000000-0000-0000-0000-{i:012d}", "clientState": "x"} for i in range(1000)]}
+    for body in (lone, deep, httpx.Request("POST", hook, json=many).read()):
+        answer = httpx.post(hook, content=body, headers={"Content-Type": "application/json"}, timeout=10)
+        assert_error(answer, 400, "invalid_notification")
+        tried += 1
+    figures.tried("unicode digits, lone surrogates and deep JSON", tried)
+
+
+HOSTILE_ORGS = ["watch", "|", "%", "名" * 256]  # "watch": the Watches table's own partition; 名 * 256: 2,304 encoded
+
+
+def test_org_ids_named_like_a_partition_or_too_long_for_a_key_sync_renew_and_delete(devhost, load_tenant):
+    """Issue 22 #6, #7, #11: an org named ``watch`` shared the watches' partition (its run failed at the end, its
+    DELETE answered 500, every org's renewal failed); a 256-character non-ASCII org made 2,304-character keys; and
+    the renewal timer failed on its own log line (its summary's ``created``)."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    from local.__main__ import LOCAL_PORTAL_TOKEN_SECRET
+    from local.client import Portal, portal_token
+    from tests.faults.conftest import SESSION_TOKENS
+
+    portals = []
+    for org in HOSTILE_ORGS:
+        token = portal_token(LOCAL_PORTAL_TOKEN_SECRET, org=org)
+        SESSION_TOKENS.append(token)
+        portal = Portal(devhost.ready["api"], token, ca=devhost.ready["authorityCa"])
+        t = with_large_group(3)
+        load_tenant(t.tenant)
+        sub = connect(portal, [t.ids["eng"]])
+        run = sync(portal, sub)
+        assert run["status"] == "succeeded", (org[:10], run)
+        assert {u["username"].split("@")[0] for u in portal.users()} >= {"gus.hart"}, org[:10]
+        portals.append((portal, sub))
+    settle(devhost)
+    log = Path(devhost.log)
+    start = log.stat().st_size
+    api = urlsplit(devhost.ready["api"])
+    assert httpx.post(f"{api.scheme}://{api.netloc}/admin/functions/watch_renewal", timeout=10).status_code == 202
+
+    def renewal_ended() -> str | None:
+        with log.open("rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+        return next((line for line in text.splitlines() if "Executed 'Functions.watch_renewal'" in line), None)
+    assert "(Succeeded" in poll(renewal_ended, 30, "the renewal timer's end")
+    for portal, sub in portals:
+        portal.call("DELETE", f"/directory/subscriptions/{sub}", expect=204)
+        assert_error(call(portal, "GET", f"/directory/subscriptions/{sub}"), 404)
+    figures.tried("org ids named like a partition or too long for a key", 4 * len(HOSTILE_ORGS))

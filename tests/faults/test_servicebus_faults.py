@@ -132,3 +132,33 @@ def test_table_storage_down_for_one_org_dead_letters_its_groups_and_the_run_fail
     assert sorted(e["code"] for e in run["errors"]) == ["group_sync_failed", "group_sync_failed"]
     assert all(u["status"] == "Active" for u in portal.users())
     assert sync(portal, sub)["counts"]["unchanged"] == first["counts"]["created"]
+
+
+def test_a_message_that_is_no_job_is_dead_lettered_then_completed_once_not_redelivered_for_ever(devhost):
+    """Issue 22 #4: the dead-letter triggers raised on a body they could not parse, so the message came back from the
+    dead-letter queue for ever (about 2.4 tracebacks a second, group, enrollment and alert queues alike)."""
+    from pathlib import Path
+
+    from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+    queues = ("group-sync", "enrollment-email", "admin-alerts")
+    log = Path(devhost.log)
+    start = log.stat().st_size
+    before = bus_counters(devhost)
+    with ServiceBusClient.from_connection_string(devhost.ready["serviceBus"]) as client:
+        for queue in queues:
+            with client.get_queue_sender(queue) as sender:
+                sender.send_messages([ServiceBusMessage(b"not a job"), ServiceBusMessage(b'{"org": 1}')])
+    settle(devhost, timeout=60)  # nothing left active, locked or dead-lettered
+
+    def lines() -> list[str]:
+        with log.open("rb") as f:
+            f.seek(start)
+            return [ln for ln in f.read().decode("utf-8", "replace").splitlines()
+                    if "dead-lettered message is not a job" in ln]
+    poll(lambda: len(lines()) >= 2 * len(queues), 10, "the dead-letter triggers' log lines")
+    assert sorted(ln.split("queue=")[1].split()[0] for ln in lines()) == sorted(2 * list(queues))
+    after = bus_counters(devhost)
+    for queue in queues:  # three deliveries each (MAX_DELIVERY_COUNT), and one more from the dead-letter queue
+        assert after[queue]["deliveries"] - before[queue]["deliveries"] <= 2 * 4, (queue, before[queue], after[queue])
+    figures.tried("messages that are no job, on each queue", 2 * len(queues))

@@ -321,3 +321,27 @@ def test_a_string_over_32k_utf16_code_units_or_a_binary_over_64_kib_is_refused(l
     with pytest.raises(ResourceNotFoundError):
         limits.get_entity("p", "over")
     assert limits.get_entity("p", "fits")["s"] == fits
+
+
+def test_keys_over_1_kib_or_with_a_disallowed_character_are_refused_as_table_storage_does(limits):
+    """Issue 22 #7: Azurite stored them; Table Storage answers 400 (understanding-the-table-service-data-model)."""
+    longest = "k" * 512  # 1 KiB of UTF-16
+    limits.create_entity({"PartitionKey": longest, "RowKey": longest, "n": 1})
+    limits.create_entity({"PartitionKey": "%2F%23", "RowKey": "ü " * 256, "n": 1})  # escapes and spaces are fine
+    for pk, rk in [(longest + "k", "r"), ("p", longest + "k"), ("é" * 513, "r"), ("p", "🙂" * 257)]:
+        assert _refused(limits.create_entity, {"PartitionKey": pk, "RowKey": rk}) == "KeyValueTooLarge"
+        assert _refused(limits.upsert_entity, {"PartitionKey": pk, "RowKey": rk}, mode=UpdateMode.REPLACE) == \
+            "KeyValueTooLarge"
+    for bad in ["a/b", "a\\b", "a#b", "a?b", "tab\there", "nul\x00", "del\x7f", "c1\x85", "c1\x9f"]:
+        assert _refused(limits.create_entity, {"PartitionKey": bad, "RowKey": "r"}) == "OutOfRangeInput", bad
+        assert _refused(limits.create_entity, {"PartitionKey": "p", "RowKey": bad}) == "OutOfRangeInput", bad
+    with pytest.raises(TableTransactionError) as raised:
+        limits.submit_transaction([("create", {"PartitionKey": "q", "RowKey": "fine"}),
+                                   ("upsert", {"PartitionKey": "q", "RowKey": "x" * 513}, {"mode": "merge"})])
+    assert raised.value.error_code == "KeyValueTooLarge" and raised.value.index == 1
+    assert {(e["PartitionKey"][:3], len(e["RowKey"])) for e in limits.list_entities()} == {("kkk", 512), ("%2F", 512)}
+    for pk, rk, code in [("p", "x" * 513, "KeyValueTooLarge"), ("é" * 513, "r", "KeyValueTooLarge"),
+                         ("p", "a#b", "OutOfRangeInput"), ("p\x01", "r", "OutOfRangeInput")]:
+        assert _refused(limits.get_entity, pk, rk) == code  # Azurite answered 404: a read names a key too
+        assert _refused(limits.delete_entity, pk, rk) == code
+    assert limits.get_entity(longest, longest)["n"] == 1

@@ -69,3 +69,24 @@ async def test_group_worker_trigger_and_dead_letter_trigger(svc):
     view = await runs.get(svc, caller(), sub.id, run.id)
     assert view.run.status == "failed"
     assert "graph 503" in view.errors[0].message
+
+
+async def test_a_dead_letter_trigger_completes_a_message_it_cannot_parse_and_logs_it_once(svc, caplog):
+    """Issue 22 #4: raising would redeliver it from the dead-letter queue for ever (about 2.4 tracebacks a second)."""
+    import logging
+
+    triggers = ["group_worker_dead_letters", "mailer_dead_letters", "alert_mailer_dead_letters"]
+    bodies = [b"not json", b"[]", b"{}", b'{"org": "o"}', b"\xff\xfe", b'{"org": "o", "subscriptionId": "s", "runId": '
+              b'"r", "groupId": "g", "segment": "x"}', b"[" * 5000 + b"]" * 5000, b"null", b'"text"',
+              b'{"org": "\\ud800", "subscriptionId": "s", "runId": "r", "groupId": "g", "userId": "u", "alertId": "a"}']
+    with caplog.at_level(logging.INFO):
+        for name in triggers:
+            for body in bodies:
+                msg = sb.ServiceBusMessage(body=body, message_id="m-1", application_properties={}, user_properties={},
+                                           delivery_count=1, dead_letter_reason="MaxDeliveryCountExceeded")
+                await functions_by_name()[name].get_user_function()(msg)  # returns: the message is completed
+    lines = [r for r in caplog.records if "dead-lettered message is not a job" in r.getMessage()]
+    assert len(lines) == len(triggers) * len(bodies) and all(r.levelname == "ERROR" for r in lines)
+    assert {r.getMessage().split("queue=")[1].split()[0] for r in lines} == {"group-sync", "enrollment-email",
+                                                                           "admin-alerts"}
+    assert not any("not json" in r.getMessage() for r in caplog.records)  # the body is never logged
