@@ -10,7 +10,7 @@ from sync.logs import get_logger
 from sync.model import EmailState, EnrollmentJob, User, UserStatus
 from sync.users import change_user, enrollment_token
 
-from .render import render_invitation
+from .render import NAME_LIMIT, header_text, render_invitation
 from .senders import MailError, OutgoingEmail, relay_retry_delay
 
 log = get_logger(__name__)
@@ -31,7 +31,7 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
     link = f"{s.portal_base_url}/enroll?token={enrollment_token(s.signing_secret, user.org, user.id, expires)}"
     rendered = render_invitation(portal_name=s.portal_name, portal_url=s.portal_base_url,
                                  display_name=user.display_name, username=user.username, link=link, expires_at=expires)
-    email = OutgoingEmail(to_address=user.email or "", to_name=user.display_name, subject=rendered.subject,
+    email = OutgoingEmail(to_address=user.email or "", to_name=header_text(user.display_name, NAME_LIMIT), subject=rendered.subject,
                           html=rendered.html, text=rendered.text, message_id_hint=job.message_id)
     try:
         await svc.mail_sender.send(email)

@@ -42,9 +42,9 @@ def render_invitation(*, portal_name: str, portal_url: str, display_name: str, u
         "link": link,
         "expires": expires_at.strftime("%d %B %Y, %H:%M UTC"),
     }
-    subject = text_env.get_template("invitation_subject.txt").render(context)
-    # A subject is one header line: nothing in a name may start a new header.
-    subject = " ".join(subject.split())
+    # A subject is one header line: nothing in a name may start a new header, hide behind a control character or
+    # turn the text around (the same cleaning as an alert's subject).
+    subject = header_text(text_env.get_template("invitation_subject.txt").render(context), SUBJECT_LIMIT)
     return RenderedEmail(
         subject=subject,
         html=html_env.get_template("invitation.html").render(context),
@@ -71,12 +71,16 @@ FAILURE_HINTS = {
 }
 DEFAULT_FAILURE_HINT = "Open the run in the portal, read each failed group's error, fix it and start a Full Sync again."
 SUBJECT_NAME = 80  # characters of the subscription's name in a subject
-_INVISIBLE = {0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}  # direction marks and overrides
+SUBJECT_LIMIT = 200  # characters of a subject
+NAME_LIMIT = 200  # characters of a recipient's display name in To
+# Direction marks, embeddings, overrides and isolates (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069): dropped.
+_INVISIBLE = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
 
 
 def header_text(value: str, limit: int) -> str:
-    """Directory or user text fit for a header: one line (every line break and control character is a space),
-    no direction overrides that could disguise it, at most ``limit`` characters."""
+    """Directory or user text fit for a header (Subject, a To display name): one line (every line break and control
+    character — C0 with NUL and ESC, DEL, C1 — is a space), no direction marks or overrides that could disguise it,
+    at most ``limit`` characters. The one cleaning of header text: alerts, invitations and the SMTP adapter use it."""
     cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value
                       if ord(c) not in _INVISIBLE)
     text = " ".join(cleaned.split())
@@ -104,7 +108,7 @@ def render_alert(*, portal_name: str, portal_url: str, kind: str, subscription_n
         "consented": _when(facts.get("consentedAt")),
         "detected": _when(facts.get("detectedAt")),
     }
-    subject = header_text(text_env.get_template("alert_subject.txt").render(context), 200)
+    subject = header_text(text_env.get_template("alert_subject.txt").render(context), SUBJECT_LIMIT)
     return RenderedEmail(
         subject=subject,
         html=html_env.get_template("alert.html").render(context),

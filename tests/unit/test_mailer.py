@@ -167,3 +167,29 @@ async def test_the_next_run_requeues_an_invitation_an_earlier_run_left_claimed(s
     assert [j.user_id for j in svc.queue.enrollment_jobs] == [tom.id]
     assert await send_invitation(svc, svc.queue.enrollment_jobs[0]) == "sent"
     assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.SENT
+
+
+HOSTILE = "Eve\x00\x1b[31m\x85\x9b\u202eexe.txt\u2066\u2067\u2068\u2069\u202a\u202b\u202c\u202d\u200e\u200f\u061c Smith"
+
+
+async def test_control_characters_and_direction_overrides_never_reach_to_or_subject(svc):
+    """NUL, ESC, C1 controls and bidirectional overrides/isolates in a directory name: cleaned from the invitation's
+    To display name and Subject as an alert's subject is (one helper, ``render.header_text``)."""
+    t = svc.directory.tenant(TENANT)
+    t.add_group(G, "Sales Team")
+    t.add_user("eve", groups=[G], display_name=HOSTILE)
+    sub = await connect(svc, groups=(G,), sendEnrollmentEmail=True)
+    await full_sync(svc, sub)
+    [job] = svc.queue.enrollment_jobs
+    await send_invitation(svc, job)
+    [email] = svc.mail_sender.sent
+    for header in (email.to_name, email.subject):
+        assert header.startswith("Eve [31m exe.txt Smith"), header
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or 0x202A <= ord(c) <= 0x202E
+                       or 0x2066 <= ord(c) <= 0x2069 or ord(c) in (0x200E, 0x200F, 0x061C) for c in header), header
+    message = build_message(email, "Portal <no-reply@portal.example>")
+    assert message["To"].addresses[0].display_name == "Eve [31m exe.txt Smith"
+    # Whatever a sender is handed, the SMTP adapter cleans the same way.
+    from notifications.senders import OutgoingEmail
+    raw = build_message(OutgoingEmail("eve@x.example", HOSTILE, HOSTILE, "<p>x</p>", "x", "hint"), "p@portal.example")
+    assert raw["To"].addresses[0].display_name == raw["Subject"] == "Eve [31m exe.txt Smith"
