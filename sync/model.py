@@ -612,21 +612,24 @@ class EnrollmentJob:
     user_id: str
     run_id: str | None = None
     attempt: int = 0  # retries after the relay refused for a while
+    to: str = ""  # a new address's invitation (its digest, ``decisions.address_tag``): a message id of its own
 
     @property
     def message_id(self) -> str:
-        base = f"enroll:{self.org}:{self.user_id}"
+        base = f"enroll:{self.org}:{self.user_id}" + (f":{self.to}" if self.to else "")
         return f"{base}:retry{self.attempt}" if self.attempt else base
 
     def to_json(self) -> str:
-        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt},
-                          separators=(",", ":"))
+        data = {"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt}
+        if self.to:
+            data["to"] = self.to
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EnrollmentJob":
         data = json.loads(text)
         return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
-                   attempt=int(data.get("attempt") or 0))
+                   attempt=int(data.get("attempt") or 0), to=str(data.get("to") or ""))
 
 
 class Trigger:
