@@ -159,6 +159,31 @@ class GroupRef:
 
 
 @dataclass(frozen=True)
+class NotifyAddress:
+    """An address ever put on a subscription's ``notifyEmails``, and whether its owner agreed to get alerts
+    (``sync/alert_model.py`` decides; kept after removal so re-adding it neither asks again nor mails it again)."""
+
+    address: str
+    state: str  # NotifyState
+    nonce: str  # the current confirmation link's; a new one withdraws the old link
+    asked_at: datetime  # when the confirmation e-mail was (last) asked for
+    listed: bool = True  # on notifyEmails now
+
+    def to_json(self) -> list:
+        return [self.address, self.state, self.nonce, iso(self.asked_at), self.listed]
+
+    @classmethod
+    def from_json(cls, data: list) -> "NotifyAddress":
+        return cls(str(data[0]), str(data[1]), str(data[2]), datetime.fromisoformat(data[3].replace("Z", "+00:00")),
+                   bool(data[4]))
+
+
+class NotifyState:
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+
+
+@dataclass(frozen=True)
 class Subscription:
     """A connection of one portal organisation to one Entra tenant ("New Active Directory")."""
 
@@ -181,6 +206,7 @@ class Subscription:
     consented_by: str | None = None  # object id of the admin whose signed sign-in proved the tenant
     deleting: bool = False
     notify_emails: tuple[str, ...] = ()  # admins e-mailed when a run fails or needs review, or consent is lost
+    notify_addresses: tuple[NotifyAddress, ...] = ()  # their confirmation; only confirmed ones are e-mailed
     etag: str | None = field(default=None, compare=False)
 
     @property

@@ -79,6 +79,8 @@ class Settings:
     incremental_max_objects: int = 500
     change_debounce_s: float = 2.0
     invitation_lease_s: float = 300.0
+    alerts_per_hour: int = 10
+    max_subscriptions_per_org: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -133,6 +135,8 @@ class Settings:
             incremental_max_objects=int(reader.number("INCREMENTAL_MAX_OBJECTS", 500, 1, 100_000)),
             change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
             invitation_lease_s=reader.number("INVITATION_LEASE_SECONDS", 300.0, 5.0, 3600.0),
+            alerts_per_hour=int(reader.number("ALERTS_PER_HOUR", 10, 1, 1000)),
+            max_subscriptions_per_org=int(reader.number("MAX_SUBSCRIPTIONS_PER_ORG", 20, 1, 10_000)),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()
