@@ -53,8 +53,10 @@ async def confirm_notify_emails(svc: Services) -> list:
     from sync import alert_recipients
     from sync.alert_model import AlertKind
 
-    jobs = [j for j in svc.queue.alert_jobs if j.alert_id.startswith("confirm:")]
-    svc.queue.alert_jobs = [j for j in svc.queue.alert_jobs if j not in jobs]
+    pairs = list(zip(svc.queue.alert_jobs, svc.queue.alert_delays))
+    jobs = [j for j, _ in pairs if j.alert_id.startswith("confirm:")]
+    svc.queue.alert_jobs = [j for j, _ in pairs if j not in jobs]
+    svc.queue.alert_delays = [d for j, d in pairs if j not in jobs]
     for job in jobs:
         await send_alert(svc, job)
     mails = [e for e in svc.mail_sender.sent if "/notify-emails/confirm?token=" in e.text]
