@@ -67,7 +67,7 @@ class TableAlerts(_Repository, Alerts):
     async def recent(self, org: str, sub_id: str, since: datetime) -> list[Alert]:
         table = await self._table()
         rows = await collect(table.query_entities(
-            "PartitionKey eq @pk and createdAt ge @since ",
+            "PartitionKey eq @pk and createdAt ge @since",
             parameters={"pk": self._pk(org, sub_id), "since": since}))
         return [_alert_from(e) for e in rows]
 
