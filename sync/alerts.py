@@ -49,7 +49,7 @@ async def run_ended(svc: Services, org: str, sub_id: str, run_id: str, *, quiet:
         if sub is not None and not sub.deleting and confirmed_recipients(sub):
             view = await svc.runs.view(org, sub_id, run_id)
             if view is not None:
-                outcome = await _tell(svc, run_alert(sub, view, status, svc.clock()), sub)
+                outcome = await tell(svc, run_alert(sub, view, status, svc.clock()), sub)
         await _settle(svc, run, status)
         return outcome
     except Exception:
@@ -70,7 +70,7 @@ async def consent_lost(svc: Services, sub: Subscription, *, run_id: str | None =
     if not confirmed_recipients(sub):
         return "no_recipients"
     try:
-        return await _tell(svc, consent_alert(sub, run_id, svc.clock()), sub)
+        return await tell(svc, consent_alert(sub, run_id, svc.clock()), sub)
     except Exception:
         log.warning("admin alert of a lost consent could not be recorded", exc_info=True,
                     extra={"org": sub.org, "subscription": sub.id})
@@ -120,9 +120,6 @@ async def tell(svc: Services, alert, sub: Subscription) -> str:
     await svc.queue.send_alert_jobs([AlertJob.of(stored)])
     log.info("admin alert queued", extra={**ctx, "kind": alert.kind, "recipients": len(alert.recipients)})
     return "queued"
-
-
-_tell = tell
 
 
 async def _fold(svc: Services, sub: Subscription, ctx: dict) -> str:
