@@ -440,3 +440,23 @@ async def test_a_long_retry_after_reschedules_the_change_job_and_a_short_one_is_
     await changes.handle_change_job(svc, capped)
     run = (await runs.recent(svc, caller(), sub.id))[0]
     assert run.run.status == "succeeded" and statuses(svc)["cat"] == "Inactive"
+
+
+async def test_an_incremental_run_invites_a_corrected_address_once(svc, tenant):
+    """Issue 22, 3, on the incremental path: the directory corrects an invited user's address; the change
+    notification's run queues one invitation to the new address (its own message id), a redelivered job none more."""
+    from notifications.mailer import send_invitation
+
+    sub = await synced(svc, sendEnrollmentEmail=True)
+    for job in svc.queue.enrollment_jobs:
+        await send_invitation(svc, job)
+    svc.queue.enrollment_jobs.clear()
+    tenant.users["ann"] = replace(tenant.users["ann"], mail="anne@contoso.example")
+    tenant.users["bob"] = replace(tenant.users["bob"], display_name="Robert")  # no new address: no invitation
+    await notified(svc, sub)
+    [job] = svc.queue.enrollment_jobs
+    ann = users_of(svc)["ann@contoso.example"]
+    assert job.user_id == ann.id and job.to and ann.email == "anne@contoso.example"
+    await send_invitation(svc, job)
+    assert await send_invitation(svc, job) == "already_sent"
+    assert [e.to_address for e in svc.mail_sender.sent].count("anne@contoso.example") == 1
