@@ -82,6 +82,12 @@ def with_notify_emails(sub: Subscription, addresses: tuple[str, ...], now: datet
     return replace(sub, notify_emails=addresses, notify_addresses=tuple(kept)), asks
 
 
+def pending_asks(sub: Subscription, asked: list[NotifyAddress]) -> list[NotifyAddress]:
+    """The listed addresses still pending whose confirmation was asked for earlier (not in ``asked``)."""
+    fresh = {a.nonce for a in asked}
+    return [a for a in sub.notify_addresses if a.listed and a.state == NotifyState.PENDING and a.nonce not in fresh]
+
+
 def notify_status(sub: Subscription) -> dict[str, str]:
     """``notifyEmailStatus`` of the API: each listed address, ``pending`` or ``confirmed``."""
     states = {a.address.casefold(): a.state for a in sub.notify_addresses if a.listed}

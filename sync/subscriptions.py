@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
 from . import alert_recipients, alerts
-from .alert_model import notify_emails, with_notify_emails
+from .alert_model import notify_emails, pending_asks, with_notify_emails
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import consent_propagation_left
@@ -102,7 +102,10 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
         return sub
 
     sub = await modify(svc, caller, sub_id, change)
-    await alert_recipients.ask(svc, sub, asks)
+    if addresses is not None:
+        # Also the addresses still pending: a confirmation whose row or message was lost is queued again; one that
+        # went out finds its row sent and is not sent twice.
+        await alert_recipients.ask(svc, sub, asks + pending_asks(sub, asks))
     return sub
 
 

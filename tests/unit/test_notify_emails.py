@@ -144,6 +144,20 @@ async def test_each_added_address_is_asked_once_and_is_alerted_only_once_it_conf
     assert alert_recipients  # (the module the link's endpoint calls)
 
 
+async def test_a_confirmation_whose_message_was_lost_is_queued_again_when_the_list_is_saved_again(svc):
+    sub = await _sub()
+    svc.queue.fail_alerts = RuntimeError("Service Bus unavailable")
+    status, body, _ = await _patch(sub["id"], notifyEmails=["ops@contoso.example"])
+    assert status == 200 and body["notifyEmailStatus"] == {"ops@contoso.example": "pending"}
+    assert await _mails(svc) == []  # its message was lost (logged)
+    await _patch(sub["id"], notifyEmails=["ops@contoso.example"])
+    [ask] = await _mails(svc)
+    assert ask.to_address == "ops@contoso.example"
+    await _patch(sub["id"], notifyEmails=["ops@contoso.example"])
+    assert await _mails(svc) == []  # sent once: saving again never sends it twice
+    assert (await _open(_link_token(ask)))[0] == 200
+
+
 async def test_removing_and_re_adding_an_address(svc):
     sub = await _sub()
     await _patch(sub["id"], notifyEmails=["ops@contoso.example", "new@contoso.example"])
