@@ -14,6 +14,7 @@ from urllib.parse import urlencode, urljoin
 
 from sync.alert_model import (
     CONFIRM_TTL,
+    DIGESTED,
     FOLDED,
     SEND_LEASE,
     Alert,
@@ -75,7 +76,7 @@ async def send_alert(svc: Services, job: AlertJob) -> str:
         return await _retry_later(svc, alert, job, str(exc))
     await _record(svc, alert, EmailState.SENT, refused=tuple(refused))
     for told in folded:  # each folded alert is told now (by this digest)
-        await _record(svc, told, EmailState.SENT, error=f"told in {alert.id}")
+        await _record(svc, told, DIGESTED, error=f"told in {alert.id}")
     log.info("admin alert sent", extra={**ctx, "recipients": len(alert.recipients), "refused": len(refused)})
     return "sent"
 
@@ -151,7 +152,7 @@ async def _record(svc: Services, alert: Alert, state: str, *, error: str | None 
     async def record(current: Alert) -> Alert:
         now = svc.clock()
         return replace(current, state=state, lease_until=None, error=error, refused=refused, updated_at=now,
-                       sent_at=now if state == EmailState.SENT else current.sent_at)
+                       sent_at=now if state in (EmailState.SENT, DIGESTED) else current.sent_at)
 
     await optimistic(lambda: svc.alerts.get(alert.org, alert.subscription_id, alert.id), record, svc.alerts.save)
 

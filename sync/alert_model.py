@@ -133,8 +133,9 @@ class AlertKind:
     CONFIRMATION = "notify_confirmation"  # asks an address added to notifyEmails whether it wants the alerts
 
 
-# An alert past the subscription's ALERTS_PER_HOUR is kept in this state and told by the hour's digest.
+# An alert past the subscription's ALERTS_PER_HOUR is kept in this state, and once the hour's digest told it, DIGESTED.
 FOLDED = "folded"
+DIGESTED = "digested"
 EVENT_KINDS = (AlertKind.RUN_FAILED, AlertKind.RUN_NEEDS_REVIEW, AlertKind.CONSENT_LOST)
 
 
@@ -282,7 +283,7 @@ def over_hourly_limit(recent: list[Alert], now: datetime, per_hour: int) -> bool
     """Have the subscription's alerts of the last hour (``recent``) used up its ALERTS_PER_HOUR? Counted: the events
     e-mailed on their own (not those folded into a digest, not digests, not confirmations)."""
     since = now - timedelta(hours=1)
-    told = [a for a in recent if a.kind in EVENT_KINDS and a.state != FOLDED and a.created_at >= since]
+    told = [a for a in recent if a.kind in EVENT_KINDS and a.state not in (FOLDED, DIGESTED) and a.created_at >= since]
     return len(told) >= per_hour
 
 

@@ -252,8 +252,9 @@ async def test_alerts_past_the_hourly_limit_are_folded_into_one_digest(svc):
     [digest] = [m for m in sent if m.subject == "Directory Sync: alerts held back in the last hour"]
     assert digest.recipients == ("ops@contoso.example",) and digest.text.count("Microsoft no longer lets") == 5
     rows = [a for a in svc.alerts.rows.values() if a.kind == AlertKind.CONSENT_LOST]
-    assert all(a.state == "sent" for a in rows) and not any(a.state == FOLDED for a in rows)
-    # The next hour: alerts go out on their own again.
-    svc.clock.advance(hours=1)
+    assert sorted(a.state for a in rows) == ["digested"] * 5 + ["sent"] * 3 and all(a.sent_at for a in rows)
+    assert not any(a.state == FOLDED for a in rows)
+    # An hour after the three that went out on their own (the digested ones are not counted): on its own again.
+    svc.clock.advance(minutes=57)
     assert await alerts.tell(svc, replace(consent_alert(stored, None, svc.clock()), id="consent:late"), stored) \
         == "queued"
