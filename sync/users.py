@@ -155,10 +155,9 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     if claims["exp"] < int(svc.clock().timestamp()):
         raise Gone("the enrollment link has expired; ask an administrator for a new invitation", code="token_expired")
 
-    if not isinstance(claims.get("to"), str):
-        # A link minted before links were bound to their address: it cannot say where it was sent.
-        raise InvalidInput("the token does not name the address it was sent to; ask an administrator for a new "
-                           "invitation", code="invalid_token")
+    if "to" in claims and not isinstance(claims["to"], str):
+        raise InvalidInput("the token is not valid for this organisation", code="invalid_token")
+    issued = claims["exp"] - svc.settings.enrollment_token_ttl_hours * 3600
 
     async def enrol(user: User) -> User:
         if user.enrolled_at is not None:
@@ -166,7 +165,7 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
         if user.source_type != SourceType.AD_SYNC:
             # The directory that invited them was disconnected: the invitation went with it.
             raise Gone("this invitation was withdrawn when its directory was disconnected", code="invitation_revoked")
-        if not user.email or not hmac.compare_digest(claims["to"], address_tag(user.email)):
+        if not user.email or not _sent_to_current_address(claims, user, issued):
             # The directory corrected the address: only the invitation sent to the new one may enrol.
             raise Gone("this enrollment link was sent to an address the user no longer has; the current address gets "
                        "an invitation of its own", code="address_changed")
@@ -179,6 +178,14 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     if user is None:
         raise InvalidInput("the token names no user of this organisation", code="invalid_token")
     return user
+
+
+def _sent_to_current_address(claims: dict[str, Any], user: User, issued: int) -> bool:
+    """Does the user still have the address the link was sent to? A link names it (as a digest); one minted before
+    links did (no ``to``) was sent to the address the user had then: the user's history tells whether it changed."""
+    if "to" in claims:
+        return hmac.compare_digest(claims["to"], address_tag(user.email))
+    return not any("email" in e.fields and e.at.timestamp() >= issued for e in user.history)
 
 
 def _text(value: Any, name: str) -> str:

@@ -159,3 +159,24 @@ async def test_only_an_active_synced_user_may_complete_enrollment(svc, synced):
     assert (status, err["code"]) == (410, "invitation_revoked")
     _, after, _ = await call("list_users")
     assert all(u["enrolledAt"] is None for u in after["users"])  # nothing recorded
+
+
+async def test_an_older_link_without_its_address_is_refused_once_the_address_changed(svc, synced):
+    """Issue 22, 3: links minted before they named their address (no ``to``) stay good until the address changes."""
+    from dataclasses import replace as swap
+
+    _, body, _ = await call("list_users", params={"search": "ann"})
+    ann = body["users"][0]
+    exp = int((svc.clock() + timedelta(days=7)).timestamp())
+    legacy = signing.sign(SIGNING, "enrollment", {"org": "org-a", "uid": ann["id"], "exp": exp})
+    t = svc.directory.tenant(TENANT)
+    t.users["ann"] = swap(t.users["ann"], mail="anne@contoso.example")
+    svc.clock.advance(minutes=1)
+    await full_sync(svc, synced)
+    status, err, _ = await call("complete_enrollment", body={"token": legacy})
+    assert (status, err["code"]) == (410, "address_changed")
+    _, body, _ = await call("list_users", params={"search": "bob"})
+    bob = body["users"][0]
+    legacy = signing.sign(SIGNING, "enrollment", {"org": "org-a", "uid": bob["id"], "exp": exp})
+    status, user, _ = await call("complete_enrollment", body={"token": legacy})
+    assert status == 200 and user["enrolledAt"]
