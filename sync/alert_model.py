@@ -101,8 +101,8 @@ def confirmed_recipients(sub: Subscription) -> tuple[str, ...]:
 
 
 def confirmed(sub: Subscription, nonce: str) -> tuple[Subscription | None, str]:
-    """``sub`` with the address whose confirmation link carries ``nonce`` confirmed, and why not when None:
-    ``used`` (confirmed already), ``withdrawn`` (no longer listed, or a newer link replaced this one)."""
+    """``sub`` with the address whose confirmation link carries ``nonce`` confirmed, and that address; or None and
+    why not: ``used`` (confirmed already), ``withdrawn`` (no longer listed, or a newer link replaced this one)."""
     for entry in sub.notify_addresses:
         if secrets.compare_digest(entry.nonce, nonce):
             if not entry.listed:
