@@ -9,16 +9,28 @@ was written (the send itself may have been cut: at least once, then).
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import urlencode
+from datetime import datetime, timedelta
+from urllib.parse import urlencode, urljoin
 
-from sync.alert_model import SEND_LEASE, Alert, AlertJob
+from sync.alert_model import (
+    CONFIRM_TTL,
+    DIGESTED,
+    FOLDED,
+    SEND_LEASE,
+    Alert,
+    AlertJob,
+    AlertKind,
+    confirmation_nonce,
+    digest_facts,
+)
+from sync.alert_recipients import confirmation_token
 from sync.composition import Services
 from sync.concurrency import optimistic
 from sync.errors import SettingsError
 from sync.logs import get_logger
 from sync.model import EmailState
 
-from .render import render_alert
+from .render import render_alert, render_confirmation, render_digest
 from .senders import MailError, OutgoingEmail, relay_retry_delay
 
 log = get_logger(__name__)
@@ -32,9 +44,24 @@ async def send_alert(svc: Services, job: AlertJob) -> str:
     if isinstance(alert, str):
         return alert
     s = svc.settings
-    rendered = render_alert(portal_name=s.portal_name, portal_url=s.portal_base_url, kind=alert.kind,
-                            subscription_name=alert.subscription_name, run_id=alert.run_id, facts=alert.facts,
-                            link=alert_link(s.portal_base_url, s.portal_consent_return_path, alert))
+    folded: list[Alert] = []
+    if alert.kind == AlertKind.CONFIRMATION:
+        rendered = _confirmation(svc, alert)
+    elif alert.kind == AlertKind.DIGEST:
+        since = svc.clock() - timedelta(days=2)
+        folded = [a for a in await svc.alerts.recent(alert.org, alert.subscription_id, since) if a.state == FOLDED]
+        if not folded:  # told by an earlier digest (its marks were written, this one's claim was not)
+            await _record(svc, alert, EmailState.FAILED, error="nothing left to tell")
+            return "nothing_folded"
+        items = digest_facts(folded)
+        rendered = render_digest(portal_name=s.portal_name, portal_url=s.portal_base_url,
+                                 subscription_name=alert.subscription_name, items=items,
+                                 more=len(folded) - len(items), per_hour=s.alerts_per_hour,
+                                 link=alert_link(s.portal_base_url, s.portal_consent_return_path, alert))
+    else:
+        rendered = render_alert(portal_name=s.portal_name, portal_url=s.portal_base_url, kind=alert.kind,
+                                subscription_name=alert.subscription_name, run_id=alert.run_id, facts=alert.facts,
+                                link=alert_link(s.portal_base_url, s.portal_consent_return_path, alert))
     email = OutgoingEmail(to_address=alert.recipients[0], to_name="", also_to=alert.recipients[1:],
                           subject=rendered.subject, html=rendered.html, text=rendered.text,
                           message_id_hint=job.message_id)
@@ -48,8 +75,25 @@ async def send_alert(svc: Services, job: AlertJob) -> str:
             return "failed"
         return await _retry_later(svc, alert, job, str(exc))
     await _record(svc, alert, EmailState.SENT, refused=tuple(refused))
+    for told in folded:  # each folded alert is told now (by this digest)
+        await _record(svc, told, DIGESTED, error=f"told in {alert.id}")
     log.info("admin alert sent", extra={**ctx, "recipients": len(alert.recipients), "refused": len(refused)})
     return "sent"
+
+
+def _confirmation(svc: Services, alert: Alert):
+    """The confirmation e-mail of a ``notifyEmails`` address: its link goes to this app's anonymous confirm endpoint,
+    beside the consent callback (CONSENT_REDIRECT_URI names this app's public /api/directory/consent)."""
+    s = svc.settings
+    asked = datetime.fromisoformat(alert.facts["askedAt"].replace("Z", "+00:00"))
+    token = confirmation_token(s.signing_secret, alert.org, alert.subscription_id, confirmation_nonce(alert), asked)
+    link = f"{urljoin(s.consent_redirect_uri, CONFIRM_ROUTE)}?{urlencode({'token': token})}"
+    return render_confirmation(portal_name=s.portal_name, portal_url=s.portal_base_url,
+                               subscription_name=alert.subscription_name, address=alert.recipients[0], link=link,
+                               expires_at=asked + CONFIRM_TTL)
+
+
+CONFIRM_ROUTE = "notify-emails/confirm"  # relative to .../api/directory/consent: .../api/directory/notify-emails/confirm
 
 
 def alert_link(portal_base_url: str, return_path: str, alert: Alert) -> str:
@@ -108,7 +152,7 @@ async def _record(svc: Services, alert: Alert, state: str, *, error: str | None 
     async def record(current: Alert) -> Alert:
         now = svc.clock()
         return replace(current, state=state, lease_until=None, error=error, refused=refused, updated_at=now,
-                       sent_at=now if state == EmailState.SENT else current.sent_at)
+                       sent_at=now if state in (EmailState.SENT, DIGESTED) else current.sent_at)
 
     await optimistic(lambda: svc.alerts.get(alert.org, alert.subscription_id, alert.id), record, svc.alerts.save)
 

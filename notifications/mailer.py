@@ -5,12 +5,13 @@ from dataclasses import replace
 from datetime import timedelta
 
 from sync.composition import Services
+from sync.decisions import same_address
 from sync.errors import SettingsError
 from sync.logs import get_logger
 from sync.model import EmailState, EnrollmentJob, User, UserStatus
 from sync.users import change_user, enrollment_token
 
-from .render import render_invitation
+from .render import NAME_LIMIT, header_text, render_invitation
 from .senders import MailError, OutgoingEmail, relay_retry_delay
 
 log = get_logger(__name__)
@@ -28,10 +29,11 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
     s = svc.settings
     now = svc.clock()
     expires = now + timedelta(hours=s.enrollment_token_ttl_hours)
-    link = f"{s.portal_base_url}/enroll?token={enrollment_token(s.signing_secret, user.org, user.id, expires)}"
+    token = enrollment_token(s.signing_secret, user.org, user.id, user.email or "", expires)
+    link = f"{s.portal_base_url}/enroll?token={token}"
     rendered = render_invitation(portal_name=s.portal_name, portal_url=s.portal_base_url,
                                  display_name=user.display_name, username=user.username, link=link, expires_at=expires)
-    email = OutgoingEmail(to_address=user.email or "", to_name=user.display_name, subject=rendered.subject,
+    email = OutgoingEmail(to_address=user.email or "", to_name=header_text(user.display_name, NAME_LIMIT), subject=rendered.subject,
                           html=rendered.html, text=rendered.text, message_id_hint=job.message_id)
     try:
         await svc.mail_sender.send(email)
@@ -101,7 +103,9 @@ def _outcome(user: User, state: str, now, *, error: str | None = None, sent: boo
 async def _record(svc: Services, user: User, state: str, *, error: str | None = None, sent: bool = False) -> None:
     """Write the invitation's outcome, re-reading if the row changed meanwhile (the outcome must not be lost)."""
 
-    async def record(current: User) -> User:
+    async def record(current: User) -> User | None:
+        if current.enrollment_email == EmailState.QUEUED and not same_address(current.email, user.email):
+            return None  # the address changed meanwhile: its own invitation is due, not this one's outcome
         return _outcome(current, state, svc.clock(), error=error, sent=sent)
 
     await change_user(svc, user.org, user.id, record)

@@ -42,9 +42,9 @@ def render_invitation(*, portal_name: str, portal_url: str, display_name: str, u
         "link": link,
         "expires": expires_at.strftime("%d %B %Y, %H:%M UTC"),
     }
-    subject = text_env.get_template("invitation_subject.txt").render(context)
-    # A subject is one header line: nothing in a name may start a new header.
-    subject = " ".join(subject.split())
+    # A subject is one header line: nothing in a name may start a new header, hide behind a control character or
+    # turn the text around (the same cleaning as an alert's subject).
+    subject = header_text(text_env.get_template("invitation_subject.txt").render(context), SUBJECT_LIMIT)
     return RenderedEmail(
         subject=subject,
         html=html_env.get_template("invitation.html").render(context),
@@ -70,13 +70,17 @@ FAILURE_HINTS = {
     "storage_unavailable": "The service was briefly unavailable: start a Full Sync again.",
 }
 DEFAULT_FAILURE_HINT = "Open the run in the portal, read each failed group's error, fix it and start a Full Sync again."
-SUBJECT_NAME = 80  # characters of the subscription's name in a subject
-_INVISIBLE = {0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}  # direction marks and overrides
+BODY_NAME = 200  # characters of the subscription's name in an alert's body (never in its subject)
+SUBJECT_LIMIT = 200  # characters of a subject
+NAME_LIMIT = 200  # characters of a recipient's display name in To
+# Direction marks, embeddings, overrides and isolates (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069): dropped.
+_INVISIBLE = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
 
 
 def header_text(value: str, limit: int) -> str:
-    """Directory or user text fit for a header: one line (every line break and control character is a space),
-    no direction overrides that could disguise it, at most ``limit`` characters."""
+    """Directory or user text fit for a header (Subject, a To display name): one line (every line break and control
+    character — C0 with NUL and ESC, DEL, C1 — is a space), no direction marks or overrides that could disguise it,
+    at most ``limit`` characters. The one cleaning of header text: alerts, invitations and the SMTP adapter use it."""
     cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value
                       if ord(c) not in _INVISIBLE)
     text = " ".join(cleaned.split())
@@ -93,8 +97,8 @@ def render_alert(*, portal_name: str, portal_url: str, kind: str, subscription_n
         "portal_name": portal_name,
         "portal_url": portal_url,
         "kind": kind,
-        "subscription_name": subscription_name,
-        "subject_name": header_text(subscription_name, SUBJECT_NAME),
+        # The name is whatever the org typed: only ever in the body, labelled as the directory's name, one line.
+        "subscription_name": header_text(subscription_name, BODY_NAME),
         "run_id": run_id,
         "facts": facts,
         "hints": hints,
@@ -104,12 +108,42 @@ def render_alert(*, portal_name: str, portal_url: str, kind: str, subscription_n
         "consented": _when(facts.get("consentedAt")),
         "detected": _when(facts.get("detectedAt")),
     }
-    subject = header_text(text_env.get_template("alert_subject.txt").render(context), 200)
+    subject = header_text(text_env.get_template("alert_subject.txt").render(context), SUBJECT_LIMIT)
     return RenderedEmail(
         subject=subject,
         html=html_env.get_template("alert.html").render(context),
         text=text_env.get_template("alert.txt").render(context),
     )
+
+
+CONFIRMATION_SUBJECT = "Confirm that you want Directory Sync alerts"
+DIGEST_SUBJECT = "Directory Sync: alerts held back in the last hour"
+DIGEST_LABELS = {"run_failed": "a Full Sync failed", "run_needs_review": "a Full Sync needs your review",
+                 "consent_lost": "Microsoft no longer lets the portal read the directory"}
+
+
+def render_confirmation(*, portal_name: str, portal_url: str, subscription_name: str, address: str, link: str,
+                        expires_at: datetime) -> RenderedEmail:
+    """The e-mail asking an address added to ``notifyEmails`` whether it wants the alerts (fixed subject)."""
+    html_env, text_env = _environments()
+    context = {"portal_name": portal_name, "portal_url": portal_url, "address": address, "link": link,
+               "subscription_name": header_text(subscription_name, BODY_NAME),
+               "expires": expires_at.strftime("%d %B %Y, %H:%M UTC")}
+    return RenderedEmail(subject=CONFIRMATION_SUBJECT,
+                         html=html_env.get_template("notify_confirm.html").render(context),
+                         text=text_env.get_template("notify_confirm.txt").render(context))
+
+
+def render_digest(*, portal_name: str, portal_url: str, subscription_name: str, items: list[dict[str, Any]],
+                  more: int, per_hour: int, link: str) -> RenderedEmail:
+    """The digest of the alerts a subscription had beyond ALERTS_PER_HOUR (fixed subject)."""
+    html_env, text_env = _environments()
+    shown = [{**item, "when": _when(item.get("at")) or "?"} for item in items]
+    context = {"portal_name": portal_name, "portal_url": portal_url, "items": shown, "more": more,
+               "per_hour": per_hour, "labels": DIGEST_LABELS, "link": link,
+               "subscription_name": header_text(subscription_name, BODY_NAME)}
+    return RenderedEmail(subject=DIGEST_SUBJECT, html=html_env.get_template("digest.html").render(context),
+                         text=text_env.get_template("digest.txt").render(context))
 
 
 def _when(value: str | None) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sync.mailbox import is_single_address
 
+from .render import header_text
 from .senders import MailError, MailSender, OutgoingEmail
 
 
@@ -18,13 +19,13 @@ def build_message(email: OutgoingEmail, mail_from: str) -> EmailMessage:
     """A multipart/alternative message; names are encoded by the email package, never pasted into headers."""
     message = EmailMessage()
     message["From"] = mail_from
-    name = " ".join(email.to_name.split())  # no CR/LF can reach a header
+    name = header_text(email.to_name, 998)  # no CR/LF, control character or direction override reaches a header
     to = []
     for n, address in enumerate(email.recipients):
         username, _, domain = address.partition("@")
         to.append(Address(display_name=name if n == 0 else "", username=username, domain=domain))
     message["To"] = to
-    message["Subject"] = " ".join(email.subject.split())
+    message["Subject"] = header_text(email.subject, 998)
     message["Message-ID"] = make_msgid(domain=(mail_from.rpartition("@")[2].strip(" >") or None))
     message["X-Directory-Sync"] = email.message_id_hint
     message.set_content(email.text)

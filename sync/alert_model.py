@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import InvalidInput
 from .mailbox import is_single_address
-from .model import EmailState, GroupState, PendingConsent, RunStatus, RunView, Subscription, iso, utcnow
+from .model import (
+    EmailState,
+    GroupState,
+    NotifyAddress,
+    NotifyState,
+    PendingConsent,
+    RunStatus,
+    RunView,
+    Subscription,
+    iso,
+    utcnow,
+)
 
 MAX_NOTIFY_EMAILS = 10
 MAX_NOTIFY_ENTRIES = 100  # a longer list is refused before its entries are even looked at
@@ -46,6 +58,74 @@ def notify_emails(value: Any) -> tuple[str, ...]:
     return tuple(unique.values())
 
 
+# ---------------------------------------------------------------- who agreed to be told
+
+MAX_NOTIFY_KEPT = 50  # addresses remembered (listed or once listed) per subscription; the oldest unlisted go first
+CONFIRM_TTL = timedelta(days=7)  # a confirmation link's validity
+CONFIRM_AGAIN_AFTER = timedelta(hours=24)  # an address re-added while pending is e-mailed again only after this
+CONFIRM_PURPOSE = "notify-confirm"
+
+
+def with_notify_emails(sub: Subscription, addresses: tuple[str, ...], now: datetime) -> tuple[Subscription,
+                                                                                            list[NotifyAddress]]:
+    """``sub`` with ``notifyEmails`` set to ``addresses`` (``notify_emails`` checked them), and the addresses that
+    are to get a confirmation e-mail now. An address is alerted only once its owner followed that e-mail's link:
+
+    - a new address is ``pending`` and gets one confirmation e-mail (a link with a fresh nonce);
+    - a listed address keeps its state; a pending one whose e-mail went out more than CONFIRM_AGAIN_AFTER ago (its
+      link may have expired or been lost) gets a new one when the list is saved again;
+    - a removed address is remembered, not listed: re-added, a confirmed one is confirmed at once (its owner agreed
+      already), a pending one is asked again only as above (removing and re-adding mails nobody twice a day).
+    """
+    known = {a.address.casefold(): a for a in sub.notify_addresses}
+    wanted = {a.casefold(): a for a in addresses}
+    asks: list[NotifyAddress] = []
+    for folded, address in wanted.items():
+        entry = known.get(folded)
+        if entry is None or (entry.state == NotifyState.PENDING and now - entry.asked_at >= CONFIRM_AGAIN_AFTER):
+            entry = NotifyAddress(address, NotifyState.PENDING, secrets.token_urlsafe(16), now)
+            asks.append(entry)
+        known[folded] = replace(entry, address=address, listed=True)
+    for folded, entry in known.items():
+        if folded not in wanted and entry.listed:
+            known[folded] = replace(entry, listed=False)
+    kept = sorted(known.values(), key=lambda a: (not a.listed, -a.asked_at.timestamp()))[:MAX_NOTIFY_KEPT]
+    return replace(sub, notify_emails=addresses, notify_addresses=tuple(kept)), asks
+
+
+def pending_asks(sub: Subscription, asked: list[NotifyAddress]) -> list[NotifyAddress]:
+    """The listed addresses still pending whose confirmation was asked for earlier (not in ``asked``)."""
+    fresh = {a.nonce for a in asked}
+    return [a for a in sub.notify_addresses if a.listed and a.state == NotifyState.PENDING and a.nonce not in fresh]
+
+
+def notify_status(sub: Subscription) -> dict[str, str]:
+    """``notifyEmailStatus`` of the API: each listed address, ``pending`` or ``confirmed``."""
+    states = {a.address.casefold(): a.state for a in sub.notify_addresses if a.listed}
+    return {address: states.get(address.casefold(), NotifyState.PENDING) for address in sub.notify_emails}
+
+
+def confirmed_recipients(sub: Subscription) -> tuple[str, ...]:
+    """The listed addresses whose owners agreed to get the subscription's alerts: the only ones ever alerted."""
+    status = notify_status(sub)
+    return tuple(a for a in sub.notify_emails if status[a] == NotifyState.CONFIRMED)
+
+
+def confirmed(sub: Subscription, nonce: str) -> tuple[Subscription | None, str]:
+    """``sub`` with the address whose confirmation link carries ``nonce`` confirmed, and that address; or None and
+    why not: ``used`` (confirmed already), ``withdrawn`` (no longer listed, or a newer link replaced this one)."""
+    for entry in sub.notify_addresses:
+        if secrets.compare_digest(entry.nonce, nonce):
+            if not entry.listed:
+                return None, "withdrawn"
+            if entry.state == NotifyState.CONFIRMED:
+                return None, "used"
+            done = replace(entry, state=NotifyState.CONFIRMED)
+            return replace(sub, notify_addresses=tuple(done if a is entry else a for a in sub.notify_addresses)), \
+                entry.address
+    return None, "withdrawn"
+
+
 def _shown(entry: Any) -> str:
     """A refused entry as the error names it: JSON text (so quotes and control characters are visible), cut short."""
     text = json.dumps(entry, ensure_ascii=True) if entry is None or isinstance(entry, (str, int, float, bool)) \
@@ -61,6 +141,14 @@ class AlertKind:
     RUN_NEEDS_REVIEW = "run_needs_review"
     CONSENT_LOST = "consent_lost"
     TENANT_CLAIMED = "tenant_claimed"  # another org confirmed (or was refused) a consent of this subscription's tenant
+    DIGEST = "digest"  # the alerts of an hour beyond ALERTS_PER_HOUR, told together
+    CONFIRMATION = "notify_confirmation"  # asks an address added to notifyEmails whether it wants the alerts
+
+
+# An alert past the subscription's ALERTS_PER_HOUR is kept in this state, and once the hour's digest told it, DIGESTED.
+FOLDED = "folded"
+DIGESTED = "digested"
+EVENT_KINDS = (AlertKind.RUN_FAILED, AlertKind.RUN_NEEDS_REVIEW, AlertKind.CONSENT_LOST, AlertKind.TENANT_CLAIMED)
 
 
 # Only these endings are told. Anything else — succeeded, a dry run's preview, a status added later — is not.
@@ -92,7 +180,7 @@ class Alert:
     id: str  # the event: run:<run id>:<status> or consent:<consent time, ms>; one row, one e-mail, per event
     kind: str
     subscription_name: str
-    recipients: tuple[str, ...]  # notifyEmails when the event happened
+    recipients: tuple[str, ...]  # the confirmed notifyEmails when the event happened
     run_id: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # what happened, as the e-mail tells it (taken at the event)
     state: str = EmailState.QUEUED
@@ -180,7 +268,7 @@ def run_alert(sub: Subscription, view: RunView, status: str, now: datetime) -> A
         "notes": [_cut(e.message, MAX_TEXT) for e in run.errors[:MAX_LISTED]],
     }
     return Alert(org=sub.org, subscription_id=sub.id, id=run_alert_id(run.id, status), kind=RUN_ALERTS[status],
-                 subscription_name=sub.name, recipients=sub.notify_emails, run_id=run.id, facts=facts,
+                 subscription_name=sub.name, recipients=confirmed_recipients(sub), run_id=run.id, facts=facts,
                  created_at=now, updated_at=now)
 
 
@@ -188,7 +276,7 @@ def consent_alert(sub: Subscription, run_id: str | None, now: datetime) -> Alert
     """The alert of a subscription whose admin consent Microsoft no longer honours (``run_id``: the run that found out)."""
     facts = {"tenantId": sub.azure_tenant_id, "consentedAt": iso(sub.consented_at), "detectedAt": iso(now)}
     return Alert(org=sub.org, subscription_id=sub.id, id=consent_alert_id(sub), kind=AlertKind.CONSENT_LOST,
-                 subscription_name=sub.name, recipients=sub.notify_emails, run_id=run_id, facts=facts,
+                 subscription_name=sub.name, recipients=confirmed_recipients(sub), run_id=run_id, facts=facts,
                  created_at=now, updated_at=now)
 
 
@@ -202,8 +290,47 @@ def tenant_claim_alert(sub: Subscription, held: PendingConsent, claimed_by: str,
              "adminUsername": _cut(held.admin_username or "", MAX_NAME) or None,
              "consentedAt": iso(held.signed_in_at), "detectedAt": iso(now)}
     return Alert(org=sub.org, subscription_id=sub.id, id=f"tenant-claim:{held.code_nonce}:{outcome}",
-                 kind=AlertKind.TENANT_CLAIMED, subscription_name=sub.name, recipients=sub.notify_emails, facts=facts,
+                 kind=AlertKind.TENANT_CLAIMED, subscription_name=sub.name, recipients=confirmed_recipients(sub), facts=facts,
                  created_at=now, updated_at=now)
+
+
+def confirmation_alert(sub: Subscription, entry: NotifyAddress, now: datetime) -> Alert:
+    """The confirmation e-mail of one address added to ``notifyEmails``: one row per link (its nonce)."""
+    return Alert(org=sub.org, subscription_id=sub.id, id=f"confirm:{entry.nonce}", kind=AlertKind.CONFIRMATION,
+                 subscription_name=sub.name, recipients=(entry.address,), facts={"askedAt": iso(entry.asked_at)},
+                 created_at=now, updated_at=now)
+
+
+def confirmation_nonce(alert: Alert) -> str:
+    return alert.id.split(":", 1)[1]
+
+
+def over_hourly_limit(recent: list[Alert], now: datetime, per_hour: int) -> bool:
+    """Have the subscription's alerts of the last hour (``recent``) used up its ALERTS_PER_HOUR? Counted: the events
+    e-mailed on their own (not those folded into a digest, not digests, not confirmations)."""
+    since = now - timedelta(hours=1)
+    told = [a for a in recent if a.kind in EVENT_KINDS and a.state not in (FOLDED, DIGESTED) and a.created_at >= since]
+    return len(told) >= per_hour
+
+
+def digest_alert(sub: Subscription, now: datetime) -> tuple[Alert, float]:
+    """The digest that tells the alerts folded during the current clock hour, and the delay (s) it is sent after:
+    at the end of that hour. One row per subscription and hour, so folding again finds it."""
+    hour = int(now.timestamp()) // 3600
+    end = datetime.fromtimestamp((hour + 1) * 3600, tz=now.tzinfo)
+    alert = Alert(org=sub.org, subscription_id=sub.id, id=f"digest:{hour}", kind=AlertKind.DIGEST,
+                  subscription_name=sub.name, recipients=confirmed_recipients(sub),
+                  facts={"until": iso(end)}, created_at=now, updated_at=now)
+    return alert, max(1.0, (end - now).total_seconds())
+
+
+def digest_facts(folded: list[Alert]) -> list[dict[str, Any]]:
+    """What a digest lists of each folded alert (oldest first, at most MAX_DIGESTED)."""
+    items = sorted(folded, key=lambda a: a.created_at)[:MAX_DIGESTED]
+    return [{"kind": a.kind, "runId": a.run_id, "at": iso(a.created_at)} for a in items]
+
+
+MAX_DIGESTED = 100
 
 
 def _cut(text: str, limit: int) -> str:

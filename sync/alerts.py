@@ -13,8 +13,20 @@ absent: recording an event again finds the first row and never makes a second e-
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
-from .alert_model import AlertJob, consent_alert, run_alert, stuck, tenant_claim_alert
+from .alert_model import (
+    EVENT_KINDS,
+    FOLDED,
+    AlertJob,
+    confirmed_recipients,
+    consent_alert,
+    digest_alert,
+    over_hourly_limit,
+    run_alert,
+    stuck,
+    tenant_claim_alert,
+)
 from .composition import Services
 from .concurrency import optimistic
 from .logs import get_logger
@@ -36,10 +48,10 @@ async def run_ended(svc: Services, org: str, sub_id: str, run_id: str, *, quiet:
         status = run.alert_due
         sub = await svc.subscriptions.get(org, sub_id)
         outcome = "no_recipients"
-        if sub is not None and not sub.deleting and sub.notify_emails:
+        if sub is not None and not sub.deleting and confirmed_recipients(sub):
             view = await svc.runs.view(org, sub_id, run_id)
             if view is not None:
-                outcome = await _tell(svc, run_alert(sub, view, status, svc.clock()))
+                outcome = await tell(svc, run_alert(sub, view, status, svc.clock()), sub)
         await _settle(svc, run, status)
         return outcome
     except Exception:
@@ -57,10 +69,10 @@ async def consent_lost(svc: Services, sub: Subscription, *, run_id: str | None =
     consent alert that could not be recorded at this moment; the subscription's status and the run's own alert
     still tell.
     """
-    if not sub.notify_emails:
+    if not confirmed_recipients(sub):
         return "no_recipients"
     try:
-        return await _tell(svc, consent_alert(sub, run_id, svc.clock()))
+        return await tell(svc, consent_alert(sub, run_id, svc.clock()), sub)
     except Exception:
         log.warning("admin alert of a lost consent could not be recorded", exc_info=True,
                     extra={"org": sub.org, "subscription": sub.id})
@@ -71,10 +83,10 @@ async def tenant_claimed(svc: Services, sub: Subscription, held: PendingConsent,
                          connected: bool) -> str:
     """Tell ``sub``'s admins that the org ``claimed_by`` confirmed a consent of their tenant (``connected``) or was
     refused. Never raises: the confirm answers either way, and its retry (same code) tells again at most once."""
-    if not sub.notify_emails:
+    if not confirmed_recipients(sub):
         return "no_recipients"
     try:
-        return await _tell(svc, tenant_claim_alert(sub, held, claimed_by, connected, svc.clock()))
+        return await tell(svc, tenant_claim_alert(sub, held, claimed_by, connected, svc.clock()), sub)
     except Exception:
         log.warning("admin alert of a tenant claimed by another org could not be recorded", exc_info=True,
                     extra={"org": sub.org, "subscription": sub.id})
@@ -101,19 +113,44 @@ async def recover(svc: Services, sub: Subscription) -> int:
     return len(left)
 
 
-async def _tell(svc: Services, alert) -> str:
+async def tell(svc: Services, alert, sub: Subscription) -> str:
     """Insert the event's row if absent and queue its message (again while it is still queued: the first send may
-    have been lost; the mailer's claim keeps a duplicate from sending twice)."""
+    have been lost; the mailer's claim keeps a duplicate from sending twice).
+
+    An event past the subscription's ``ALERTS_PER_HOUR`` is recorded ``folded`` instead and told by the hour's
+    digest (one row and one scheduled message per subscription and hour; recording it again finds both)."""
     ctx = {"org": alert.org, "subscription": alert.subscription_id, "alert": alert.id}
     if svc.alerts is None or svc.settings.mail is None:
         log.warning("admin alert not sent: e-mail is off (MAIL_SENDER=none)", extra=ctx)
         return "mail_off"
+    if alert.kind in EVENT_KINDS:
+        now = svc.clock()
+        recent = await svc.alerts.recent(alert.org, alert.subscription_id, now - timedelta(hours=1))
+        if over_hourly_limit(recent, now, svc.settings.alerts_per_hour):
+            alert = replace(alert, state=FOLDED)
     stored, created = await svc.alerts.add(alert)
+    if stored.state == FOLDED:
+        return await _fold(svc, sub, ctx)
     if not created and stored.state != EmailState.QUEUED:
         return "already_told"
     await svc.queue.send_alert_jobs([AlertJob.of(stored)])
     log.info("admin alert queued", extra={**ctx, "kind": alert.kind, "recipients": len(alert.recipients)})
     return "queued"
+
+
+async def _fold(svc: Services, sub: Subscription, ctx: dict) -> str:
+    """The event waits for the digest of this hour: make sure its row exists and its message is scheduled (for the
+    next hour's when this hour's has already gone)."""
+    now = svc.clock()
+    for at in (now, now + timedelta(hours=1)):
+        digest, delay = digest_alert(sub, at)
+        stored, created = await svc.alerts.add(replace(digest, created_at=now, updated_at=now))
+        if created or stored.state == EmailState.QUEUED:
+            delay = max(1.0, delay + (at - now).total_seconds())
+            await svc.queue.send_alert_jobs([AlertJob.of(stored)], delay_s=delay)
+            log.info("admin alert folded into the digest", extra={**ctx, "digest": stored.id, "in_s": int(delay)})
+            return "folded"
+    return "folded"
 
 
 async def _settle(svc: Services, run: Run, status: str) -> None:

@@ -34,12 +34,14 @@ from .decisions import (
     Desired,
     Skip,
     Stamp,
+    address_tag,
     change_of,
     change_record,
     consent_propagation_left,
     desired_user,
     new_user,
     propagation_wait,
+    reinvited,
     synced_user_id,
     throttled_wait,
     updated_user,
@@ -487,6 +489,9 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
     for user in await _update(svc, org, updates, errors):
         if user.last_change != Change.UNCHANGED:
             records.append(change_record(stored.get(user.id), user, user.last_change, sorted(user.group_ids)[0]))
+        before = stored.get(user.id)
+        if before is not None and reinvited(before, user):  # a corrected address of a user not enrolled yet
+            invitations.append(EnrollmentJob(org, user.id, run.id, to=address_tag(user.email)))
     if leave:
         await svc.users.remove_memberships(org, leave, ())
     if invitations:

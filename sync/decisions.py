@@ -252,21 +252,45 @@ def new_user(org: str, sub: Subscription, desired: Desired, group_id: str, stamp
 
 def updated_user(existing: User, desired: Desired, group_id: str, selected: Iterable[str], stamp: Stamp) -> User:
     """``existing`` brought in line with the directory, as a member of ``group_id``; memberships of groups no longer
-    ``selected`` are dropped on the way (a row holds at most 252 properties). A change goes into its history."""
+    ``selected`` are dropped on the way (a row holds at most 252 properties). A change goes into its history, and a
+    new address of a user invited but not enrolled gets an invitation of its own (``reinvited``)."""
     change = change_of(existing, desired)
     history = existing.history
     if change != Change.UNCHANGED:
         entry = _entry(stamp, change, reason_of(change, existing, desired), field_changes(existing, desired), group_id)
         history = _history_with(history, entry, stamp.keep_since)
+    invitation = {}
+    if (existing.enrollment_email is not None and existing.enrolled_at is None and desired.email is not None
+            and desired.status == UserStatus.ACTIVE and not same_address(existing.email, desired.email)):
+        # Decided with the row's write, so a redelivered message finds the new address already stored: once.
+        invitation = {"enrollment_email": EmailState.QUEUED, "enrollment_email_lease_until": None,
+                      "enrollment_email_error": None, "enrollment_email_sent_at": None}
     return replace(
         existing,
         **_directory_fields(desired),
+        **invitation,
         group_ids=existing.group_ids.intersection(selected) | {group_id},
         last_run_id=stamp.run_id,
         last_change=change,
         updated_at=stamp.now,
         history=history,
     )
+
+
+def same_address(a: str | None, b: str | None) -> bool:
+    """Do two addresses name the same mailbox, as far as an invitation link cares (case aside)?"""
+    return (a or "").casefold() == (b or "").casefold()
+
+
+def address_tag(email: str | None) -> str:
+    """A short digest of the address an invitation went to: binds its link (and its message id) to that address
+    without putting the address itself into a URL."""
+    return hashlib.sha256((email or "").casefold().encode()).hexdigest()[:16]
+
+
+def reinvited(old: User, new: User) -> bool:
+    """Did ``updated_user`` queue an invitation to ``new``'s address, because it replaced ``old``'s?"""
+    return new.enrollment_email == EmailState.QUEUED and new.email is not None and not same_address(old.email, new.email)
 
 
 def in_scope(user: User | ScopeState, group_ids: Iterable[str]) -> bool:

@@ -24,6 +24,7 @@ from .decisions import (
     Desired,
     Skip,
     Stamp,
+    address_tag,
     change_of,
     change_record,
     consent_propagation_left,
@@ -33,6 +34,7 @@ from .decisions import (
     new_user,
     propagation_wait,
     recovered_record,
+    reinvited,
     synced_user_id,
     throttled_wait,
     updated_user,
@@ -505,6 +507,9 @@ class _Segment:
                     self.svc.recent.remember(self.run.id, user.id, fingerprint(user))
                     self.counts = self.counts.bump(user.last_change)
                     self.note(change_record(existing, user, user.last_change, self.job.group_id))
+                    if reinvited(existing, user):  # a corrected address of a user not enrolled yet
+                        self.invitations.append(EnrollmentJob(self.org, user.id, self.run.id,
+                                                              to=address_tag(user.email)))
                 elif isinstance(outcome, Stale):
                     stale.append(outcome.user_id)
                 else:

@@ -164,6 +164,31 @@ class GroupRef:
 
 
 @dataclass(frozen=True)
+class NotifyAddress:
+    """An address ever put on a subscription's ``notifyEmails``, and whether its owner agreed to get alerts
+    (``sync/alert_model.py`` decides; kept after removal so re-adding it neither asks again nor mails it again)."""
+
+    address: str
+    state: str  # NotifyState
+    nonce: str  # the current confirmation link's; a new one withdraws the old link
+    asked_at: datetime  # when the confirmation e-mail was (last) asked for
+    listed: bool = True  # on notifyEmails now
+
+    def to_json(self) -> list:
+        return [self.address, self.state, self.nonce, iso(self.asked_at), self.listed]
+
+    @classmethod
+    def from_json(cls, data: list) -> "NotifyAddress":
+        return cls(str(data[0]), str(data[1]), str(data[2]), datetime.fromisoformat(data[3].replace("Z", "+00:00")),
+                   bool(data[4]))
+
+
+class NotifyState:
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+
+
+@dataclass(frozen=True)
 class Subscription:
     """A connection of one portal organisation to one Entra tenant ("New Active Directory")."""
 
@@ -188,6 +213,7 @@ class Subscription:
     consented_by: str | None = None  # object id of the admin whose signed sign-in proved the tenant
     deleting: bool = False
     notify_emails: tuple[str, ...] = ()  # admins e-mailed when a run fails or needs review, or consent is lost
+    notify_addresses: tuple[NotifyAddress, ...] = ()  # their confirmation; only confirmed ones are e-mailed
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -654,21 +680,24 @@ class EnrollmentJob:
     user_id: str
     run_id: str | None = None
     attempt: int = 0  # retries after the relay refused for a while
+    to: str = ""  # a new address's invitation (its digest, ``decisions.address_tag``): a message id of its own
 
     @property
     def message_id(self) -> str:
-        base = f"enroll:{self.org}:{self.user_id}"
+        base = f"enroll:{self.org}:{self.user_id}" + (f":{self.to}" if self.to else "")
         return f"{base}:retry{self.attempt}" if self.attempt else base
 
     def to_json(self) -> str:
-        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt},
-                          separators=(",", ":"))
+        data = {"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt}
+        if self.to:
+            data["to"] = self.to
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EnrollmentJob":
         data = json.loads(text)
         return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
-                   attempt=int(data.get("attempt") or 0))
+                   attempt=int(data.get("attempt") or 0), to=str(data.get("to") or ""))
 
 
 class Trigger:

@@ -259,6 +259,10 @@ class Alerts(abc.ABC):
         """The subscription's alerts still queued or being sent."""
 
     @abc.abstractmethod
+    async def recent(self, org: str, sub_id: str, since: datetime) -> list[Alert]:
+        """The subscription's alerts recorded at ``since`` or later (what ALERTS_PER_HOUR and digests count)."""
+
+    @abc.abstractmethod
     async def delete_all(self, org: str, sub_id: str) -> None: ...
 
 

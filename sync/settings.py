@@ -86,6 +86,8 @@ class Settings:
     invitation_lease_s: float = 300.0
     # An Entra tenant already connected to one org may be connected to another too (consent confirm; issue 22).
     allow_shared_tenants: bool = False
+    alerts_per_hour: int = 10
+    max_subscriptions_per_org: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -141,6 +143,8 @@ class Settings:
             change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
             invitation_lease_s=reader.number("INVITATION_LEASE_SECONDS", 300.0, 5.0, 3600.0),
             allow_shared_tenants=reader.choice("ALLOW_SHARED_TENANTS", ("false", "true"), "false") == "true",
+            alerts_per_hour=int(reader.number("ALERTS_PER_HOUR", 10, 1, 1000)),
+            max_subscriptions_per_org=int(reader.number("MAX_SUBSCRIPTIONS_PER_ORG", 20, 1, 10_000)),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()

@@ -5,8 +5,8 @@ import uuid
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
-from . import alerts
-from .alert_model import notify_emails
+from . import alert_recipients, alerts
+from .alert_model import notify_emails, pending_asks, with_notify_emails
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import consent_propagation_left
@@ -46,8 +46,13 @@ PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollm
 async def create(svc: Services, caller: Caller, body: dict[str, Any]) -> Subscription:
     """A new, not yet authorized subscription of the caller's org."""
     _only(body, ("name",))
+    name = _name(body.get("name", "Active Directory"))
+    limit = svc.settings.max_subscriptions_per_org
+    if len(await svc.subscriptions.list(caller.org)) >= limit:  # those being deleted count until they are gone
+        raise Conflict(f"an organisation may have at most {limit} directories; delete one first",
+                       code="too_many_subscriptions", limit=limit)
     now = svc.clock()
-    sub = Subscription(org=caller.org, id=str(uuid.uuid4()), name=_name(body.get("name", "Active Directory")),
+    sub = Subscription(org=caller.org, id=str(uuid.uuid4()), name=name,
                        created_at=now, updated_at=now)
     sub = await svc.subscriptions.add(sub)
     log.info("subscription created", extra={"org": caller.org, "subscription": sub.id})
@@ -86,13 +91,22 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             if not isinstance(body[field], bool):
                 raise InvalidInput(f"{field} must be true or false", code="invalid_field")
             changes[attr] = body[field]
-    if "notifyEmails" in body:
-        changes["notify_emails"] = notify_emails(body["notifyEmails"])
+    addresses = notify_emails(body["notifyEmails"]) if "notifyEmails" in body else None
+    asks: list = []
 
     async def change(sub: Subscription) -> Subscription:
-        return replace(sub, **changes, updated_at=svc.clock())
+        nonlocal asks
+        sub = replace(sub, **changes, updated_at=svc.clock())
+        if addresses is not None:  # new addresses are pending until their owners confirm (alert_recipients)
+            sub, asks = with_notify_emails(sub, addresses, svc.clock())
+        return sub
 
-    return await modify(svc, caller, sub_id, change)
+    sub = await modify(svc, caller, sub_id, change)
+    if addresses is not None:
+        # Also the addresses still pending: a confirmation whose row or message was lost is queued again; one that
+        # went out finds its row sent and is not sent twice.
+        await alert_recipients.ask(svc, sub, asks + pending_asks(sub, asks))
+    return sub
 
 
 async def delete(svc: Services, caller: Caller, sub_id: str) -> None:

@@ -1,6 +1,7 @@
 """Use cases of the Users grid and Groups grid, manual users, and completing enrollment."""
 from __future__ import annotations
 
+import hmac
 import re
 import uuid
 from dataclasses import replace
@@ -10,7 +11,7 @@ from typing import Any, Awaitable, Callable
 from . import signing
 from .composition import Services
 from .concurrency import optimistic
-from .decisions import Stamp, created_by_admin, switched_by_admin
+from .decisions import Stamp, address_tag, created_by_admin, switched_by_admin
 from .errors import Conflict, Gone, InvalidInput, NotFound, PreconditionFailed
 from .inputs import page_size
 from .model import Caller, SourceType, SyncedGroup, User, UserStatus
@@ -132,9 +133,11 @@ async def synced_groups(svc: Services, caller: Caller) -> list[SyncedGroup]:
     return sorted(groups, key=lambda g: g.display_name.lower())
 
 
-def enrollment_token(secret: str, org: str, user_id: str, expires: datetime) -> str:
-    """The signed token in an invitation link: names the org and user, expires."""
-    return signing.sign(secret, ENROLLMENT_PURPOSE, {"org": org, "uid": user_id, "exp": int(expires.timestamp())})
+def enrollment_token(secret: str, org: str, user_id: str, email: str, expires: datetime) -> str:
+    """The signed token in an invitation link: names the org, the user and (as a digest) the address it was sent to,
+    and expires. A link is good only while the user still has that address."""
+    return signing.sign(secret, ENROLLMENT_PURPOSE, {"org": org, "uid": user_id, "to": address_tag(email),
+                                                     "exp": int(expires.timestamp())})
 
 
 async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
@@ -151,12 +154,20 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     if claims["exp"] < int(svc.clock().timestamp()):
         raise Gone("the enrollment link has expired; ask an administrator for a new invitation", code="token_expired")
 
+    if "to" in claims and not isinstance(claims["to"], str):
+        raise InvalidInput("the token is not valid for this organisation", code="invalid_token")
+    issued = claims["exp"] - svc.settings.enrollment_token_ttl_hours * 3600
+
     async def enrol(user: User) -> User:
         if user.enrolled_at is not None:
             raise Conflict("this enrollment link was already used", code="token_used")
         if user.source_type != SourceType.AD_SYNC:
             # The directory that invited them was disconnected: the invitation went with it.
             raise Gone("this invitation was withdrawn when its directory was disconnected", code="invitation_revoked")
+        if not user.email or not _sent_to_current_address(claims, user, issued):
+            # The directory corrected the address: only the invitation sent to the new one may enrol.
+            raise Gone("this enrollment link was sent to an address the user no longer has; the current address gets "
+                       "an invitation of its own", code="address_changed")
         if user.status != UserStatus.ACTIVE:
             raise Conflict("this user is not active (blocked or removed in the directory) and cannot enroll",
                            code="user_inactive")
@@ -166,6 +177,14 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     if user is None:
         raise InvalidInput("the token names no user of this organisation", code="invalid_token")
     return user
+
+
+def _sent_to_current_address(claims: dict[str, Any], user: User, issued: int) -> bool:
+    """Does the user still have the address the link was sent to? A link names it (as a digest); one minted before
+    links did (no ``to``) was sent to the address the user had then: the user's history tells whether it changed."""
+    if "to" in claims:
+        return hmac.compare_digest(claims["to"], address_tag(user.email))
+    return not any("email" in e.fields and e.at.timestamp() >= issued for e in user.history)
 
 
 def _text(value: Any, name: str) -> str:

@@ -423,6 +423,9 @@ class MemoryAlerts(Alerts):
     async def unsent(self, org: str, sub_id: str) -> list[Alert]:
         return [a for (o, s, _), a in self.rows.items() if (o, s) == (org, sub_id) and a.state in ("queued", "sending")]
 
+    async def recent(self, org: str, sub_id: str, since) -> list[Alert]:
+        return [a for (o, s, _), a in self.rows.items() if (o, s) == (org, sub_id) and a.created_at >= since]
+
     async def delete_all(self, org: str, sub_id: str) -> None:
         for key in [k for k in self.rows if k[:2] == (org, sub_id)]:
             del self.rows[key]

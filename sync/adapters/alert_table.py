@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -61,6 +62,13 @@ class TableAlerts(_Repository, Alerts):
         rows = await collect(table.query_entities(
             "PartitionKey eq @pk and ( state eq @queued or state eq @sending )",
             parameters={"pk": self._pk(org, sub_id), "queued": EmailState.QUEUED, "sending": EmailState.SENDING}))
+        return [_alert_from(e) for e in rows]
+
+    async def recent(self, org: str, sub_id: str, since: datetime) -> list[Alert]:
+        table = await self._table()
+        rows = await collect(table.query_entities(
+            "PartitionKey eq @pk and createdAt ge @since",
+            parameters={"pk": self._pk(org, sub_id), "since": since}))
         return [_alert_from(e) for e in rows]
 
     async def delete_all(self, org: str, sub_id: str) -> None:

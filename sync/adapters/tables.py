@@ -45,6 +45,7 @@ from ..model import (
     GroupProgress,
     GroupRef,
     MemberState,
+    NotifyAddress,
     PendingConsent,
     Run,
     RunError,
@@ -334,6 +335,8 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "consentedBy": sub.consented_by,
         "deleting": sub.deleting,
         "notifyEmails": json.dumps(list(sub.notify_emails), ensure_ascii=False),
+        # Bounded: at most alert_model.MAX_NOTIFY_KEPT addresses of 254 characters (well under 64 KiB).
+        "notifyAddresses": json.dumps([a.to_json() for a in sub.notify_addresses], ensure_ascii=False),
     }
 
 
@@ -360,6 +363,7 @@ def _sub_from(e: Any) -> Subscription:
         consented_by=e.get("consentedBy"),
         deleting=bool(e.get("deleting")),
         notify_emails=tuple(json.loads(e.get("notifyEmails") or "[]")),
+        notify_addresses=tuple(NotifyAddress.from_json(a) for a in json.loads(e.get("notifyAddresses") or "[]")),
         etag=_etag(e),
     )
 

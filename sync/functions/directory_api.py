@@ -7,6 +7,7 @@ from typing import Any
 import azure.functions as func
 
 from .. import composition, consent, runs, subscriptions
+from ..alert_model import notify_status
 from ..logs import get_logger
 from ..model import Subscription, iso
 from .http import Reply, form_body, handle, json_body, json_response, log_request, query, route
@@ -30,6 +31,7 @@ async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "nightlySync": sub.nightly_sync,
         "notifyEmails": list(sub.notify_emails),
+        "notifyEmailStatus": notify_status(sub),
         "groups": [g.to_api() for g in sub.groups],
         "lastRun": last.to_api() if last else None,
         "createdAt": iso(sub.created_at),

@@ -61,3 +61,12 @@ async def test_delete_all_removes_one_subscriptions_alerts(alerts):
     assert await alerts.get("org/a#1", "another", other.id) == other
     with pytest.raises(PreconditionFailed):
         await alerts.save(a)  # gone: a claim cannot bring it back
+
+
+async def test_recent_lists_the_subscriptions_alerts_recorded_since(alerts):
+    await alerts.add(alert(1, created_at=NOW - timedelta(hours=2)))
+    await alerts.add(alert(2, created_at=NOW - timedelta(minutes=59)))
+    await alerts.add(alert(3, created_at=NOW))
+    await alerts.add(alert(4, sub="another", created_at=NOW))
+    recent = await alerts.recent("org/a#1", "sub?1", NOW - timedelta(hours=1))
+    assert sorted(a.run_id for a in recent) == [f"{n:013d}-abcd" for n in (2, 3)]

@@ -211,6 +211,12 @@ async def test_subscription_etag_and_nightly_candidates(table_store):
     admins = ("ops@contoso.example", "zoë@bücher.example", "x" * 64 + "@" + "d" * 60 + ".example")
     saved = await table_store.subscriptions.save(replace(saved, notify_emails=admins))
     assert (await table_store.subscriptions.get("org/a", "s1")).notify_emails == admins
+    # Their confirmation (issue 22): kept with the row, removed addresses too.
+    from sync.model import NotifyAddress
+    kept_addresses = (NotifyAddress(admins[0], "confirmed", "n1", NOW), NotifyAddress(admins[1], "pending", "n2", NOW),
+                      NotifyAddress("gone@contoso.example", "confirmed", "n3", NOW, listed=False))
+    saved = await table_store.subscriptions.save(replace(saved, notify_addresses=kept_addresses))
+    assert (await table_store.subscriptions.get("org/a", "s1")).notify_addresses == kept_addresses
     await table_store.subscriptions.add(Subscription(org="org-b", id="s2", name="Off", nightly_sync=False, status="authorized",
                                                      created_at=NOW, updated_at=NOW))
     assert [s.id for s in await table_store.subscriptions.nightly_candidates()] == [saved.id]

@@ -56,3 +56,41 @@ def emails_to(devhost, domain: str) -> list:
         if message.get("X-Envelope-To", "").endswith("@" + domain):
             out.append(message)
     return out
+
+
+CONFIRMATION_SUBJECT = "Confirm that you want Directory Sync alerts"
+
+
+def alerts_to(devhost, domain: str) -> list:
+    """The admin alerts (and any other e-mail but the notifyEmails confirmations) the sink received for ``domain``."""
+    return [m for m in emails_to(devhost, domain) if m["Subject"] != CONFIRMATION_SUBJECT]
+
+
+def confirm_alert_addresses(devhost, addresses: list[str], timeout: float = 30) -> list:
+    """Each address follows the link in the confirmation e-mail it got for ``notifyEmails``, as a real recipient
+    would (a GET in the browser: 200 and a page); the confirmation e-mails, one per address."""
+    import re
+    import time
+
+    import httpx
+
+    wanted = {a.casefold() for a in addresses}
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {}
+        for domain in {a.rpartition("@")[2] for a in addresses}:
+            for m in emails_to(devhost, domain):
+                if m["Subject"] == CONFIRMATION_SUBJECT and m["X-Envelope-To"].casefold() in wanted:
+                    found.setdefault(m["X-Envelope-To"].casefold(), []).append(m)
+        if set(found) == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert set(found) == wanted, f"confirmation e-mails for {sorted(wanted - set(found))} did not come"
+    assert all(len(ms) == 1 for ms in found.values()), "an address was asked twice"
+    mails = [ms[0] for ms in found.values()]
+    for m in mails:
+        link = re.search(r"(http\S+/api/directory/notify-emails/confirm\?token=\S+)",
+                         m.get_body(("plain",)).get_content()).group(1)
+        page = httpx.get(link, timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), page.text
+    return mails

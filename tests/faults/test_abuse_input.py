@@ -159,20 +159,21 @@ def test_html_and_header_injection_in_directory_data_stays_text_in_the_emails(de
     t.user("crlf", display="Mallory\r\nBcc: attacker@evil.example\r\nSubject: pwned")
     t.user("mailcrlf", mail=f"mailcrlf@{d}\r\nBcc: attacker@evil.example")
     t.user("rtl", display="\u202egnp.exe Rashid مدير")
+    t.user("ctl", display="Eve\x00\x1b[2J\x9b\u2066\u202eexe.txt\u2069 Smith")
     t.user("upncrlf", display="UPN CRLF")
     t.tenant["users"][-1]["userPrincipalName"] = f"upn\r\ncrlf@{d}"
-    t.group("hostile", "Hostile Names", ["xss", "crlf", "mailcrlf", "rtl", "upncrlf"])
+    t.group("hostile", "Hostile Names", ["xss", "crlf", "mailcrlf", "rtl", "ctl", "upncrlf"])
     load_tenant(t.tenant)
     sub = connect(portal, [t.ids["hostile"]], sendEnrollmentEmail=True)
     run = sync(portal, sub)
     settle(devhost)
     assert run["status"] == "succeeded", run
     assert run["counts"]["skippedReasons"].get("invalid_username") == 1  # a UPN with CR/LF is no username
-    mails = poll(lambda: len(emails_of_org(devhost, portal.org)) >= 3 and emails_of_org(devhost, portal.org), 30,
+    mails = poll(lambda: len(emails_of_org(devhost, portal.org)) >= 4 and emails_of_org(devhost, portal.org), 30,
                  "the invitations")
     settle(devhost)
     mails = emails_of_org(devhost, portal.org)
-    assert sorted(m["X-Envelope-To"] for m in mails) == sorted(f"{n}@{d}" for n in ("xss", "crlf", "rtl"))
+    assert sorted(m["X-Envelope-To"] for m in mails) == sorted(f"{n}@{d}" for n in ("xss", "crlf", "rtl", "ctl"))
     for message in mails:
         # One recipient, one subject, no header smuggled in through a name (its text stays on the Subject line).
         assert message.get_all("Bcc") is None and len(message.get_all("Subject")) == 1
@@ -183,10 +184,16 @@ def test_html_and_header_injection_in_directory_data_stays_text_in_the_emails(de
     assert "&lt;script&gt;" in xss.get_body(preferencelist=("html",)).get_content()
     rtl = next(m for m in mails if m["X-Envelope-To"] == f"rtl@{d}")
     assert "Rashid مدير" in rtl.get_body(preferencelist=("plain",)).get_content()
+    # NUL, ESC, C1 controls and direction overrides or isolates reach neither To nor Subject (as in alert subjects).
+    hidden = {chr(c) for c in (*range(32), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+    for message in mails:
+        assert not hidden & set(message["Subject"] + message["To"].addresses[0].display_name), message["Subject"]
+    ctl = next(m for m in mails if m["X-Envelope-To"] == f"ctl@{d}")
+    assert ctl["To"].addresses[0].display_name == "Eve [2J exe.txt Smith" and ctl["Subject"].startswith("Eve [2J exe")
     # The address with a CR/LF in it received nothing (and nor did the address it tried to smuggle in).
     users = {u["username"]: u for u in portal.users()}
     assert users[f"mailcrlf@{d}"]["enrollmentEmailSentAt"] is None
-    figures.tried("hostile directory names into e-mails", 5)
+    figures.tried("hostile directory names into e-mails", 6)
 
 
 def test_unicode_digits_huge_numbers_lone_surrogates_and_deep_json_are_400_not_500(devhost, victim):

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.conftest import emails_to
+from tests.e2e.conftest import alerts_to, confirm_alert_addresses
 from tests.e2e.tenants import STAFF, staff_and_engineering
 from tests.faults import figures
 from tests.faults.helpers import bus_counters, connect, settle, sync
@@ -19,6 +19,7 @@ def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal
     admin.control("POST", "/authority", json={"tokenLifetimeSeconds": 3})  # a revocation shows once tokens expire
     admins = [f"ops@{t.domain}", f"lead@{t.domain}", f"oncall@{t.domain}"]
     sub = connect(portal, [t.ids["all"], t.ids["eng"]], notifyEmails=admins)
+    confirm_alert_addresses(devhost, admins)  # as the admins would: the link in each one's confirmation e-mail
     assert sync(portal, sub)["status"] == "succeeded"
     settle(devhost)
     before = bus_counters(devhost)
@@ -31,14 +32,14 @@ def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal
         failed = sync(portal, sub)
         admin.control("DELETE", "/faults")
         assert failed["status"] == "failed", failed
-        events.append(("Directory Sync failed: Fabrikam", failed["runId"]))
+        events.append(("Directory Sync failed", failed["runId"]))
         settle(devhost)
         # 20 of 31 leave: held back for review.
         for n in STAFF[:20]:
             admin.remove_member(t.ids["all"], t.ids[n])
         review = sync(portal, sub)
         assert review["status"] == "needs_review", review
-        events.append(("Directory Sync needs your review: Fabrikam", review["runId"]))
+        events.append(("Directory Sync needs your review", review["runId"]))
         settle(devhost)
         # The tenant revokes the consent: the run's workers find out, the subscription is consent_revoked and the
         # run fails — two events.
@@ -47,8 +48,8 @@ def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal
         time.sleep(4)
         lost = sync(portal, sub)
         assert lost["status"] == "failed" and "consent_revoked" in {e["code"] for e in lost["errors"]}, lost
-        events += [("Directory Sync lost access to the directory: Fabrikam", lost["runId"]),
-                   ("Directory Sync failed: Fabrikam", lost["runId"])]
+        events += [("Directory Sync lost access to a directory", lost["runId"]),
+                   ("Directory Sync failed", lost["runId"])]
         settle(devhost)
         time.sleep(1.5)  # a duplicate e-mail would have arrived by now
     finally:
@@ -60,7 +61,7 @@ def test_every_message_delivered_twice_still_one_alert_per_event(devhost, portal
     alert_sends = after["admin-alerts"]["sent"] - before["admin-alerts"]["sent"]
     assert alert_sends >= 4 and extra["admin-alerts"] >= alert_sends  # every alert message came (at least) twice
 
-    mails = emails_to(devhost, t.domain)
+    mails = alerts_to(devhost, t.domain)
     assert all(m["X-Envelope-To"] == ", ".join(admins) for m in mails)
     told = Counter()
     for m in mails:

@@ -471,3 +471,23 @@ async def test_a_watch_recorded_without_its_url_is_moved_to_the_current_one(svc,
         await svc.watches.save(replace(w, url_hash=None))  # a row written before watches recorded their URL
     assert (await watching.renew_watches(svc))["moved"] == 2
     assert all(w.url_hash == watching.url_hash(URL) for w in await svc.watches.of_subscription(sub.org, sub.id))
+
+
+async def test_an_incremental_run_invites_a_corrected_address_once(svc, tenant):
+    """Issue 22, 3, on the incremental path: the directory corrects an invited user's address; the change
+    notification's run queues one invitation to the new address (its own message id), a redelivered job none more."""
+    from notifications.mailer import send_invitation
+
+    sub = await synced(svc, sendEnrollmentEmail=True)
+    for job in svc.queue.enrollment_jobs:
+        await send_invitation(svc, job)
+    svc.queue.enrollment_jobs.clear()
+    tenant.users["ann"] = replace(tenant.users["ann"], mail="anne@contoso.example")
+    tenant.users["bob"] = replace(tenant.users["bob"], display_name="Robert")  # no new address: no invitation
+    await notified(svc, sub)
+    [job] = svc.queue.enrollment_jobs
+    ann = users_of(svc)["ann@contoso.example"]
+    assert job.user_id == ann.id and job.to and ann.email == "anne@contoso.example"
+    await send_invitation(svc, job)
+    assert await send_invitation(svc, job) == "already_sent"
+    assert [e.to_address for e in svc.mail_sender.sent].count("anne@contoso.example") == 1

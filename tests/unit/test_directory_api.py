@@ -256,7 +256,8 @@ async def test_missing_state_redirects_with_error(svc):
 
 
 @pytest.mark.parametrize("name", [n for n in http_function_names()
-                                  if n not in ("health", "consent_callback", "openapi", "graph_notifications")])
+                                  if n not in ("health", "consent_callback", "confirm_notify_email", "openapi",
+                                                "graph_notifications")])
 async def test_every_endpoint_refuses_other_roles_and_no_token(svc, name):
     template, _ = http_route_of(name)
     route = {p: "x" for p in ("subscriptionId", "runId", "userId") if "{" + p + "}" in template}

@@ -40,9 +40,9 @@ def test_function_names_are_unique_and_bindings_valid():
             assert trigger["schedule"].strip("%") in settings_sample
 
 
-def test_only_health_consent_and_the_api_description_are_anonymous():
+def test_only_health_consent_the_alert_confirmation_and_the_api_description_are_anonymous():
     anonymous = {name for name, spec in _functions() if spec["bindings"][0].get("authLevel") == "ANONYMOUS"}
-    assert anonymous == {"health", "consent_callback", "openapi"}
+    assert anonymous == {"health", "consent_callback", "confirm_notify_email", "openapi"}
 
 
 def test_openapi_describes_exactly_the_registered_routes():

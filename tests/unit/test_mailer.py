@@ -167,3 +167,95 @@ async def test_the_next_run_requeues_an_invitation_an_earlier_run_left_claimed(s
     assert [j.user_id for j in svc.queue.enrollment_jobs] == [tom.id]
     assert await send_invitation(svc, svc.queue.enrollment_jobs[0]) == "sent"
     assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.SENT
+
+
+HOSTILE = "Eve\x00\x1b[31m\x85\x9b\u202eexe.txt\u2066\u2067\u2068\u2069\u202a\u202b\u202c\u202d\u200e\u200f\u061c Smith"
+
+
+async def test_control_characters_and_direction_overrides_never_reach_to_or_subject(svc):
+    """NUL, ESC, C1 controls and bidirectional overrides/isolates in a directory name: cleaned from the invitation's
+    To display name and Subject as an alert's subject is (one helper, ``render.header_text``)."""
+    t = svc.directory.tenant(TENANT)
+    t.add_group(G, "Sales Team")
+    t.add_user("eve", groups=[G], display_name=HOSTILE)
+    sub = await connect(svc, groups=(G,), sendEnrollmentEmail=True)
+    await full_sync(svc, sub)
+    [job] = svc.queue.enrollment_jobs
+    await send_invitation(svc, job)
+    [email] = svc.mail_sender.sent
+    for header in (email.to_name, email.subject):
+        assert header.startswith("Eve [31m exe.txt Smith"), header
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or 0x202A <= ord(c) <= 0x202E
+                       or 0x2066 <= ord(c) <= 0x2069 or ord(c) in (0x200E, 0x200F, 0x061C) for c in header), header
+    message = build_message(email, "Portal <no-reply@portal.example>")
+    assert message["To"].addresses[0].display_name == "Eve [31m exe.txt Smith"
+    # Whatever a sender is handed, the SMTP adapter cleans the same way.
+    from notifications.senders import OutgoingEmail
+    raw = build_message(OutgoingEmail("eve@x.example", HOSTILE, HOSTILE, "<p>x</p>", "x", "hint"), "p@portal.example")
+    assert raw["To"].addresses[0].display_name == raw["Subject"] == "Eve [31m exe.txt Smith"
+
+
+def _token_of(email) -> str:
+    link = next(w for w in email.text.split() if "/enroll?token=" in w)
+    return parse_qs(urlsplit(link).query)["token"][0]
+
+
+async def test_a_link_is_bound_to_its_address_and_a_corrected_address_is_invited_once(svc, invited):
+    """Issue 22, 3: the Azure admin corrects the address of a user invited at a wrong one. The old link answers 410
+    ``address_changed``; the new address gets one invitation (redelivered run and mailer messages included), whose
+    link enrols."""
+    from dataclasses import replace
+
+    from tests.helpers import call
+
+    for job in invited:
+        await send_invitation(svc, job)
+    old = _token_of(next(e for e in svc.mail_sender.sent if e.to_address.startswith("tom")))
+    t = svc.directory.tenant(TENANT)
+    t.users["tom"] = replace(t.users["tom"], mail="thomas@contoso.example")
+    t.users["zoe"] = replace(t.users["zoe"], display_name="Zoë B.")  # another change: no new invitation
+    svc.queue.enrollment_jobs.clear()
+    tom = users_of(svc)["tom@contoso.example"]
+    await full_sync(svc, await svc.subscriptions.get("org-a", tom.subscription_id), times=2)  # every job twice
+    jobs = svc.queue.enrollment_jobs
+    # Its own message id (the first invitation's may still be in the broker's duplicate detection window).
+    assert {j.user_id for j in jobs} == {tom.id} and any(j.to for j in jobs), jobs
+    for job in jobs * 2:
+        await send_invitation(svc, job)
+    to_new = [e for e in svc.mail_sender.sent if e.to_address == "thomas@contoso.example"]
+    assert len(to_new) == 1 and len(svc.mail_sender.sent) == 3
+    status, err, _ = await call("complete_enrollment", body={"token": old})
+    assert (status, err["code"]) == (410, "address_changed"), err
+    status, user, _ = await call("complete_enrollment", body={"token": _token_of(to_new[0])})
+    assert status == 200 and user["enrolledAt"]
+    # Enrolled: a later correction of the address invites nobody.
+    t.users["tom"] = replace(t.users["tom"], mail="tom.b@contoso.example")
+    svc.queue.enrollment_jobs.clear()
+    await full_sync(svc, await svc.subscriptions.get("org-a", tom.subscription_id))
+    assert svc.queue.enrollment_jobs == []
+
+
+async def test_an_outcome_of_a_send_to_an_old_address_does_not_cover_the_new_address_invitation(svc, invited):
+    """A send to the old address still in flight when the directory corrects it: its outcome is not written over
+    the new address's queued invitation (which would then never go)."""
+    from dataclasses import replace
+
+    tom = users_of(svc)["tom@contoso.example"]
+    job = next(j for j in invited if j.user_id == tom.id)
+    sender = svc.mail_sender
+    original = sender.send
+
+    async def slow_send(email):
+        t = svc.directory.tenant(TENANT)
+        t.users["tom"] = replace(t.users["tom"], mail="thomas@contoso.example")
+        svc.queue.enrollment_jobs.clear()
+        await full_sync(svc, await svc.subscriptions.get("org-a", tom.subscription_id))
+        return await original(email)
+
+    sender.send = slow_send
+    assert await send_invitation(svc, job) == "sent"
+    sender.send = original
+    assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.QUEUED
+    [again] = svc.queue.enrollment_jobs
+    assert await send_invitation(svc, again) == "sent"
+    assert [e.to_address for e in svc.mail_sender.sent][-1] == "thomas@contoso.example"

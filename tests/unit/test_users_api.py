@@ -121,17 +121,17 @@ async def test_other_orgs_users_are_404(svc, synced):
 async def test_enrollment_completion(svc, synced):
     _, body, _ = await call("list_users", params={"search": "ann"})
     ann = body["users"][0]
-    good = enrollment_token(SIGNING, "org-a", ann["id"], svc.clock() + timedelta(days=7))
+    good = enrollment_token(SIGNING, "org-a", ann["id"], ann["email"], svc.clock() + timedelta(days=7))
     status, user, _ = await call("complete_enrollment", body={"token": good})
     assert status == 200 and user["enrolledAt"]
     status, err, _ = await call("complete_enrollment", body={"token": good})
     assert (status, err["code"]) == (409, "token_used")
-    expired = enrollment_token(SIGNING, "org-a", ann["id"], svc.clock() - timedelta(seconds=1))
+    expired = enrollment_token(SIGNING, "org-a", ann["id"], ann["email"], svc.clock() - timedelta(seconds=1))
     status, err, _ = await call("complete_enrollment", body={"token": expired})
     assert (status, err["code"]) == (410, "token_expired")
     forged = signing.sign("another-secret-that-is-long-enough-xxxx", "enrollment",
                           {"org": "org-a", "uid": ann["id"], "exp": int(time.time()) + 99})
-    for bad in (forged, "nonsense", enrollment_token(SIGNING, "org-b", ann["id"], svc.clock() + timedelta(days=1))):
+    for bad in (forged, "nonsense", enrollment_token(SIGNING, "org-b", ann["id"], ann["email"], svc.clock() + timedelta(days=1))):
         status, err, _ = await call("complete_enrollment", body={"token": bad})
         assert (status, err["code"]) == (400, "invalid_token")
     status, err, _ = await call("complete_enrollment", body={})
@@ -146,7 +146,7 @@ async def test_only_an_active_synced_user_may_complete_enrollment(svc, synced):
     users = {u["username"].split("@")[0]: u for u in body["users"]}
 
     def link(name):
-        return enrollment_token(SIGNING, "org-a", users[name]["id"], svc.clock() + timedelta(days=7))
+        return enrollment_token(SIGNING, "org-a", users[name]["id"], users[name]["email"], svc.clock() + timedelta(days=7))
 
     status, err, _ = await call("complete_enrollment", body={"token": link("zoe")})  # blocked in Azure
     assert (status, err["code"]) == (409, "user_inactive")
@@ -159,3 +159,24 @@ async def test_only_an_active_synced_user_may_complete_enrollment(svc, synced):
     assert (status, err["code"]) == (410, "invitation_revoked")
     _, after, _ = await call("list_users")
     assert all(u["enrolledAt"] is None for u in after["users"])  # nothing recorded
+
+
+async def test_an_older_link_without_its_address_is_refused_once_the_address_changed(svc, synced):
+    """Issue 22, 3: links minted before they named their address (no ``to``) stay good until the address changes."""
+    from dataclasses import replace as swap
+
+    _, body, _ = await call("list_users", params={"search": "ann"})
+    ann = body["users"][0]
+    exp = int((svc.clock() + timedelta(days=7)).timestamp())
+    legacy = signing.sign(SIGNING, "enrollment", {"org": "org-a", "uid": ann["id"], "exp": exp})
+    t = svc.directory.tenant(TENANT)
+    t.users["ann"] = swap(t.users["ann"], mail="anne@contoso.example")
+    svc.clock.advance(minutes=1)
+    await full_sync(svc, synced)
+    status, err, _ = await call("complete_enrollment", body={"token": legacy})
+    assert (status, err["code"]) == (410, "address_changed")
+    _, body, _ = await call("list_users", params={"search": "bob"})
+    bob = body["users"][0]
+    legacy = signing.sign(SIGNING, "enrollment", {"org": "org-a", "uid": bob["id"], "exp": exp})
+    status, user, _ = await call("complete_enrollment", body={"token": legacy})
+    assert status == 200 and user["enrolledAt"]
