@@ -1,7 +1,7 @@
 """Table Storage adapter of the admin alerts: ``{prefix}Alerts``, PK ``org|subscription``, RK the event's id.
 
-A table of its own (the other repositories are in ``tables.py``, which this module builds on and which does not
-import it): one row per event, inserted with "create" so a second recording of the same event finds the first.
+A table of its own (on ``table_repository.py``, as every table's module): one row per event, inserted with "create"
+so a second recording of the same event finds the first.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from ..alert_model import Alert
 from ..errors import PreconditionFailed
 from ..model import EmailState
 from ..ports import Alerts
-from .tables import _conditional, _dt, _etag, _Repository, call, collect, key
+from .table_repository import _conditional, _dt, _etag, _Repository, call, collect
+from .table_text import key
 
 
 class TableAlerts(_Repository, Alerts):

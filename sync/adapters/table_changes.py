@@ -1,4 +1,4 @@
-"""How the Runs table keeps a run's change list, and a user row its history (the schema is in ``tables.py``).
+"""How the Runs table keeps a run's change list, and a user row its history (schemas: ``table_runs``, ``table_users``).
 
 A run's change list is stored a Graph page at a time, never a user at a time: the changes one segment of a group
 recorded go into rows ``<run>|x|<group>|<segment>|<page>|<part>`` (a part holds at most CHANGES_PER_PART changes and

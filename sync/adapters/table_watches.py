@@ -23,8 +23,8 @@ from azure.data.tables import UpdateMode
 from ..errors import PreconditionFailed
 from ..model import DeltaState, Watch
 from ..ports import Watches
+from .table_repository import _conditional, _dt, _etag, _Repository, call, collect
 from .table_text import key, long_text, read_long_text
-from .tables import _conditional, _dt, _etag, _Repository, call, collect
 
 WATCH_PK = "watch"
 DELTA_PK = "delta|"

@@ -61,7 +61,7 @@ async def test_hostile_org_ids_sync_renew_and_delete(svc):
 
 async def test_a_delta_row_of_the_old_layout_is_moved_when_read(svc, table_store):
     """Before issue 22 a delta row sat at PartitionKey <org>: still read, moved on the first read, deleted with it."""
-    from sync.adapters.tables import call
+    from sync.adapters.table_repository import call
 
     table = await svc.watches._table()
     now = svc.clock()

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from sync.adapters import table_changes
-from sync.adapters.tables import key
+from sync.adapters.table_text import key
 from sync.decisions import HISTORY_MAX_ENTRIES
 from sync.errors import InvalidInput, PreconditionFailed
 from sync.model import GroupProgress, HistoryEntry, Run, SegmentChanges, UserChange

@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sync.adapters.tables import group_of_property, key, membership_property
+from sync.adapters.table_text import key
+from sync.adapters.table_users import group_of_property, membership_property
 from sync.errors import InvalidInput, PreconditionFailed
 from sync.model import GroupProgress, GroupRef, PendingConsent, Run, Subscription, SyncedGroup, User
 from sync.ports import Created, Exists, Stale, Updated, UserFilter, UsernameTaken

@@ -6,7 +6,7 @@ import jwt
 import pytest
 
 from local.client import ApiError
-from sync.adapters.tables import key
+from sync.adapters.table_text import key
 from tests.e2e.conftest import emails_to
 from tests.e2e.tenants import scenario
 from tests.e2e.test_full_sync import connect, grid, sync, wait_for_emails

@@ -132,7 +132,7 @@ def test_deselected_groups_leave_every_row(devhost, portal, load_tenant):
     groups selected once must not pile up): after a run with fewer groups the rows hold nothing of the others."""
     from azure.data.tables import TableServiceClient
 
-    from sync.adapters.tables import group_of_property
+    from sync.adapters.table_users import group_of_property
 
     t = scenario()
     admin = load_tenant(t.tenant)

@@ -105,7 +105,7 @@ def test_killed_mid_group_twice_the_run_completes_like_a_clean_run(devhost, new_
 def _user_row(devhost, portal, user: dict) -> dict:
     from azure.data.tables import TableServiceClient
 
-    from sync.adapters.tables import key
+    from sync.adapters.table_text import key
 
     rows = TableServiceClient.from_connection_string(devhost.ready["tables"]).get_table_client("dirsyncUsers")
     return rows.get_entity(key(portal.org), key(user["id"]))

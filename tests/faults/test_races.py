@@ -134,7 +134,7 @@ def test_if_a_deletion_lands_under_a_queued_run_its_workers_fail_the_run_and_wri
                                                                                             load_tenant):
     from azure.data.tables import TableServiceClient
 
-    from sync.adapters.tables import key
+    from sync.adapters.table_text import key
 
     t = with_large_group(5)
     load_tenant(t.tenant)

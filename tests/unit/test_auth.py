@@ -143,7 +143,7 @@ def test_the_token_and_cursor_decoders_never_fail_unexpectedly():
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from sync.adapters.tables import _decode_token
+    from sync.adapters.table_users import _decode_token
     from sync.auth import authenticate
     from sync.errors import InvalidInput, Unauthenticated
     from tests.fakes import SECRET
