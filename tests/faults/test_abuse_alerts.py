@@ -27,7 +27,7 @@ def test_alerts_reach_only_addresses_that_confirmed_under_a_fixed_subject(devhos
     admin = load_tenant(t.tenant)
     victims = [f"victim{i}@{t.domain}" for i in range(3)]
     sub = portal.create_subscription(LURE)["id"]
-    assert portal.authorize(sub)["consent"] == "granted"
+    assert portal.authorize(sub)["consent"] == "confirmed"
     shown = portal.update(sub, notifyEmails=victims, nightlySync=False)
     assert shown["notifyEmailStatus"] == {v: "pending" for v in victims}
     portal.select_groups(sub, [t.ids["all"], t.ids["eng"]])

@@ -14,6 +14,7 @@ from local.__main__ import LOCAL_PORTAL_TOKEN_SECRET, LOCAL_SIGNING_SECRET
 from local.client import FakeTenantAdmin, Portal, portal_token
 from sync import signing
 from sync.consent import CONSENT_STATE_PURPOSE
+from tests.e2e.conftest import confirm_alert_addresses
 from tests.faults import figures
 from tests.faults.abuse import assert_error
 from tests.faults.helpers import expect_error, poll
@@ -236,6 +237,7 @@ def test_consent_phishing_a_consent_url_completed_by_another_companys_admin_conn
     load_tenant(victim_t.tenant)  # the browser is signed in as the victim company's Global Administrator
     victims_own = victim.create_subscription("Victim")["id"]
     victim.update(victims_own, notifyEmails=[f"it@{victim_t.tenant['domain']}"])
+    confirm_alert_addresses(devhost, [f"it@{victim_t.tenant['domain']}"])  # the victim's admin agreed to alerts
 
     sub = attacker.create_subscription("Innocent-looking")["id"]
     url = attacker.call("POST", f"/directory/subscriptions/{sub}/authorize")["authorizeUrl"]
