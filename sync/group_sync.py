@@ -316,7 +316,9 @@ class _Segment:
                     known.created_by_this_run or (known.changed_by_this_run and self.recovering))):
                 self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
                 if known.invitation_stuck:  # the mailer takes the claim over once its lease ran out
-                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
+                    # A message id of its own (this run's): the first one's may still be in the duplicate-detection
+                    # window, where Service Bus would accept this re-queue and drop it.
+                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id, tag=f"requeue:{self.run.id}"))
             else:
                 reread.append(uid)
         if self.dry:
