@@ -27,17 +27,17 @@ from azure.servicebus import (
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
 from azure.servicebus.exceptions import (
     MessageLockLostError,
-    MessageSizeExceededError,
     MessageNotFoundError,
+    MessageSizeExceededError,
     MessagingEntityNotFoundError,
     ServiceBusError,
 )
 from proton import Connection, Described, Link, Message, Transport, TransportException, uint, ulong
 
 from local.broker import LocalServiceBus
-from local.broker.queues import QueueSettings, load_definition
 from local.broker.codec import EncodedMessage, encode_value, unpack_transfer
 from local.broker.frames import IncomingFrames
+from local.broker.queues import QueueSettings, load_definition
 
 QUEUE = "group-sync"
 OTHER_QUEUE = "enrollment"

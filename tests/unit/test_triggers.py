@@ -4,6 +4,7 @@ from azure.functions.timer import TimerRequest
 
 from sync import runs
 from sync.errors import Transient
+from sync.model import ChangeJob, Trigger
 from tests.helpers import functions_by_name
 from tests.unit.syncdsl import TENANT, caller, connect
 
@@ -66,3 +67,18 @@ async def test_group_worker_trigger_and_dead_letter_trigger(svc):
     view = await runs.get(svc, caller(), sub.id, run.id)
     assert view.run.status == "failed"
     assert "graph 503" in view.errors[0].message
+
+
+async def test_change_dead_letter_trigger_fails_a_run_visibly_once(svc):
+    await _tenant(svc)
+    sub = await connect(svc, groups=(G,))
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    dead_letters = functions_by_name()["change_worker_dead_letters"].get_user_function()
+    for _ in range(2):  # a dead letter delivered twice fails one run
+        await dead_letters(_message(job, delivery_count=10, dead_letter_reason="MaxDeliveryCountExceeded"))
+    [view] = await runs.recent(svc, caller(), sub.id)
+    assert (view.run.status, view.run.trigger) == ("failed", "change_notification")
+    [error] = view.errors
+    assert error.code == "changes_not_applied" and "MaxDeliveryCountExceeded" in error.message
+    stored = await svc.subscriptions.get(sub.org, sub.id)
+    assert (stored.last_run_id, stored.active_run_id) == (view.run.id, None)
