@@ -458,7 +458,9 @@ class _Segment:
         else:
             flags.append(uid)
         if invitation_queued and self.redelivered:
-            # A crash between creating users and queueing their invitations: queue again (the mailer dedupes).
+            # A crash between creating users and queueing their invitations: queue again (the mailer dedupes). The
+            # first send's id on purpose: had that send been accepted, its message is still there (duplicate
+            # detection drops this copy) or was taken (the claim moved the user off "queued").
             self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
 
     def decide(self, existing: User, desired: Desired, updates: list, flags: list[str]) -> None:
