@@ -86,13 +86,13 @@ param maximumInstanceCount int = 40
 @allowed([2048, 4096])
 param instanceMemoryMB int = 2048
 
-// The queues' max delivery count: the app compares a message's delivery count with MAX_DELIVERY_COUNT to know a
-// failure is final, so both are set from this one value.
-var maxDeliveryCount = 10
-var groupSyncQueue = 'group-sync'
-var enrollmentQueue = 'enrollment-email'
-var changeQueue = 'directory-changes'
-var alertQueue = 'admin-alerts'
+// The queues, one definition (queues.json) that the local broker declares too (local/broker/queues.py): names, lock,
+// max delivery count, time to live, duplicate detection. The keys are the app settings that name the queues.
+var queueDefinition = loadJsonContent('queues.json')
+var groupSyncQueue = queueDefinition.queues.GROUP_SYNC_QUEUE.name
+var enrollmentQueue = queueDefinition.queues.ENROLLMENT_QUEUE.name
+var changeQueue = queueDefinition.queues.CHANGE_QUEUE.name
+var alertQueue = queueDefinition.queues.ALERT_QUEUE.name
 var deploymentContainer = 'app-package'
 
 var token = uniqueString(resourceGroup().id, appName)
@@ -177,44 +177,27 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   }
 }
 
-var queueSettings = [
-  {
-    name: groupSyncQueue
-    ttl: 'P1D' // a group job older than a day belongs to a run abandoned as stale (RUN_STALE_AFTER_MINUTES) long ago
-  }
-  {
-    name: enrollmentQueue
-    ttl: 'P7D' // an invitation waits out an SMTP outage of up to a week; its link is minted when it is sent
-  }
-  {
-    name: changeQueue
-    ttl: 'P1D' // an incremental run older than a day is covered by the nightly one
-  }
-  {
-    name: alertQueue
-    ttl: 'P7D' // an admin alert (run failed or needs review, consent lost) waits out an SMTP outage like an invitation
-  }
-]
-
 resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
-  for queue in queueSettings: {
+  for queue in items(queueDefinition.queues): {
     parent: serviceBus
-    name: queue.name
+    name: queue.value.name
     properties: {
       // The longest lock Service Bus allows. One group segment reads up to MAX_PAGES_PER_MESSAGE (25) Graph pages
       // within SEGMENT_TIME_BUDGET_SECONDS (150), so it finishes inside one lock; the host also renews locks
       // (host.json maxAutoLockRenewalDuration), so a slow Graph does not cause a second concurrent delivery.
-      lockDuration: 'PT5M'
-      maxDeliveryCount: maxDeliveryCount
-      // Expired and exhausted messages go to the dead-letter queue, whose trigger fails the group or records the
-      // failed invitation or alert, so a run always ends instead of staying "running".
-      deadLetteringOnMessageExpiration: true
-      defaultMessageTimeToLive: queue.ttl
-      // Message ids are deterministic (run:group:segment, enroll:org:user, alert:<event hash>): a send retried
-      // after a timeout that in fact succeeded is dropped here. The app tolerates duplicates anyway; this only saves
-      // Graph calls and claims.
-      requiresDuplicateDetection: true
-      duplicateDetectionHistoryTimeWindow: 'PT10M'
+      lockDuration: queueDefinition.properties.lockDuration
+      maxDeliveryCount: queueDefinition.properties.maxDeliveryCount
+      // Expired and exhausted messages go to the dead-letter queue, whose trigger fails the group or the change run,
+      // or records the failed invitation or alert, so a run always ends instead of staying "running".
+      deadLetteringOnMessageExpiration: queueDefinition.properties.deadLetteringOnMessageExpiration
+      defaultMessageTimeToLive: queue.value.defaultMessageTimeToLive
+      // First sends carry deterministic ids (run:group:segment, enroll:org:user, alert:<event hash>): a send retried
+      // after a timeout that in fact succeeded is dropped here. Within the window Service Bus also drops (as accepted)
+      // any other message with a seen id, scheduled ones included, so every re-queue and retry carries an id of its
+      // own (see infra/README.md).
+      requiresDuplicateDetection: queueDefinition.properties.requiresDuplicateDetection
+      duplicateDetectionHistoryTimeWindow: queueDefinition.properties.duplicateDetectionHistoryTimeWindow
+      maxSizeInMegabytes: queueDefinition.properties.maxSizeInMegabytes
       requiresSession: false
       enablePartitioning: false
     }
@@ -441,7 +424,6 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CHANGE_QUEUE: changeQueue
     WATCH_RENEWAL_SCHEDULE: '0 17 * * * *' // hourly; watches live WATCH_LIFETIME_HOURS (72) and renew at half-life
     NOTIFICATION_URL: '@Microsoft.KeyVault(VaultName=${keyVault.name};SecretName=${notificationUrlValue.name})'
-    MAX_DELIVERY_COUNT: string(maxDeliveryCount)
 
     // Microsoft Graph: app-only tokens per customer tenant, proven by the identity (federated credential).
     GRAPH_BASE_URL: 'https://graph.microsoft.com/v1.0'

@@ -67,14 +67,18 @@ class DevHost:
 
                 self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
                 s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
-        queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email",
-                  os.environ.get("CHANGE_QUEUE") or "directory-changes", os.environ.get("ALERT_QUEUE") or "admin-alerts")
+        from .broker.queues import load_definition
+
+        # The queues of infra/queues.json (the deployment's), under the names the settings give them.
+        declared = {setting: os.environ.get(setting) or q.name for setting, q in load_definition().items()}
+        queues = (declared["GROUP_SYNC_QUEUE"], declared["ENROLLMENT_QUEUE"], declared["CHANGE_QUEUE"],
+                  declared["ALERT_QUEUE"])
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
 
-            self.broker = LocalServiceBus(port=self.args.servicebus_port, queues=queues,
-                                          max_delivery_count=int(os.environ.get("MAX_DELIVERY_COUNT") or 10),
-                                          lock_duration_s=self.args.lock_duration)
+            self.broker = LocalServiceBus.declared(declared, port=self.args.servicebus_port,
+                                                   max_delivery_count=self.args.max_delivery_count,
+                                                   lock_duration_s=self.args.lock_duration)
             self.broker.start()
             s["ServiceBusConnection"] = self.broker.connection_string
         redirect_uri = os.environ.get("CONSENT_REDIRECT_URI") or f"http://127.0.0.1:{self.port}/api/directory/consent"
@@ -332,7 +336,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--control-port", type=int, default=0)
     parser.add_argument("--table-proxy", action="store_true",
                         help="put a fault-injecting proxy between the app and Azurite (control: /tables/faults)")
-    parser.add_argument("--lock-duration", type=float, default=60.0, help="Service Bus message lock, seconds")
+    parser.add_argument("--lock-duration", type=float, default=None,
+                        help="Service Bus message lock, seconds (default: infra/queues.json's, 5 minutes)")
+    parser.add_argument("--max-delivery-count", type=int, default=None,
+                        help="deliveries before Service Bus dead-letters a message (default: infra/queues.json's)")
     parser.add_argument("--require-function-keys", action="store_true",
                         help="check function keys on FUNCTION- and ADMIN-level routes as Azure does (Core Tools, and "
                              "so the default here, checks none); the keys are in READY's functionKeys")

@@ -21,6 +21,7 @@ The sequence:
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import replace
 from datetime import timedelta
@@ -330,6 +331,36 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
                                                                           "interrupted; they are applied again"))
         raise
     await finalize(svc, sub.org, sub.id, run.id)
+
+
+async def handle_dead_lettered_change_job(svc: Services, job: ChangeJob, reason: str | None) -> None:
+    """A change job that gave up after its last delivery (or expired): a failed run says so and alerts the admins,
+    as a group job that gives up fails its run, instead of the changes going unapplied without a trace.
+
+    The run's id follows from the job, so a redelivered dead letter finds the run it already failed."""
+    sub = await svc.subscriptions.get(job.org, job.subscription_id)
+    if sub is None or sub.deleting:
+        return
+    run_id = _given_up_run_id(job)
+    run = await svc.runs.get(sub.org, sub.id, run_id)
+    if run is None:
+        run = await svc.runs.add(Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger,
+                                     status=RunStatus.RUNNING, group_ids=sub.group_ids, started_at=job.requested_at,
+                                     updated_at=svc.clock()), [])
+    error = RunError("changes_not_applied", f"the directory's changes announced at {job.requested_at.isoformat()} "
+                                            f"could not be applied ({reason or 'repeated failures'}); the next change "
+                                            "notification or the nightly run applies them")
+    await runs.fail_run(svc, run, error, release=False)
+    # The portal's last sync becomes this failure unless a newer run has ended since (run ids sort newest first).
+    await runs.release_subscription(svc, run, remember=sub.last_run_id is None or run_id < sub.last_run_id)
+    log.warning("change job gave up: its run failed", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
+                                                              "reason": reason})
+
+
+def _given_up_run_id(job: ChangeJob) -> str:
+    """A run id as runs.new_run_id makes them (newest first), fixed by the job: its request time and message id."""
+    inverted = 10**13 - int(job.requested_at.timestamp() * 1000)
+    return f"{inverted:013d}-{hashlib.sha256(job.message_id.encode()).hexdigest()[:8]}"
 
 
 async def _later(svc: Services, job: ChangeJob) -> None:

@@ -318,7 +318,9 @@ class _Segment:
                     known.created_by_this_run or (known.changed_by_this_run and self.recovering))):
                 self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
                 if known.invitation_stuck:  # the mailer takes the claim over once its lease ran out
-                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
+                    # A message id of its own (this run's): the first one's may still be in the duplicate-detection
+                    # window, where Service Bus would accept this re-queue and drop it.
+                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id, tag=f"requeue:{self.run.id}"))
             else:
                 reread.append(uid)
         if self.dry:
@@ -458,7 +460,9 @@ class _Segment:
         else:
             flags.append(uid)
         if invitation_queued and self.redelivered:
-            # A crash between creating users and queueing their invitations: queue again (the mailer dedupes).
+            # A crash between creating users and queueing their invitations: queue again (the mailer dedupes). The
+            # first send's id on purpose: had that send been accepted, its message is still there (duplicate
+            # detection drops this copy) or was taken (the claim moved the user off "queued").
             self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
 
     def decide(self, existing: User, desired: Desired, updates: list, flags: list[str]) -> None:

@@ -1,6 +1,7 @@
 """Plain dataclasses the use cases work on; no SDK types cross into here."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -681,23 +682,38 @@ class EnrollmentJob:
     run_id: str | None = None
     attempt: int = 0  # retries after the relay refused for a while
     to: str = ""  # a new address's invitation (its digest, ``decisions.address_tag``): a message id of its own
+    tag: str = ""  # a re-queue of an invitation whose first message is gone: a message id of its own
 
     @property
     def message_id(self) -> str:
-        base = f"enroll:{self.org}:{self.user_id}" + (f":{self.to}" if self.to else "")
-        return f"{base}:retry{self.attempt}" if self.attempt else base
+        """Deterministic, so duplicate detection drops a first send retried after a lost answer; a new address, a
+        retry or a re-queue differs (Service Bus drops any message whose id it saw within the window, scheduled ones
+        too). At most 128 characters, as Service Bus allows: a longer one is hashed."""
+        text = f"enroll:{self.org}:{self.user_id}"
+        if self.to:
+            text += f":{self.to}"
+        if self.attempt:
+            text += f":retry{self.attempt}"
+        if self.tag:
+            text += f":{self.tag}"
+        if len(text) > 128:
+            text = "enroll:" + hashlib.sha256(text.encode()).hexdigest()[:48]
+        return text
 
     def to_json(self) -> str:
         data = {"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt}
         if self.to:
             data["to"] = self.to
+        if self.tag:
+            data["tag"] = self.tag
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EnrollmentJob":
         data = json.loads(text)
         return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
-                   attempt=int(data.get("attempt") or 0), to=str(data.get("to") or ""))
+                   attempt=int(data.get("attempt") or 0), to=str(data.get("to") or ""),
+                   tag=str(data.get("tag") or ""))
 
 
 class Trigger:

@@ -67,7 +67,6 @@ class Settings:
     deprovision_guard_min_users: int
     max_pages_per_message: int
     segment_time_budget_s: float
-    max_delivery_count: int
     run_stale_after_minutes: int
     enrollment_token_ttl_hours: int
     graph_concurrency: int
@@ -123,7 +122,6 @@ class Settings:
             deprovision_guard_min_users=int(reader.number("DEPROVISION_GUARD_MIN_USERS", 10, 0, 10**9)),
             max_pages_per_message=int(reader.number("MAX_PAGES_PER_MESSAGE", 25, 1, 10_000)),
             segment_time_budget_s=reader.number("SEGMENT_TIME_BUDGET_SECONDS", 150.0, 1.0, 3600.0),
-            max_delivery_count=int(reader.number("MAX_DELIVERY_COUNT", 10, 1, 2000)),
             run_stale_after_minutes=int(reader.number("RUN_STALE_AFTER_MINUTES", 180, 1, 10**6)),
             enrollment_token_ttl_hours=int(reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168, 1, 24 * 365)),
             graph_concurrency=graph_concurrency,

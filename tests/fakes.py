@@ -712,6 +712,7 @@ class RecordingQueue(JobQueue):
         self.change_jobs: list[ChangeJob] = []
         self.change_delays: list[float] = []
         self.fail_next: Exception | None = None
+        self.message_ids: list[str] = []  # every id sent, never cleared: a re-queue must not reuse one
 
     async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
         if self.fail_next:
@@ -719,20 +720,25 @@ class RecordingQueue(JobQueue):
             raise exc
         self.group_jobs.extend(jobs)
         self.group_delays.extend([delay_s] * len(jobs))
+        self.message_ids += [j.message_id for j in jobs]
 
     async def send_enrollment_jobs(self, jobs: list[EnrollmentJob], *, delay_s: float = 0) -> None:
         self.enrollment_jobs.extend(jobs)
         self.delays.extend([delay_s] * len(jobs))
+        self.message_ids += [j.message_id for j in jobs]
 
     async def send_change_jobs(self, jobs: list[ChangeJob], *, delay_s: float = 0) -> None:
         self.change_jobs.extend(jobs)
         self.change_delays.extend([delay_s] * len(jobs))
+        self.message_ids += [j.message_id for j in jobs]
+
     async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
         if self.fail_alerts:
             exc, self.fail_alerts = self.fail_alerts, None
             raise exc
         self.alert_jobs.extend(jobs)
         self.alert_delays.extend([delay_s] * len(jobs))
+        self.message_ids += [j.message_id for j in jobs]
 
     def take_group_jobs(self) -> list[GroupJob]:
         jobs, self.group_jobs = self.group_jobs, []

@@ -4,7 +4,7 @@ Usage::
 
     from local.broker import LocalServiceBus
 
-    bus = LocalServiceBus(queues=("group-sync", "enrollment")).start()
+    bus = LocalServiceBus.declared().start()  # the queues of infra/queues.json, as Azure holds them
     client = ServiceBusClient.from_connection_string(bus.connection_string)
     ...
     bus.stop()

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from .queues import as_settings, declared_queues
 from .server import LocalServiceBus
 
 
@@ -21,11 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.broker", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5672, help="port to listen on; 0 picks a free one")
-    parser.add_argument("--max-delivery-count", type=int, default=10,
-                        help="deliveries before a message is dead-lettered (default 10)")
-    parser.add_argument("--lock-duration", type=float, default=30.0, help="peek-lock duration in seconds")
+    parser.add_argument("--max-delivery-count", type=int, default=None,
+                        help="deliveries before a message is dead-lettered (default: infra/queues.json)")
+    parser.add_argument("--lock-duration", type=float, default=None,
+                        help="peek-lock duration in seconds (default: infra/queues.json)")
     parser.add_argument("--queue", action="append", default=[], dest="queues",
-                        help="pre-declare a queue (repeatable); others are created on first use")
+                        help="declare one more queue by name (repeatable); the queues of infra/queues.json always exist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
@@ -33,13 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    bus = LocalServiceBus(
-        host=args.host,
-        port=args.port,
-        max_delivery_count=args.max_delivery_count,
-        lock_duration_s=args.lock_duration,
-        queues=tuple(args.queues),
-    )
+    queues = declared_queues(lock_duration_s=args.lock_duration, max_delivery_count=args.max_delivery_count)
+    queues += as_settings(args.queues, lock_duration_s=args.lock_duration or 60.0,
+                          max_delivery_count=args.max_delivery_count or 10)
+    bus = LocalServiceBus(host=args.host, port=args.port, queues=queues)
     try:
         bus.start()
     except OSError as error:

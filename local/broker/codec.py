@@ -192,7 +192,8 @@ class EncodedMessage:
                 fields["footer"] = raw
         message = cls(body=tuple(body), body_codes=tuple(codes), **fields)
         try:  # decode what the broker reads or rewrites now, so a bad message is refused at send time
-            _ = (message.annotations, message.application_properties_map, message._header_fields)
+            _ = (message.annotations, message.application_properties_map, message._header_fields,
+                 message._properties_fields)
         except (DataException, AttributeError, TypeError, ValueError) as error:
             raise MessageFormatError(f"undecodable message section: {error}") from error
         return message
@@ -218,6 +219,27 @@ class EncodedMessage:
             fields = list(decode_value(self.header).value or [])
         return (fields + [None] * 5)[:5]
 
+    @functools.cached_property
+    def _properties_fields(self) -> list:
+        fields = []
+        if self.properties is not None:
+            fields = list(decode_value(self.properties).value or [])
+        return (fields + [None] * 13)[:13]
+
+    @property
+    def message_id(self) -> str | None:
+        """The MessageId (properties.message-id) as text, or None: what duplicate detection compares."""
+        value = self._properties_fields[0]
+        if value is None:
+            return None
+        return value.hex() if isinstance(value, bytes) else str(value)
+
+    @property
+    def ttl_ms(self) -> int | None:
+        """The sender's time to live (header.ttl, milliseconds), or None."""
+        ttl = self._header_fields[2]
+        return int(ttl) if ttl else None
+
     @property
     def scheduled_enqueue_time_ms(self) -> int | None:
         """The ``x-opt-scheduled-enqueue-time`` annotation in epoch milliseconds, if any."""
@@ -230,9 +252,12 @@ class EncodedMessage:
         merged.update(updates)
         return replace(self, application_properties=_encode_section(APPLICATION_PROPERTIES, merged))
 
-    def render(self, delivery_count: int, annotations: dict[str, Any]) -> bytes:
-        """Encode the message for delivery, with a fresh header and merged broker annotations."""
+    def render(self, delivery_count: int, annotations: dict[str, Any], ttl_ms: int | None = None) -> bytes:
+        """Encode the message for delivery, with a fresh header (``ttl_ms``: the effective time to live) and merged
+        broker annotations."""
         durable, priority, ttl, _, _ = self._header_fields
+        if ttl_ms is not None:
+            ttl = uint(min(ttl_ms, 0xFFFFFFFF))
         header = [durable, priority, ttl, delivery_count == 0, uint(delivery_count)]
         merged = dict(self.annotations)
         merged.update((symbol(k), v) for k, v in annotations.items())

@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from proton import (
@@ -41,12 +41,14 @@ from proton import (
 from .codec import MessageFormatError, plain, unpack_transfer
 from .frames import IncomingFrames
 from .management import ABANDONED, COMPLETED, DEFERRED, LOCK_LOST, Management
+from .queues import QueueSettings, as_settings, declared_queues
 from .store import Entity, Lock, LockLost, MessageStore
 
 _log = logging.getLogger("local.broker")
 
 CONTAINER_ID = "local-servicebus"
-MAX_MESSAGE_SIZE = 1024 * 1024  # what Service Bus premium allows; sizes the client's batches
+MAX_MESSAGE_SIZE = 1024 * 1024  # management and $cbs links (requests carry whole messages to schedule)
+MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
 INCOMING_CREDIT = 200  # credit kept open on links the clients send on
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
 SESSION_FILTER = "com.microsoft:session-filter"
@@ -177,8 +179,11 @@ class LocalServiceBus:
     """A local stand-in for an Azure Service Bus namespace (queues only), speaking AMQP 1.0.
 
     The real ``azure-servicebus`` client (sync and aio) connects with
-    :attr:`connection_string`. Queues are created on first use; ``queues``
-    pre-declares some so :meth:`stats` lists them from the start.
+    :attr:`connection_string`. Only the ``queues`` given exist (any other entity
+    answers amqp:not-found, as Service Bus does); each is a name (a queue with
+    ``lock_duration_s`` and ``max_delivery_count``, no expiry, no duplicate
+    detection) or a :class:`~local.broker.queues.QueueSettings`.
+    :meth:`declared` makes the queues the deployment declares (infra/queues.json).
     """
 
     def __init__(
@@ -187,14 +192,13 @@ class LocalServiceBus:
         port: int = 0,
         max_delivery_count: int = 10,
         lock_duration_s: float = 30.0,
-        queues: tuple[str, ...] | list[str] = (),
+        queues: Iterable[str | QueueSettings] = (),
     ) -> None:
         self.host = host
         self._requested_port = port
         self.port: int | None = None
-        self._store = MessageStore(max_delivery_count, lock_duration_s)
-        for name in queues:
-            self._store.queue(name)
+        self._store = MessageStore(as_settings(queues, lock_duration_s=lock_duration_s,
+                                               max_delivery_count=max_delivery_count))
         self._management = Management(self._store, self._settle_through_management)
         self._thread: threading.Thread | None = None
         self._running = False
@@ -221,6 +225,18 @@ class LocalServiceBus:
             Event.LINK_FLOW: self._on_link_flow,
             Event.DELIVERY: self._on_delivery,
         }
+
+    @classmethod
+    def declared(cls, names: dict[str, str] | None = None, *, lock_duration_s: float | None = None,
+                 max_delivery_count: int | None = None, **kwargs: Any) -> "LocalServiceBus":
+        """A namespace with the queues of infra/queues.json (``names``: app setting → another queue name; the
+        overrides shorten the lock or the deliveries for tests)."""
+        return cls(queues=declared_queues(names, lock_duration_s=lock_duration_s,
+                                          max_delivery_count=max_delivery_count), **kwargs)
+
+    def queue_settings(self) -> dict[str, QueueSettings]:
+        """The declared queues' settings by name."""
+        return {name: q.settings for name, q in self._store.queues.items()}
 
     # -- public API -------------------------------------------------------------------
 
@@ -501,7 +517,12 @@ class LocalServiceBus:
             kind, path = parse_node(address)
             entity = self._store.entity(path) if path is not None else None
         except (KeyError, ValueError) as error:
-            self._refuse(link, "amqp:not-found", f"No such entity: {address!r} ({error})")
+            # Service Bus answers the attach without the terminus it refuses, then detaches with amqp:not-found.
+            if link.is_receiver:
+                link.target.type = Terminus.UNSPECIFIED
+            else:
+                link.source.type = Terminus.UNSPECIFIED
+            self._refuse(link, "amqp:not-found", f"The messaging entity {address!r} could not be found ({error}).")
             return
         if link.is_sender and SESSION_FILTER in _filters(link.remote_source):
             self._refuse(link, "amqp:not-implemented", "The local Service Bus does not support sessions.")
@@ -510,7 +531,9 @@ class LocalServiceBus:
         self._links[link] = state
         conn.links.add(link)
         if link.is_receiver:
-            link.max_message_size = MAX_MESSAGE_SIZE
+            # Service Bus announces the entity's message size limit (Standard: 256 KB), which sizes the client's
+            # batches and makes it refuse a larger message before sending it.
+            link.max_message_size = entity.settings.max_message_bytes if kind == "entity" else MAX_MESSAGE_SIZE
             link.open()
             link.flow(INCOMING_CREDIT)
             return
@@ -620,6 +643,12 @@ class LocalServiceBus:
             if state is None:
                 raise LookupError("transfer on an unknown link")
             if state.kind == "entity":
+                limit = state.entity.settings.max_message_bytes
+                if len(payload) > limit:
+                    self._refuse_transfer(delivery, MESSAGE_SIZE_EXCEEDED, (
+                        f"The received message (delivery-id:{delivery.tag!r}, size:{len(payload)} bytes) exceeds "
+                        f"the limit ({limit} bytes) currently allowed on the link."))
+                    return
                 for content in unpack_transfer(payload):
                     self._store.enqueue(state.entity, content)
             else:
@@ -634,6 +663,16 @@ class LocalServiceBus:
             _log.warning("rejecting a transfer on %r: %s", state and state.address, error)
             delivery.local.condition = Condition("amqp:decode-error", str(error))
             delivery.update(Delivery.REJECTED)
+        delivery.settle()
+        if link.credit < INCOMING_CREDIT // 2:
+            link.flow(INCOMING_CREDIT - link.credit)
+
+    def _refuse_transfer(self, delivery: Delivery, condition: str, description: str) -> None:
+        link = delivery.link
+        # With the info map Service Bus sends (azure-servicebus reads the error's third field).
+        delivery.local.condition = Condition(condition, description,
+                                             {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())})
+        delivery.update(Delivery.REJECTED)
         delivery.settle()
         if link.credit < INCOMING_CREDIT // 2:
             link.flow(INCOMING_CREDIT - link.credit)

@@ -1,4 +1,8 @@
-"""In-memory queues: availability, peek-locks, scheduling, deferral, dead-lettering, counters.
+"""In-memory queues: availability, peek-locks, scheduling, deferral, dead-lettering, expiry, duplicate detection,
+counters.
+
+Each queue keeps the properties it was declared with (:class:`~local.broker.queues.QueueSettings`); a queue that
+was not declared does not exist.
 
 Nothing here knows about AMQP links or sockets; the server drives it from its
 single event-loop thread, so the store itself takes no locks.
@@ -10,13 +14,17 @@ import heapq
 import itertools
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from .codec import EncodedMessage, timestamp_ms
+from .queues import QueueSettings
 
 DEAD_LETTER_SUFFIX = "/$deadletterqueue"
+# DeadLetterReason values the broker sets (learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues)
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+TTL_EXPIRED = "TTLExpiredException"
+TTL_EXPIRED_DESCRIPTION = "The message expired and was dead lettered."
 
 # x-opt-message-state values, as Service Bus reports them on peeked messages.
 _STATE_ACTIVE, _STATE_DEFERRED, _STATE_SCHEDULED = 0, 1, 2
@@ -34,6 +42,13 @@ class StoredMessage:
     delivery_count: int = 0
     deferred: bool = False
     duplicate: bool = False  # enqueued by the duplicate_deliveries fault: never duplicated again
+    ttl_s: float | None = None  # the effective time to live: the sender's, capped by the queue's default
+    queued: bool = False  # waiting in an entity's available heap (not locked, deferred or scheduled)
+
+    @property
+    def expires_at(self) -> float | None:
+        """Enqueued time + time to live (epoch seconds), or None for a message that never expires."""
+        return None if self.ttl_s is None else self.enqueued_at + self.ttl_s
 
     def render(self, lock: "Lock | None" = None, state: int | None = None) -> bytes:
         """Encode the message as a receiver (or a peek) gets it."""
@@ -46,7 +61,8 @@ class StoredMessage:
             annotations["x-opt-lock-token"] = lock.token
         if state is not None:
             annotations["x-opt-message-state"] = state
-        return self.content.render(self.delivery_count, annotations)
+        ttl_ms = None if self.ttl_s is None else int(self.ttl_s * 1000)
+        return self.content.render(self.delivery_count, annotations, ttl_ms=ttl_ms)
 
 
 @dataclass(eq=False)
@@ -68,15 +84,16 @@ class LockLost(LookupError):
 class Entity:
     """A queue, or the dead-letter sub-queue of one."""
 
-    def __init__(self, store: "MessageStore", path: str, dead_letter: "Entity | None") -> None:
+    def __init__(self, store: "MessageStore", path: str, dead_letter: "Entity | None", settings: QueueSettings) -> None:
         self.store = store
         self.path = path
+        self.settings = settings
         self.dead_letter_entity = dead_letter
         self._available: list[tuple[int, StoredMessage]] = []  # heap by sequence number
         self._locks: dict[uuid.UUID, Lock] = {}
         self._scheduled: dict[int, StoredMessage] = {}
         self._deferred: dict[int, StoredMessage] = {}
-        self.counters = dict.fromkeys(("sent", "completed", "abandoned", "deliveries"), 0)
+        self.counters = dict.fromkeys(("sent", "completed", "abandoned", "deliveries", "duplicates", "expired"), 0)
 
     # -- availability ---------------------------------------------------------------
 
@@ -90,15 +107,44 @@ class Entity:
         if message.deferred:
             self._deferred[message.sequence_number] = message
             return
+        expires_at = message.expires_at if self.dead_letter_entity is not None else None  # a DLQ observes no TTL
+        if expires_at is not None and expires_at <= self.store.clock():
+            self._expire(message)
+            return
+        message.queued = True
         heapq.heappush(self._available, (message.sequence_number, message))
         self.store.mark_available(self)
+        if expires_at is not None:
+            self.store.add_timer(expires_at, self._check_expiry, message)
 
     def take(self) -> StoredMessage | None:
-        """Remove and return the lowest-sequence available message."""
-        if not self._available:
-            return None
-        self.counters["deliveries"] += 1
-        return heapq.heappop(self._available)[1]
+        """Remove and return the lowest-sequence available message that has not expired."""
+        now = self.store.clock()
+        while self._available:
+            message = heapq.heappop(self._available)[1]
+            message.queued = False
+            expires_at = message.expires_at if self.dead_letter_entity is not None else None
+            if expires_at is not None and expires_at <= now:
+                self._expire(message)
+                continue
+            self.counters["deliveries"] += 1
+            return message
+        return None
+
+    def _check_expiry(self, message: StoredMessage) -> None:
+        """Expire ``message`` if it still waits here (a locked or deferred message is not touched)."""
+        if not message.queued or message.expires_at is None or message.expires_at > self.store.clock():
+            return
+        self._available = [(n, m) for n, m in self._available if m is not message]
+        heapq.heapify(self._available)
+        message.queued = False
+        self._expire(message)
+
+    def _expire(self, message: StoredMessage) -> None:
+        """Time to live passed: dead-letter (``TTLExpiredException``) when the queue says so, else drop."""
+        self.counters["expired"] += 1
+        if self.settings.dead_letter_on_expiration and self.dead_letter_entity is not None:
+            self._move_to_dead_letter(message, TTL_EXPIRED, TTL_EXPIRED_DESCRIPTION)
 
     def consume(self) -> None:
         """Record a receive-and-delete delivery: the message taken is gone once sent."""
@@ -108,7 +154,7 @@ class Entity:
 
     def lock(self, message: StoredMessage) -> Lock:
         """Peek-lock a message just taken from this entity."""
-        lock = Lock(uuid.uuid4(), message, self, self.store.clock() + self.store.lock_duration_s)
+        lock = Lock(uuid.uuid4(), message, self, self.store.clock() + self.settings.lock_duration_s)
         self._locks[lock.token] = lock
         self.store.add_timer(lock.locked_until, self._check_lock, lock)
         return lock
@@ -123,7 +169,7 @@ class Entity:
     def renew(self, lock: Lock) -> float:
         """Extend an active lock by the lock duration; returns the new expiry (epoch seconds)."""
         self._require_active(lock)
-        lock.locked_until = self.store.clock() + self.store.lock_duration_s
+        lock.locked_until = self.store.clock() + self.settings.lock_duration_s
         return lock.locked_until
 
     def complete(self, lock: Lock) -> None:
@@ -138,6 +184,7 @@ class Entity:
                     message.content,
                     self.store.clock(),
                     duplicate=True,
+                    ttl_s=message.ttl_s,
                 )
             )
 
@@ -183,11 +230,12 @@ class Entity:
 
     def _redeliver(self, message: StoredMessage) -> None:
         message.delivery_count += 1
-        if self.dead_letter_entity is not None and message.delivery_count >= self.store.max_delivery_count:
+        limit = self.settings.max_delivery_count
+        if self.dead_letter_entity is not None and message.delivery_count >= limit:
             self._move_to_dead_letter(
                 message,
                 MAX_DELIVERY_COUNT_EXCEEDED,
-                f"Message could not be consumed after {self.store.max_delivery_count} delivery attempts.",
+                f"Message could not be consumed after {limit} delivery attempts.",
             )
         else:
             self.add(message)
@@ -204,10 +252,10 @@ class Entity:
 
     # -- scheduling and deferral ------------------------------------------------------
 
-    def schedule(self, content: EncodedMessage, due: float) -> int:
+    def schedule(self, content: EncodedMessage, due: float, ttl_s: float | None = None) -> int:
         """Hold a message until ``due`` (epoch seconds); returns its sequence number."""
         sequence_number = self.store.next_sequence_number(self)
-        self._scheduled[sequence_number] = StoredMessage(sequence_number, content, due)
+        self._scheduled[sequence_number] = StoredMessage(sequence_number, content, due, ttl_s=ttl_s)
         self.store.add_timer(due, self._promote, sequence_number)
         return sequence_number
 
@@ -255,6 +303,8 @@ class Entity:
         """Drop every message and lock and reset the counters."""
         for lock in self._locks.values():
             lock.active = False
+        for _, message in self._available:
+            message.queued = False
         self._available.clear()
         self._locks.clear()
         self._scheduled.clear()
@@ -278,42 +328,63 @@ class Entity:
 
 
 class Queue(Entity):
-    """A queue, owning the sequence numbers shared with its dead-letter sub-queue."""
+    """A queue, owning the sequence numbers shared with its dead-letter sub-queue, and its duplicate detection."""
 
-    def __init__(self, store: "MessageStore", name: str) -> None:
-        super().__init__(store, name, Entity(store, name + DEAD_LETTER_SUFFIX, None))
+    def __init__(self, store: "MessageStore", settings: QueueSettings) -> None:
+        name = settings.name.lower()
+        super().__init__(store, name, Entity(store, name + DEAD_LETTER_SUFFIX, None, settings), settings)
         self.last_sequence_number = 0
+        self._seen: dict[str, float] = {}  # MessageId -> when a message with it was accepted
+
+    def is_duplicate(self, content: EncodedMessage, now: float) -> bool:
+        """Whether a message with this MessageId was accepted within the duplicate-detection window (if the queue
+        detects duplicates); a message that is not a duplicate is logged in the history."""
+        window = self.settings.duplicate_detection_window_s
+        message_id = content.message_id
+        if window is None or message_id is None:
+            return False
+        seen = self._seen.get(message_id)
+        if seen is not None and now - seen < window:
+            return True
+        self._seen[message_id] = now
+        if len(self._seen) > 4096:  # forget what left the window
+            self._seen = {k: t for k, t in self._seen.items() if now - t < window}
+        return False
+
+    def purge(self) -> None:
+        """Drop every message and lock, the duplicate-detection history, and reset the counters."""
+        super().purge()
+        self._seen.clear()
 
 
 class MessageStore:
     """All queues of the namespace, plus the timers that drive lock expiry and scheduling."""
 
-    def __init__(
-        self,
-        max_delivery_count: int = 10,
-        lock_duration_s: float = 30.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if max_delivery_count < 1:
-            raise ValueError("max_delivery_count must be at least 1")
-        if lock_duration_s <= 0:
-            raise ValueError("lock_duration_s must be positive")
-        self.max_delivery_count = max_delivery_count
-        self.lock_duration_s = lock_duration_s
+    def __init__(self, queues: Iterable[QueueSettings] = (), clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.faults: dict[str, bool] = {}
         self.queues: dict[str, Queue] = {}
         self._timers: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self._timer_ids = itertools.count()
         self._available: set[Entity] = set()
+        for settings in queues:
+            self.declare(settings)
+
+    def declare(self, settings: QueueSettings) -> Queue:
+        """Create the queue ``settings`` describes (as a deployment does); an existing one keeps its messages."""
+        key = settings.name.strip("/").lower()
+        if not key or "$" in key or "/" in key:  # topics/subscriptions are not supported
+            raise ValueError(f"not a queue name: {settings.name!r}")
+        if key not in self.queues:
+            self.queues[key] = Queue(self, replace(settings, name=key))
+        return self.queues[key]
 
     def queue(self, name: str) -> Queue:
-        """The queue called ``name`` (case-insensitive), created on first use."""
+        """The declared queue called ``name`` (case-insensitive); raises KeyError for any other name (Service Bus
+        answers amqp:not-found: it creates no entity on first use)."""
         key = name.strip("/").lower()
-        if not key or "$" in key or "/" in key:  # topics/subscriptions are not supported
-            raise KeyError(f"not a queue name: {name!r}")
         if key not in self.queues:
-            self.queues[key] = Queue(self, key)
+            raise KeyError(f"the messaging entity {name!r} could not be found")
         return self.queues[key]
 
     def entity(self, path: str) -> Entity:
@@ -333,13 +404,22 @@ class MessageStore:
         return queue.last_sequence_number
 
     def enqueue(self, entity: Entity, content: EncodedMessage) -> int:
-        """Accept a sent message (scheduled if it carries a future enqueue time); returns its sequence number."""
+        """Accept a sent message (scheduled if it carries a future enqueue time); returns its sequence number.
+
+        A message whose MessageId the queue accepted within its duplicate-detection window is accepted and dropped,
+        scheduled ones included (learn.microsoft.com/azure/service-bus-messaging/duplicate-detection); it still gets
+        a sequence number, which names nothing.
+        """
         entity.counters["sent"] += 1
         now = self.clock()
+        if isinstance(entity, Queue) and entity.is_duplicate(content, now):
+            entity.counters["duplicates"] += 1
+            return self.next_sequence_number(entity)
+        ttl_s = _effective_ttl(content, entity.settings)
         scheduled_ms = content.scheduled_enqueue_time_ms
         if scheduled_ms is not None and scheduled_ms / 1000 > now:
-            return entity.schedule(content, scheduled_ms / 1000)
-        message = StoredMessage(self.next_sequence_number(entity), content, now)
+            return entity.schedule(content, scheduled_ms / 1000, ttl_s)
+        message = StoredMessage(self.next_sequence_number(entity), content, now, ttl_s=ttl_s)
         entity.add(message)
         return message.sequence_number
 
@@ -389,3 +469,11 @@ class MessageStore:
     def stats(self) -> dict[str, Any]:
         """``{"queues": {name: {"active", "locked", "deadLettered", "scheduled", "sent", ...}}}``."""
         return {"queues": {name: q.stats() for name, q in sorted(self.queues.items())}}
+
+
+def _effective_ttl(content: EncodedMessage, settings: QueueSettings) -> float | None:
+    """The sender's time to live, capped by the queue's default (learn.microsoft.com/azure/service-bus-messaging/
+    message-expiration)."""
+    ttl_ms = content.ttl_ms
+    ttls = [t for t in (ttl_ms / 1000 if ttl_ms else None, settings.default_ttl_s) if t is not None]
+    return min(ttls) if ttls else None

@@ -10,12 +10,13 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import (
     MessageSizeExceededError,
+    MessagingEntityNotFoundError,
     ServiceBusConnectionError,
     ServiceBusError,
 )
 
 from ..alert_model import AlertJob
-from ..errors import Transient
+from ..errors import SettingsError, Transient
 from ..logs import get_logger
 from ..model import ChangeJob, EnrollmentJob, GroupJob
 from ..ports import JobQueue
@@ -64,7 +65,8 @@ class ServiceBusQueue(JobQueue):
 
     async def _post(self, queue: str, subject: str, jobs: list[Any], delay_s: float,
                     properties: Callable[[Any], dict[str, str]] | None = None) -> None:
-        """One message per job (its JSON; ``message_id`` for duplicate detection), now or ``delay_s`` later."""
+        """One message per job (its JSON), now or ``delay_s`` later. ``message_id`` is the job's: the queues detect
+        duplicates, so a job re-queued or rescheduled must carry an id of its own (see infra/README.md)."""
         messages = [ServiceBusMessage(job.to_json(), message_id=job.message_id, content_type="application/json",
                                       subject=subject, application_properties=properties(job) if properties else None)
                     for job in jobs]
@@ -103,6 +105,13 @@ class ServiceBusQueue(JobQueue):
                 sender = self._senders[queue] = self._client.get_queue_sender(queue)
             try:
                 yield sender
+            except MessagingEntityNotFoundError as exc:
+                # Service Bus creates no queue on first use: a name the deployment did not declare is a setting
+                # to fix, not a failure to retry.
+                self._senders.pop(queue, None)
+                await _quietly_close(sender)
+                raise SettingsError(f"the Service Bus queue '{queue}' does not exist in the namespace; the queue "
+                                    "settings must name the queues of infra/queues.json") from exc
             except (ServiceBusConnectionError, ServiceBusError, asyncio.TimeoutError) as exc:
                 # The sender may be broken now; the next call opens a fresh link.
                 self._senders.pop(queue, None)

@@ -9,6 +9,7 @@ from .. import changes, composition, watching
 from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError
 from ..logs import get_logger
 from ..model import ChangeJob
+from .dead_letters import decoded
 from .http import error_response, json_response, log_request, misconfigured_response, query
 
 log = get_logger(__name__)
@@ -56,6 +57,16 @@ async def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
 async def change_worker(msg: func.ServiceBusMessage) -> None:
     """An incremental run of one subscription; an exception makes Service Bus redeliver (the delta is read again)."""
     await changes.handle_change_job(await composition.services(), ChangeJob.from_json(msg.get_body()))
+
+
+@bp.function_name("change_worker_dead_letters")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%CHANGE_QUEUE%/$DeadLetterQueue",
+                              connection="ServiceBusConnection")
+async def change_worker_dead_letters(msg: func.ServiceBusMessage) -> None:
+    """A change job that exhausted its deliveries or expired: fail its run visibly instead of dropping the changes."""
+    job = decoded(msg, ChangeJob.from_json, "directory-changes")
+    if job is not None:
+        await changes.handle_dead_lettered_change_job(await composition.services(), job, msg.dead_letter_reason)
 
 
 @bp.function_name("watch_renewal")

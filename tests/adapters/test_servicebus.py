@@ -8,13 +8,13 @@ from azure.servicebus.aio import ServiceBusClient
 from local.broker import LocalServiceBus
 from sync.adapters.servicebus import ServiceBusQueue
 from sync.alert_model import AlertJob
-from sync.errors import Transient
+from sync.errors import SettingsError, Transient
 from sync.model import EnrollmentJob, GroupJob
 
 
 @pytest.fixture
 def bus():
-    server = LocalServiceBus(queues=("group-sync", "enrollment-email", "admin-alerts"))
+    server = LocalServiceBus.declared()  # the queues of infra/queues.json, duplicate detection included
     server.start()
     yield server
     server.stop()
@@ -84,3 +84,27 @@ async def test_alerts_go_to_their_own_queue_with_short_stable_ids(bus):
     assert AlertJob.from_json(b"".join(received.body)) == job
     stats = bus.stats()["queues"]
     assert stats["admin-alerts"]["scheduled"] == 1 and stats["group-sync"]["sent"] == stats["enrollment-email"]["sent"] == 0
+
+
+async def test_a_requeued_invitation_is_delivered_where_its_first_id_is_dropped(bus):
+    queue = ServiceBusQueue.from_connection_string(bus.connection_string, "group-sync", "enrollment-email")
+    first = EnrollmentJob("org-a", "user-1", "run-1")
+    await queue.send_enrollment_jobs([first])
+    [message] = await receive_all(bus.connection_string, "enrollment-email", 1)  # the mailer took it (and died)
+    await queue.send_enrollment_jobs([EnrollmentJob("org-a", "user-1", "run-2")])  # the old re-queue: dropped
+    requeued = EnrollmentJob("org-a", "user-1", "run-2", tag="requeue:run-2")
+    await queue.send_enrollment_jobs([requeued], delay_s=0)
+    await queue.send_enrollment_jobs([EnrollmentJob("org-a", "user-1", "run-2", attempt=1)], delay_s=600)  # a retry
+    await queue.close()
+    [again] = await receive_all(bus.connection_string, "enrollment-email", 1)
+    assert (message.message_id, again.message_id) == ("enroll:org-a:user-1", "enroll:org-a:user-1:requeue:run-2")
+    assert EnrollmentJob.from_json(b"".join(again.body)) == requeued
+    stats = bus.stats()["queues"]["enrollment-email"]
+    assert (stats["sent"], stats["duplicates"], stats["scheduled"]) == (4, 1, 1)
+
+
+async def test_an_undeclared_queue_is_a_settings_error_not_a_transient_one(bus):
+    queue = ServiceBusQueue.from_connection_string(bus.connection_string, "group-sync", "enrollment-mail", retry_total=0)
+    with pytest.raises(SettingsError, match="enrollment-mail"):
+        await queue.send_enrollment_jobs([EnrollmentJob("org-a", "user-1", "run-1")])
+    await queue.close()

@@ -20,9 +20,9 @@ CREDENTIALS = os.environ.get("E2E_CREDENTIALS", "secret,certificate,managed_iden
 def devhost(request, tmp_path_factory):
     """One dev host per credential kind, loaded with the demo tenant and the e2e tenant."""
     outbox = tmp_path_factory.mktemp(f"outbox-{request.param}")
-    host = DevHostProcess("--lock-duration", "20",
+    host = DevHostProcess("--lock-duration", "20", "--max-delivery-count", "3",
                           # Every watch is due when the renewal timer is fired by hand (test_changes).
-                          env={"MAX_DELIVERY_COUNT": "3", "DEPROVISION_GUARD_MIN_USERS": "10",
+                          env={"DEPROVISION_GUARD_MIN_USERS": "10",
                                "WATCH_RENEW_BEFORE_HOURS": "1000", "GRAPH_CREDENTIAL": request.param},
                           outbox=str(outbox), log=str(outbox.parent / "devhost.log"))
     host.start()

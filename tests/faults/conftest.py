@@ -1,7 +1,7 @@
 """The fault and abuse suite's dev host: Table Storage behind the fault proxy, short locks, few deliveries.
 
 One dev host for the session (``python -m local --table-proxy``), with settings that make faults quick to show:
-MAX_DELIVERY_COUNT=3 (a message that keeps failing is dead-lettered after three tries), a 5-second message lock
+--max-delivery-count 3 (a message that keeps failing is dead-lettered after three tries), a 5-second message lock
 (a crashed host's message comes back soon), MAX_PAGES_PER_MESSAGE=1 (a group over 999 members is several
 messages). SMTP login and a Graph client secret are set to known values so the suite can look for them in the log.
 """
@@ -22,7 +22,6 @@ GRAPH_CLIENT_SECRET = "graph-cs-" + secrets.token_hex(12)
 SESSION_TOKENS: list[str] = []  # every valid portal token the suite minted (access tokens: never logged)
 
 SETTINGS = {
-    "MAX_DELIVERY_COUNT": "3",
     "MAX_PAGES_PER_MESSAGE": "1",
     "DEPROVISION_GUARD_MIN_USERS": "10",
     "INVITATION_LEASE_SECONDS": "60",  # test_crash waits out a dead sender's claim (longer than its 20 s hold)
@@ -39,7 +38,7 @@ SETTINGS = {
 def devhost(tmp_path_factory):
     figures.STARTED = time.monotonic()  # the suite's own time, not the session's
     outbox = tmp_path_factory.mktemp("faults-outbox")
-    host = DevHostProcess("--table-proxy", "--lock-duration", "5", env=SETTINGS, outbox=str(outbox),
+    host = DevHostProcess("--table-proxy", "--lock-duration", "5", "--max-delivery-count", "3", env=SETTINGS, outbox=str(outbox),
                           log=str(outbox.parent / "faults-devhost.log"))
     host.start()
     yield host

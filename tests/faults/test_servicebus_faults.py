@@ -95,7 +95,7 @@ def test_a_continuation_dead_lettered_fails_the_run_and_deprovisions_nobody(devh
     finally:
         faults.admin.control("DELETE", "/faults")
     figures.fault("graph 503", 4 * 3)  # three deliveries, each the SDK's four attempts
-    # MAX_DELIVERY_COUNT deliveries failed; then the broker dead-lettered the message and its trigger failed the group.
+    # --max-delivery-count (3) deliveries failed; then the broker dead-lettered the message and its trigger failed the group.
     assert failed_deliveries(devhost, before_bus) >= 3
 
     assert run["status"] == "failed" and (run["groupsTotal"], run["groupsDone"]) == (1, 1)

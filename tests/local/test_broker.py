@@ -28,6 +28,7 @@ from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
 from azure.servicebus.exceptions import (
     MessageLockLostError,
     MessageNotFoundError,
+    MessageSizeExceededError,
     MessagingEntityNotFoundError,
     ServiceBusError,
 )
@@ -36,6 +37,7 @@ from proton import Connection, Described, Link, Message, Transport, TransportExc
 from local.broker import LocalServiceBus
 from local.broker.codec import EncodedMessage, encode_value, unpack_transfer
 from local.broker.frames import IncomingFrames
+from local.broker.queues import QueueSettings, load_definition
 
 QUEUE = "group-sync"
 OTHER_QUEUE = "enrollment"
@@ -164,7 +166,7 @@ def test_single_message_round_trip_keeps_content_and_metadata(bus, client):
 
     assert queue_stats(bus) == {
         "active": 0, "locked": 0, "deadLettered": 0, "scheduled": 0,
-        "sent": 1, "completed": 1, "abandoned": 0, "deliveries": 1,
+        "sent": 1, "completed": 1, "abandoned": 0, "deliveries": 1, "duplicates": 0, "expired": 0,
     }
 
 
@@ -413,6 +415,100 @@ def test_topics_and_sessions_are_refused(bus, client):
             receiver.receive_messages(max_wait_time=1)
 
 
+# -- the queues as declared (infra/queues.json): entity existence, duplicates, expiry, size -----------------
+
+
+def test_an_undeclared_queue_is_not_found_rather_than_created(bus, client):
+    with pytest.raises(MessagingEntityNotFoundError):
+        with sender(client, "never-declared") as out:
+            out.send_messages(ServiceBusMessage("lost"))
+    with pytest.raises(MessagingEntityNotFoundError):
+        with quick_receiver(client, "never-declared") as receiver:
+            receiver.receive_messages(max_wait_time=1)
+    assert set(bus.stats()["queues"]) == {QUEUE, OTHER_QUEUE}
+
+
+def test_duplicate_detection_accepts_and_drops_a_seen_message_id_scheduled_ones_included(make_bus):
+    bus = make_bus(queues=(QueueSettings(QUEUE, duplicate_detection_window_s=1.5), OTHER_QUEUE))
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=0.3)
+    with ServiceBusClient.from_connection_string(bus.connection_string, retry_total=0) as client:
+        with sender(client) as out, sender(client, OTHER_QUEUE) as other:
+            first_sent = time.monotonic()
+            out.send_messages(ServiceBusMessage("first", message_id="enroll:o:u"))
+            out.send_messages(ServiceBusMessage("again", message_id="enroll:o:u"))  # no error: reported as accepted
+            [number] = out.schedule_messages(ServiceBusMessage("later", message_id="enroll:o:u"), later)
+            out.send_messages(ServiceBusMessage("fresh", message_id="enroll:o:u:requeue1"))
+            other.send_messages([ServiceBusMessage("x", message_id="same"), ServiceBusMessage("x", message_id="same")])
+            assert isinstance(number, int)
+            with quick_receiver(client) as receiver:
+                got = receive(receiver, 3, timeout=1.5)
+                assert sorted(text(m) for m in got) == ["first", "fresh"]
+                for message in got:
+                    receiver.complete_message(message)
+                stats = queue_stats(bus)
+                assert (stats["sent"], stats["duplicates"], stats["scheduled"]) == (4, 2, 0)
+                assert queue_stats(bus, OTHER_QUEUE)["active"] == 2  # a queue without duplicate detection
+                # The history keeps an id for the window, completed or not; after it, the id is new again.
+                def resent() -> bool:
+                    out.send_messages(ServiceBusMessage("next window", message_id="enroll:o:u"))
+                    return queue_stats(bus)["active"] == 1
+
+                wait_for(resent)
+                assert time.monotonic() - first_sent >= 1.5
+                [message] = receive(receiver, 1)
+                assert text(message) == "next window"
+                receiver.complete_message(message)
+
+
+def test_an_expired_message_is_dead_lettered_with_ttl_expired_exception(make_bus):
+    bus = make_bus(queues=(QueueSettings(QUEUE, default_ttl_s=60, dead_letter_on_expiration=True),
+                           QueueSettings(OTHER_QUEUE, default_ttl_s=0.3)))
+    with ServiceBusClient.from_connection_string(bus.connection_string, retry_total=0) as client:
+        with sender(client) as out, sender(client, OTHER_QUEUE) as other:
+            # The sender's time to live applies when shorter than the queue's default; the queue's caps it otherwise.
+            out.send_messages(ServiceBusMessage("stale", message_id="e-1", time_to_live=datetime.timedelta(seconds=1)))
+            out.send_messages(ServiceBusMessage("fresh", message_id="e-2", time_to_live=datetime.timedelta(days=30)))
+            other.send_messages(ServiceBusMessage("dropped"))
+        wait_for(lambda: queue_stats(bus)["deadLettered"] == 1 and queue_stats(bus, OTHER_QUEUE)["expired"] == 1)
+        assert queue_stats(bus, OTHER_QUEUE)["deadLettered"] == 0  # dead-lettering on expiry is off there
+        with quick_receiver(client, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
+            [dead] = receive(dlq, 1)
+            assert (text(dead), dead.dead_letter_reason) == ("stale", "TTLExpiredException")
+            assert dead.dead_letter_error_description == "The message expired and was dead lettered."
+            dlq.complete_message(dead)
+        with quick_receiver(client) as receiver:
+            [message] = receive(receiver, 1)
+            assert (text(message), message.time_to_live) == ("fresh", datetime.timedelta(seconds=60))
+            receiver.complete_message(message)
+
+
+def test_a_message_over_256_kb_is_refused(bus, client):
+    with sender(client) as out:
+        batch = out.create_message_batch()  # sized by the limit the link announces (Standard tier: 256 KB)
+        with pytest.raises(MessageSizeExceededError):
+            batch.add_message(ServiceBusMessage(b"x" * (256 * 1024)))
+        with pytest.raises(MessageSizeExceededError):  # a single message is not checked by the client: the broker
+            out.send_messages(ServiceBusMessage(b"x" * (256 * 1024 + 1)))
+        out.send_messages(ServiceBusMessage(b"x" * (200 * 1024)))
+    assert (queue_stats(bus)["sent"], queue_stats(bus)["active"]) == (1, 1)
+
+
+def test_the_declared_queues_are_the_deployments():
+    declared = load_definition()
+    assert {s: q.name for s, q in declared.items()} == {
+        "GROUP_SYNC_QUEUE": "group-sync", "ENROLLMENT_QUEUE": "enrollment-email",
+        "CHANGE_QUEUE": "directory-changes", "ALERT_QUEUE": "admin-alerts"}
+    for queue in declared.values():
+        assert (queue.lock_duration_s, queue.max_delivery_count, queue.dead_letter_on_expiration,
+                queue.duplicate_detection_window_s, queue.max_message_bytes) == (300, 10, True, 600, 256 * 1024)
+    assert declared["GROUP_SYNC_QUEUE"].default_ttl_s == 86400
+    bus = LocalServiceBus.declared({"GROUP_SYNC_QUEUE": "gs-test"}, lock_duration_s=5, max_delivery_count=3)
+    settings = bus.queue_settings()
+    assert set(settings) == {"gs-test", "enrollment-email", "directory-changes", "admin-alerts"}
+    assert (settings["gs-test"].lock_duration_s, settings["gs-test"].max_delivery_count) == (5, 3)
+    assert settings["gs-test"].duplicate_detection_window_s == 600
+
+
 # -- fault injection and administration ----------------------------------------------------
 
 
@@ -441,7 +537,7 @@ def test_duplicate_deliveries_fault_redelivers_completed_messages_once(bus, clie
 def test_stats_list_queues_and_purge_resets_them(bus, client):
     empty = {
         "active": 0, "locked": 0, "deadLettered": 0, "scheduled": 0,
-        "sent": 0, "completed": 0, "abandoned": 0, "deliveries": 0,
+        "sent": 0, "completed": 0, "abandoned": 0, "deliveries": 0, "duplicates": 0, "expired": 0,
     }
     assert bus.stats() == {"queues": {OTHER_QUEUE: empty, QUEUE: empty}}
 
@@ -461,10 +557,10 @@ def test_stats_list_queues_and_purge_resets_them(bus, client):
     bus.purge()
     assert bus.stats() == {"queues": {OTHER_QUEUE: empty, QUEUE: empty}}
 
-    # Any other queue is created on first use; names are case-insensitive.
-    with sender(client, "Brand-New") as out:
+    # Names are case-insensitive.
+    with sender(client, QUEUE.upper()) as out:
         out.send_messages(ServiceBusMessage("hello"))
-    assert queue_stats(bus, "brand-new")["active"] == 1
+    assert queue_stats(bus)["active"] == 1
 
 
 def test_admin_calls_are_safe_from_other_threads(bus, client):

@@ -10,7 +10,7 @@ from notifications.render import render_invitation
 from notifications.senders import MailError
 from notifications.smtp import build_message
 from sync import signing
-from sync.model import EmailState
+from sync.model import EmailState, EnrollmentJob
 from tests.fakes import SIGNING
 from tests.helpers import functions_by_name
 from tests.unit.syncdsl import TENANT, connect, full_sync, users_of
@@ -165,6 +165,11 @@ async def test_the_next_run_requeues_an_invitation_an_earlier_run_left_claimed(s
     await runs.start(svc, caller(), tom.subscription_id)
     await deliver(svc)
     assert [j.user_id for j in svc.queue.enrollment_jobs] == [tom.id]
+    # Under a message id of its own: within the duplicate-detection window Service Bus drops a message whose id it
+    # saw (the first send's, enroll:<org>:<user>), as accepted.
+    [requeued] = svc.queue.enrollment_jobs
+    assert svc.queue.message_ids.count(requeued.message_id) == 1
+    assert requeued.message_id != EnrollmentJob("org-a", tom.id).message_id
     assert await send_invitation(svc, svc.queue.enrollment_jobs[0]) == "sent"
     assert users_of(svc)["tom@contoso.example"].enrollment_email == EmailState.SENT
 

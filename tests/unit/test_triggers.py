@@ -6,6 +6,7 @@ from azure.functions.timer import TimerRequest
 
 from sync import runs
 from sync.errors import Transient
+from sync.model import ChangeJob, Trigger
 from tests.helpers import functions_by_name
 from tests.unit.syncdsl import TENANT, caller, connect
 
@@ -75,7 +76,8 @@ async def test_a_dead_letter_trigger_completes_a_message_it_cannot_parse_and_log
     """Issue 22 #4: raising would redeliver it from the dead-letter queue for ever (about 2.4 tracebacks a second)."""
     import logging
 
-    triggers = ["group_worker_dead_letters", "mailer_dead_letters", "alert_mailer_dead_letters"]
+    triggers = ["group_worker_dead_letters", "mailer_dead_letters", "alert_mailer_dead_letters",
+                "change_worker_dead_letters"]
     bodies = [b"not json", b"[]", b"{}", b'{"org": "o"}', b"\xff\xfe", b'{"org": "o", "subscriptionId": "s", "runId": '
               b'"r", "groupId": "g", "segment": "x"}', b"[" * 5000 + b"]" * 5000, b"null", b'"text"',
               b'{"org": "\\ud800", "subscriptionId": "s", "runId": "r", "groupId": "g", "userId": "u", "alertId": "a"}']
@@ -88,5 +90,20 @@ async def test_a_dead_letter_trigger_completes_a_message_it_cannot_parse_and_log
     lines = [r for r in caplog.records if "dead-lettered message is not a job" in r.getMessage()]
     assert len(lines) == len(triggers) * len(bodies) and all(r.levelname == "ERROR" for r in lines)
     assert {r.getMessage().split("queue=")[1].split()[0] for r in lines} == {"group-sync", "enrollment-email",
-                                                                           "admin-alerts"}
+                                                                           "admin-alerts", "directory-changes"}
     assert not any("not json" in r.getMessage() for r in caplog.records)  # the body is never logged
+
+
+async def test_change_dead_letter_trigger_fails_a_run_visibly_once(svc):
+    await _tenant(svc)
+    sub = await connect(svc, groups=(G,))
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    dead_letters = functions_by_name()["change_worker_dead_letters"].get_user_function()
+    for _ in range(2):  # a dead letter delivered twice fails one run
+        await dead_letters(_message(job, delivery_count=10, dead_letter_reason="MaxDeliveryCountExceeded"))
+    [view] = await runs.recent(svc, caller(), sub.id)
+    assert (view.run.status, view.run.trigger) == ("failed", "change_notification")
+    [error] = view.errors
+    assert error.code == "changes_not_applied" and "MaxDeliveryCountExceeded" in error.message
+    stored = await svc.subscriptions.get(sub.org, sub.id)
+    assert (stored.last_run_id, stored.active_run_id) == (view.run.id, None)
