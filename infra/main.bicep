@@ -420,6 +420,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     NIGHTLY_SYNC_SCHEDULE: nightlySyncSchedule
     CHANGE_QUEUE: changeQueue
     WATCH_RENEWAL_SCHEDULE: '0 17 * * * *' // hourly; watches live WATCH_LIFETIME_HOURS (72) and renew at half-life
+    RECOVERY_SCHEDULE: '30 * * * * *' // every minute: stranded runs sent or ended, invitations no run will send re-queued
     NOTIFICATION_URL: '@Microsoft.KeyVault(VaultName=${keyVault.name};SecretName=${notificationUrlValue.name})'
     MAX_DELIVERY_COUNT: string(maxDeliveryCount)
 

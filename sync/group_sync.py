@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
-from . import subscriptions
+from . import invitations, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -439,6 +439,7 @@ class _Segment:
             return
         stamp = self.stamp()
         creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, stamp) for uid in uids]
+        await invitations.expect(self.svc, creates)
         for user, outcome in zip(creates, await self.svc.users.create(creates)):
             if isinstance(outcome, Created):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(user))

@@ -301,6 +301,16 @@ class Run:
     dry_run: bool = False  # reads the directory and decides, but writes no user, membership, invitation or grid row
     etag: str | None = field(default=None, compare=False)
     delta_links: "DeltaLinks | None" = None  # where the next incremental run continues once this one has ended
+    # Full Sync: False from writing the run until its group messages are sent; a queued run whose request died in
+    # between is found by the next request (or the recovery timer), which sends them (sync/recovery.py).
+    jobs_sent: bool = True
+    # Incremental run: the change job's message id and delivery count that apply it, the group whose progress row
+    # carries the job's change list, and True until the job has applied its plan (the run cannot end before). A
+    # later delivery of the same message takes the run over (sync/changes.py).
+    job_id: str | None = None
+    job_delivery: int = 0
+    job_group: str | None = None
+    applying: bool = False
 
 
 @dataclass(frozen=True)
@@ -612,21 +622,27 @@ class EnrollmentJob:
     user_id: str
     run_id: str | None = None
     attempt: int = 0  # retries after the relay refused for a while
+    # A re-queue by the recovery sweep: a message id of its own (Service Bus duplicate detection drops a repeated one)
+    requeue: str = ""
 
     @property
     def message_id(self) -> str:
         base = f"enroll:{self.org}:{self.user_id}"
+        if self.requeue:
+            base = f"{base}:{self.requeue}"
         return f"{base}:retry{self.attempt}" if self.attempt else base
 
     def to_json(self) -> str:
-        return json.dumps({"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt},
-                          separators=(",", ":"))
+        data = {"org": self.org, "userId": self.user_id, "runId": self.run_id, "attempt": self.attempt}
+        if self.requeue:
+            data["requeue"] = self.requeue
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EnrollmentJob":
         data = json.loads(text)
         return cls(org=str(data["org"]), user_id=str(data["userId"]), run_id=data.get("runId"),
-                   attempt=int(data.get("attempt") or 0))
+                   attempt=int(data.get("attempt") or 0), requeue=str(data.get("requeue") or ""))
 
 
 class Trigger:

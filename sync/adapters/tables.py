@@ -300,6 +300,11 @@ class TableSubscriptions(_Repository, Subscriptions):
         )
         return [_sub_from(e) for e in rows]
 
+    async def with_active_run(self) -> list[Subscription]:
+        table = await self._table()
+        rows = await collect(table.query_entities("activeRunId gt ''"))
+        return [_sub_from(e) for e in rows]
+
 
 def _sub_entity(sub: Subscription) -> dict[str, Any]:
     return {
@@ -608,6 +613,11 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         **(_long_text("groupsDeltaLink", run.delta_links.groups_link) if run.delta_links else {}),
         "alertDue": run.alert_due,
         "dryRun": run.dry_run,
+        "jobsSent": run.jobs_sent,
+        "jobId": run.job_id,
+        "jobDelivery": run.job_delivery,
+        "jobGroup": run.job_group,
+        "applying": run.applying,
     }
 
 
@@ -629,6 +639,11 @@ def _run_from(e: Any) -> Run:
         dry_run=bool(e.get("dryRun")),
         etag=_etag(e),
         delta_links=_delta_links(e),
+        jobs_sent=e.get("jobsSent") is not False,  # rows written before the property: sent
+        job_id=e.get("jobId"),
+        job_delivery=int(e.get("jobDelivery") or 0),
+        job_group=e.get("jobGroup"),
+        applying=bool(e.get("applying")),
     )
 
 

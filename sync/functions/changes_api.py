@@ -52,7 +52,8 @@ async def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%CHANGE_QUEUE%", connection="ServiceBusConnection")
 async def change_worker(msg: func.ServiceBusMessage) -> None:
     """An incremental run of one subscription; an exception makes Service Bus redeliver (the delta is read again)."""
-    await changes.handle_change_job(await composition.services(), ChangeJob.from_json(msg.get_body()))
+    await changes.handle_change_job(await composition.services(), ChangeJob.from_json(msg.get_body()),
+                                    delivery=msg.delivery_count or 1)
 
 
 @bp.function_name("watch_renewal")
