@@ -63,7 +63,6 @@ from .model import (
     MEMBER_READ_HIDDEN,
     Caller,
     ChangeJob,
-    Counts,
     DeltaLinks,
     DirectoryChanges,
     DirectoryUser,

@@ -15,11 +15,11 @@ from .ports import (
     DirectoryChangeFeed,
     Groups,
     JobQueue,
+    PendingInvitations,
     Runs,
     SignIns,
     Subscriptions,
     Users,
-    PendingInvitations,
     Watches,
 )
 from .preview import PreviewLedgers
