@@ -14,6 +14,7 @@ from pathlib import Path
 
 FAULTS: Counter[str] = Counter()
 TRIED: Counter[str] = Counter()
+MEASURED: dict[str, float] = {}  # timings the tests measured (seconds), by what they measure
 STARTED = time.monotonic()
 
 # Failures the suite found in the app and that were fixed (one commit each), oldest first.
@@ -42,6 +43,11 @@ def fault(kind: str, n: int = 1) -> None:
         FAULTS[kind] += n
 
 
+def measure(what: str, seconds: float) -> None:
+    """Record a timing (the last one measured of ``what`` is kept)."""
+    MEASURED[what] = seconds
+
+
 def tried(kind: str, n: int = 1) -> None:
     if n:
         TRIED[kind] += n
@@ -55,8 +61,11 @@ def markdown(outcome: str) -> str:
     lines += [f"| **total** | **{sum(FAULTS.values())}** |", "",
               "## Requests tried", "", "| kind | requests |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(TRIED.items())]
-    lines += [f"| **total** | **{sum(TRIED.values())}** |", "",
-              "## Failures found and fixed", ""]
+    lines += [f"| **total** | **{sum(TRIED.values())}** |", ""]
+    if MEASURED:
+        lines += ["## Measured", "", "| what | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in sorted(MEASURED.items())] + [""]
+    lines += ["## Failures found and fixed", ""]
     lines += [f"- {what} ({commit})" for commit, what in FOUND_AND_FIXED] or ["- none"]
     return "\n".join(lines) + "\n"
 
