@@ -4,6 +4,7 @@ import os
 import signal
 import time
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -104,7 +105,7 @@ def test_killed_mid_group_twice_the_run_completes_like_a_clean_run(devhost, new_
 
 def fire_recovery_timer(devhost) -> None:
     """Run the recovery timer now (the Functions admin API), as its schedule would."""
-    api = httpx.URL(devhost.ready["api"])
+    api = urlsplit(devhost.ready["api"])
     assert httpx.post(f"{api.scheme}://{api.netloc}/admin/functions/recovery_sweep", timeout=10).status_code == 202
 
 
