@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import invitations as pending_invitations
-from . import runs, subscriptions
+from . import recovery, runs, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -242,6 +242,8 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
     if own is not None:
         await _take_over(svc, sub, job, own, state)
         return
+    if sub.active_run_id and await recovery.settle_active_run(svc, sub.org, sub.id) == "ended":
+        state = await svc.watches.get_delta(sub.org, sub.id)  # the run that ended moved the links on
     if state is not None and job.requested_at < state.taken_at:
         return  # a run that started after this notification already read what it announced
     notice = None
@@ -399,6 +401,19 @@ async def _take_over(svc: Services, sub: Subscription, job: ChangeJob, run: Run,
     # run's links are the first delivery's, so the next run reads those changes again).
     plan.resync &= set(unfinished)
     await _carry_out(svc, sub, run, plan, unfinished, run.job_delivery, recovering=True)
+
+
+async def handle_dead_lettered_change_job(svc: Services, job: ChangeJob) -> None:
+    """A change job gave up after its last delivery: a run it started and left applying ends failed (nothing is
+    deprovisioned), so the subscription is free at once; the next notification or the nightly applies the changes."""
+    sub = await svc.subscriptions.get(job.org, job.subscription_id)
+    if sub is None or not sub.active_run_id:
+        return
+    run = await svc.runs.get(sub.org, sub.id, sub.active_run_id)
+    if run is not None and run.job_id == job.message_id and run.applying and run.status in RunStatus.ACTIVE:
+        await runs.fail_run(svc, run, RunError("incremental_interrupted", "applying the directory's changes failed "
+                                                                          "on every delivery; the next run applies "
+                                                                          "them"))
 
 
 async def _later(svc: Services, job: ChangeJob) -> None:

@@ -56,6 +56,15 @@ async def change_worker(msg: func.ServiceBusMessage) -> None:
                                     delivery=msg.delivery_count or 1)
 
 
+@bp.function_name("change_worker_dead_letters")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%CHANGE_QUEUE%/$DeadLetterQueue",
+                              connection="ServiceBusConnection")
+async def change_worker_dead_letters(msg: func.ServiceBusMessage) -> None:
+    """A change job that exhausted its deliveries: the run it left applying ends failed instead of holding the
+    subscription."""
+    await changes.handle_dead_lettered_change_job(await composition.services(), ChangeJob.from_json(msg.get_body()))
+
+
 @bp.function_name("watch_renewal")
 @bp.timer_trigger(arg_name="timer", schedule="%WATCH_RENEWAL_SCHEDULE%", run_on_startup=False, use_monitor=True)
 async def watch_renewal(timer: func.TimerRequest) -> None:

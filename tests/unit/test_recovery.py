@@ -202,3 +202,27 @@ async def test_index_entries_of_users_with_nothing_pending_are_dropped(svc, tena
     await svc.invitations.expect("org-a", ["no-such-user"], svc.clock() - timedelta(seconds=1))
     summary = await invitations.requeue_stuck(svc)
     assert summary["requeued"] == 0 and ("org-a", "no-such-user") not in svc.invitations.rows
+
+
+async def test_a_dead_lettered_change_job_ends_the_run_it_left_applying(svc, tenant):
+    sub = await synced(svc)
+    tenant.block("cat")
+    job = await crashed_change_job(svc, sub, (svc.users, "update"))
+    await changes.handle_dead_lettered_change_job(svc, job)
+    [failed] = [v for v in await runs.recent(svc, caller(), sub.id) if v.run.trigger == "change_notification"]
+    assert failed.run.status == "failed" and [e.code for e in failed.run.errors] == ["incremental_interrupted"]
+    svc.clock.advance(seconds=1)
+    assert (await runs.start(svc, caller(), sub.id)).status == "queued"
+
+
+async def test_a_change_job_ends_a_settled_run_it_meets_and_applies_its_own_changes(svc, tenant):
+    sub = await synced(svc)
+    tenant.block("cat")
+    await crashed_change_job(svc, sub, (svc.runs, "view"))
+    tenant.block("bob")
+    svc.clock.advance(seconds=1)
+    await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock()))
+    await deliver(svc)
+    assert [v.run.status for v in await runs.recent(svc, caller(), sub.id)] == ["succeeded"] * 3
+    assert {n: u.status for n, u in users_of(svc).items() if n[:3] in ("bob", "cat")} == {
+        "bob@contoso.example": "Inactive", "cat@contoso.example": "Inactive"}
