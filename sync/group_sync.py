@@ -167,8 +167,13 @@ async def _mark_running(svc: Services, run: Run) -> None:
         return
     try:
         await svc.runs.save(replace(run, status=RunStatus.RUNNING, updated_at=svc.clock()))
-    except PreconditionFailed:
-        pass  # another group got there first
+    except PreconditionFailed:  # another group got there first, or the request recorded its messages as sent
+
+        async def running(current: Run) -> Run | None:
+            return replace(current, status=RunStatus.RUNNING, updated_at=svc.clock()) \
+                if current.status == RunStatus.QUEUED else None
+
+        await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), running, svc.runs.save)
 
 
 @dataclass(frozen=True, slots=True)

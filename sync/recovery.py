@@ -13,6 +13,7 @@ from dataclasses import replace
 from . import invitations
 from .composition import Services
 from .concurrency import optimistic
+from .errors import PreconditionFailed
 from .logs import get_logger
 from .model import GroupJob, Run, RunStatus
 from .run_end import finalize, settled
@@ -21,11 +22,16 @@ log = get_logger(__name__)
 
 
 async def mark_jobs_sent(svc: Services, run: Run) -> None:
-    """Record that the run's group messages are sent (after sending them)."""
+    """Record that the run's group messages are sent (after sending them); ``run`` as last read or written."""
 
     async def sent(current: Run) -> Run | None:
         return None if current.jobs_sent else replace(current, jobs_sent=True)
 
+    try:  # usually nobody wrote the run since: no read needed
+        await svc.runs.save(replace(run, jobs_sent=True))
+        return
+    except PreconditionFailed:  # a worker moved it on meanwhile
+        pass
     await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), sent, svc.runs.save)
 
 

@@ -36,6 +36,9 @@ def watched(admin, devhost) -> bool:
 def test_killed_mid_incremental_run_the_burst_is_applied_listed_once_and_invited_once(devhost, new_portal, load_tenant):
     t = scenario()
     admin = load_tenant(t.tenant)
+    # Graph's change notifications on groups need Group.Read.All (the suite's default consent grants less).
+    admin.control("POST", "/consent", json={"tenant": t.tenant["tenantId"], "deny": False,
+                                            "roles": ["User.Read.All", "GroupMember.Read.All", "Group.Read.All"]})
     ids, d = t.ids, t.domain
     portal = new_portal()
     sub = connect(portal, [ids["eng"], ids["sales"], ids["support"]], **OPTIONS)
