@@ -333,14 +333,22 @@ async def _carry_out(svc: Services, sub: Subscription, run: Run, plan: "_Plan", 
         if resync:
             await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in resync])
         await _applied(svc, run)
-    except BaseException:
-        # The job's redelivery takes the run over (its writes are idempotent); after the last delivery, none comes:
-        # the run ends failed (nothing deprovisioned) and frees the subscription.
-        if delivery >= svc.settings.max_delivery_count:
+    except BaseException as exc:
+        # The job's redelivery takes the run over (its writes are idempotent). When none comes (the last delivery,
+        # or a failure the job settles itself: consent lost, our credential refused, a throttled job rescheduled as
+        # a copy of its own) the run ends failed (nothing deprovisioned) and frees the subscription.
+        if not _comes_back(svc, exc, delivery):
             await runs.fail_run(svc, run, RunError("incremental_interrupted", "applying the directory's changes "
                                                                               "failed; the next run applies them"))
         raise
     await finalize(svc, sub.org, sub.id, run.id)
+
+
+def _comes_back(svc: Services, exc: BaseException, delivery: int) -> bool:
+    """Will Service Bus deliver this very message again after ``exc`` (so that delivery takes the run over)?"""
+    if delivery >= svc.settings.max_delivery_count or isinstance(exc, (AuthorizationLost, CredentialInvalid)):
+        return False
+    return not (isinstance(exc, Transient) and throttled_wait(exc.retry_after) is not None)
 
 
 async def _applied(svc: Services, run: Run) -> None:

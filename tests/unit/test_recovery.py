@@ -226,3 +226,19 @@ async def test_a_change_job_ends_a_settled_run_it_meets_and_applies_its_own_chan
     assert [v.run.status for v in await runs.recent(svc, caller(), sub.id)] == ["succeeded"] * 3
     assert {n: u.status for n, u in users_of(svc).items() if n[:3] in ("bob", "cat")} == {
         "bob@contoso.example": "Inactive", "cat@contoso.example": "Inactive"}
+
+
+async def test_a_failure_the_job_settles_itself_ends_its_run_since_no_redelivery_comes(svc, tenant):
+    from sync.errors import AuthorizationLost
+
+    sub = await synced(svc)
+    tenant.block("cat")
+    svc.clock.advance(seconds=svc.settings.consent_propagation_grace_s + 1)
+
+    async def consent_gone(changes):
+        raise AuthorizationLost("Authorization_RequestDenied")
+
+    svc.users.update = consent_gone
+    await changes.handle_change_job(svc, ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock()))
+    [failed] = [v for v in await runs.recent(svc, caller(), sub.id) if v.run.trigger == "change_notification"]
+    assert failed.run.status == "failed"
