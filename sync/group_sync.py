@@ -321,7 +321,8 @@ class _Segment:
                     known.created_by_this_run or (known.changed_by_this_run and self.recovering))):
                 self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
                 if known.invitation_stuck:  # the mailer takes the claim over once its lease ran out
-                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id))
+                    # A message id of its own: duplicate detection would drop the first one's again.
+                    self.invitations.append(EnrollmentJob(self.org, uid, self.run.id, requeue=f"run{self.run.id}"))
             else:
                 reread.append(uid)
         if self.dry:

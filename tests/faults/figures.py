@@ -35,6 +35,10 @@ FOUND_AND_FIXED: list[tuple[str, str]] = [
                 "down, so the queue was never consumed again (intermittent; seen by settle() in several tests)"),
     ("4dc75ca", "the local function host kept renewing the lock of a message it could not settle for 10 minutes, "
                 "so the queue stalled instead of redelivering it (intermittent; seen by settle())"),
+    ("06f4c37", "a host killed mid incremental run left it running for RUN_STALE_AFTER_MINUTES (every sync 409), its "
+                "new users uninvited and its changes in no change list; a Full Sync request killed between writing "
+                "its run and sending it left the run queued with no message; a killed mailer's invitation waited for "
+                "a manual Full Sync (test_crash_recovery, test_crash)"),
 ]
 
 
