@@ -57,7 +57,7 @@ async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) 
     await _record(svc, user, EmailState.QUEUED)  # release the claim so the retry may send
     await svc.queue.send_enrollment_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
     if svc.invitations is not None:  # the recovery timer leaves it to the scheduled retry
-        await svc.invitations.defer(user.org, user.id, svc.clock() + timedelta(seconds=delay + s_lease(svc)))
+        await svc.invitations.defer(user.org, user.id, svc.clock() + timedelta(seconds=delay + _lease_s(svc)))
     log.info("invitation retry scheduled", extra={"org": user.org, "user": user.id, "in_s": int(delay), "why": why})
     return "retry_scheduled"
 
@@ -115,7 +115,7 @@ async def _record(svc: Services, user: User, state: str, *, error: str | None = 
             log.warning("a sent invitation stays in the pending index", extra={"org": user.org, "user": user.id})
 
 
-def s_lease(svc: Services) -> float:
+def _lease_s(svc: Services) -> float:
     """The invitation claim's lease, in seconds."""
     return svc.settings.invitation_lease_s
 
