@@ -64,6 +64,7 @@ from .model import (
     Caller,
     ChangeJob,
     DeltaLinks,
+    DeltaState,
     DirectoryChanges,
     DirectoryUser,
     EmailState,
@@ -377,7 +378,7 @@ async def _own_run(svc: Services, sub: Subscription, job: ChangeJob, delivery: i
     return await optimistic(lambda: svc.runs.get(sub.org, sub.id, run.id), take, svc.runs.save)
 
 
-async def _take_over(svc: Services, sub: Subscription, job: ChangeJob, run: Run, state: Any) -> None:
+async def _take_over(svc: Services, sub: Subscription, job: ChangeJob, run: Run, state: DeltaState | None) -> None:
     """Carry on the run an earlier delivery of this message started: apply the plan again from the same links (the
     writes are idempotent; what that delivery wrote is listed from the users' histories, its invitations queued
     again), send the groups still unfinished to their workers again (same message ids), and end the run."""
