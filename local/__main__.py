@@ -81,6 +81,9 @@ class DevHost:
                                                    lock_duration_s=self.args.lock_duration)
             self.broker.start()
             s["ServiceBusConnection"] = self.broker.connection_string
+            # The app knows the queues' max delivery count as it does in Azure (main.bicep sets it from queues.json).
+            s["MAX_DELIVERY_COUNT"] = str(self.args.max_delivery_count
+                                          or load_definition()["CHANGE_QUEUE"].max_delivery_count)
         redirect_uri = os.environ.get("CONSENT_REDIRECT_URI") or f"http://127.0.0.1:{self.port}/api/directory/consent"
         if not self.given("GRAPH_BASE_URL"):
             from .fake_graph import DEMO_TENANT, FakeGraph
@@ -116,6 +119,7 @@ class DevHost:
             "ALERT_QUEUE": queues[3],
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "WATCH_RENEWAL_SCHEDULE": "0 17 * * * *",
+            "RECOVERY_SCHEDULE": "30 * * * * *",
             # Graph's change notifications come to the dev host itself (the fake accepts http on loopback only).
             "NOTIFICATION_URL": f"http://127.0.0.1:{self.port}/api/directory/notifications",
             "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sync.composition import Services
 from sync.decisions import same_address
-from sync.errors import SettingsError
+from sync.errors import SettingsError, Transient
 from sync.logs import get_logger
 from sync.model import EmailState, EnrollmentJob, User, UserStatus
 from sync.users import change_user, enrollment_token
@@ -58,6 +58,8 @@ async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) 
         return "failed"
     await _record(svc, user, EmailState.QUEUED)  # release the claim so the retry may send
     await svc.queue.send_enrollment_jobs([replace(job, attempt=job.attempt + 1)], delay_s=delay)
+    if svc.invitations is not None:  # the recovery timer leaves it to the scheduled retry
+        await svc.invitations.defer(user.org, user.id, svc.clock() + timedelta(seconds=delay + _lease_s(svc)))
     log.info("invitation retry scheduled", extra={"org": user.org, "user": user.id, "in_s": int(delay), "why": why})
     return "retry_scheduled"
 
@@ -66,8 +68,9 @@ async def _claim(svc: Services, job: EnrollmentJob) -> User | str:
     """Mark the user as being e-mailed (ETag), or say why no e-mail is due.
 
     A claim is a lease: a delivery that died holding it (between the claim and recording the outcome) leaves the
-    user ``sending``; once the lease has run out the claim is taken over — by a later delivery, or by the next run,
-    which re-queues every invitation an earlier run left ``sending`` (group_sync), so none is lost.
+    user ``sending``; once the lease has run out the claim is taken over — by a later delivery, or by the recovery timer,
+    which re-queues every invitation left ``queued`` or ``sending`` past its lease (sync/invitations.py), so none is
+    lost.
     """
     reason = "user_gone"
 
@@ -109,6 +112,16 @@ async def _record(svc: Services, user: User, state: str, *, error: str | None = 
         return _outcome(current, state, svc.clock(), error=error, sent=sent)
 
     await change_user(svc, user.org, user.id, record)
+    if state in (EmailState.SENT, EmailState.FAILED) and svc.invitations is not None:
+        try:  # nothing pending any more; an entry left behind is dropped by the recovery timer
+            await svc.invitations.drop(user.org, user.id)
+        except Transient:
+            log.warning("a sent invitation stays in the pending index", extra={"org": user.org, "user": user.id})
+
+
+def _lease_s(svc: Services) -> float:
+    """The invitation claim's lease, in seconds."""
+    return svc.settings.invitation_lease_s
 
 
 async def handle_dead_lettered(svc: Services, job: EnrollmentJob, reason: str | None) -> None:

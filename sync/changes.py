@@ -27,7 +27,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from . import runs, subscriptions
+from . import invitations as pending_invitations
+from . import recovery, runs, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -42,6 +43,7 @@ from .decisions import (
     desired_user,
     new_user,
     propagation_wait,
+    recovered_record,
     reinvited,
     synced_user_id,
     throttled_wait,
@@ -64,8 +66,8 @@ from .model import (
     MEMBER_READ_HIDDEN,
     Caller,
     ChangeJob,
-    Counts,
     DeltaLinks,
+    DeltaState,
     DirectoryChanges,
     DirectoryUser,
     EmailState,
@@ -192,14 +194,15 @@ async def _lifecycle(svc: Services, sub: Subscription, job: ChangeJob) -> None:
 # ---------------------------------------------------------------- incremental runs
 
 
-async def handle_change_job(svc: Services, job: ChangeJob, *, again: bool = True) -> None:
+async def handle_change_job(svc: Services, job: ChangeJob, *, again: bool = True, delivery: int = 1) -> None:
     """Apply what changed since the subscription's delta links, as a run.
 
     Graph's refusals are decided as for a group job: inside the window after a consent, an answer that may be the
     consent still propagating reschedules the job; outside it, consent is lost (the subscription is marked, nobody
     is deprovisioned); our own credential refused ends the job with one error log (redelivering cannot fix it); a
     long Retry-After reschedules the job instead of spending its deliveries. Raises on other transient failures
-    so Service Bus redelivers."""
+    so Service Bus redelivers. ``delivery`` is the message's delivery count: a later delivery of the message that
+    started a run takes that run over (the earlier one died, or lost its lock)."""
     sub = await svc.subscriptions.get(job.org, job.subscription_id)
     if sub is None or sub.deleting or sub.status != SubscriptionStatus.AUTHORIZED or not sub.groups:
         return
@@ -207,7 +210,7 @@ async def handle_change_job(svc: Services, job: ChangeJob, *, again: bool = True
         return
     ctx = {"org": sub.org, "subscription": sub.id, "trigger": job.trigger, "attempt": job.attempt}
     try:
-        await _incremental(svc, sub, job, again)
+        await _incremental(svc, sub, job, again, delivery)
     except AuthorizationLost as exc:
         wait = _propagation_wait(svc, sub, job, exc)
         if wait is not None:
@@ -236,7 +239,7 @@ async def _retry_later(svc: Services, job: ChangeJob, delay: float, why: str, ct
     log.info("change job rescheduled", extra={**ctx, "delay_s": delay, "why": why[:100]})
 
 
-async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: bool) -> None:
+async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: bool, delivery: int = 1) -> None:
     """Read the delta, plan, and (with something to write) reserve the subscription and apply the plan as a run."""
     if job.lifecycle:
         try:
@@ -245,6 +248,12 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
             log.warning("a Graph subscription's lifecycle event could not be handled",
                         extra={"org": sub.org, "subscription": sub.id, "code": exc.code})
     state = await svc.watches.get_delta(sub.org, sub.id)
+    own = await _own_run(svc, sub, job, delivery)
+    if own is not None:
+        await _take_over(svc, sub, job, own, state)
+        return
+    if sub.active_run_id and await recovery.settle_active_run(svc, sub.org, sub.id) == "ended":
+        state = await svc.watches.get_delta(sub.org, sub.id)  # the run that ended moved the links on
     if state is not None and job.requested_at < state.taken_at:
         return  # a run that started after this notification already read what it announced
     notice = None
@@ -297,7 +306,9 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
             await _later(svc, job)
         return
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger, status=RunStatus.RUNNING,
-              group_ids=sub.group_ids, started_at=now, updated_at=now, delta_links=changes.links)
+              group_ids=sub.group_ids, started_at=now, updated_at=now, delta_links=changes.links,
+              job_id=job.message_id, job_delivery=delivery, applying=True,
+              job_group=next((g for g in sub.group_ids if g not in plan.resync), None))
     current = await svc.watches.get_delta(sub.org, sub.id)
     if current is None or current.etag != state.etag or set(sub.group_ids) != set(state.group_ids):
         # A run ended since the plan was read and left newer links (or the selection changed): decide again from
@@ -320,36 +331,123 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
     log.info("incremental run started", extra={"org": sub.org, "subscription": sub.id, "run": run.id,
                                                "trigger": job.trigger, "users": len(plan.users),
                                                "removed": len(plan.removed), "regroup": len(plan.resync)})
+    await _carry_out(svc, sub, run, plan, sorted(plan.resync), delivery)
+
+
+async def _carry_out(svc: Services, sub: Subscription, run: Run, plan: "_Plan", resync: list[str], delivery: int,
+                     *, recovering: bool = False) -> None:
+    """Apply the plan, hand the groups to read again to their workers, say the job is done, and end the run if
+    nothing else works on it."""
     try:
-        await _apply(svc, sub, run, plan)
-        if plan.resync:
-            await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in sorted(plan.resync)])
-    except BaseException:
-        # The run ends failed (nothing deprovisioned) and frees the subscription; the job's redelivery starts a new
-        # one from the same links, and its writes are idempotent.
-        await runs.fail_run(svc, run, RunError("incremental_interrupted", "applying the directory's changes was "
-                                                                          "interrupted; they are applied again"))
+        await _apply(svc, sub, run, plan, recovering=recovering)
+        if resync:
+            await svc.queue.send_group_jobs([GroupJob(sub.org, sub.id, run.id, g) for g in resync])
+        await _applied(svc, run)
+    except BaseException as exc:
+        # The job's redelivery takes the run over (its writes are idempotent). When none comes (the last delivery,
+        # or a failure the job settles itself: consent lost, our credential refused, a throttled job rescheduled as
+        # a copy of its own) the run ends failed (nothing deprovisioned) and frees the subscription.
+        if not _comes_back(svc, exc, delivery):
+            await runs.fail_run(svc, run, RunError("incremental_interrupted", "applying the directory's changes "
+                                                                              "failed; the next run applies them"))
         raise
     await finalize(svc, sub.org, sub.id, run.id)
+
+
+def _comes_back(svc: Services, exc: BaseException, delivery: int) -> bool:
+    """Will Service Bus deliver this very message again after ``exc`` (so that delivery takes the run over)?"""
+    if delivery >= svc.settings.max_delivery_count or isinstance(exc, (AuthorizationLost, CredentialInvalid)):
+        return False
+    return not (isinstance(exc, Transient) and throttled_wait(exc.retry_after) is not None)
+
+
+async def _applied(svc: Services, run: Run) -> None:
+    """The change job has applied its plan: from now on, the run ends when its groups have."""
+
+    async def done(current: Run) -> Run | None:
+        return replace(current, applying=False, updated_at=svc.clock()) if current.applying else None
+
+    await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), done, svc.runs.save)
+
+
+async def _own_run(svc: Services, sub: Subscription, job: ChangeJob, delivery: int) -> Run | None:
+    """The subscription's active run, if an earlier delivery of this very message started it and did not end it:
+    that delivery died (or lost its lock), so this one takes the run over (recorded, so only one does)."""
+    if not sub.active_run_id:
+        return None
+    run = await svc.runs.get(sub.org, sub.id, sub.active_run_id)
+    if run is None or run.job_id != job.message_id:
+        return None
+
+    async def take(current: Run) -> Run | None:
+        if current.status not in RunStatus.ACTIVE or current.job_delivery >= delivery:
+            return None
+        return replace(current, job_delivery=delivery, updated_at=svc.clock())
+
+    return await optimistic(lambda: svc.runs.get(sub.org, sub.id, run.id), take, svc.runs.save)
+
+
+async def _take_over(svc: Services, sub: Subscription, job: ChangeJob, run: Run, state: DeltaState | None) -> None:
+    """Carry on the run an earlier delivery of this message started: apply the plan again from the same links (the
+    writes are idempotent; what that delivery wrote is listed from the users' histories, its invitations queued
+    again), send the groups still unfinished to their workers again (same message ids), and end the run."""
+    ctx = {"org": sub.org, "subscription": sub.id, "run": run.id, "delivery": run.job_delivery}
+    log.warning("incremental run taken over by a redelivery of its change job", extra=ctx)
+    view = await svc.runs.view(sub.org, sub.id, run.id)
+    unfinished = sorted(g.group_id for g in view.groups if not g.finished) if view else []
+    if not run.applying:
+        await _carry_out(svc, sub, run, _Plan(), unfinished, run.job_delivery, recovering=True)
+        return
+    plan = None
+    if state is not None and set(state.group_ids) == set(sub.group_ids):
+        try:
+            changes = await svc.changes.read_changes(sub.azure_tenant_id,
+                                                     DeltaLinks(state.users_link, state.groups_link),
+                                                     svc.settings.incremental_max_objects)
+        except DeltaExpired:
+            changes = None
+        plan = await _plan(svc, sub, changes) if changes is not None else None
+    if plan is None or plan.too_many(svc.settings.incremental_max_objects):
+        # Nothing to continue from: the run ends failed and this job decides again (a Full Sync, as a first one would).
+        await runs.fail_run(svc, run, RunError("incremental_interrupted", "applying the directory's changes was "
+                                                                          "interrupted; the next run applies them"))
+        fresh = await svc.subscriptions.get(sub.org, sub.id)
+        if fresh is not None:
+            await _incremental(svc, fresh, job, False, 0)
+        return
+    # Groups the run hands to workers are those it started with; a group newer changes touch is the next run's (the
+    # run's links are the first delivery's, so the next run reads those changes again).
+    plan.resync &= set(unfinished)
+    await _carry_out(svc, sub, run, plan, unfinished, run.job_delivery, recovering=True)
 
 
 async def handle_dead_lettered_change_job(svc: Services, job: ChangeJob, reason: str | None) -> None:
     """A change job that gave up after its last delivery (or expired): a failed run says so and alerts the admins,
     as a group job that gives up fails its run, instead of the changes going unapplied without a trace.
 
-    The run's id follows from the job, so a redelivered dead letter finds the run it already failed."""
+    A run this job started and left applying ends failed (nothing is deprovisioned), so the subscription is free at
+    once; a run it started that went on to its group workers ends as they do. A job that started no run gets a
+    failed run of its own, whose id follows from the job, so a redelivered dead letter finds the run it already
+    failed. The next change notification or the nightly run applies the changes."""
     sub = await svc.subscriptions.get(job.org, job.subscription_id)
     if sub is None or sub.deleting:
         return
+    error = RunError("changes_not_applied", f"the directory's changes announced at {job.requested_at.isoformat()} "
+                                            f"could not be applied ({reason or 'repeated failures'}); the next change "
+                                            "notification or the nightly run applies them")
+    for run_id in (sub.active_run_id, sub.last_run_id):
+        own = await svc.runs.get(sub.org, sub.id, run_id) if run_id else None
+        if own is not None and own.job_id == job.message_id:  # this job's run: told already, or ending as it should
+            if own.applying and own.status in RunStatus.ACTIVE:
+                await runs.fail_run(svc, own, RunError("incremental_interrupted", "applying the directory's changes "
+                                                       "failed on every delivery; the next run applies them"))
+            return
     run_id = _given_up_run_id(job)
     run = await svc.runs.get(sub.org, sub.id, run_id)
     if run is None:
         run = await svc.runs.add(Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger,
                                      status=RunStatus.RUNNING, group_ids=sub.group_ids, started_at=job.requested_at,
                                      updated_at=svc.clock()), [])
-    error = RunError("changes_not_applied", f"the directory's changes announced at {job.requested_at.isoformat()} "
-                                            f"could not be applied ({reason or 'repeated failures'}); the next change "
-                                            "notification or the nightly run applies them")
     await runs.fail_run(svc, run, error, release=False)
     # The portal's last sync becomes this failure unless a newer run has ended since (run ids sort newest first).
     await runs.release_subscription(svc, run, remember=sub.last_run_id is None or run_id < sub.last_run_id)
@@ -453,9 +551,10 @@ async def _unlisted_groups(svc: Services, sub: Subscription) -> frozenset[str]:
     return frozenset(g.id for g in groups.values() if not g.membership_readable(granted))
 
 
-async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> None:
+async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, recovering: bool = False) -> None:
     """Write the plan's users through the same decisions as a Full Sync; the finalizer deprovisions the ones left in
-    no selected group (guarded)."""
+    no selected group (guarded). ``recovering``: an earlier delivery of the job applied (part of) this plan for the
+    same run; what it wrote is listed as it would have listed it, and its invitations are queued again."""
     org = sub.org
     errors: list[RunError] = []
     skipped: dict[str, int] = {}
@@ -465,6 +564,8 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
     updates: list[tuple[User, str]] = []
     leave: list[str] = []
     changed_groups: set[str] = set()
+    invitations: list[EnrollmentJob] = []
+    records: list[UserChange] = []  # the run's change list: what this job wrote (the finalizer adds deactivations)
     stamp = Stamp.of(run.id, run.trigger, svc.clock(), svc.settings.history_retention_days)
     for oid in plan.removed:
         existing = stored.get(ids[oid])
@@ -499,12 +600,13 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
             skipped["managed_manually"] = skipped.get("managed_manually", 0) + 1
             continue
         if change_of(existing, desired) == "unchanged" and existing.group_ids == groups:
+            if recovering and existing.last_run_id == run.id:
+                _recovered(existing, run, records, invitations)
             continue
         changed_groups |= groups ^ existing.group_ids
         updates.append((_written(existing, desired, groups, stamp), existing.username))
-    invitations: list[EnrollmentJob] = []
-    records: list[UserChange] = []  # the run's change list: what this job wrote (the finalizer adds deactivations)
     if creates:
+        await pending_invitations.expect(svc, [u for u, _ in creates])
         for (user, desired), outcome in zip(creates, await svc.users.create([u for u, _ in creates])):
             if isinstance(outcome, Created):
                 records.append(change_record(None, outcome.user, Change.CREATED, sorted(user.group_ids)[0]))
@@ -530,6 +632,18 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
     await _recount_groups(svc, sub, changed_groups)
     if errors or skipped or records:
         await _report(svc, run, plan, errors, skipped, records)
+
+
+def _recovered(user: User, run: Run, records: list[UserChange], invitations: list[EnrollmentJob]) -> None:
+    """A user an earlier delivery of the job wrote for this run: its change, read from the user's history, is listed
+    (as that delivery would have listed it); an invitation it queued is queued again (same message id: duplicate
+    detection drops it if that delivery sent it; the mailer's claim keeps it to one e-mail)."""
+    entry = next((e for e in user.history if e.run_id == run.id), None)
+    if entry is None or entry.change == Change.UNCHANGED:
+        return
+    records.append(recovered_record(user, entry))
+    if entry.change == Change.CREATED and user.enrollment_email == EmailState.QUEUED:
+        invitations.append(EnrollmentJob(user.org, user.id, run.id))
 
 
 def _written(existing: User, desired: Desired, groups: frozenset[str] | set[str], stamp: Stamp) -> User:
@@ -573,17 +687,19 @@ async def _report(svc: Services, run: Run, plan: _Plan, errors: list[RunError], 
     """What the job wrote itself goes where a group's would: its skips and conflicts on the run, its counts and change
     list with the progress row of a group it did not hand to a worker (a worker replaces its own group's)."""
     async def add(current: Run) -> Run | None:
-        return replace(current, errors=current.errors + tuple(errors[:50]))
+        new = tuple(e for e in errors[:50] if e not in current.errors)  # a redelivery's are there already
+        return replace(current, errors=current.errors + new) if new else None
 
     if errors:
         await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), add, svc.runs.save)
-    done = next((g for g in run.group_ids if g not in plan.resync), None)
+    done = run.job_group
     if done is None or not (skipped or records):
         return
     listed = SegmentChanges(done, 0, {0: tuple(records)}) if records else None
 
     async def count(p: GroupProgress) -> GroupProgress | None:
-        return replace(p, counts=p.counts + Counts(skipped=sum(skipped.values()), skippedReasons=dict(skipped)))
+        # Set, not added: the job's report replaces an earlier delivery's (its change list too, same keys).
+        return replace(p, counts=replace(p.counts, skipped=sum(skipped.values()), skippedReasons=dict(skipped)))
 
     await optimistic(lambda: svc.runs.get_group(run.org, run.subscription_id, run.id, done), count,
                      lambda p: svc.runs.save_group(run.org, run.subscription_id, run.id, p, listed))

@@ -15,6 +15,7 @@ from .ports import (
     DirectoryChangeFeed,
     Groups,
     JobQueue,
+    PendingInvitations,
     Runs,
     SignIns,
     Subscriptions,
@@ -42,6 +43,7 @@ class Services:
     sign_ins: SignIns | None = None
     mail_sender: Any = None
     alerts: Alerts | None = None
+    invitations: PendingInvitations | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
     previews: PreviewLedgers = field(default_factory=PreviewLedgers)
@@ -83,6 +85,7 @@ def build(settings: Settings) -> Services:
                                tenant_concurrency=settings.graph_tenant_concurrency,
                                max_tenants=settings.graph_tenant_cache)
     from .adapters.graph_changes import GraphChangeFeed
+    from .adapters.table_invitations import TableInvitations
     from .adapters.table_watches import TableWatches
 
     services = Services(
@@ -98,6 +101,7 @@ def build(settings: Settings) -> Services:
         sign_ins=OidcSignIns(settings.authority_host, settings.graph_client_id),
         mail_sender=_mail_sender(settings),
         alerts=TableAlerts(store),
+        invitations=TableInvitations(store),
     )
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
     services.closers += [store.close, queue.close, credentials.close, directory.close]

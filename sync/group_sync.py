@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
-from . import subscriptions
+from . import invitations, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -169,8 +169,13 @@ async def _mark_running(svc: Services, run: Run) -> None:
         return
     try:
         await svc.runs.save(replace(run, status=RunStatus.RUNNING, updated_at=svc.clock()))
-    except PreconditionFailed:
-        pass  # another group got there first
+    except PreconditionFailed:  # another group got there first, or the request recorded its messages as sent
+
+        async def running(current: Run) -> Run | None:
+            return replace(current, status=RunStatus.RUNNING, updated_at=svc.clock()) \
+                if current.status == RunStatus.QUEUED else None
+
+        await optimistic(lambda: svc.runs.get(run.org, run.subscription_id, run.id), running, svc.runs.save)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +448,7 @@ class _Segment:
             return
         stamp = self.stamp()
         creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, stamp) for uid in uids]
+        await invitations.expect(self.svc, creates)
         for user, outcome in zip(creates, await self.svc.users.create(creates)):
             if isinstance(outcome, Created):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(user))

@@ -369,6 +369,16 @@ class Run:
     dry_run: bool = False  # reads the directory and decides, but writes no user, membership, invitation or grid row
     etag: str | None = field(default=None, compare=False)
     delta_links: "DeltaLinks | None" = None  # where the next incremental run continues once this one has ended
+    # Full Sync: False from writing the run until its group messages are sent; a queued run whose request died in
+    # between is found by the next request (or the recovery timer), which sends them (sync/recovery.py).
+    jobs_sent: bool = True
+    # Incremental run: the change job's message id and delivery count that apply it, the group whose progress row
+    # carries the job's change list, and True until the job has applied its plan (the run cannot end before). A
+    # later delivery of the same message takes the run over (sync/changes.py).
+    job_id: str | None = None
+    job_delivery: int = 0
+    job_group: str | None = None
+    applying: bool = False
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ class Subscriptions(abc.ABC):
     async def nightly_candidates(self) -> list[Subscription]:
         """Subscriptions of every org with nightly sync on and status authorized (reads no users)."""
 
+    @abc.abstractmethod
+    async def with_active_run(self) -> list[Subscription]:
+        """Subscriptions of every org that hold an active run (the recovery timer's round; reads no users)."""
+
 
 class Runs(abc.ABC):
     """Full Sync runs and the progress of each of their groups."""
@@ -323,6 +327,29 @@ class DirectoryChangeFeed(abc.ABC):
     @abc.abstractmethod
     async def unsubscribe(self, tenant_id: str, watch_id: str) -> None:
         """Delete a subscription (gone already is fine)."""
+
+
+class PendingInvitations(abc.ABC):
+    """The index of invitations not yet sent (``queued`` or ``sending``), so the recovery timer reads only those and
+    never every user. A row is written before the user it names holds such an invitation and dropped once the
+    invitation is sent or failed; a row naming a user with nothing pending is dropped by the timer (so the index
+    may hold more than is pending, never less)."""
+
+    @abc.abstractmethod
+    async def expect(self, org: str, user_ids: Iterable[str], due_at: datetime) -> None:
+        """Index invitations about to be queued; the timer looks at them from ``due_at``."""
+
+    @abc.abstractmethod
+    async def due(self, before: datetime, limit: int) -> list[tuple[str, str]]:
+        """(org, user id) of up to ``limit`` indexed invitations due before ``before``, of every org."""
+
+    @abc.abstractmethod
+    async def defer(self, org: str, user_id: str, due_at: datetime) -> None:
+        """Look at the invitation again from ``due_at``."""
+
+    @abc.abstractmethod
+    async def drop(self, org: str, user_id: str) -> None:
+        """Forget the invitation (sent, failed, or nothing pending); gone already is fine."""
 
 
 class Watches(abc.ABC):

@@ -58,7 +58,7 @@ async def finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approve
 
 async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approved_by: str | None) -> None:
     view = await svc.runs.view(org, sub_id, run_id)
-    if view is None or not all(g.finished for g in view.groups):
+    if view is None or not settled(view):
         return
     run = view.run
     if run.status in RunStatus.TERMINAL and not (approved_by and run.status == RunStatus.NEEDS_REVIEW):
@@ -134,6 +134,12 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
             await alerts.run_ended(svc, org, sub_id, run_id)
     else:
         await _release_if_still_held(svc, run)
+
+
+def settled(view: RunView) -> bool:
+    """Has everything that works on the run finished (every group, and an incremental run's change job applying its
+    plan)? Only then may it end."""
+    return not view.run.applying and all(g.finished for g in view.groups)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import alerts, retention, subscriptions
+from . import alerts, recovery, retention, subscriptions
 from .composition import Services
 from .errors import Conflict, Gone, InvalidInput, NotFound, Transient
 from .inputs import page_size
@@ -69,6 +69,9 @@ async def reserve(svc: Services, caller: Caller, sub_id: str, run_id: str) -> Su
         await refuse_if_busy(svc, sub, "start another sync")
         return replace(sub, active_run_id=run_id, updated_at=svc.clock())
 
+    # A run that nobody will carry on (its request died before sending its messages, or all its work is done but it
+    # never ended) is sent or ended first, so this request is not refused for it.
+    await recovery.settle_active_run(svc, caller.org, sub_id)
     return await subscriptions.modify(svc, caller, sub_id, take)
 
 
@@ -86,7 +89,7 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
     sub = await reserve(svc, caller, sub_id, run_id)
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=trigger, status=RunStatus.QUEUED,
               group_ids=sub.group_ids, started_at=now, updated_at=now, errors=notes, dry_run=dry_run,
-              delta_links=None if dry_run else await _delta_baseline(svc, sub))
+              delta_links=None if dry_run else await _delta_baseline(svc, sub), jobs_sent=False)
     try:
         run = await svc.runs.add(run, [GroupProgress(group_id=g, updated_at=now) for g in sub.group_ids])
     except Transient:
@@ -97,6 +100,11 @@ async def start(svc: Services, caller: Caller, sub_id: str, trigger: str = "manu
     except Transient:
         await fail_run(svc, run, RunError("queue_unavailable", "the sync could not be queued; try again"))
         raise
+    try:
+        await recovery.mark_jobs_sent(svc, run)
+    except Exception:  # the sync is queued; the next look sends its messages again (duplicates are dropped)
+        log.warning("could not record that a run's messages were sent", exc_info=True,
+                    extra={"org": sub.org, "subscription": sub.id, "run": run_id})
     log.info("full sync queued", extra={"org": sub.org, "subscription": sub.id, "run": run_id,
                                         "trigger": trigger, "groups": len(sub.group_ids), "dry_run": dry_run})
     await _recover_alerts(svc, sub)

@@ -86,6 +86,9 @@ class Settings:
     # An Entra tenant already connected to one org may be connected to another too (consent confirm; issue 22).
     allow_shared_tenants: bool = False
     alerts_per_hour: int = 10
+    # The queues' maxDeliveryCount (infra/queues.json; main.bicep and the local stack set it from there): a change job
+    # knows whether Service Bus will deliver it again, or whether this delivery must end its run.
+    max_delivery_count: int = 10
     max_subscriptions_per_org: int = 20
 
     @classmethod
@@ -142,6 +145,7 @@ class Settings:
             invitation_lease_s=reader.number("INVITATION_LEASE_SECONDS", 300.0, 5.0, 3600.0),
             allow_shared_tenants=reader.choice("ALLOW_SHARED_TENANTS", ("false", "true"), "false") == "true",
             alerts_per_hour=int(reader.number("ALERTS_PER_HOUR", 10, 1, 1000)),
+            max_delivery_count=int(reader.number("MAX_DELIVERY_COUNT", 10, 1, 2000)),
             max_subscriptions_per_org=int(reader.number("MAX_SUBSCRIPTIONS_PER_ORG", 20, 1, 10_000)),
         )
         _cross_checks(settings, reader)

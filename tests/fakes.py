@@ -52,6 +52,7 @@ from sync.ports import (
     Exists,
     Groups,
     JobQueue,
+    PendingInvitations,
     Runs,
     SignIns,
     Stale,
@@ -146,6 +147,29 @@ class MemorySubscriptions(Subscriptions):
 
     async def connected_to(self, tenant_id: str) -> list[Subscription]:
         return [s for s in self.rows.values() if s.azure_tenant_id == tenant_id]
+
+    async def with_active_run(self) -> list[Subscription]:
+        return [s for s in self.rows.values() if s.active_run_id]
+
+
+class MemoryInvitations(PendingInvitations):
+    """The pending-invitation index: (org, user id) -> when the recovery timer looks at it."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], datetime] = {}
+
+    async def expect(self, org: str, user_ids: Iterable[str], due_at: datetime) -> None:
+        for uid in user_ids:
+            self.rows[(org, uid)] = due_at
+
+    async def due(self, before: datetime, limit: int) -> list[tuple[str, str]]:
+        return [k for k, at in sorted(self.rows.items(), key=lambda kv: kv[1]) if at < before][:limit]
+
+    async def defer(self, org: str, user_id: str, due_at: datetime) -> None:
+        self.rows[(org, user_id)] = due_at
+
+    async def drop(self, org: str, user_id: str) -> None:
+        self.rows.pop((org, user_id), None)
 
 
 class MemoryRuns(Runs):
@@ -799,6 +823,7 @@ def make_services(**settings_overrides: str) -> Services:
         sign_ins=FakeSignIns(),
         mail_sender=RecordingMailSender(),
         alerts=MemoryAlerts(),
+        invitations=MemoryInvitations(),
         clock=Clock(),
     )
 

@@ -283,6 +283,11 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         **(_long_text("groupsDeltaLink", run.delta_links.groups_link) if run.delta_links else {}),
         "alertDue": run.alert_due,
         "dryRun": run.dry_run,
+        "jobsSent": run.jobs_sent,
+        "jobId": run.job_id,
+        "jobDelivery": run.job_delivery,
+        "jobGroup": run.job_group,
+        "applying": run.applying,
     }
 
 
@@ -304,6 +309,11 @@ def _run_from(e: Any) -> Run:
         dry_run=bool(e.get("dryRun")),
         etag=_etag(e),
         delta_links=_delta_links(e),
+        jobs_sent=e.get("jobsSent") is not False,  # rows written before the property: sent
+        job_id=e.get("jobId"),
+        job_delivery=int(e.get("jobDelivery") or 0),
+        job_group=e.get("jobGroup"),
+        applying=bool(e.get("applying")),
     )
 
 

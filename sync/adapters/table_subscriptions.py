@@ -68,6 +68,11 @@ class TableSubscriptions(_Repository, Subscriptions):
         )
         return [_sub_from(e) for e in rows]
 
+    async def with_active_run(self) -> list[Subscription]:
+        table = await self._table()
+        rows = await collect(table.query_entities("activeRunId gt ''"))
+        return [_sub_from(e) for e in rows]
+
 
 def _sub_entity(sub: Subscription) -> dict[str, Any]:
     return {

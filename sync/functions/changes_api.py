@@ -56,14 +56,16 @@ async def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%CHANGE_QUEUE%", connection="ServiceBusConnection")
 async def change_worker(msg: func.ServiceBusMessage) -> None:
     """An incremental run of one subscription; an exception makes Service Bus redeliver (the delta is read again)."""
-    await changes.handle_change_job(await composition.services(), ChangeJob.from_json(msg.get_body()))
+    await changes.handle_change_job(await composition.services(), ChangeJob.from_json(msg.get_body()),
+                                    delivery=msg.delivery_count or 1)
 
 
 @bp.function_name("change_worker_dead_letters")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%CHANGE_QUEUE%/$DeadLetterQueue",
                               connection="ServiceBusConnection")
 async def change_worker_dead_letters(msg: func.ServiceBusMessage) -> None:
-    """A change job that exhausted its deliveries or expired: fail its run visibly instead of dropping the changes."""
+    """A change job that exhausted its deliveries or expired: fail its run visibly instead of dropping the changes
+    (or holding the subscription with a run it left applying)."""
     job = decoded(msg, ChangeJob.from_json, "directory-changes")
     if job is not None:
         await changes.handle_dead_lettered_change_job(await composition.services(), job, msg.dead_letter_reason)

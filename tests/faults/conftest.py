@@ -25,6 +25,9 @@ SETTINGS = {
     "MAX_PAGES_PER_MESSAGE": "1",
     "DEPROVISION_GUARD_MIN_USERS": "10",
     "INVITATION_LEASE_SECONDS": "60",  # test_crash waits out a dead sender's claim (longer than its 20 s hold)
+    # The recovery timer fires when a test asks (POST /admin/functions/recovery_sweep), never in the middle of another
+    # test's faults (its Table Storage calls would take them).
+    "RECOVERY_SCHEDULE": "0 0 0 1 1 *",
     "SMTP_USERNAME": "mailer",
     "SMTP_PASSWORD": SMTP_PASSWORD,
     "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,

@@ -324,7 +324,7 @@ async def test_an_incremental_run_lists_its_changes_and_writes_history(svc, tena
         run.run.id, "change_notification", "deactivated")
 
 
-async def test_an_interrupted_incremental_run_fails_and_its_redelivery_applies_the_changes(svc, tenant):
+async def test_an_interrupted_incremental_run_is_taken_over_by_its_redelivery(svc, tenant):
     from sync.errors import Transient
 
     sub = await synced(svc)
@@ -340,14 +340,34 @@ async def test_an_interrupted_incremental_run_fails_and_its_redelivery_applies_t
     with pytest.raises(Transient):
         await changes.handle_change_job(svc, job)
     interrupted = (await runs.recent(svc, caller(), sub.id))[0]
-    assert interrupted.run.status == "failed" and [e.code for e in interrupted.run.errors] == ["incremental_interrupted"]
-    assert (await subscriptions.get(svc, caller(), sub.id)).active_run_id is None  # not held by the failed run
+    assert interrupted.run.status == "running" and interrupted.run.job_id == job.message_id
     svc.users.update = update
     svc.clock.advance(seconds=1)
-    await changes.handle_change_job(svc, job)  # Service Bus delivers it again
+    await changes.handle_change_job(svc, job, delivery=2)  # Service Bus delivers it again
     again = (await runs.recent(svc, caller(), sub.id))[0]
+    assert again.run.id == interrupted.run.id and again.run.job_delivery == 2
     assert again.run.status == "succeeded" and again.counts.deactivated == 1
     assert users_of(svc)["cat@contoso.example"].status == "Inactive"
+    assert (await subscriptions.get(svc, caller(), sub.id)).active_run_id is None
+
+
+async def test_an_incremental_run_failing_on_its_last_delivery_fails_and_frees_the_subscription(svc, tenant):
+    from sync.errors import Transient
+
+    sub = await synced(svc)
+    tenant.block("cat")
+
+    async def storage_down(changes):
+        raise Transient("table storage answered 503")
+
+    svc.users.update = storage_down
+    svc.clock.advance(seconds=1)
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    with pytest.raises(Transient):
+        await changes.handle_change_job(svc, job, delivery=svc.settings.max_delivery_count)
+    interrupted = (await runs.recent(svc, caller(), sub.id))[0]
+    assert interrupted.run.status == "failed" and [e.code for e in interrupted.run.errors] == ["incremental_interrupted"]
+    assert (await subscriptions.get(svc, caller(), sub.id)).active_run_id is None  # not held by the failed run
 
 
 def statuses(svc):

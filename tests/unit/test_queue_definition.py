@@ -46,3 +46,13 @@ def test_the_definition_is_within_service_bus_limits_and_names_the_settings_defa
     settings_py = (ROOT / "sync" / "settings.py").read_text()
     for setting, name in declared.items():
         assert f'reader.text("{setting}", "{name}")' in settings_py, setting
+
+
+def test_the_app_knows_the_queues_max_delivery_count_from_the_definition():
+    """A change job decides on its last delivery whether to end its run (sync/changes.py): the app setting follows
+    the definition in Azure and in the local stack alike."""
+    assert "MAX_DELIVERY_COUNT: string(queueDefinition.properties.maxDeliveryCount)" in BICEP
+    local_main = (ROOT / "local" / "__main__.py").read_text()
+    assert 's["MAX_DELIVERY_COUNT"]' in local_main and 'load_definition()["CHANGE_QUEUE"].max_delivery_count' in local_main
+    settings_py = (ROOT / "sync" / "settings.py").read_text()
+    assert f'reader.number("MAX_DELIVERY_COUNT", {DEFINITION["properties"]["maxDeliveryCount"]},' in settings_py
