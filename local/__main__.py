@@ -338,6 +338,10 @@ async def run(args: argparse.Namespace) -> int:
                 (ROOT / ".local").mkdir(exist_ok=True)
                 (ROOT / ".local" / "ready.json").write_text(line.split(" ", 1)[1])
             print(line, flush=True)
+            if host.console_url:
+                account = ("admin@<tenant domain> / admin" if host.args.interactive_sign_in
+                           else "consent is automatic without --interactive-sign-in")
+                print(f"Console: {host.console_url}  (Microsoft's sign-in: {account})", flush=True)
             await host.done.wait()
     finally:
         await host.stop()
