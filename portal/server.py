@@ -185,7 +185,7 @@ async def _security_headers(request: web.Request, handler) -> web.StreamResponse
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Referrer-Policy", "same-origin")
-    if response.content_type == "text/html":
-        response.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
-                                    "form-action 'self' https:; frame-ancestors 'none'")
+    # Scripts, styles and calls of this origin only (a file response has no content type yet: set on every answer).
+    response.headers.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
+                                "form-action 'self'; frame-ancestors 'none'")
     return response
