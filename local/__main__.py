@@ -320,6 +320,10 @@ async def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         return 2
     host = DevHost(args)
+    if host.console_port and not port_free("127.0.0.1", host.console_port):
+        print(f"port {host.console_port} (the console) is in use: stop what listens there, or start with "
+              "--console-port N (0: any free port)", file=sys.stderr, flush=True)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, host.done.set)
