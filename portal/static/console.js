@@ -356,7 +356,7 @@ async function usersPage() {
   const search = h("input", { id: "user-search", type: "search", name: "search", value: params.get("search") || "" });
   const status = h("select", { id: "user-status", name: "status" },
     [["", "All"], ["Active", "Active"], ["Inactive", "Inactive"]].map(([v, t]) => h("option", { value: v, selected: v === (params.get("status") || "") }, t)));
-  const query = new URLSearchParams({ pageSize: "25" });
+  const query = new URLSearchParams({ pageSize: params.get("pageSize") || "25" });
   if (search.value) query.set("search", search.value);
   if (status.value) query.set("status", status.value);
   if (params.get("continuationToken")) query.set("continuationToken", params.get("continuationToken"));
@@ -368,6 +368,7 @@ async function usersPage() {
   render(
     h("h1", {}, "Users"),
     h("form", { class: "filters", method: "GET", action: "/users", role: "search" },
+      params.get("pageSize") ? h("input", { type: "hidden", name: "pageSize", value: params.get("pageSize") }) : null,
       h("div", {}, h("label", { for: "user-search" }, "Search"), search),
       h("div", {}, h("label", { for: "user-status" }, "Status"), status),
       h("button", { type: "submit" }, "Apply")),
