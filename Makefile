@@ -9,9 +9,9 @@ AZURITE := node_modules/.bin/azurite-table
 TOOLS := $(VENV)/tools
 TOOLS_STAMP := $(TOOLS)/.installed-$(shell cat requirements-tools.txt | sha1sum | cut -c1-12)
 
-.PHONY: bootstrap run test demo bench clean
+.PHONY: bootstrap chromium run test demo bench clean
 
-bootstrap: $(STAMP) $(AZURITE) $(TOOLS_STAMP)
+bootstrap: $(STAMP) $(AZURITE) $(TOOLS_STAMP) chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,19 @@ $(TOOLS_STAMP): requirements-tools.txt | $(BIN)/python
 $(AZURITE):
 	npm ci --no-audit --no-fund --loglevel=error
 
-## run: the function app on the local stack (fake tenant, Azurite, local Service Bus, SMTP sink) at :7071
+# Debian's Chromium, which the console's browser test drives headless (Playwright's own browser download is not used);
+# installed only when missing. CI runs as root; elsewhere apt-get runs through sudo.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
+	  else echo "no apt-get: install Chromium yourself for tests/e2e/test_console.py" >&2; fi; }
+
+## run: the function app on the local stack (fake tenant, Azurite, local Service Bus, SMTP sink) at :7071, and the
+## reference console at http://127.0.0.1:3000 with Microsoft's sign-in and consent pages to click
 run: bootstrap
-	$(BIN)/python -m local
+	$(BIN)/python -m local --interactive-sign-in
 
 ## test: every test (unit, adapters against the local stand-ins, end to end, faults); starts what it needs
 test: bootstrap

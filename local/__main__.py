@@ -3,7 +3,8 @@
 It starts Azurite (unless TABLES_CONNECTION_STRING is given), the local Service Bus broker (unless
 ServiceBusConnection is given), the fake Entra tenant (unless GRAPH_BASE_URL is given) and the SMTP sink
 (unless SMTP_HOST is given), then runs the function host as a child process on --port, restarting it if it
-dies. It prints one line ``READY {json}`` and stops everything on Ctrl-C or SIGTERM.
+dies, and the reference console (``portal/``) on --console-port. It prints one line ``READY {json}`` and stops
+everything on Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ class DevHost:
         self._control: web.AppRunner | None = None
         self.control_port = args.control_port or 0  # 0: bound to any free port at start (no pick-then-bind race)
         self.keys_file: Path | None = None  # --require-function-keys: the host's keys (local/function_host.py)
+        self._console: web.AppRunner | None = None
+        # The reference console (portal/): on 3000 under `make run` (a fixed --port), else only when asked for.
+        self.console_port: int | None = args.console_port if args.console_port is not None else (
+            3000 if args.port else None)
+        self.console_url = f"http://127.0.0.1:{self.console_port}" if self.console_port else ""
 
     def given(self, key: str) -> str | None:
         value = os.environ.get(key)
@@ -100,6 +106,8 @@ class DevHost:
             self.graph = FakeGraph(tenants=tenants, port=self.args.graph_port, latency_ms=self.args.latency_ms,
                                    registration=app.registration, managed_identity=app.managed_identity,
                                    tls=app.tls, authority_port=self.args.authority_port).start()
+            # A person clicks Microsoft's sign-in and consent pages (local/identity/README.md, "Interactive sign-in").
+            self.graph.identity.interactive = bool(self.args.interactive_sign_in)
             identity = app.app_settings(os.environ.get("GRAPH_CREDENTIAL") or "secret", self.graph.authority)
             self.process_env = {k: identity.pop(k) for k in ("SSL_CERT_FILE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER")
                                 if k in identity}
@@ -124,7 +132,7 @@ class DevHost:
             "NOTIFICATION_URL": f"http://127.0.0.1:{self.port}/api/directory/notifications",
             "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,
             "CONSENT_REDIRECT_URI": redirect_uri,
-            "PORTAL_BASE_URL": "http://localhost:3000",
+            "PORTAL_BASE_URL": self.console_url or "http://localhost:3000",
             "PORTAL_NAME": "Contoso Identity Portal",
             "MAIL_FROM": "Contoso Identity Portal <no-reply@portal.localhost>",
         }
@@ -255,9 +263,27 @@ class DevHost:
         await site.start()
         self.control_port = self._control.addresses[0][1]  # the port bound (any free one when asked for 0)
 
+    async def start_console(self) -> None:
+        """The reference console (portal/), playing the portal backend against this host's API."""
+        if self.console_port is None:
+            return
+        from portal.server import Console, TokenSettings
+
+        token = TokenSettings(self.settings["PORTAL_TOKEN_SECRET"], self.settings.get("PORTAL_TOKEN_AUDIENCE") or None,
+                              self.settings.get("PORTAL_TOKEN_ISSUER") or None)
+        self._console = web.AppRunner(Console(f"http://127.0.0.1:{self.port}/api", token).app(), access_log=None)
+        await self._console.setup()
+        await web.TCPSite(self._console, "127.0.0.1", self.console_port).start()
+        if not self.console_port:  # 0: a free port; Microsoft's consent returns to PORTAL_BASE_URL, so set it now
+            self.console_port = self._console.addresses[0][1]
+            self.console_url = f"http://127.0.0.1:{self.console_port}"
+            if not os.environ.get("PORTAL_BASE_URL"):
+                self.settings["PORTAL_BASE_URL"] = self.console_url
+
     def ready_line(self) -> str:
         return "READY " + json.dumps({
             "api": f"http://127.0.0.1:{self.port}/api",
+            "console": self.console_url,
             "graph": self.settings["GRAPH_BASE_URL"],
             "authority": self.settings.get("AUTHORITY_HOST", ""),
             "authorityCa": self.process_env.get("SSL_CERT_FILE", ""),
@@ -280,6 +306,8 @@ class DevHost:
                 await proc.wait()
         if self._control:
             await self._control.cleanup()
+        if self._console:
+            await self._console.cleanup()
         for stop in (self.table_proxy and self.table_proxy.stop, self.smtp and self.smtp.stop,
                      self.graph and self.graph.stop, self.broker and self.broker.stop, self.azurite and self.azurite.stop):
             if stop:
@@ -300,12 +328,17 @@ async def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         return 2
     host = DevHost(args)
+    if host.console_port and not port_free("127.0.0.1", host.console_port):
+        print(f"port {host.console_port} (the console) is in use: stop what listens there, or start with "
+              "--console-port N (0: any free port)", file=sys.stderr, flush=True)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, host.done.set)
     try:
         host.start_stand_ins()
         await host.start_control()
+        await host.start_console()
         started = asyncio.ensure_future(host.start_function_host())
         await asyncio.wait([started, asyncio.ensure_future(host.done.wait())], return_when=asyncio.FIRST_COMPLETED)
         if host.failed or host.done.is_set() and not started.done():
@@ -317,6 +350,10 @@ async def run(args: argparse.Namespace) -> int:
                 (ROOT / ".local").mkdir(exist_ok=True)
                 (ROOT / ".local" / "ready.json").write_text(line.split(" ", 1)[1])
             print(line, flush=True)
+            if host.console_url:
+                account = ("admin@<tenant domain> / admin" if host.args.interactive_sign_in
+                           else "consent is automatic without --interactive-sign-in")
+                print(f"Console: {host.console_url}  (Microsoft's sign-in: {account})", flush=True)
             await host.done.wait()
     finally:
         await host.stop()
@@ -347,6 +384,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--require-function-keys", action="store_true",
                         help="check function keys on FUNCTION- and ADMIN-level routes as Azure does (Core Tools, and "
                              "so the default here, checks none); the keys are in READY's functionKeys")
+    parser.add_argument("--console-port", type=int, default=None,
+                        help="serve the reference console (portal/) on this port (0: a free one); default 3000 when "
+                             "--port is fixed (make run), else no console")
+    parser.add_argument("--interactive-sign-in", action="store_true",
+                        help="the local identity platform shows sign-in and consent pages a person clicks (default: "
+                             "it signs in and consents at once, as the tests expect)")
     return parser.parse_args(argv)
 
 

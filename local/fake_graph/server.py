@@ -22,6 +22,8 @@ from aiohttp import web
 from ..identity.platform import (
     ADMIN_TOOL_ROLES,
     PROPAGATION_ERRORS,
+    ROLE_TEMPLATES,
+    Account,
     Admin,
     AppRegistration,
     IdentityPlatform,
@@ -168,6 +170,7 @@ class FakeGraph(ServerThread):
         self._by_route: Counter[str] = Counter()
         self.identity = IdentityPlatform(registration, managed_identity, tenant_lookup=self._lookup_tenant)
         self.identity.default_tenant = lambda: next(iter(self.tenants), None)
+        self.identity.accounts_lookup = self._accounts
         self._authority_routes = AuthorityRoutes(self.identity)
         self.tls = tls
         self._requested_authority_port = authority_port
@@ -317,6 +320,19 @@ class FakeGraph(ServerThread):
             if lowered in (tenant.tenant_id.lower(), tenant.domain.lower()):
                 return tenant.tenant_id, tenant.domain
         return None
+
+    def _accounts(self, domain: str) -> list[Account]:
+        """Who may sign in with a name @domain: the tenant's listed admins, or admin@domain / admin (a Global Admin)."""
+        found = self._lookup_tenant(domain)
+        if found is None:
+            return []
+        tenant = self.tenants[found[0]]
+        if not tenant.admins:
+            return [Account(f"admin@{tenant.domain}", "admin", Admin(tenant.tenant_id))]
+        return [Account(a["userPrincipalName"], a["password"],
+                        Admin(tenant.tenant_id, tuple(ROLE_TEMPLATES.get(r, r) for r in a.get("roles", [])),
+                              username=a["userPrincipalName"], name=a.get("displayName") or a["userPrincipalName"]))
+                for a in tenant.admins]
 
     def _tenant(self, tenant_id: str) -> Tenant:
         tenant = self.tenants.get(tenant_id)

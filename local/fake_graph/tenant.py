@@ -219,6 +219,15 @@ def validate_tenant(data: Any) -> None:
         if upn in upns:
             raise ValueError(f"duplicate userPrincipalName {user['userPrincipalName']!r}")
         upns.add(upn)
+    admins = data.get("admins", [])
+    if not isinstance(admins, list):
+        raise ValueError("tenant.admins must be a list")
+    for n, admin in enumerate(admins):
+        if not isinstance(admin, dict) or not all(isinstance(admin.get(k), str) and admin[k]
+                                                  for k in ("userPrincipalName", "password")):
+            raise ValueError(f"admins[{n}] needs userPrincipalName and password (strings)")
+        if not isinstance(admin.get("roles", []), list):
+            raise ValueError(f"admins[{n}].roles must be a list of directory role names or template ids")
     for group in data.get("groups", []):
         if not isinstance(group["members"], list):
             raise ValueError(f"group {group['id']}: members must be a list")
@@ -255,6 +264,8 @@ class Tenant:
         self.tenant_id: str = data["tenantId"]
         self.domain: str = data["domain"]
         self.display_name: str = data.get("displayName") or self.domain.split(".")[0].capitalize()
+        # Who may sign in on the interactive pages (README, "Interactive sign-in"); none listed: admin@domain / admin.
+        self.admins: list[dict] = [dict(a) for a in data.get("admins", [])]
         self.objects: dict[str, dict] = {}
         self._lower_ids: dict[str, str] = {}
         self.kind: dict[str, str] = {}
@@ -324,6 +335,7 @@ class Tenant:
             "users": [dict(u) for u in self.users.values()],
             "groups": [{**g, "members": list(self.members[g["id"]])} for g in self.groups.values()],
             "devices": [dict(d) for d in self.devices.values()],
+            **({"admins": [dict(a) for a in self.admins]} if self.admins else {}),
         }
 
     # --- property access -----------------------------------------------------------------------

@@ -32,6 +32,16 @@ PROPAGATION_ERRORS = (65001, 700016)  # what a token request may answer while a 
 # Writes of the tenant's own admin tools (the tests' "Azure admin"), never granted to the app by consent.
 ADMIN_TOOL_ROLES = ("Directory.ReadWrite.All", "User.ReadWrite.All", "Group.ReadWrite.All", "GroupMember.ReadWrite.All")
 WELL_KNOWN_TENANTS = ("organizations", "common", "consumers")
+# Directory role names a tenant document may give its admins (role template ids pass as they are).
+ROLE_TEMPLATES = {"Global Administrator": GLOBAL_ADMINISTRATOR,
+                  "Privileged Role Administrator": PRIVILEGED_ROLE_ADMINISTRATOR,
+                  "Cloud Application Administrator": CLOUD_APPLICATION_ADMINISTRATOR,
+                  "Application Administrator": "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3"}
+# Microsoft Graph's application permissions as the consent page names them (learn.microsoft.com/graph/permissions-reference).
+PERMISSION_NAMES = {"User.Read.All": "Read all users' full profiles",
+                    "GroupMember.Read.All": "Read all group memberships",
+                    "Group.Read.All": "Read all groups",
+                    "Member.Read.Hidden": "Read all hidden memberships"}
 
 
 def b64url(data: bytes) -> str:
@@ -123,10 +133,22 @@ class Admin:
 
     tenant: str
     wids: tuple[str, ...] = (GLOBAL_ADMINISTRATOR,)
+    username: str | None = None  # the sign-in name; None: admin@ the tenant's verified domain
+    name: str = "Tenant Administrator"
 
     @property
     def oid(self) -> str:
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"admin:{self.tenant}:{','.join(self.wids)}"))
+        who = f":{self.username.lower()}" if self.username else ""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"admin:{self.tenant}:{','.join(self.wids)}{who}"))
+
+
+@dataclass
+class Account:
+    """An administrator who can sign in on the interactive pages: sign-in name, password, who they are."""
+
+    username: str
+    password: str = field(repr=False)
+    admin: Admin
 
 
 class IdentityPlatform:
@@ -148,6 +170,11 @@ class IdentityPlatform:
         self.next_grant: tuple[tuple[str, ...], float] = (DEFAULT_ROLES, 0.0)  # what the next consent grants
         self.next_propagation_error: int | None = None  # and what its token requests answer while it propagates
         self.last_prompt: str | None = None  # the prompt of the last OpenID Connect sign-in (None: none asked)
+        # --interactive-sign-in: the sign-in, consent and account picker pages a person clicks (README, "Interactive
+        # sign-in"); the accounts come from the tenant documents, the sessions are the browsers signed in.
+        self.interactive = False
+        self.accounts_lookup: Callable[[str], list[Account]] = lambda _domain: []
+        self.sessions: dict[str, Admin] = {}
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._public = self._key.public_key()
         self.kid = b64url(hashlib.sha256(self._public.public_bytes(
@@ -175,6 +202,26 @@ class IdentityPlatform:
             raise SignInError("AADSTS90002: No tenant is loaded, so nobody can sign in.")
         return Admin(tenant)
 
+    def sign_in(self, username: str, password: str) -> Admin | None:
+        """The account whose sign-in name and password these are (None: "Your account or password is incorrect.")."""
+        domain = username.strip().rpartition("@")[2]
+        for account in self.accounts_lookup(domain) if domain else []:
+            if account.username.lower() == username.strip().lower() and secrets.compare_digest(
+                    account.password.encode(), password.encode()):
+                return account.admin
+        return None
+
+    def open_session(self, admin: Admin) -> str:
+        """A browser's session with ``admin`` signed in; the cookie value that names it."""
+        sid = secrets.token_urlsafe(24)
+        if len(self.sessions) > 1000:
+            self.sessions.clear()
+        self.sessions[sid] = admin
+        return sid
+
+    def username_of(self, admin: Admin) -> str:
+        return admin.username or f"admin@{self._domain_of(admin.tenant)}"
+
     def consent(self, tenant: str, roles: tuple[str, ...] = DEFAULT_ROLES, propagation_s: float = 0.0,
                 propagation_error: int | None = None) -> Grant:
         """A tenant's admin consents: a service principal exists there and holds ``roles``. For ``propagation_s``
@@ -194,6 +241,7 @@ class IdentityPlatform:
         self.next_grant = (DEFAULT_ROLES, 0.0)
         self.next_propagation_error = None
         self.last_prompt = None
+        self.sessions.clear()
         for secret in self.registration.secrets:
             secret.expires_at = float("inf")
 
@@ -365,7 +413,7 @@ class IdentityPlatform:
             "aud": client_id, "iss": f"{self.origin}/{admin.tenant}/v2.0", "iat": now, "nbf": now, "exp": now + 3600,
             "nonce": nonce, "tid": admin.tenant, "oid": admin.oid,
             "sub": b64url(hashlib.sha256(f"{admin.oid}:{client_id}".encode()).digest()),
-            "preferred_username": f"admin@{self._domain_of(admin.tenant)}", "name": "Tenant Administrator",
+            "preferred_username": self.username_of(admin), "name": admin.name,
             "wids": list(admin.wids), "ver": "2.0",
         })
 

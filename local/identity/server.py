@@ -14,8 +14,10 @@ from aiohttp import web
 
 from .platform import (
     GLOBAL_ADMINISTRATOR,
+    PERMISSION_NAMES,
     PRIVILEGED_ROLE_ADMINISTRATOR,
     WELL_KNOWN_TENANTS,
+    Admin,
     IdentityPlatform,
     SignInError,
     TokenError,
@@ -24,6 +26,9 @@ from .platform import (
 Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 CONSENTING_ROLES = (GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR)
 PROMPTS = ("login", "none", "consent", "select_account")  # one value, no combinations (README: OpenID Connect sign-in)
+SESSION_COOKIE = "ESTSAUTH"  # the name of Microsoft's session cookie on login.microsoftonline.com
+WRONG_PASSWORD = "Your account or password is incorrect."  # AADSTS50126 as the sign-in page words it
+BROWSER_PAGES = ("/{tenant}/v2.0/adminconsent", "/{tenant}/oauth2/v2.0/authorize")  # a form posts back with --interactive
 
 
 class AuthorityRoutes:
@@ -47,7 +52,8 @@ class AuthorityRoutes:
         for pattern, allowed, template, handler in self._routes:
             m = pattern.fullmatch(path.rstrip("/"))
             if m:
-                return template, (handler if method == allowed else None), m.groupdict()
+                posted = method == "POST" and self.identity.interactive and template in BROWSER_PAGES
+                return template, (handler if method == allowed or posted else None), m.groupdict()
         return "(unmatched authority)", None, {}
 
     # --- token endpoint ---------------------------------------------------------------------------
@@ -84,9 +90,9 @@ class AuthorityRoutes:
                               f"not match the redirect URIs configured for the application '{reg.client_id}'.")
         return query["redirect_uri"]
 
-    def _account_for(self, path_tenant: str) -> Any:
+    def _account_for(self, path_tenant: str, admin: Admin | None = None) -> Admin:
         """The signed-in account, which must belong to the tenant named in the path (unless organizations/common)."""
-        admin = self.identity.signed_in()
+        admin = admin or self.identity.signed_in()
         if path_tenant.lower() not in WELL_KNOWN_TENANTS:
             tenant = self.identity.resolve_tenant(path_tenant)
             if tenant is None:
@@ -100,11 +106,30 @@ class AuthorityRoutes:
         query = request.query
         try:
             redirect_uri = self._check_app(query)
-            admin = self._account_for(params["tenant"])
+        except SignInError as exc:
+            return _signin_error(str(exc))
+        declined = self.identity.deny
+        account: Admin | None = None
+        cookie: str | None = None
+        if self.identity.interactive:  # a person signs in, reads the permissions and clicks Accept or Cancel
+            account, cookie, page = await self._interactive_sign_in(request)
+            if page is not None:
+                return page
+            form = await request.post() if request.method == "POST" else {}
+            choice = form.get("consent")
+            if choice not in ("accept", "cancel"):
+                try:
+                    self._account_for(params["tenant"], account)
+                except SignInError as exc:
+                    return _signin_error(str(exc))
+                return _with_cookie(self._consent_page(request, account), cookie)
+            declined = declined or choice == "cancel"
+        try:
+            admin = self._account_for(params["tenant"], account)
         except SignInError as exc:
             return _signin_error(str(exc))
         answer: list[tuple[str, str]]
-        if self.identity.deny:
+        if declined:
             answer = [("error", "access_denied"), ("error_subcode", "cancel"),
                       ("error_description", "AADSTS65004: User declined to consent to access the app.")]
         elif not set(admin.wids) & set(CONSENTING_ROLES):
@@ -120,6 +145,48 @@ class AuthorityRoutes:
             answer.append(("state", query["state"]))
         return web.Response(status=302, headers={"Location": _with_query(redirect_uri, answer)})
 
+    # --- the pages a person clicks (--interactive-sign-in) ----------------------------------------
+
+    async def _interactive_sign_in(self, request: web.Request, *, ask_again: bool = False
+                                   ) -> tuple[Admin | None, str | None, web.Response | None]:
+        """The browser's account (and a new session cookie), or the sign-in page to show instead."""
+        form = await request.post() if request.method == "POST" else {}
+        if "loginfmt" in form:
+            username, password = str(form["loginfmt"]), str(form.get("passwd", ""))
+            admin = self.identity.sign_in(username, password)
+            if admin is None:
+                return None, None, _sign_in_page(request.path_qs, username, WRONG_PASSWORD)
+            return admin, self.identity.open_session(admin), None
+        account = self.identity.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        if account is None or ask_again:
+            return None, None, _sign_in_page(request.path_qs)
+        return account, None, None
+
+    def _consent_page(self, request: web.Request, admin: Admin) -> web.Response:
+        reg = self.identity.registration
+        roles = self.identity.next_grant[0]
+        items = "".join(f'<li><strong>{html.escape(PERMISSION_NAMES.get(r, r))}</strong> '
+                        f'<span class="muted">({html.escape(r)}, Microsoft Graph)</span></li>' for r in roles)
+        body = (f'<p class="who">{html.escape(self.identity.username_of(admin))}</p>'
+                f'<h1>Permissions requested</h1><p class="muted">Review for your organization</p>'
+                f'<p class="app"><strong>{html.escape(reg.display_name)}</strong><br>'
+                f'<span class="muted">unverified</span></p>'
+                f'<p>This application is not published by Microsoft or your organization.</p>'
+                f'<p>This app would like to:</p><ul>{items}</ul>'
+                f'<p class="muted">If you accept, this app will get access to the specified resources for all users in '
+                f'your organization. No one else will be prompted to review these permissions.</p>'
+                f'<form method="POST" action="{html.escape(request.path_qs)}" class="buttons">'
+                f'<button type="submit" name="consent" value="cancel" class="secondary">Cancel</button>'
+                f'<button type="submit" name="consent" value="accept">Accept</button></form>')
+        return _page("Permissions requested", body)
+
+    def _account_picker(self, request: web.Request, admin: Admin) -> web.Response:
+        who = html.escape(self.identity.username_of(admin))
+        body = (f'<h1>Pick an account</h1><form method="POST" action="{html.escape(request.path_qs)}">'
+                f'<button type="submit" name="account" value="{who}" class="account">{html.escape(admin.name)}<br>'
+                f'<span class="muted">{who}</span></button></form>')
+        return _page("Pick an account", body)
+
     async def _authorize(self, request: web.Request, params: dict[str, str]) -> web.Response:
         """OpenID Connect sign-in; only ``response_type=id_token`` with ``response_mode=form_post`` is modelled."""
         query = request.query
@@ -133,6 +200,17 @@ class AuthorityRoutes:
         # the one signed in (POST /_fake/consent {"tenant", "wids"}); login/consent: asked again, same account; none:
         # the session's account silently (this browser always has one). Recorded for GET /_fake/consent.
         self.identity.last_prompt = query.get("prompt")
+        account: Admin | None = None
+        cookie: str | None = None
+        if self.identity.interactive:  # the browser's own session: sign in, or pick its account
+            form = await request.post() if request.method == "POST" else {}
+            chosen = "account" in form and request.method == "POST"
+            account, cookie, page = await self._interactive_sign_in(
+                request, ask_again=query.get("prompt") == "login" and not chosen and "loginfmt" not in form)
+            if page is not None:
+                return page
+            if query.get("prompt") == "select_account" and cookie is None and not chosen:
+                return self._account_picker(request, account)
         fields: list[tuple[str, str]] = []
         try:
             if query.get("response_type") != "id_token":
@@ -148,7 +226,7 @@ class AuthorityRoutes:
             if not self.identity.registration.id_tokens_enabled:
                 raise _Refused("unsupported_response_type", "AADSTS700054: response_type 'id_token' is not enabled "
                                "for the application.")
-            admin = self._account_for(params["tenant"])
+            admin = self._account_for(params["tenant"], account)
             if self.identity.deny:
                 raise _Refused("access_denied", "AADSTS65004: User declined to consent to access the app.")
             fields.append(("id_token", self.identity.id_token(admin, query["nonce"], query["client_id"])))
@@ -158,7 +236,7 @@ class AuthorityRoutes:
             fields += [("error", exc.error), ("error_description", exc.description)]
         if "state" in query:
             fields.append(("state", query["state"]))
-        return _form_post(redirect_uri, fields)
+        return _with_cookie(_form_post(redirect_uri, fields), cookie)
 
     async def _discovery(self, request: web.Request, params: dict[str, str]) -> web.Response:
         return web.json_response(self.identity.discovery(params["tenant"]))
@@ -187,6 +265,47 @@ def _form_post(action: str, fields: list[tuple[str, str]]) -> web.Response:
             f'<input type="submit" value="Submit" /></noscript></form>'
             f'<script language="javascript">document.forms[0].submit();</script></body></html>')
     return web.Response(text=page, content_type="text/html")
+
+
+STYLE = ("body{font-family:'Segoe UI',system-ui,sans-serif;background:#f2f2f2;margin:0;color:#1b1b1b}"
+         "main{background:#fff;max-width:440px;margin:8vh auto;padding:44px;box-shadow:0 2px 6px rgba(0,0,0,.2)}"
+         ".brand{font-weight:600;color:#5e5e5e;margin-bottom:16px}h1{font-size:24px;font-weight:600;margin:8px 0 16px}"
+         "label{display:block;margin:12px 0 4px}input{width:100%;box-sizing:border-box;padding:6px 0;font-size:15px;"
+         "border:0;border-bottom:1px solid #666}input:focus{outline:2px solid #0067b8}.error{color:#e81123}"
+         ".muted{color:#5e5e5e;font-size:13px}.buttons{display:flex;gap:8px;justify-content:flex-end;margin-top:24px}"
+         "button{background:#0067b8;color:#fff;border:0;padding:8px 24px;font-size:15px;cursor:pointer;min-width:108px}"
+         "button.secondary{background:#ccc;color:#000}button.account{background:#fff;color:#1b1b1b;text-align:left;"
+         "width:100%;border:1px solid #ccc;padding:12px}button:focus-visible{outline:2px solid #000;outline-offset:2px}")
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    """A page of the local sign-in screens (README, "Interactive sign-in")."""
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
+            f'<style>{STYLE}</style></head><body><main><div class="brand">Microsoft (local identity platform)</div>'
+            f'{body}</main></body></html>')
+    return web.Response(status=status, text=page, content_type="text/html",
+                        headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+
+def _sign_in_page(action: str, username: str = "", error: str | None = None) -> web.Response:
+    alert = f'<p id="passwordError" class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    body = (f'<h1>Sign in</h1>{alert}<form method="POST" action="{html.escape(action)}">'
+            f'<label for="i0116">Email, phone, or Skype</label>'
+            f'<input type="email" id="i0116" name="loginfmt" value="{html.escape(username)}" autocomplete="username" '
+            f'required autofocus>'
+            f'<label for="i0118">Password</label>'
+            f'<input type="password" id="i0118" name="passwd" autocomplete="current-password"'
+            f'{" aria-describedby=passwordError" if error else ""}>'
+            f'<div class="buttons"><button type="submit" id="idSIButton9">Sign in</button></div></form>')
+    return _page("Sign in to your account", body)
+
+
+def _with_cookie(response: web.Response, session: str | None) -> web.Response:
+    """Microsoft's session cookie for a browser that has just signed in (HTTPS only, not readable by scripts)."""
+    if session is not None:
+        response.set_cookie(SESSION_COOKIE, session, path="/", secure=True, httponly=True, samesite="None")
+    return response
 
 
 def _signin_error(message: str) -> web.Response:
