@@ -8,7 +8,8 @@ from sync.functions.group_worker import bp as group_worker
 from sync.functions.meta_api import bp as meta_api
 from sync.functions.nightly import bp as nightly
 from sync.functions.users_api import bp as users_api
+from sync.functions.webhooks_api import bp as webhooks_api
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (meta_api, directory_api, users_api, group_worker, nightly, changes_api, mailer):
+for blueprint in (meta_api, directory_api, users_api, group_worker, nightly, changes_api, webhooks_api, mailer):
     app.register_functions(blueprint)

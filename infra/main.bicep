@@ -93,6 +93,7 @@ var groupSyncQueue = 'group-sync'
 var enrollmentQueue = 'enrollment-email'
 var changeQueue = 'directory-changes'
 var alertQueue = 'admin-alerts'
+var webhookQueue = 'webhook-deliveries'
 var deploymentContainer = 'app-package'
 
 var token = uniqueString(resourceGroup().id, appName)
@@ -193,6 +194,10 @@ var queueSettings = [
   {
     name: alertQueue
     ttl: 'P7D' // an admin alert (run failed or needs review, consent lost) waits out an SMTP outage like an invitation
+  }
+  {
+    name: webhookQueue
+    ttl: 'P1D' // a delivery nudge; the events stay in the Events table, and a retry is a message scheduled anew
   }
 ]
 
@@ -437,6 +442,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GROUP_SYNC_QUEUE: groupSyncQueue
     ENROLLMENT_QUEUE: enrollmentQueue
     ALERT_QUEUE: alertQueue
+    WEBHOOK_QUEUE: webhookQueue
     NIGHTLY_SYNC_SCHEDULE: nightlySyncSchedule
     CHANGE_QUEUE: changeQueue
     WATCH_RENEWAL_SCHEDULE: '0 17 * * * *' // hourly; watches live WATCH_LIFETIME_HOURS (72) and renew at half-life

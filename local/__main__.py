@@ -68,7 +68,8 @@ class DevHost:
                 self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
                 s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
         queues = (os.environ.get("GROUP_SYNC_QUEUE") or "group-sync", os.environ.get("ENROLLMENT_QUEUE") or "enrollment-email",
-                  os.environ.get("CHANGE_QUEUE") or "directory-changes", os.environ.get("ALERT_QUEUE") or "admin-alerts")
+                  os.environ.get("CHANGE_QUEUE") or "directory-changes", os.environ.get("ALERT_QUEUE") or "admin-alerts",
+                  os.environ.get("WEBHOOK_QUEUE") or "webhook-deliveries")
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
 
@@ -110,6 +111,8 @@ class DevHost:
             "ENROLLMENT_QUEUE": queues[1],
             "CHANGE_QUEUE": queues[2],
             "ALERT_QUEUE": queues[3],
+            "WEBHOOK_QUEUE": queues[4],
+            "WEBHOOK_ALLOW_HTTP_LOOPBACK": "true",  # the portal's receiver in tests and `make demo` listens on loopback
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "WATCH_RENEWAL_SCHEDULE": "0 17 * * * *",
             # Graph's change notifications come to the dev host itself (the fake accepts http on loopback only).

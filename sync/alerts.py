@@ -86,6 +86,11 @@ async def recover(svc: Services, sub: Subscription) -> int:
     return len(left)
 
 
+async def tell(svc: Services, alert) -> str:
+    """Record ``alert`` once and queue its e-mail (another capability's alert, e.g. a failing webhook)."""
+    return await _tell(svc, alert)
+
+
 async def _tell(svc: Services, alert) -> str:
     """Insert the event's row if absent and queue its message (again while it is still queued: the first send may
     have been lost; the mailer's claim keeps a duplicate from sending twice)."""

@@ -84,6 +84,10 @@ class Settings:
     incremental_max_objects: int = 500
     change_debounce_s: float = 2.0
     invitation_lease_s: float = 300.0
+    # Webhooks and the events feed.
+    webhook_queue: str = "webhook-deliveries"
+    webhook_allow_http_loopback: bool = False
+    event_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -138,6 +142,10 @@ class Settings:
             incremental_max_objects=int(reader.number("INCREMENTAL_MAX_OBJECTS", 500, 1, 100_000)),
             change_debounce_s=reader.number("CHANGE_DEBOUNCE_SECONDS", 2.0, 0.0, 300.0),
             invitation_lease_s=reader.number("INVITATION_LEASE_SECONDS", 300.0, 5.0, 3600.0),
+            webhook_queue=reader.text("WEBHOOK_QUEUE", "webhook-deliveries"),
+            webhook_allow_http_loopback=reader.choice(
+                "WEBHOOK_ALLOW_HTTP_LOOPBACK", ("true", "false", "True", "False"), "false").lower() == "true",
+            event_retention_days=int(reader.number("EVENT_RETENTION_DAYS", 30, 1, 3650)),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()
