@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from .errors import InvalidInput
 from .event_model import OF_CHANGE, Event, EventType, WebhookJob, WebhookStatus, event_id, unlinked_event, user_event
@@ -21,8 +21,8 @@ from .logs import get_logger
 from .model import Run, Subscription, User, iso
 from .ports import Created, Updated
 
-if TYPE_CHECKING:
-    from .composition import Services
+# ``svc`` below is composition.Services, untyped here: composition wraps the store's Users with this module.
+Services = Any
 
 log = get_logger(__name__)
 
@@ -32,7 +32,7 @@ FEED_MAX_LIMIT = 1000
 FRESH = timedelta(hours=1)
 
 
-async def record(svc: "Services", org: str, events: list[Event]) -> list[Event]:
+async def record(svc: Services, org: str, events: list[Event]) -> list[Event]:
     """Append the events the log does not hold yet and nudge the org's enabled webhooks; returns the new ones."""
     if svc.events is None or not events:
         return []
@@ -43,7 +43,7 @@ async def record(svc: "Services", org: str, events: list[Event]) -> list[Event]:
     return new
 
 
-async def nudge(svc: "Services", org: str) -> None:
+async def nudge(svc: Services, org: str) -> None:
     """Ask the delivery worker to deliver to each enabled webhook of the org (not one waiting for its retry)."""
     if svc.webhooks is None:
         return
@@ -54,7 +54,7 @@ async def nudge(svc: "Services", org: str) -> None:
         await svc.queue.send_webhook_jobs(jobs)
 
 
-async def group_names(svc: "Services", org: str) -> dict[str, str]:
+async def group_names(svc: Services, org: str) -> dict[str, str]:
     return {g.id: g.display_name for g in await svc.groups.list(org)}
 
 
@@ -68,7 +68,7 @@ def carried_entry(user: User, now) -> Any:
     return entry
 
 
-async def users_written(svc: "Services", users: Iterable[User]) -> list[Event]:
+async def users_written(svc: Services, users: Iterable[User]) -> list[Event]:
     """Record the events of the history entries these accepted writes carried."""
     now = svc.clock()
     written = [(u, e) for u in users if (e := carried_entry(u, now)) is not None]
@@ -79,14 +79,14 @@ async def users_written(svc: "Services", users: Iterable[User]) -> list[Event]:
     return out
 
 
-async def users_unlinked(svc: "Services", org: str, sub_id: str, users: list[User]) -> None:
+async def users_unlinked(svc: Services, org: str, sub_id: str, users: list[User]) -> None:
     """Record that these users went back to Manual with their subscription."""
     if users:
         now = svc.clock()
         await record(svc, org, [unlinked_event(u, sub_id, {}, now) for u in users])
 
 
-async def run_completed(svc: "Services", run: Run) -> None:
+async def run_completed(svc: Services, run: Run) -> None:
     """Record ``run.completed`` of a real run that ended (a dry run's preview tells nothing)."""
     if run.dry_run or run.finished_at is None:
         return
@@ -98,7 +98,7 @@ async def run_completed(svc: "Services", run: Run) -> None:
     await record(svc, run.org, [event])
 
 
-async def consent_revoked(svc: "Services", sub: Subscription, run_id: str | None) -> None:
+async def consent_revoked(svc: Services, sub: Subscription, run_id: str | None) -> None:
     """Record ``subscription.consent_revoked`` once per consent lost (the consent it lost names it)."""
     at = int(sub.consented_at.timestamp() * 1000) if sub.consented_at else 0
     now = svc.clock()
@@ -111,7 +111,7 @@ async def consent_revoked(svc: "Services", sub: Subscription, run_id: str | None
 class EventedUsers:
     """The store's Users, recording the event of every create and update it accepts (see the module's docstring)."""
 
-    def __init__(self, inner: Any, svc: "Services") -> None:
+    def __init__(self, inner: Any, svc: Services) -> None:
         self._inner = inner
         self._svc = svc
 
@@ -164,7 +164,7 @@ def _limit(params: dict[str, str]) -> int:
     return int(raw)
 
 
-async def feed(svc: "Services", org: str, params: dict[str, str]) -> dict[str, Any]:
+async def feed(svc: Services, org: str, params: dict[str, str]) -> dict[str, Any]:
     """``{"events": [...], "cursor"}``: the org's events after ``after`` in sequence order, and where to go on from."""
     limit = _limit(params)
     secret = svc.settings.signing_secret
@@ -175,7 +175,7 @@ async def feed(svc: "Services", org: str, params: dict[str, str]) -> dict[str, A
     return {"events": [e.to_api() for e in events if e.timestamp >= keep_since], "cursor": cursor_of(secret, org, last)}
 
 
-async def expire(svc: "Services") -> int:
+async def expire(svc: Services) -> int:
     """Drop events older than EVENT_RETENTION_DAYS (the nightly retention)."""
     if svc.events is None:
         return 0

@@ -18,16 +18,15 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from . import alerts
 from .alert_model import Alert
+from .composition import Services
 from .errors import Conflict, DeliveryFailed, InvalidInput, NotFound, PreconditionFailed
 from .event_model import Event, EventType, Webhook, WebhookJob, WebhookStatus
 from .logs import get_logger
-
-if TYPE_CHECKING:
-    from .composition import Services
 
 log = get_logger(__name__)
 
@@ -109,7 +108,7 @@ def check_url(url: Any, *, allow_loopback: bool) -> str:
     return url
 
 
-async def check_resolved(svc: "Services", url: str) -> None:
+async def check_resolved(svc: Services, url: str) -> None:
     """Refuse a host name that resolves to an address a webhook may not reach (checked again at every send)."""
     host = (urlsplit(url).hostname or "").rstrip(".")
     allow = svc.settings.webhook_allow_http_loopback
@@ -138,7 +137,7 @@ def new_secret() -> str:
 # ---------------------------------------------------------------- the endpoints
 
 
-async def create(svc: "Services", org: str, body: Any) -> dict[str, Any]:
+async def create(svc: Services, org: str, body: Any) -> dict[str, Any]:
     """Add an endpoint; the answer carries its secret (shown here and on rotation only)."""
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", code="invalid_body")
@@ -157,25 +156,25 @@ async def create(svc: "Services", org: str, body: Any) -> dict[str, Any]:
     return {**hook.to_api(), "secret": hook.secret}
 
 
-async def listed(svc: "Services", org: str) -> dict[str, Any]:
+async def listed(svc: Services, org: str) -> dict[str, Any]:
     hooks = sorted(await svc.webhooks.list(org), key=lambda h: (h.created_at, h.id))
     return {"webhooks": [h.to_api() for h in hooks]}
 
 
-async def _get(svc: "Services", org: str, webhook_id: str) -> Webhook:
+async def _get(svc: Services, org: str, webhook_id: str) -> Webhook:
     hook = await svc.webhooks.get(org, webhook_id) if len(webhook_id) <= 64 else None
     if hook is None:
         raise NotFound("no such webhook", code="webhook_not_found")
     return hook
 
 
-async def delete(svc: "Services", org: str, webhook_id: str) -> None:
+async def delete(svc: Services, org: str, webhook_id: str) -> None:
     await _get(svc, org, webhook_id)
     await svc.webhooks.delete(org, webhook_id)
     log.info("webhook deleted", extra={"org": org, "webhook": webhook_id})
 
 
-async def _change(svc: "Services", org: str, webhook_id: str, change) -> Webhook:
+async def _change(svc: Services, org: str, webhook_id: str, change) -> Webhook:
     for _ in range(10):
         hook = await _get(svc, org, webhook_id)
         try:
@@ -185,7 +184,7 @@ async def _change(svc: "Services", org: str, webhook_id: str, change) -> Webhook
     raise Conflict("the webhook kept changing; try again", code="webhook_busy")
 
 
-async def rotate_secret(svc: "Services", org: str, webhook_id: str) -> dict[str, str]:
+async def rotate_secret(svc: Services, org: str, webhook_id: str) -> dict[str, str]:
     """A new secret; every delivery from now on is signed with it."""
     secret = new_secret()
     await _change(svc, org, webhook_id, lambda h: replace(h, secret=secret))
@@ -193,7 +192,7 @@ async def rotate_secret(svc: "Services", org: str, webhook_id: str) -> dict[str,
     return {"secret": secret}
 
 
-async def enable(svc: "Services", org: str, webhook_id: str) -> dict[str, Any]:
+async def enable(svc: Services, org: str, webhook_id: str) -> dict[str, Any]:
     """Deliver again to a failing endpoint, from the event it failed at."""
     hook = await _change(svc, org, webhook_id, lambda h: replace(
         h, status=WebhookStatus.ENABLED, attempts=0, next_attempt_at=None, failing_since=None, lease_until=None))
@@ -219,7 +218,7 @@ def delivery(hook: Webhook, event: Event, now_s: int) -> tuple[dict[str, str], b
     return headers, body
 
 
-async def deliver(svc: "Services", job: WebhookJob) -> str:
+async def deliver(svc: Services, job: WebhookJob) -> str:
     """Deliver what the endpoint has not had yet, in order; returns what happened (for logs and tests)."""
     hook = await svc.webhooks.get(job.org, job.webhook_id)
     if hook is None or hook.status != WebhookStatus.ENABLED:
@@ -263,7 +262,7 @@ async def deliver(svc: "Services", job: WebhookJob) -> str:
     return outcome
 
 
-async def _attempt(svc: "Services", hook: Webhook, event: Event) -> tuple[bool, str]:
+async def _attempt(svc: Services, hook: Webhook, event: Event) -> tuple[bool, str]:
     headers, body = delivery(hook, event, int(svc.clock().timestamp()))
     allow = svc.settings.webhook_allow_http_loopback
     try:
@@ -274,7 +273,7 @@ async def _attempt(svc: "Services", hook: Webhook, event: Event) -> tuple[bool, 
     return 200 <= status < 300, f"HTTP {status}"
 
 
-async def _failed(svc: "Services", hook: Webhook, event: Event, detail: str) -> None:
+async def _failed(svc: Services, hook: Webhook, event: Event, detail: str) -> None:
     """Wait out the next delay of the schedule, or, past the last, mark the endpoint failing and tell the admins."""
     now = svc.clock()
     attempts = hook.attempts + 1
@@ -293,10 +292,8 @@ async def _failed(svc: "Services", hook: Webhook, event: Event, detail: str) -> 
     log.info("webhook delivery failed; retrying later", extra={**ctx, "delay_s": delay})
 
 
-async def _alert(svc: "Services", hook: Webhook, event: Event, detail: str, now) -> None:
+async def _alert(svc: Services, hook: Webhook, event: Event, detail: str, now) -> None:
     """One alert per time the endpoint became failing, to the notifyEmails of the org's subscriptions."""
-    from . import alerts
-
     facts = {"webhookId": hook.id, "url": hook.url[:300], "eventId": event.id, "eventType": event.type,
              "lastError": detail, "failingSince": now.isoformat()}
     for sub in await svc.subscriptions.list(hook.org):
