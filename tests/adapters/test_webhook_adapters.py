@@ -28,6 +28,7 @@ async def test_events_get_gapless_sequences_once_each_even_when_appended_concurr
     assert [e.sequence for e in first] == [1, 2]
     batches = [[ev(n) for n in range(k * 10, k * 10 + 10)] for k in range(1, 5)]
     results = await asyncio.gather(*(log.append(ORG, b) for b in batches), log.append(ORG, [ev(1), ev(11)]))
+    assert sum(len(r) for r in results) == 40  # ev(11) recorded by one of the two appends carrying it, ev(1) by none
     stored = await log.after(ORG, 0, 1000)
     assert [e.sequence for e in stored] == list(range(1, 43)) and len({e.id for e in stored}) == 42
     assert stored[0].data == ev(1).data and stored[0].timestamp == NOW

@@ -315,3 +315,15 @@ async def test_a_busy_endpoint_is_left_to_the_worker_holding_it(svc):
     await svc.webhooks.save(stored.__class__(**{**stored.__dict__, "lease_until": svc.clock() + timedelta(seconds=30)}))
     await events.record(svc, "org-a", [_event("one")])
     assert await deliver_all(svc) == ["busy"] and svc.webhook_sender.sent == []
+
+
+def test_the_failing_alert_names_the_endpoint_and_how_to_resume():
+    from notifications.render import render_alert
+
+    facts = {"webhookId": "h1", "url": "https://portal.example.com/hooks", "eventId": "evt_1",
+             "eventType": "user.deactivated", "lastError": "HTTP 503", "failingSince": "2026-11-27T09:00:00+00:00"}
+    mail = render_alert(portal_name="Contoso Portal", portal_url="https://portal.example", kind="webhook_failing",
+                        subscription_name="Contoso <b>", run_id=None, facts=facts, link="https://portal.example/x")
+    assert mail.subject == "Directory Sync cannot deliver events to your portal: Contoso <b>"
+    assert "POST /api/webhooks/h1/enable" in mail.text and "HTTP 503" in mail.text
+    assert "Contoso &lt;b&gt;" in mail.html and "<b>" not in mail.html.split("<body")[1].replace("<br>", "")
