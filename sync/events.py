@@ -58,20 +58,21 @@ async def group_names(svc: Services, org: str) -> dict[str, str]:
     return {g.id: g.display_name for g in await svc.groups.list(org)}
 
 
-def carried_entry(user: User, now) -> Any:
-    """The history entry this write of ``user`` added, or None (a write that changed nothing a user event tells)."""
+def carried_entry(user: User, now, *, created: bool = False) -> Any:
+    """The history entry this write of ``user`` added, or None (a write that changed nothing a user event tells).
+    A created row's entry is new; an updated row's newest entry is new when it is as old as the write."""
     if not user.history:
         return None
     entry = user.history[0]
-    if entry.at != user.updated_at or entry.at < now - FRESH or entry.change not in OF_CHANGE:
+    if (not created and entry.at != user.updated_at) or entry.at < now - FRESH or entry.change not in OF_CHANGE:
         return None
     return entry
 
 
-async def users_written(svc: Services, users: Iterable[User]) -> list[Event]:
+async def users_written(svc: Services, users: Iterable[User], *, created: bool = False) -> list[Event]:
     """Record the events of the history entries these accepted writes carried."""
     now = svc.clock()
-    written = [(u, e) for u in users if (e := carried_entry(u, now)) is not None]
+    written = [(u, e) for u in users if (e := carried_entry(u, now, created=created)) is not None]
     out: list[Event] = []
     for org in sorted({u.org for u, _ in written}):
         names = await group_names(svc, org)
@@ -120,7 +121,7 @@ class EventedUsers:
 
     async def create(self, users: list[User]) -> list:
         outcomes = await self._inner.create(users)
-        await users_written(self._svc, [u for u, o in zip(users, outcomes) if isinstance(o, Created)])
+        await users_written(self._svc, [u for u, o in zip(users, outcomes) if isinstance(o, Created)], created=True)
         return outcomes
 
     async def update(self, changes: list[tuple[User, str]]) -> list:

@@ -327,3 +327,15 @@ def test_the_failing_alert_names_the_endpoint_and_how_to_resume():
     assert mail.subject == "Directory Sync cannot deliver events to your portal: Contoso <b>"
     assert "POST /api/webhooks/h1/enable" in mail.text and "HTTP 503" in mail.text
     assert "Contoso &lt;b&gt;" in mail.html and "<b>" not in mail.html.split("<body")[1].replace("<br>", "")
+
+
+async def test_an_administrators_changes_of_manual_users_are_events(svc):
+    from sync import users as users_uc
+
+    made = await users_uc.create_manual(svc, caller(), {"username": "max@contoso.example"})
+    svc.clock.advance(seconds=1)
+    await users_uc.set_active(svc, caller(), made.id, active=False)
+    await users_uc.set_active(svc, caller(), made.id, active=False)  # already inactive: no change, no event
+    assert [(e.type, e.data["reason"]) for e in user_events(svc)] == [
+        ("user.created", "created_by_admin"), ("user.deactivated", "deactivated_by_admin")]
+    assert user_events(svc)[1].data["previous"]["status"] == "Active"
