@@ -26,6 +26,7 @@ class Delivery:
     status: int  # what the receiver answered
     verified: bool | None  # None: no secret known yet
     at: float
+    path: str = "/hooks"
 
     @property
     def json(self) -> dict[str, Any]:
@@ -43,6 +44,7 @@ class Delivery:
 class WebhookReceiver:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, on_delivery: Callable[[Delivery], None] | None = None):
         self.secret: str | None = None
+        self.secrets: dict[str, str] = {}  # by path, when several webhooks deliver here
         self.answers: list[int] = []
         self.deliveries: list[Delivery] = []
         self._lock = threading.Lock()
@@ -53,7 +55,7 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                receiver._received(self, headers, body)
+                receiver._received(self, headers, body, self.path)
 
             def log_message(self, *args: Any) -> None:
                 return None
@@ -74,19 +76,20 @@ class WebhookReceiver:
         self._server.shutdown()
         self._server.server_close()
 
-    def _received(self, handler: BaseHTTPRequestHandler, headers: dict[str, str], body: bytes) -> None:
+    def _received(self, handler: BaseHTTPRequestHandler, headers: dict[str, str], body: bytes, path: str) -> None:
         verified = None
-        if self.secret:
+        secret = self.secrets.get(path, self.secret)
+        if secret:
             import standardwebhooks
 
             try:
-                standardwebhooks.Webhook(self.secret).verify(body, headers)
+                standardwebhooks.Webhook(secret).verify(body, headers)
                 verified = True
             except standardwebhooks.WebhookVerificationError:
                 verified = False
         with self._lock:
             status = self.answers.pop(0) if self.answers else 204
-            delivery = Delivery(headers, body, status, verified, time.monotonic())
+            delivery = Delivery(headers, body, status, verified, time.monotonic(), path)
             self.deliveries.append(delivery)
         handler.send_response(status)
         handler.send_header("Content-Length", "0")
