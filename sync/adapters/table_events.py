@@ -42,13 +42,31 @@ def _id_rk(event_id: str) -> str:
 class TableEvents(_Repository, EventLog):
     TABLE = "Events"
 
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        # One appender per org in this process (its group workers would otherwise race on the counter's ETag), and
+        # the counter as this process last wrote it: read again only when another process moved it.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._counters: dict[str, tuple[int, str | None]] = {}
+
     async def append(self, org: str, events: list[Event]) -> list[Event]:
         seen: set[str] = set()
         unique = [e for e in events if not (e.id in seen or seen.add(e.id))]
         out: list[Event] = []
-        for i in range(0, len(unique), CHUNK):
-            out += await self._append_chunk(org, unique[i:i + CHUNK])
+        async with self._locks.setdefault(org, asyncio.Lock()):
+            for i in range(0, len(unique), CHUNK):
+                out += await self._append_chunk(org, unique[i:i + CHUNK])
         return out
+
+    async def _counter(self, table: Any, pk: str, org: str) -> tuple[int, str | None]:
+        cached = self._counters.get(org)
+        if cached is not None:
+            return cached
+        try:
+            counter = await call(table.get_entity(pk, COUNTER))
+            return int(counter["last"]), _etag(counter)
+        except ResourceNotFoundError:
+            return 0, None
 
     async def _append_chunk(self, org: str, events: list[Event]) -> list[Event]:
         table = await self._table()
@@ -56,11 +74,7 @@ class TableEvents(_Repository, EventLog):
         for attempt in range(ATTEMPTS):
             if not events:
                 return []
-            try:
-                counter = await call(table.get_entity(pk, COUNTER))
-                last, etag = int(counter["last"]), _etag(counter)
-            except ResourceNotFoundError:
-                last, etag = 0, None
+            last, etag = await self._counter(table, pk, org)
             numbered = [Event(e.org, e.id, e.type, e.timestamp, e.data, last + n) for n, e in enumerate(events, 1)]
             head = {"PartitionKey": pk, "RowKey": COUNTER, "kind": "counter", "last": numbered[-1].sequence}
             ops: list[tuple] = [("create", head) if etag is None else
@@ -73,13 +87,18 @@ class TableEvents(_Repository, EventLog):
                 ops.append(("create", {"PartitionKey": pk, "RowKey": _id_rk(e.id), "kind": "id",
                                        "sequence": e.sequence}))
             try:
-                await call(self._store.transaction(table, ops))
+                etags = await call(self._store.transaction(table, ops))
             except TableTransactionError as exc:
-                if (exc.index and exc.index % 2 == 0) or attempt >= 1:  # an id row: an event is recorded already
+                if exc.index and exc.index % 2 == 0 and exc.status_code == 409:  # an id row: recorded already
                     events = await self._unrecorded(table, pk, events)
-                # the counter moved (or was created) meanwhile: read it again
-                await asyncio.sleep(random.uniform(0, 0.02 * min(attempt + 1, 10)))
+                else:  # the counter moved (another process), or was created meanwhile: read it again
+                    self._counters.pop(org, None)
+                    await asyncio.sleep(random.uniform(0, 0.02 * min(attempt + 1, 10)))
                 continue
+            except BaseException:
+                self._counters.pop(org, None)
+                raise
+            self._counters[org] = (numbered[-1].sequence, etags[0].get("etag") if etags else None)
             self._store.count_write(len(ops))
             return numbered
         raise PreconditionFailed("the events log kept changing under the writer")

@@ -37,6 +37,12 @@ async def test_events_get_gapless_sequences_once_each_even_when_appended_concurr
     many = await log.append(ORG, [ev(n) for n in range(100, 220)])  # more than one transaction
     assert [e.sequence for e in many] == list(range(43, 163))
     assert await log.after("other", 0, 10) == []
+    elsewhere = TableEvents(table_store)  # another process: its own view of the counter, the ETag referees
+    both = await asyncio.gather(elsewhere.append(ORG, [ev(n) for n in range(300, 400)]),
+                                log.append(ORG, [ev(n) for n in range(350, 450)]), elsewhere.append(ORG, many[:60]))
+    assert sum(len(r) for r in both) == 150
+    stored = await log.after(ORG, 0, 1000)
+    assert [e.sequence for e in stored] == list(range(1, 313)) and len({e.id for e in stored}) == 312
 
 
 async def test_expired_events_go_with_their_ids(table_store):
