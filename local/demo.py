@@ -171,15 +171,15 @@ class Demo:
             self.admin = FakeTenantAdmin(self.host.ready["graph"], TENANT_ID)
             self.outbox = Path(self.host.ready["outbox"])
             self.out.line(f"API {self.host.ready['api']}    dev host log {display_path(self.log)}")
+
+    def connect(self) -> None:
+        """New Active Directory, Microsoft's admin consent (against the fake tenant), the username attribute."""
+        with self.step("New Active Directory, admin consent, username attribute"):
             # The portal's webhook receiver (loopback: the dev host sets WEBHOOK_ALLOW_HTTP_LOOPBACK), from the start.
             self.receiver = WebhookReceiver().start()
             created = self.portal.call("POST", "/webhooks", json={"url": self.receiver.url}, expect=201)
             self.receiver.secret = created["secret"]
             self.out.line(f"POST /api/webhooks {self.receiver.url} -> 201 (a receiver verifying Standard Webhooks signatures)")
-
-    def connect(self) -> None:
-        """New Active Directory, Microsoft's admin consent (against the fake tenant), the username attribute."""
-        with self.step("New Active Directory, admin consent, username attribute"):
             sub = self.portal.create_subscription("Contoso (Entra ID)")
             self.sub_id = sub["id"]
             self.out.line(f"created subscription \"{sub['name']}\" ({sub['id']}): {sub['status']}")
