@@ -27,7 +27,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from . import runs, subscriptions
+from . import events, runs, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -426,6 +426,7 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
     updates: list[tuple[User, str]] = []
     leave: list[str] = []
     changed_groups: set[str] = set()
+    recovered: list[User] = []
     stamp = Stamp.of(run.id, run.trigger, svc.clock(), svc.settings.history_retention_days)
     for oid in plan.removed:
         existing = stored.get(ids[oid])
@@ -460,6 +461,8 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
             skipped["managed_manually"] = skipped.get("managed_manually", 0) + 1
             continue
         if change_of(existing, desired) == "unchanged" and existing.group_ids == groups:
+            # Written already: by an attempt that may have died before it recorded the event (the log dedupes).
+            recovered.append(existing)
             continue
         changed_groups |= groups ^ existing.group_ids
         updates.append((_written(existing, desired, groups, stamp), existing.username))
@@ -481,6 +484,7 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
     for user in await _update(svc, org, updates, errors):
         if user.last_change != Change.UNCHANGED:
             records.append(change_record(stored.get(user.id), user, user.last_change, sorted(user.group_ids)[0]))
+    await events.users_written(svc, recovered)
     if leave:
         await svc.users.remove_memberships(org, leave, ())
     if invitations:

@@ -339,3 +339,33 @@ async def test_an_administrators_changes_of_manual_users_are_events(svc):
     assert [(e.type, e.data["reason"]) for e in user_events(svc)] == [
         ("user.created", "created_by_admin"), ("user.deactivated", "deactivated_by_admin")]
     assert user_events(svc)[1].data["previous"]["status"] == "Active"
+
+
+async def test_a_block_applied_by_a_change_notification_is_one_event_even_if_the_first_attempt_died(svc):
+    from sync import changes
+    from sync.model import ChangeJob, Trigger
+
+    svc.settings = __import__("dataclasses").replace(svc.settings, notification_url="https://dirsync.example/api/n")
+    t = four_groups(svc)
+    sub = await connect(svc, groups=("g-sales", "g-eng"), deactivateBlockedUsers=True)
+    await full_sync(svc, sub)
+    before = len(log_of(svc))
+    t.block("ann")
+    real, calls = svc.events.append, []
+
+    async def dies_once(org, evs):
+        calls.append(len(evs))
+        if len(calls) == 1:
+            raise ConnectionError("the worker died after the user was written")
+        return await real(org, evs)
+
+    svc.events.append = dies_once
+    svc.clock.advance(seconds=2)
+    job = ChangeJob(sub.org, sub.id, Trigger.CHANGE_NOTIFICATION, svc.clock())
+    with pytest.raises(ConnectionError):
+        await changes.handle_change_job(svc, job)
+    await changes.handle_change_job(svc, job)  # redelivered: the user is written already
+    await changes.handle_change_job(svc, job)
+    blocked = [e for e in log_of(svc)[before:] if e.type == EventType.USER_DEACTIVATED]
+    assert [e.data["username"] for e in blocked] == [svc.users.rows[next(k for k, u in svc.users.rows.items()
+                                                                         if u.username.startswith("ann"))].username]
