@@ -41,6 +41,7 @@ BATCH = 50
 LEASE = timedelta(seconds=60)
 TIME_BUDGET_S = 120.0
 LOOPBACK_NAMES = ("localhost",)
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 # ---------------------------------------------------------------- where a webhook may point
@@ -52,8 +53,14 @@ def address_allowed(address: str, *, allow_loopback: bool) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address inside an IPv6 one (mapped, 6to4, NAT64) is judged as that IPv4 address.
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.is_loopback:
         return allow_loopback
     return ip.is_global and not ip.is_multicast and not ip.is_reserved and not ip.is_unspecified
@@ -187,7 +194,11 @@ async def _change(svc: Services, org: str, webhook_id: str, change) -> Webhook:
 async def rotate_secret(svc: Services, org: str, webhook_id: str) -> dict[str, str]:
     """A new secret; every delivery from now on is signed with it."""
     secret = new_secret()
-    await _change(svc, org, webhook_id, lambda h: replace(h, secret=secret))
+    # The lease goes too: a worker still signing with the old secret loses its next write and stops; the nudge
+    # hands what is pending to one that signs with the new one.
+    hook = await _change(svc, org, webhook_id, lambda h: replace(h, secret=secret, lease_until=None))
+    if hook.status == WebhookStatus.ENABLED:
+        await svc.queue.send_webhook_jobs([WebhookJob(org, hook.id)])
     log.info("webhook secret rotated", extra={"org": org, "webhook": webhook_id})
     return {"secret": secret}
 
@@ -227,7 +238,12 @@ async def deliver(svc: Services, job: WebhookJob) -> str:
     if hook.next_attempt_at is not None and hook.next_attempt_at > now + timedelta(seconds=1):
         return "waiting"  # its retry message comes then
     if hook.lease_until is not None and hook.lease_until > now:
-        return "busy"  # the holder looks again for new events before it lets go
+        # The holder looks again for new events before it lets go; should it die holding the lease, this look
+        # (one per lease: its message id is the lease's) takes over once the lease has run out.
+        wait = (hook.lease_until - now).total_seconds() + 1
+        await svc.queue.send_webhook_jobs([WebhookJob(job.org, hook.id, tag=f"lease{int(hook.lease_until.timestamp())}")],
+                                          delay_s=wait)
+        return "busy"
     try:
         hook = await svc.webhooks.save(replace(hook, lease_until=now + LEASE))
     except PreconditionFailed:

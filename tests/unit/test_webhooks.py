@@ -174,7 +174,8 @@ async def test_events_older_than_the_retention_go(svc):
     "https://127.0.0.1/hooks", "https://localhost/hooks", "https://a.localhost/x", "https://[::1]/hooks",
     "https://169.254.169.254/latest/meta-data", "https://10.0.0.8/x", "https://192.168.1.1/x", "https://172.16.0.1/x",
     "https://100.64.0.1/x", "https://0.0.0.0/x", "https://[fe80::1]/x", "https://[fd00::1]/x", "https://224.0.0.1/x",
-    "https://[::ffff:127.0.0.1]/x", "https://intranet/x", "ftp://portal.example.com/x", "https:///x", "not a url",
+    "https://[::ffff:127.0.0.1]/x", "https://[64:ff9b::a9fe:a9fe]/x", "https://[2002:a9fe:a9fe::1]/x",
+    "https://intranet/x", "ftp://portal.example.com/x", "https:///x", "not a url",
     "https://portal.example.com/" + "a" * 2040, 42, None,
     "https://rebind-metadata.example.com/x", "https://rebind-loopback.example.com/x",
 ])
@@ -315,6 +316,10 @@ async def test_a_busy_endpoint_is_left_to_the_worker_holding_it(svc):
     await svc.webhooks.save(stored.__class__(**{**stored.__dict__, "lease_until": svc.clock() + timedelta(seconds=30)}))
     await events.record(svc, "org-a", [_event("one")])
     assert await deliver_all(svc) == ["busy"] and svc.webhook_sender.sent == []
+    [(job, delay)] = webhook_jobs(svc)  # should the holder die, a look once its lease has run out takes over
+    assert 30 <= delay <= 32
+    svc.clock.advance(seconds=delay)
+    assert await webhooks.deliver(svc, job) == "delivered" and len(svc.webhook_sender.sent) == 1
 
 
 def test_the_failing_alert_names_the_endpoint_and_how_to_resume():
