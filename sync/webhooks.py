@@ -42,6 +42,9 @@ LEASE = timedelta(seconds=60)
 TIME_BUDGET_S = 120.0
 LOOPBACK_NAMES = ("localhost",)
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Public by its number, yet Azure's platform endpoint inside every virtual network (DHCP, DNS, health probes, the VM
+# agent): learn.microsoft.com/azure/virtual-network/what-is-ip-address-168-63-129-16
+AZURE_PLATFORM = ipaddress.IPv4Address("168.63.129.16")
 
 
 # ---------------------------------------------------------------- where a webhook may point
@@ -63,7 +66,7 @@ def address_allowed(address: str, *, allow_loopback: bool) -> bool:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.is_loopback:
         return allow_loopback
-    return ip.is_global and not ip.is_multicast and not ip.is_reserved and not ip.is_unspecified
+    return ip != AZURE_PLATFORM and ip.is_global and not ip.is_multicast and not ip.is_reserved and not ip.is_unspecified
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -29,6 +29,7 @@ SETTINGS = {
     "SMTP_USERNAME": "mailer",
     "SMTP_PASSWORD": SMTP_PASSWORD,
     "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,
+    "WEBHOOK_ALLOW_HTTP_LOOPBACK": "false",  # as in Azure (test_abuse_webhooks)
 }
 
 

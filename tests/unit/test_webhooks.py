@@ -172,7 +172,7 @@ async def test_events_older_than_the_retention_go(svc):
     "http://portal.example.com/hooks",  # https only
     "https://user:pw@portal.example.com/hooks",
     "https://127.0.0.1/hooks", "https://localhost/hooks", "https://a.localhost/x", "https://[::1]/hooks",
-    "https://169.254.169.254/latest/meta-data", "https://10.0.0.8/x", "https://192.168.1.1/x", "https://172.16.0.1/x",
+    "https://169.254.169.254/latest/meta-data", "https://168.63.129.16/machine", "https://10.0.0.8/x", "https://192.168.1.1/x", "https://172.16.0.1/x",
     "https://100.64.0.1/x", "https://0.0.0.0/x", "https://[fe80::1]/x", "https://[fd00::1]/x", "https://224.0.0.1/x",
     "https://[::ffff:127.0.0.1]/x", "https://[64:ff9b::a9fe:a9fe]/x", "https://[2002:a9fe:a9fe::1]/x",
     "https://intranet/x", "ftp://portal.example.com/x", "https:///x", "not a url",
