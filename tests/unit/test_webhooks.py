@@ -374,3 +374,42 @@ async def test_a_block_applied_by_a_change_notification_is_one_event_even_if_the
     blocked = [e for e in log_of(svc)[before:] if e.type == EventType.USER_DEACTIVATED]
     assert [e.data["username"] for e in blocked] == [svc.users.rows[next(k for k, u in svc.users.rows.items()
                                                                          if u.username.startswith("ann"))].username]
+
+
+async def test_the_http_functions_answer_as_documented(svc):
+    from azure.functions.servicebus import ServiceBusMessage
+
+    from sync import composition
+    from sync.functions.webhooks_api import webhook_worker
+    from tests.helpers import call
+
+    composition.override(svc)
+    try:
+        status, created, headers = await call("create_webhook", body={"url": URL})
+        assert status == 201 and headers["Location"] == f"/api/webhooks/{created['id']}" and created["secret"]
+        assert "no-store" in headers["Cache-Control"]
+        status, listed, _ = await call("list_webhooks")
+        assert status == 200 and listed["webhooks"][0]["id"] == created["id"] and "secret" not in listed["webhooks"][0]
+        status, rotated, _ = await call("rotate_webhook_secret", route={"webhookId": created["id"]})
+        assert status == 200 and rotated["secret"] != created["secret"]
+        status, body, _ = await call("enable_webhook", route={"webhookId": created["id"]})
+        assert status == 200 and body["status"] == "enabled"
+        await events.record(svc, "org-a", [_event("one")])
+        for job, _ in webhook_jobs(svc):
+            await webhook_worker(ServiceBusMessage(body=job.to_json().encode(), message_id=job.message_id,
+                                                   application_properties={}, user_properties={}))
+        assert [json.loads(b)["data"]["n"] for _, _, b in svc.webhook_sender.sent] == ["one"]
+        status, page, _ = await call("list_events", params={"limit": "1"})
+        assert status == 200 and [e["data"]["n"] for e in page["events"]] == ["one"] and page["cursor"]
+        status, body, _ = await call("list_events", params={"since": "x"})
+        assert (status, body["code"]) == (400, "unknown_parameter")
+        status, body, _ = await call("list_events", params={"after": page["cursor"]}, auth=None)
+        assert status == 401
+        status, body, _ = await call("create_webhook", body={"url": URL, "secret": "mine"})
+        assert (status, body["code"]) == (400, "unknown_field")
+        status, body, _ = await call("delete_webhook", route={"webhookId": created["id"]})
+        assert status == 204 and body is None
+        status, body, _ = await call("delete_webhook", route={"webhookId": created["id"]})
+        assert (status, body["code"]) == (404, "webhook_not_found")
+    finally:
+        composition.override(None)
