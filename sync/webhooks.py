@@ -304,10 +304,11 @@ async def _failed(svc: Services, hook: Webhook, event: Event, detail: str) -> No
         await _alert(svc, hook, event, detail, now)
         return
     delay = RETRY_DELAYS_S[attempts - 1]
-    await svc.webhooks.save(replace(hook, attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
-                                    lease_until=None))
+    # The retry's message first: should the write below fail, that message still comes (and tries once more).
     await svc.queue.send_webhook_jobs([WebhookJob(hook.org, hook.id, tag=f"retry{event.sequence}.{attempts}")],
                                       delay_s=delay)
+    await svc.webhooks.save(replace(hook, attempts=attempts, next_attempt_at=now + timedelta(seconds=delay),
+                                    lease_until=None))
     log.info("webhook delivery failed; retrying later", extra={**ctx, "delay_s": delay})
 
 
