@@ -61,8 +61,11 @@ def user_event(user: User, entry: HistoryEntry, group_names: dict[str, str]) -> 
     """The event of the history entry a write of ``user`` carried."""
     data = {**user.to_api(group_names), "previous": {k: v[0] for k, v in entry.fields.items()},
             "reason": entry.reason, "runId": entry.run_id, "subscriptionId": user.subscription_id}
-    what = f"user\n{user.id}\n{iso(entry.at)}\n{entry.run_id}\n{entry.change}\n{entry.group_id}"
-    return Event(user.org, event_id(user.org, what), OF_CHANGE[entry.change], entry.at, data)
+    return Event(user.org, user_event_id(user, entry), OF_CHANGE[entry.change], entry.at, data)
+
+
+def user_event_id(user: User, entry: HistoryEntry) -> str:
+    return event_id(user.org, f"user\n{user.id}\n{iso(entry.at)}\n{entry.run_id}\n{entry.change}\n{entry.group_id}")
 
 
 def unlinked_event(user: User, subscription_id: str, group_names: dict[str, str], at: datetime) -> Event:

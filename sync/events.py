@@ -12,11 +12,22 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections import OrderedDict
 from datetime import timedelta
 from typing import Any, Iterable
 
 from .errors import InvalidInput
-from .event_model import OF_CHANGE, Event, EventType, WebhookJob, WebhookStatus, event_id, unlinked_event, user_event
+from .event_model import (
+    OF_CHANGE,
+    Event,
+    EventType,
+    WebhookJob,
+    WebhookStatus,
+    event_id,
+    unlinked_event,
+    user_event,
+    user_event_id,
+)
 from .logs import get_logger
 from .model import Run, Subscription, User, iso
 from .ports import Created, Updated
@@ -69,14 +80,39 @@ def carried_entry(user: User, now, *, created: bool = False) -> Any:
     return entry
 
 
-async def users_written(svc: Services, users: Iterable[User], *, created: bool = False) -> list[Event]:
-    """Record the events of the history entries these accepted writes carried."""
+class RecentIds:
+    """Ids of events this process recorded lately: a later write of the same row (the mailer's claim of an
+    invitation keeps ``updatedAt``) then costs no request to find its entry recorded."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        self._ids.move_to_end(event_id)
+        while len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+
+async def users_written(svc: Services, users: Iterable[User], *, created: bool = False,
+                        recent: RecentIds | None = None) -> list[Event]:
+    """Record the events of the history entries these accepted writes carried (``recent``: those known recorded
+    are left out)."""
     now = svc.clock()
     written = [(u, e) for u in users if (e := carried_entry(u, now, created=created)) is not None]
+    if recent is not None:
+        written = [(u, e) for u, e in written if user_event_id(u, e) not in recent]
     out: list[Event] = []
     for org in sorted({u.org for u, _ in written}):
         names = await group_names(svc, org)
         out += await record(svc, org, [user_event(u, e, names) for u, e in written if u.org == org])
+    if recent is not None:
+        for u, e in written:
+            recent.add(user_event_id(u, e))
     return out
 
 
@@ -115,18 +151,21 @@ class EventedUsers:
     def __init__(self, inner: Any, svc: Services) -> None:
         self._inner = inner
         self._svc = svc
+        self._recent = RecentIds()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     async def create(self, users: list[User]) -> list:
         outcomes = await self._inner.create(users)
-        await users_written(self._svc, [u for u, o in zip(users, outcomes) if isinstance(o, Created)], created=True)
+        await users_written(self._svc, [u for u, o in zip(users, outcomes) if isinstance(o, Created)], created=True,
+                            recent=self._recent)
         return outcomes
 
     async def update(self, changes: list[tuple[User, str]]) -> list:
         outcomes = await self._inner.update(changes)
-        await users_written(self._svc, [u for (u, _), o in zip(changes, outcomes) if isinstance(o, Updated)])
+        await users_written(self._svc, [u for (u, _), o in zip(changes, outcomes) if isinstance(o, Updated)],
+                            recent=self._recent)
         return outcomes
 
 

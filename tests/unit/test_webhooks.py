@@ -413,3 +413,21 @@ async def test_the_http_functions_answer_as_documented(svc):
         assert (status, body["code"]) == (404, "webhook_not_found")
     finally:
         composition.override(None)
+
+
+async def test_sending_the_invitations_records_nothing_and_asks_the_log_nothing(svc):
+    from notifications.mailer import send_invitation
+
+    four_groups(svc)
+    sub = await connect(svc, groups=("g-sales", "g-eng"), sendEnrollmentEmail=True)
+    await full_sync(svc, sub)
+    before, calls = len(log_of(svc)), []
+    real = svc.events.append
+
+    async def counted(org, evs):
+        calls.append(len(evs))
+        return await real(org, evs)
+
+    svc.events.append = counted
+    assert [await send_invitation(svc, job) for job in svc.queue.enrollment_jobs] == ["sent"] * 3
+    assert len(log_of(svc)) == before and calls == []  # the invitation's writes carry no new history entry
