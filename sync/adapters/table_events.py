@@ -17,10 +17,10 @@ import random
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
 from azure.data.tables import TableTransactionError, UpdateMode
 
-from ..errors import PreconditionFailed
+from ..errors import PreconditionFailed, Transient
 from ..event_model import Event
 from ..ports import EventLog
 from .table_text import key, long_text, read_long_text
@@ -119,10 +119,17 @@ class TableEvents(_Repository, EventLog):
         pages = table.query_entities("PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
                                      parameters={"pk": key(org), "lo": _event_rk(sequence), "hi": "e}"},
                                      results_per_page=min(limit, 1000))
-        async for e in pages:
-            out.append(_event_from(org, e))
-            if len(out) >= limit:
-                break
+        try:
+            async for e in pages:
+                out.append(_event_from(org, e))
+                if len(out) >= limit:
+                    break
+        except (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError) as exc:
+            raise Transient(f"table storage unreachable: {type(exc).__name__}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code in (408, 429) or (exc.status_code or 0) >= 500:
+                raise Transient(f"table storage answered {exc.status_code}") from exc
+            raise
         return out
 
     async def last_sequence(self, org: str) -> int:
