@@ -69,5 +69,6 @@ async def list_events(req: func.HttpRequest) -> func.HttpResponse:
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%WEBHOOK_QUEUE%", connection="ServiceBusConnection")
 async def webhook_worker(msg: func.ServiceBusMessage) -> None:
     """Deliver a webhook's pending events in order; failures wait out their retry schedule (a delayed message)."""
-    outcome = await webhooks.deliver(await composition.services(), WebhookJob.from_json(msg.get_body()))
-    log.info("webhook delivery", extra={"outcome": outcome})
+    job = WebhookJob.from_json(msg.get_body())
+    outcome = await webhooks.deliver(await composition.services(), job)
+    log.info("webhook delivery", extra={"org": job.org, "webhook": job.webhook_id, "outcome": outcome})
