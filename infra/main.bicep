@@ -93,6 +93,7 @@ var groupSyncQueue = queueDefinition.queues.GROUP_SYNC_QUEUE.name
 var enrollmentQueue = queueDefinition.queues.ENROLLMENT_QUEUE.name
 var changeQueue = queueDefinition.queues.CHANGE_QUEUE.name
 var alertQueue = queueDefinition.queues.ALERT_QUEUE.name
+var webhookQueue = queueDefinition.queues.WEBHOOK_QUEUE.name
 var deploymentContainer = 'app-package'
 
 var token = uniqueString(resourceGroup().id, appName)
@@ -420,6 +421,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GROUP_SYNC_QUEUE: groupSyncQueue
     ENROLLMENT_QUEUE: enrollmentQueue
     ALERT_QUEUE: alertQueue
+    WEBHOOK_QUEUE: webhookQueue
     NIGHTLY_SYNC_SCHEDULE: nightlySyncSchedule
     CHANGE_QUEUE: changeQueue
     MAX_DELIVERY_COUNT: string(queueDefinition.properties.maxDeliveryCount) // a change job's last delivery ends its run

@@ -78,7 +78,7 @@ class DevHost:
         # The queues of infra/queues.json (the deployment's), under the names the settings give them.
         declared = {setting: os.environ.get(setting) or q.name for setting, q in load_definition().items()}
         queues = (declared["GROUP_SYNC_QUEUE"], declared["ENROLLMENT_QUEUE"], declared["CHANGE_QUEUE"],
-                  declared["ALERT_QUEUE"])
+                  declared["ALERT_QUEUE"], declared["WEBHOOK_QUEUE"])
         if not self.given("ServiceBusConnection") and not self.given("ServiceBusConnection__fullyQualifiedNamespace"):
             from .broker import LocalServiceBus
 
@@ -125,6 +125,8 @@ class DevHost:
             "ENROLLMENT_QUEUE": queues[1],
             "CHANGE_QUEUE": queues[2],
             "ALERT_QUEUE": queues[3],
+            "WEBHOOK_QUEUE": queues[4],
+            "WEBHOOK_ALLOW_HTTP_LOOPBACK": "true",  # the portal's receiver in tests and `make demo` listens on loopback
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "WATCH_RENEWAL_SCHEDULE": "0 17 * * * *",
             "RECOVERY_SCHEDULE": "30 * * * * *",

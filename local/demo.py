@@ -25,6 +25,7 @@ import httpx
 
 from .__main__ import LOCAL_PORTAL_TOKEN_SECRET
 from .client import ROOT, ApiError, DevHostProcess, FakeTenantAdmin, Portal, portal_token
+from .webhook_receiver import WebhookReceiver
 
 # The demo tenant (local/fake_graph/tenants/demo.json): the groups to select and the admin's changes afterwards.
 TENANT_ID = "70295d95-50d9-528c-a139-c53233729e54"
@@ -159,6 +160,7 @@ class Demo:
         after = {u["id"]: u for u in self.portal.users()}
         self.show_changes(before, after)
         self.show_change_list(nightly, after)
+        self.show_webhook_events()
 
     def start_stack(self) -> None:
         """Start ``python -m local`` on free ports, its log going to a file."""
@@ -173,6 +175,11 @@ class Demo:
     def connect(self) -> None:
         """New Active Directory, Microsoft's admin consent (against the fake tenant), the username attribute."""
         with self.step("New Active Directory, admin consent, username attribute"):
+            # The portal's webhook receiver (loopback: the dev host sets WEBHOOK_ALLOW_HTTP_LOOPBACK), from the start.
+            self.receiver = WebhookReceiver().start()
+            created = self.portal.call("POST", "/webhooks", json={"url": self.receiver.url}, expect=201)
+            self.receiver.secret = created["secret"]
+            self.out.line(f"POST /api/webhooks {self.receiver.url} -> 201 (a receiver verifying Standard Webhooks signatures)")
             sub = self.portal.create_subscription("Contoso (Entra ID)")
             self.sub_id = sub["id"]
             self.out.line(f"created subscription \"{sub['name']}\" ({sub['id']}): {sub['status']}")
@@ -351,6 +358,23 @@ class Demo:
             self.out.table(("AT", "RUN", "TRIGGER", "CHANGE", "REASON"),
                            [(h["at"], h["runId"], h["trigger"], h["change"], h["reason"])
                             for h in self.portal.history(who["id"])])
+
+
+    def show_webhook_events(self) -> None:
+        """What the portal's webhook receiver heard, verified with the ``standardwebhooks`` library."""
+        with self.step("The portal's webhook receiver: every change as a signed event"):
+            expected = len(self.portal.call("GET", "/events", params={"limit": 1000})["events"])
+            deadline = time.monotonic() + 15
+            while len({d.id for d in self.receiver.deliveries}) < expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            seen: dict[str, Any] = {}
+            for d in self.receiver.deliveries:
+                seen.setdefault(d.id, d)
+            rows = [(d.json["data"]["sequence"], d.type, d.json["data"].get("username") or d.json["data"].get("status"),
+                     "verified" if d.verified else "BAD SIGNATURE") for d in seen.values()]
+            self.out.table(("SEQ", "EVENT", "USER OR STATUS", "SIGNATURE"), sorted(rows)[-8:])
+            self.out.line(f"{len(seen)} event(s) delivered (the last 8 shown); GET /api/events replays them all")
+            self.receiver.stop()
 
 
 def status_text(user: dict[str, Any]) -> str:

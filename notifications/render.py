@@ -108,11 +108,12 @@ def render_alert(*, portal_name: str, portal_url: str, kind: str, subscription_n
         "consented": _when(facts.get("consentedAt")),
         "detected": _when(facts.get("detectedAt")),
     }
-    subject = header_text(text_env.get_template("alert_subject.txt").render(context), SUBJECT_LIMIT)
+    name = "webhook_alert" if kind == "webhook_failing" else "alert"  # a portal endpoint, not a directory
+    subject = header_text(text_env.get_template(f"{name}_subject.txt").render(context), SUBJECT_LIMIT)
     return RenderedEmail(
         subject=subject,
-        html=html_env.get_template("alert.html").render(context),
-        text=text_env.get_template("alert.txt").render(context),
+        html=html_env.get_template(f"{name}.html").render(context),
+        text=text_env.get_template(f"{name}.txt").render(context),
     )
 
 

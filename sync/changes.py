@@ -27,8 +27,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from . import events, recovery, runs, subscriptions
 from . import invitations as pending_invitations
-from . import recovery, runs, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -566,6 +566,7 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
     changed_groups: set[str] = set()
     invitations: list[EnrollmentJob] = []
     records: list[UserChange] = []  # the run's change list: what this job wrote (the finalizer adds deactivations)
+    recovered: list[User] = []
     stamp = Stamp.of(run.id, run.trigger, svc.clock(), svc.settings.history_retention_days)
     for oid in plan.removed:
         existing = stored.get(ids[oid])
@@ -602,6 +603,8 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
         if change_of(existing, desired) == "unchanged" and existing.group_ids == groups:
             if recovering and existing.last_run_id == run.id:
                 _recovered(existing, run, records, invitations)
+            # Written already: by an attempt that may have died before it recorded the event (the log dedupes).
+            recovered.append(existing)
             continue
         changed_groups |= groups ^ existing.group_ids
         updates.append((_written(existing, desired, groups, stamp), existing.username))
@@ -625,6 +628,7 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
         before = stored.get(user.id)
         if before is not None and reinvited(before, user):  # a corrected address of a user not enrolled yet
             invitations.append(EnrollmentJob(org, user.id, run.id, to=address_tag(user.email)))
+    await events.users_written(svc, recovered)
     if leave:
         await svc.users.remove_memberships(org, leave, ())
     if invitations:

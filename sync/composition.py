@@ -13,6 +13,7 @@ from .ports import (
     Alerts,
     Directory,
     DirectoryChangeFeed,
+    EventLog,
     Groups,
     JobQueue,
     PendingInvitations,
@@ -21,6 +22,8 @@ from .ports import (
     Subscriptions,
     Users,
     Watches,
+    Webhooks,
+    WebhookSender,
 )
 from .preview import PreviewLedgers
 from .recent import RecentUsers
@@ -44,6 +47,9 @@ class Services:
     mail_sender: Any = None
     alerts: Alerts | None = None
     invitations: PendingInvitations | None = None
+    events: EventLog | None = None
+    webhooks: Webhooks | None = None
+    webhook_sender: WebhookSender | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
     previews: PreviewLedgers = field(default_factory=PreviewLedgers)
@@ -72,11 +78,11 @@ def build(settings: Settings) -> Services:
     if settings.service_bus_connection_string:
         queue = ServiceBusQueue.from_connection_string(
             settings.service_bus_connection_string, settings.group_sync_queue, settings.enrollment_queue,
-            settings.change_queue, settings.alert_queue)
+            settings.change_queue, settings.alert_queue, settings.webhook_queue)
     else:
         queue = ServiceBusQueue.from_namespace(
             settings.service_bus_namespace, identity(), settings.group_sync_queue, settings.enrollment_queue,
-            settings.change_queue, settings.alert_queue)
+            settings.change_queue, settings.alert_queue, settings.webhook_queue)
     from .adapters.credentials import TenantCredentials
 
     credentials = TenantCredentials(settings)
@@ -85,8 +91,12 @@ def build(settings: Settings) -> Services:
                                tenant_concurrency=settings.graph_tenant_concurrency,
                                max_tenants=settings.graph_tenant_cache)
     from .adapters.graph_changes import GraphChangeFeed
+    from .adapters.table_events import TableEvents
     from .adapters.table_invitations import TableInvitations
     from .adapters.table_watches import TableWatches
+    from .adapters.table_webhooks import TableWebhooks
+    from .adapters.webhook_http import HttpWebhookSender
+    from .events import EventedUsers
 
     services = Services(
         settings=settings,
@@ -102,7 +112,11 @@ def build(settings: Settings) -> Services:
         mail_sender=_mail_sender(settings),
         alerts=TableAlerts(store),
         invitations=TableInvitations(store),
+        events=TableEvents(store),
+        webhooks=TableWebhooks(store),
+        webhook_sender=HttpWebhookSender(),
     )
+    services.users = EventedUsers(store.users, services)  # type: ignore[assignment]  # one event per accepted write
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
     services.closers += [store.close, queue.close, credentials.close, directory.close]
     return services

@@ -136,3 +136,7 @@ class DeltaExpired(SyncError):
 
     status = 410
     code = "delta_expired"
+
+
+class DeliveryFailed(Exception):
+    """A webhook delivery got no answer: the address was refused, did not resolve, or did not answer in time."""

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
-from . import invitations, subscriptions
+from . import events, invitations, subscriptions
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import (
@@ -219,6 +219,7 @@ class _Segment:
     page_no: int = 0
     earlier: set[str] = field(default_factory=set)  # users the group's earlier segments saw (recorded there)
     ledger: RunLedger | None = None  # a dry run's stand-in for the store (sync/preview.py)
+    recovered: list[User] = field(default_factory=list)  # written by a lost attempt: their events recorded again
 
     @property
     def org(self) -> str:
@@ -342,6 +343,9 @@ class _Segment:
             if gone:  # deleted meanwhile (the subscription is being released): create anew, never resurrect blindly
                 await self.create(gone, wanted, updates, flags)
         await self.update(updates, wanted, flags)
+        if self.recovered:  # the lost attempt may have died before it recorded their events (the log dedupes)
+            await events.users_written(self.svc, self.recovered)
+            self.recovered = []
         if flags:
             await self.svc.users.add_membership(self.org, flags, self.job.group_id, self.run.group_ids)
             self.seen.update(flags)
@@ -474,6 +478,7 @@ class _Segment:
     def decide(self, existing: User, desired: Desired, updates: list, flags: list[str]) -> None:
         """Sort a stored user into: unchanged (maybe only joining this group), or to update."""
         if self.created_by_a_lost_attempt(existing, desired):
+            self.recovered.append(existing)
             self.created(existing)  # report it as that attempt would have
             return
         if existing.source_type != SourceType.AD_SYNC or existing.subscription_id != self.sub.id:
@@ -498,6 +503,7 @@ class _Segment:
         if entry is None or entry.change == Change.CREATED:
             return False
         self.seen.add(user.id)
+        self.recovered.append(user)
         self.counts = self.counts.bump(entry.change)
         self.note(recovered_record(user, entry))
         return True

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import AsyncIterator, Collection, Iterable, Sequence
 
 from .alert_model import Alert, AlertJob
+from .event_model import Event, Webhook, WebhookJob
 from .model import (
     ChangeJob,
     DeltaLinks,
@@ -415,3 +416,60 @@ class JobQueue(abc.ABC):
         """Queue incremental runs, now or ``delay_s`` later (notifications of a burst share one run)."""
     async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
         """Queue admin alerts (a queue of their own: never behind a run's thousands of invitations)."""
+
+    async def send_webhook_jobs(self, jobs: list[WebhookJob], *, delay_s: float = 0) -> None:
+        """Queue webhook deliveries (a queue of their own: a slow portal never slows a sync)."""
+        raise NotImplementedError
+
+
+class EventLog(abc.ABC):
+    """Each org's events in the order recorded, each once."""
+
+    @abc.abstractmethod
+    async def append(self, org: str, events: list[Event]) -> list[Event]:
+        """Record the events not recorded yet (by id), each with the org's next sequence; returns those recorded."""
+
+    @abc.abstractmethod
+    async def after(self, org: str, sequence: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events of the org with a sequence above ``sequence``, in sequence order."""
+
+    @abc.abstractmethod
+    async def last_sequence(self, org: str) -> int:
+        """The sequence of the org's last event (0: none yet)."""
+
+    @abc.abstractmethod
+    async def expire(self, before: datetime) -> int:
+        """Drop every org's events older than ``before``; returns how many went."""
+
+
+class Webhooks(abc.ABC):
+    """The portal's webhook endpoints, per org."""
+
+    @abc.abstractmethod
+    async def add(self, hook: Webhook) -> Webhook: ...
+
+    @abc.abstractmethod
+    async def get(self, org: str, webhook_id: str) -> Webhook | None: ...
+
+    @abc.abstractmethod
+    async def list(self, org: str) -> list[Webhook]: ...
+
+    @abc.abstractmethod
+    async def save(self, hook: Webhook) -> Webhook:
+        """Write if unchanged since read (its etag); PreconditionFailed otherwise."""
+
+    @abc.abstractmethod
+    async def delete(self, org: str, webhook_id: str) -> None: ...
+
+
+class WebhookSender(abc.ABC):
+    """HTTP out to the portal's endpoints, connecting only to addresses the caller allows."""
+
+    @abc.abstractmethod
+    async def addresses(self, host: str) -> list[str]:
+        """The IP addresses ``host`` resolves to (empty when it does not resolve)."""
+
+    @abc.abstractmethod
+    async def post(self, url: str, headers: dict[str, str], body: bytes, *, allowed, timeout_s: float) -> int:
+        """POST without following redirects; the HTTP status. ``allowed(ip) -> bool`` vets every resolved address
+        before connecting (only vetted ones are used); raises DeliveryFailed when none is or nothing answers."""

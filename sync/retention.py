@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from . import events
 from .composition import Services
 from .decisions import pruned_history
 from .logs import get_logger
@@ -35,8 +36,10 @@ async def apply(svc: Services) -> dict[str, int]:
     expired = 0
     for sub in await svc.subscriptions.nightly_candidates():
         expired += await svc.runs.expire_changes(sub.org, sub.id, keep_since)
-    log.info("retention applied", extra={"users_pruned": pruned, "change_rows_expired": expired})
-    return {"historyPruned": pruned, "changeRowsExpired": expired}
+    events_expired = await events.expire(svc)
+    log.info("retention applied", extra={"users_pruned": pruned, "change_rows_expired": expired,
+                                         "events_expired": events_expired})
+    return {"historyPruned": pruned, "changeRowsExpired": expired, "eventsExpired": events_expired}
 
 
 async def _write(svc: Services, batch: list[tuple[User, str]]) -> int:

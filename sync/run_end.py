@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from . import alerts
+from . import alerts, events
 from .alert_model import owed_alert
 from .composition import Services
 from .concurrency import optimistic
@@ -65,6 +65,7 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
         await _release_if_still_held(svc, run)
         if run.alert_due:  # the call that ended the run died before its alert was recorded
             await alerts.run_ended(svc, org, sub_id, run_id)
+        await events.run_completed(svc, run)  # recorded once: a call that died before it recorded nothing
         return
     if run.dry_run:
         await _finalize_preview(svc, view)
@@ -128,6 +129,9 @@ async def _finalize(svc: Services, org: str, sub_id: str, run_id: str, *, approv
         await after_run(svc, run, status)  # before the release: the next run continues from its links
         await release_subscription(svc, run)
         await _tidy_groups_grid(svc, org, sub_id)
+        ended = await svc.runs.get(org, sub_id, run_id)
+        if ended is not None:
+            await events.run_completed(svc, ended)
         log.info("run finished", extra={"org": org, "subscription": sub_id, "run": run_id, "status": status,
                                         "counts": counts.to_api()})
         if owed_alert(status):

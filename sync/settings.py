@@ -90,6 +90,10 @@ class Settings:
     # knows whether Service Bus will deliver it again, or whether this delivery must end its run.
     max_delivery_count: int = 10
     max_subscriptions_per_org: int = 20
+    # Webhooks and the events feed.
+    webhook_queue: str = "webhook-deliveries"
+    webhook_allow_http_loopback: bool = False
+    event_retention_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -147,6 +151,10 @@ class Settings:
             alerts_per_hour=int(reader.number("ALERTS_PER_HOUR", 10, 1, 1000)),
             max_delivery_count=int(reader.number("MAX_DELIVERY_COUNT", 10, 1, 2000)),
             max_subscriptions_per_org=int(reader.number("MAX_SUBSCRIPTIONS_PER_ORG", 20, 1, 10_000)),
+            webhook_queue=reader.text("WEBHOOK_QUEUE", "webhook-deliveries"),
+            webhook_allow_http_loopback=reader.choice(
+                "WEBHOOK_ALLOW_HTTP_LOOPBACK", ("true", "false", "True", "False"), "false").lower() == "true",
+            event_retention_days=int(reader.number("EVENT_RETENTION_DAYS", 30, 1, 3650)),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()

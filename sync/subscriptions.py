@@ -5,7 +5,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Awaitable, Callable
 
-from . import alert_recipients, alerts
+from . import alert_recipients, alerts, events
 from .alert_model import notify_emails, pending_asks, with_notify_emails
 from .composition import Services
 from .concurrency import optimistic
@@ -29,7 +29,7 @@ from .model import (
     SubscriptionStatus,
     User,
 )
-from .ports import Stale
+from .ports import Stale, Updated
 from .run_lock import refuse_if_busy
 from .watching import forget
 
@@ -143,6 +143,7 @@ async def _release_users(svc: Services, org: str, sub_id: str) -> int:
     batch = [manual(u) async for u in svc.users.subscription_users(org, sub_id)]
     while batch:
         outcomes = await svc.users.update(batch)
+        await events.users_unlinked(svc, org, sub_id, [u for (u, _), o in zip(batch, outcomes) if isinstance(o, Updated)])
         stale = [user.id for (user, _), outcome in zip(batch, outcomes) if isinstance(outcome, Stale)]
         released += len(batch) - len(stale)
         fresh = await svc.users.get_many(org, stale)
@@ -252,6 +253,11 @@ async def mark_consent_revoked(svc: Services, org: str, sub_id: str, *, run_id: 
     if revoked is not None:
         log.warning("admin consent revoked", extra={"org": org, "subscription": sub_id})
         await alerts.consent_lost(svc, revoked, run_id=run_id)
+        try:
+            await events.consent_revoked(svc, revoked, run_id)
+        except Exception:  # like the alert: the caller is answering the loss itself; the status still tells
+            log.warning("consent_revoked event could not be recorded", exc_info=True,
+                        extra={"org": org, "subscription": sub_id})
     await forget(svc, org, sub_id, None)  # Graph cannot be asked any more; its subscriptions expire on their own
 
 

@@ -764,6 +764,9 @@ class RecordingQueue(JobQueue):
         self.alert_delays.extend([delay_s] * len(jobs))
         self.message_ids += [j.message_id for j in jobs]
 
+    async def send_webhook_jobs(self, jobs: list, *, delay_s: float = 0) -> None:
+        self.webhook_jobs = [*getattr(self, "webhook_jobs", []), *((j, delay_s) for j in jobs)]
+
     def take_group_jobs(self) -> list[GroupJob]:
         jobs, self.group_jobs = self.group_jobs, []
         return jobs

@@ -17,6 +17,7 @@ from azure.servicebus.exceptions import (
 
 from ..alert_model import AlertJob
 from ..errors import SettingsError, Transient
+from ..event_model import WebhookJob
 from ..logs import get_logger
 from ..model import ChangeJob, EnrollmentJob, GroupJob
 from ..ports import JobQueue
@@ -28,12 +29,14 @@ class ServiceBusQueue(JobQueue):
     """Sends group jobs, enrollment jobs and admin alerts, each batch as few AMQP transfers as fit."""
 
     def __init__(self, client: ServiceBusClient, group_queue: str, enrollment_queue: str,
-                 change_queue: str = "directory-changes", alert_queue: str = "admin-alerts") -> None:
+                 change_queue: str = "directory-changes", alert_queue: str = "admin-alerts",
+                 webhook_queue: str = "webhook-deliveries") -> None:
         self._client = client
         self._group_queue = group_queue
         self._enrollment_queue = enrollment_queue
         self._change_queue = change_queue
         self._alert_queue = alert_queue
+        self._webhook_queue = webhook_queue
         self._senders: dict[str, ServiceBusSender] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.sent = 0
@@ -41,14 +44,16 @@ class ServiceBusQueue(JobQueue):
     @classmethod
     def from_connection_string(cls, connection_string: str, group_queue: str, enrollment_queue: str,
                                change_queue: str = "directory-changes", alert_queue: str = "admin-alerts",
-                               **client_options: Any) -> "ServiceBusQueue":
+                               webhook_queue: str = "webhook-deliveries", **client_options: Any) -> "ServiceBusQueue":
         return cls(ServiceBusClient.from_connection_string(connection_string, **client_options), group_queue,
-                   enrollment_queue, change_queue, alert_queue)
+                   enrollment_queue, change_queue, alert_queue, webhook_queue)
 
     @classmethod
     def from_namespace(cls, namespace: str, credential: Any, group_queue: str, enrollment_queue: str,
-                       change_queue: str = "directory-changes", alert_queue: str = "admin-alerts") -> "ServiceBusQueue":
-        return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue, change_queue, alert_queue)
+                       change_queue: str = "directory-changes", alert_queue: str = "admin-alerts",
+                       webhook_queue: str = "webhook-deliveries") -> "ServiceBusQueue":
+        return cls(ServiceBusClient(namespace, credential), group_queue, enrollment_queue, change_queue, alert_queue,
+                   webhook_queue)
 
     async def send_group_jobs(self, jobs: list[GroupJob], *, delay_s: float = 0) -> None:
         await self._post(self._group_queue, "group-sync", jobs, delay_s,
@@ -62,6 +67,9 @@ class ServiceBusQueue(JobQueue):
 
     async def send_alert_jobs(self, jobs: list[AlertJob], *, delay_s: float = 0) -> None:
         await self._post(self._alert_queue, "admin-alert", jobs, delay_s)
+
+    async def send_webhook_jobs(self, jobs: list[WebhookJob], *, delay_s: float = 0) -> None:
+        await self._post(self._webhook_queue, "webhook-delivery", jobs, delay_s)
 
     async def _post(self, queue: str, subject: str, jobs: list[Any], delay_s: float,
                     properties: Callable[[Any], dict[str, str]] | None = None) -> None:

@@ -34,6 +34,7 @@ SETTINGS = {
     # Many tests connect one fake tenant to a clean reference org and a faulty one (helpers.clean_then_faulty): a
     # tenant in several orgs, which the consent confirm refuses by default (409 tenant_connected_elsewhere).
     "ALLOW_SHARED_TENANTS": "true",
+    "WEBHOOK_ALLOW_HTTP_LOOPBACK": "false",  # as in Azure (test_abuse_webhooks)
 }
 
 
