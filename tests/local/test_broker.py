@@ -497,14 +497,14 @@ def test_the_declared_queues_are_the_deployments():
     declared = load_definition()
     assert {s: q.name for s, q in declared.items()} == {
         "GROUP_SYNC_QUEUE": "group-sync", "ENROLLMENT_QUEUE": "enrollment-email",
-        "CHANGE_QUEUE": "directory-changes", "ALERT_QUEUE": "admin-alerts"}
+        "CHANGE_QUEUE": "directory-changes", "ALERT_QUEUE": "admin-alerts", "WEBHOOK_QUEUE": "webhook-deliveries"}
     for queue in declared.values():
         assert (queue.lock_duration_s, queue.max_delivery_count, queue.dead_letter_on_expiration,
                 queue.duplicate_detection_window_s, queue.max_message_bytes) == (300, 10, True, 600, 256 * 1024)
     assert declared["GROUP_SYNC_QUEUE"].default_ttl_s == 86400
     bus = LocalServiceBus.declared({"GROUP_SYNC_QUEUE": "gs-test"}, lock_duration_s=5, max_delivery_count=3)
     settings = bus.queue_settings()
-    assert set(settings) == {"gs-test", "enrollment-email", "directory-changes", "admin-alerts"}
+    assert set(settings) == {"gs-test", "enrollment-email", "directory-changes", "admin-alerts", "webhook-deliveries"}
     assert (settings["gs-test"].lock_duration_s, settings["gs-test"].max_delivery_count) == (5, 3)
     assert settings["gs-test"].duplicate_detection_window_s == 600
 
