@@ -254,6 +254,10 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
     elif set(state.group_ids) != set(sub.group_ids):
         notice = RunError("selection_changed", "the selected groups changed since the last sync: this run is a "
                                                "Full Sync")
+    elif state.mapping_tag != sub.attribute_mapping.tag():
+        # Every synced user may change, and the delta links select (track) other properties: read everyone again.
+        notice = RunError("mapping_changed", "the attribute mapping changed since the last sync: this run is a "
+                                             "Full Sync")
     if notice is not None:
         await _full_sync(svc, sub, job, notice)
         return
@@ -401,7 +405,7 @@ async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> 
     if len(candidates) > svc.settings.incremental_max_objects:
         plan.overflow = True  # known without reading them: too_many() turns the run into a Full Sync
         return plan
-    found = await svc.changes.get_users(tenant, sorted(candidates))
+    found = await svc.changes.get_users(tenant, sorted(candidates), select=sub.attribute_mapping.graph_select())
     plan.removed |= (candidates - set(found)) & (stored_oids | regroup)
     if regroup:
         plan.unlisted = await _unlisted_groups(svc, sub)
@@ -453,12 +457,16 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan) -> Non
                 leave.append(existing.id)
                 changed_groups |= existing.group_ids
             continue
-        desired = desired_user(du, sub)
+        desired = desired_user(du, sub, svc.settings.default_phone_region)
         if isinstance(desired, Skip):
             skipped[desired.code] = skipped.get(desired.code, 0) + 1
             if len(errors) < 50:
                 errors.append(RunError(desired.code, desired.message, user_id=ids[oid]))
             continue
+        if desired.phone_refused and len(errors) < 50:
+            errors.append(RunError("invalid_phone", f"{desired.display_name} ({oid}) has a "
+                                   f"{sub.attribute_mapping.source('phone')} that is not a valid phone number: "
+                                   "synced without phone", user_id=ids[oid]))
         if existing is None:
             first = sorted(groups)[0]
             creates.append((replace(new_user(org, sub, desired, first, stamp), group_ids=frozenset(groups)), desired))

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Collection
 
+from .attribute_mapping import DEFAULT_MAPPING, AttributeMapping
+
 ALLOWED_ROLES = frozenset({"Owner", "Administrator", "User Manager"})
 USERNAME_ATTRIBUTES = ("userPrincipalName", "mail", "onPremisesSamAccountName", "employeeId")
 
@@ -214,6 +216,7 @@ class Subscription:
     deleting: bool = False
     notify_emails: tuple[str, ...] = ()  # admins e-mailed when a run fails or needs review, or consent is lost
     notify_addresses: tuple[NotifyAddress, ...] = ()  # their confirmation; only confirmed ones are e-mailed
+    attribute_mapping: AttributeMapping = DEFAULT_MAPPING  # which directory property fills which portal field
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -466,6 +469,12 @@ class User:
     status: str = UserStatus.ACTIVE
     status_reason: str | None = None
     source_type: str = SourceType.MANUAL
+    phone: str | None = None  # E.164
+    department: str | None = None
+    job_title: str | None = None
+    employee_id: str | None = None
+    office_location: str | None = None
+    custom_attributes: dict[str, str] = field(default_factory=dict, hash=False)
     subscription_id: str | None = None
     azure_object_id: str | None = None
     group_ids: frozenset[str] = frozenset()
@@ -494,6 +503,12 @@ class User:
             "displayName": self.display_name,
             "givenName": self.given_name,
             "surname": self.surname,
+            "phone": self.phone,
+            "department": self.department,
+            "jobTitle": self.job_title,
+            "employeeId": self.employee_id,
+            "officeLocation": self.office_location,
+            "customAttributes": dict(self.custom_attributes),
             "status": self.status,
             "statusReason": self.status_reason,
             "sourceType": self.source_type,
@@ -543,6 +558,12 @@ class MemberState:
     enrollment_email: str | None
     last_run_id: str | None
     last_change: str | None
+    phone: str | None = None
+    department: str | None = None
+    job_title: str | None = None
+    employee_id: str | None = None
+    office_location: str | None = None
+    custom_attributes: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +598,16 @@ class DirectoryUser:
     on_premises_sam_account_name: str | None = None
     employee_id: str | None = None
     user_type: str | None = "Member"
+    # Every other property Graph returned, flattened by attribute_mapping.flatten ({"employeeOrgData/division": …}).
+    properties: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def value(self, source: str) -> str | None:
+        """The raw value of a mapping's source (a Graph property, or ``parent/member`` of a complex one)."""
+        core = {"id": self.id, "displayName": self.display_name, "userPrincipalName": self.user_principal_name,
+                "mail": self.mail, "givenName": self.given_name, "surname": self.surname,
+                "onPremisesSamAccountName": self.on_premises_sam_account_name, "employeeId": self.employee_id,
+                "userType": self.user_type}
+        return core[source] if source in core else self.properties.get(source)
 
     def attribute(self, name: str) -> str | None:
         """The value of a Graph property by its Graph name (the username attributes)."""
@@ -768,6 +799,7 @@ class DeltaState:
     group_ids: tuple[str, ...]
     taken_at: datetime  # when the links' state was read (a change job requested before it is covered)
     etag: str | None = field(default=None, compare=False)
+    mapping_tag: str = ""  # the attribute mapping the links select for (AttributeMapping.tag)
 
 
 @dataclass(frozen=True)

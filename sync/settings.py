@@ -7,6 +7,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import SettingsError
+from .phones import known_region
 
 MIN_SECRET_BYTES = 32
 GRAPH_CREDENTIALS = ("secret", "certificate", "managed_identity")
@@ -88,6 +89,8 @@ class Settings:
     allow_shared_tenants: bool = False
     alerts_per_hour: int = 10
     max_subscriptions_per_org: int = 20
+    # The region a national phone number is read in when the user has no usageLocation (attribute mapping).
+    default_phone_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -145,10 +148,19 @@ class Settings:
             allow_shared_tenants=reader.choice("ALLOW_SHARED_TENANTS", ("false", "true"), "false") == "true",
             alerts_per_hour=int(reader.number("ALERTS_PER_HOUR", 10, 1, 1000)),
             max_subscriptions_per_org=int(reader.number("MAX_SUBSCRIPTIONS_PER_ORG", 20, 1, 10_000)),
+            default_phone_region=_phone_region(reader),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()
         return settings
+
+
+def _phone_region(reader: "_Reader") -> str | None:
+    value = reader.optional("DEFAULT_PHONE_REGION")
+    if value is not None and not known_region(value):
+        reader.fail("DEFAULT_PHONE_REGION", "must be a two-letter region code with a known numbering plan (e.g. US, DE)")
+        return None
+    return value.upper() if value else None
 
 
 def _mail_settings(reader: "_Reader") -> MailSettings | None:
