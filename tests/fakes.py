@@ -585,6 +585,7 @@ class FakeChangeFeed(DirectoryChangeFeed):
         self.created = 0
         self.reads = 0
         self.fail: dict[str, Exception] = {}  # method name ("read_changes", "get_users", "member_of") -> raised
+        self.selects: list[tuple[str, ...]] = []  # what each look-up of users selected
 
     def _tenant(self, tid: str, method: str | None = None) -> FakeTenant:
         """The tenant, refused as Graph would (Graph requests of the change feed are counted in ``reads``)."""
@@ -631,6 +632,7 @@ class FakeChangeFeed(DirectoryChangeFeed):
     async def get_users(self, tenant_id: str, user_ids: list[str], *,
                         select: Sequence[str] = ()) -> dict[str, DirectoryUser]:
         t = self._tenant(tenant_id, "get_users")
+        self.selects.append(tuple(select))
         return {u: selected(t.users[u], select) for u in user_ids if u in t.users}
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
