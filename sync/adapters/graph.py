@@ -533,6 +533,9 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_OWN = frozenset(USER_SELECT)  # kept in DirectoryUser's own fields
+
+
 def _user(item: dict[str, Any]) -> DirectoryUser:
     enabled = item.get("accountEnabled")
     return DirectoryUser(
@@ -546,7 +549,7 @@ def _user(item: dict[str, Any]) -> DirectoryUser:
         on_premises_sam_account_name=_str(item.get("onPremisesSamAccountName")),
         employee_id=_str(item.get("employeeId")),
         user_type=_str(item.get("userType")),
-        properties=flatten(item),
+        properties=flatten({k: v for k, v in item.items() if k not in _OWN}),  # what a mapping reads besides
     )
 
 
