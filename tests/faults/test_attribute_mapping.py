@@ -1,11 +1,11 @@
 """Attribute mapping through the dev host (issue 24, section 2), once per suite rather than per credential kind:
 a bad mapping refused whole, a mapping change previewed by a dry run and then applied exactly so, phones in E.164,
-custom attributes from the fake tenant's complex properties and directory extensions, and a re-sync that writes
-nothing."""
+custom attributes from the fake tenant's complex properties and directory extensions, a re-sync that writes
+nothing, and a mapped property changed in Azure arriving by an incremental run."""
 import pytest
 
 from tests.e2e.tenants import TenantBuilder
-from tests.faults.helpers import connect, expect_error, sync
+from tests.faults.helpers import connect, expect_error, poll, sync
 
 pytestmark = pytest.mark.faults
 
@@ -19,7 +19,7 @@ def test_a_mapping_change_is_previewed_then_applied_with_e164_phones_and_custom_
     t.user("bob", extra={"businessPhones": ["+1 425 555 0109"], "department": "IT"})
     t.user("cat", extra={"mobilePhone": "12345", "usageLocation": "US"})
     t.group("team", "Team", ["ann", "bob", "cat"])
-    load_tenant(t.tenant)
+    admin = load_tenant(t.tenant)
     sub = connect(portal, [t.ids["team"]])
     assert sync(portal, sub)["status"] == "succeeded"
     before = {u["username"].split("@")[0]: u for u in portal.users()}
@@ -61,3 +61,11 @@ def test_a_mapping_change_is_previewed_then_applied_with_e164_phones_and_custom_
     again = sync(portal, sub)
     assert again["counts"]["updated"] == 0 and again["counts"]["unchanged"] == 3
     assert portal.changes(sub, again["runId"]) == []
+
+    # The delta links now track the mapping's properties: a department changed in Azure arrives incrementally.
+    admin.update_user(t.ids["ann"], department="Sales")
+    arrived = poll(lambda: next((u for u in portal.users() if u["id"] == after["ann"]["id"]
+                                 and u["department"] == "Sales"), None), 30, "the incremental department change")
+    latest = portal.runs(sub)[0]
+    assert latest["trigger"] == "change_notification" and latest["errors"] == []  # incremental, no Full Sync
+    assert arrived["phone"] == "+4915123456789"
