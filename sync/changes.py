@@ -300,7 +300,8 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
             await _later(svc, job)
         return
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger, status=RunStatus.RUNNING,
-              group_ids=sub.group_ids, started_at=now, updated_at=now, delta_links=changes.links)
+              group_ids=sub.group_ids, started_at=now, updated_at=now,
+              delta_links=replace(changes.links, mapping_tag=state.mapping_tag))
     current = await svc.watches.get_delta(sub.org, sub.id)
     if current is None or current.etag != state.etag or set(sub.group_ids) != set(state.group_ids):
         # A run ended since the plan was read and left newer links (or the selection changed): decide again from

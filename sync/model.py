@@ -808,6 +808,7 @@ class DeltaLinks:
 
     users_link: str
     groups_link: str
+    mapping_tag: str = ""  # the attribute mapping whose properties the users link selects (AttributeMapping.tag)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ async def after_run(svc: Services, run: Run, status: str) -> None:
         return  # a later run's links are there already
     state = DeltaState(run.org, run.subscription_id, run.delta_links.users_link, run.delta_links.groups_link,
                        tuple(sorted(run.group_ids)), run.started_at, etag=current.etag if current else None,
-                       mapping_tag=sub.attribute_mapping.tag())
+                       mapping_tag=run.delta_links.mapping_tag)
     try:
         await svc.watches.save_delta(state)
     except PreconditionFailed:
