@@ -99,7 +99,7 @@ class ChangeReason:
     UNBLOCKED = "unblocked_in_directory"  # sign-in allowed again (or deactivateBlockedUsers turned off)
     RETURNED = "returned_to_selected_group"  # in a selected group again after being removed
     REMOVED = "removed_from_directory"  # in none of the selected groups any more
-    ATTRIBUTES = "attributes_changed"  # username, e-mail or names changed in the directory
+    ATTRIBUTES = "attributes_changed"  # username, e-mail, names or mapped attributes changed in the directory
     CREATED_BY_ADMIN = "created_by_admin"
     ACTIVATED_BY_ADMIN = "activated_by_admin"
     DEACTIVATED_BY_ADMIN = "deactivated_by_admin"
