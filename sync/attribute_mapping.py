@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping
 
 from .errors import InvalidInput
@@ -54,8 +55,13 @@ class AttributeMapping:
     fields: tuple[tuple[str, str], ...] = tuple(sorted(DEFAULT_SOURCES.items()))
     custom: tuple[tuple[str, str], ...] = ()
 
+    @cached_property
+    def _sources(self) -> dict[str, str]:
+        return dict(self.fields)
+
     def source(self, portal_field: str) -> str | None:
-        return dict(self.fields).get(portal_field)
+        """The directory property that fills ``portal_field``; None when it is not mapped."""
+        return self._sources.get(portal_field)
 
     @property
     def is_default(self) -> bool:
