@@ -121,21 +121,23 @@ def desired_user(user: DirectoryUser, sub: Subscription, default_region: str | N
 
     email_source = mapping.source("email")
     email = email_of(user) if email_source == "mail" else mapped("email")
-    if email is not None and "#EXT#" in email.upper():
+    if email_source != "mail" and email is not None and "#EXT#" in email.upper():
         email = None  # a guest's external UPN receives no mail, whichever property holds it
     refused = email is not None and not is_single_address(email)
-    given_source, surname_source = mapping.source("givenName"), mapping.source("surname")
+
+    def named(portal_field: str) -> str | None:
+        # A name from its namesake as Graph has it (not trimmed: as it was synced before mappings existed).
+        return user.value(portal_field) if mapping.source(portal_field) == portal_field else mapped(portal_field)
+
     phone, phone_refused = e164(mapped("phone"), clean(user.value("usageLocation")) or default_region)
     return Desired(
         azure_object_id=user.id,
         username=username,
         email=None if refused else email,
         email_refused=refused,
-        display_name=((user.value(mapping.source("displayName") or "") if mapping.source("displayName") else None)
-                      or username).strip(),
-        # The names as Graph has them (not trimmed), as they were synced before mappings existed.
-        given_name=user.value(given_source) if given_source else None,
-        surname=user.value(surname_source) if surname_source else None,
+        display_name=(named("displayName") or username).strip(),
+        given_name=named("givenName"),
+        surname=named("surname"),
         status=UserStatus.INACTIVE if blocked else UserStatus.ACTIVE,
         status_reason=StatusReason.BLOCKED if blocked else None,
         phone=phone,

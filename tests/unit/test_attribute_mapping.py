@@ -74,6 +74,26 @@ def test_graph_json_is_flattened_into_sources():
                     "onPremisesExtensionAttributes/extensionAttribute1": "B-7", EXT: "R-17", "department": "IT"}
 
 
+def test_mapped_names_and_e_mail_are_trimmed_and_a_guests_external_upn_is_no_address():
+    from dataclasses import replace
+
+    from sync.decisions import desired_user
+    from sync.model import DirectoryUser, Subscription
+
+    sub = Subscription(org="o", id="s", name="n", attribute_mapping=parse_mapping(
+        {"email": "userPrincipalName", "displayName": "mailNickname", "givenName": "employeeType", "department": "city"}))
+    guest = DirectoryUser(id="g", display_name=" Eve ", user_principal_name="eve_home.example#EXT#@t.example",
+                          mail="eve@home.example", given_name=" Eve ",
+                          properties={"mailNickname": "  eve.h ", "employeeType": " Contractor ", "city": "   "})
+    d = desired_user(guest, sub)
+    assert (d.email, d.display_name, d.given_name, d.surname, d.department) == (None, "eve.h", "Contractor", None, None)
+    member = desired_user(replace(guest, user_principal_name=" eve@t.example ", properties={}), sub)
+    assert (member.email, member.display_name, member.given_name) == ("eve@t.example", "eve@t.example", None)
+    # The default mapping keeps the names exactly as Graph has them (as they were stored before mappings existed).
+    plain = desired_user(guest, Subscription(org="o", id="s", name="n"))
+    assert (plain.email, plain.display_name, plain.given_name) == ("eve@home.example", "Eve", " Eve ")
+
+
 @pytest.mark.parametrize("raw, region, expected", [
     ("+1 425 555 0109", None, ("+14255550109", False)),
     ("0151 23456789", "DE", ("+4915123456789", False)),
