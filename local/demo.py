@@ -33,6 +33,12 @@ SEARCHES = ("Sales", "Engineering", "Support")
 SELECT = ("Sales Team", "Engineering", "Support Staff")  # Engineering nests Platform Team, which nests Platform On-Call
 TO_BLOCK = "alex.wilber@contoso.example"  # in Sales Team
 TO_REMOVE = ("joni.sherman@contoso.example", "Support Staff")  # in no other selected group
+# What the portal needs of a person beyond names (tenants/demo.json gives Adele Vance these properties).
+ATTRIBUTE_MAPPING = {"phone": "mobilePhone", "department": "department", "jobTitle": "jobTitle",
+                     "officeLocation": "officeLocation",
+                     "custom": {"costCenter": "employeeOrgData/costCenter",
+                                "badge": "onPremisesExtensionAttributes/extensionAttribute1",
+                                "costCode": "extension_5bfc8fdacfc943a9a6de214ea9d15fdb_costCode"}}
 USERNAME_ATTRIBUTE = "mail"  # guests keep their home address; the two users without a mailbox are skipped
 
 REASONS = {
@@ -154,6 +160,7 @@ class Demo:
         self.preview()
         first = self.full_sync()
         before = self.show_grids()
+        self.show_mapped(before)
         self.show_emails(first["counts"].get("emailsQueued", 0))
         self.change_tenant(before)
         nightly = self.nightly(first["runId"])
@@ -221,6 +228,9 @@ class Demo:
             sub = self.portal.update(self.sub_id, deactivateBlockedUsers=True, sendEnrollmentEmail=True)
             self.out.line(f"deactivateBlockedUsers = {sub['deactivateBlockedUsers']}, "
                           f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}")
+            mapping = self.portal.update(self.sub_id, attributeMapping=ATTRIBUTE_MAPPING)["attributeMapping"]
+            self.out.line("attributeMapping: " + ", ".join(f"{k} <- {v}" for k, v in mapping.items() if k != "custom")
+                          + "; custom " + ", ".join(f"{k} <- {v}" for k, v in mapping["custom"].items()))
 
     def preview(self) -> dict[str, Any]:
         """A dry run before the first sync: what Full Sync would do, with nothing written and no e-mail sent."""
@@ -274,6 +284,15 @@ class Demo:
             groups = sorted(self.portal.groups(), key=lambda g: g["displayName"])
             self.out.table(("GROUP", "USERS"), [(g["displayName"], g["userCount"]) for g in groups])
         return users
+
+    def show_mapped(self, users: dict[str, dict[str, Any]]) -> None:
+        """One user's mapped attributes: the phone in E.164 (read in the user's usageLocation), custom attributes."""
+        with self.step("A user's mapped attributes (attributeMapping)"):
+            adele = next(u for u in users.values() if u["username"] == "adele.vance@contoso.example")
+            self.out.table(("FIELD", "VALUE"), [(name, adele[name]) for name in
+                                                ("username", "phone", "department", "jobTitle", "officeLocation")]
+                           + [(f"customAttributes.{k}", v) for k, v in sorted(adele["customAttributes"].items())])
+            self.out.line("(Entra ID has mobilePhone \"0151 23456789\" with usageLocation DE)")
 
     def show_emails(self, expected: int) -> None:
         """Wait for the invitations the run queued and list what the SMTP sink received."""

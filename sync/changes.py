@@ -264,6 +264,10 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
     elif set(state.group_ids) != set(sub.group_ids):
         notice = RunError("selection_changed", "the selected groups changed since the last sync: this run is a "
                                                "Full Sync")
+    elif state.mapping_tag != sub.attribute_mapping.tag():
+        # Every synced user may change, and the delta links select (track) other properties: read everyone again.
+        notice = RunError("mapping_changed", "the attribute mapping changed since the last sync: this run is a "
+                                             "Full Sync")
     if notice is not None:
         await _full_sync(svc, sub, job, notice)
         return
@@ -306,7 +310,8 @@ async def _incremental(svc: Services, sub: Subscription, job: ChangeJob, again: 
             await _later(svc, job)
         return
     run = Run(org=sub.org, subscription_id=sub.id, id=run_id, trigger=job.trigger, status=RunStatus.RUNNING,
-              group_ids=sub.group_ids, started_at=now, updated_at=now, delta_links=changes.links,
+              group_ids=sub.group_ids, started_at=now, updated_at=now,
+              delta_links=replace(changes.links, mapping_tag=state.mapping_tag),
               job_id=job.message_id, job_delivery=delivery, applying=True,
               job_group=next((g for g in sub.group_ids if g not in plan.resync), None))
     current = await svc.watches.get_delta(sub.org, sub.id)
@@ -530,7 +535,7 @@ async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> 
     if len(candidates) > svc.settings.incremental_max_objects:
         plan.overflow = True  # known without reading them: too_many() turns the run into a Full Sync
         return plan
-    found = await svc.changes.get_users(tenant, sorted(candidates))
+    found = await svc.changes.get_users(tenant, sorted(candidates), select=sub.attribute_mapping.graph_select())
     plan.removed |= (candidates - set(found)) & (stored_oids | regroup)
     if regroup:
         plan.unlisted = await _unlisted_groups(svc, sub)
@@ -586,12 +591,16 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
                 leave.append(existing.id)
                 changed_groups |= existing.group_ids
             continue
-        desired = desired_user(du, sub)
+        desired = desired_user(du, sub, svc.settings.default_phone_region)
         if isinstance(desired, Skip):
             skipped[desired.code] = skipped.get(desired.code, 0) + 1
             if len(errors) < 50:
                 errors.append(RunError(desired.code, desired.message, user_id=ids[oid]))
             continue
+        if desired.phone_refused and len(errors) < 50:
+            errors.append(RunError("invalid_phone", f"{desired.display_name} ({oid}) has a "
+                                   f"{sub.attribute_mapping.source('phone')} that is not a valid phone number: "
+                                   "synced without phone", user_id=ids[oid]))
         if existing is None:
             first = sorted(groups)[0]
             creates.append((replace(new_user(org, sub, desired, first, stamp), group_ids=frozenset(groups)), desired))

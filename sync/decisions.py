@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Iterable
 
+from .attribute_mapping import clean
 from .mailbox import is_single_address
 from .model import (
     ChangeKind,
@@ -23,6 +24,7 @@ from .model import (
     UserChange,
     UserStatus,
 )
+from .phones import e164
 
 MAX_USERNAME_LENGTH = 256
 HISTORY_MAX_ENTRIES = 50  # per user row; older ones go (and, after the retention days, any)
@@ -68,6 +70,13 @@ class Desired:
     status: str
     status_reason: str | None
     email_refused: bool = False  # the directory's mail was not exactly one address: synced without e-mail
+    phone: str | None = None  # E.164
+    department: str | None = None
+    job_title: str | None = None
+    employee_id: str | None = None
+    office_location: str | None = None
+    custom_attributes: dict[str, str] = field(default_factory=dict, hash=False)
+    phone_refused: bool = False  # the mapped phone was no valid number: synced without it (an invalid_phone error)
 
 
 @dataclass(frozen=True)
@@ -93,32 +102,57 @@ def email_of(user: DirectoryUser) -> str | None:
     return None
 
 
-def desired_user(user: DirectoryUser, sub: Subscription) -> Desired | Skip:
-    """The portal user a directory user maps to under the subscription's options, or why it is skipped."""
+def desired_user(user: DirectoryUser, sub: Subscription, default_region: str | None = None) -> Desired | Skip:
+    """The portal user a directory user maps to under the subscription's options and attribute mapping, or why it is
+    skipped. Mapped values are trimmed (empty is none) and a phone is put in E.164, read in the user's
+    ``usageLocation`` or else ``default_region``: so values compare equal whenever the directory has not changed."""
     username = user.attribute(sub.username_attribute)
     label = user.display_name or user.user_principal_name or user.id
     if username is None:
         return Skip("missing_username_attribute", f"{label} ({user.id}) has no {sub.username_attribute}")
     if len(username) > MAX_USERNAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in username):
         return Skip("invalid_username", f"{label} ({user.id}) has a {sub.username_attribute} that cannot be a username")
+    mapping = sub.attribute_mapping
     blocked = sub.deactivate_blocked_users and user.account_enabled is False
-    email = email_of(user)
+
+    def mapped(portal_field: str) -> str | None:
+        source = mapping.source(portal_field)
+        return clean(user.value(source)) if source else None
+
+    email_source = mapping.source("email")
+    email = email_of(user) if email_source == "mail" else mapped("email")
+    if email_source != "mail" and email is not None and "#EXT#" in email.upper():
+        email = None  # a guest's external UPN receives no mail, whichever property holds it
     refused = email is not None and not is_single_address(email)
+
+    def named(portal_field: str) -> str | None:
+        # A name from its namesake as Graph has it (not trimmed: as it was synced before mappings existed).
+        return user.value(portal_field) if mapping.source(portal_field) == portal_field else mapped(portal_field)
+
+    phone, phone_refused = e164(mapped("phone"), clean(user.value("usageLocation")) or default_region)
     return Desired(
         azure_object_id=user.id,
         username=username,
         email=None if refused else email,
         email_refused=refused,
-        display_name=(user.display_name or username).strip(),
-        given_name=user.given_name,
-        surname=user.surname,
+        display_name=(named("displayName") or username).strip(),
+        given_name=named("givenName"),
+        surname=named("surname"),
         status=UserStatus.INACTIVE if blocked else UserStatus.ACTIVE,
         status_reason=StatusReason.BLOCKED if blocked else None,
+        phone=phone,
+        phone_refused=phone_refused,
+        department=mapped("department"),
+        job_title=mapped("jobTitle"),
+        employee_id=mapped("employeeId"),
+        office_location=mapped("officeLocation"),
+        custom_attributes={name: v for name, source in mapping.custom if (v := clean(user.value(source))) is not None},
     )
 
 
 def _fields(u: User | Desired | MemberState) -> tuple:
-    return (u.username, u.email, u.display_name, u.given_name, u.surname, u.status, u.status_reason)
+    return (u.username, u.email, u.display_name, u.given_name, u.surname, u.status, u.status_reason, u.phone,
+            u.department, u.job_title, u.employee_id, u.office_location, tuple(sorted(u.custom_attributes.items())))
 
 
 def fingerprint(u: User | Desired | MemberState) -> bytes:
@@ -143,12 +177,16 @@ def _directory_fields(desired: Desired) -> dict[str, str | None]:
     """The User fields the directory decides."""
     return {"username": desired.username, "email": desired.email, "display_name": desired.display_name,
             "given_name": desired.given_name, "surname": desired.surname, "status": desired.status,
-            "status_reason": desired.status_reason}
+            "status_reason": desired.status_reason, "phone": desired.phone, "department": desired.department,
+            "job_title": desired.job_title, "employee_id": desired.employee_id,
+            "office_location": desired.office_location, "custom_attributes": dict(desired.custom_attributes)}
 
 
 _API_NAMES = (("username", "username"), ("email", "email"), ("display_name", "displayName"),
               ("given_name", "givenName"), ("surname", "surname"), ("status", "status"),
-              ("status_reason", "statusReason"))
+              ("status_reason", "statusReason"), ("phone", "phone"), ("department", "department"),
+              ("job_title", "jobTitle"), ("employee_id", "employeeId"), ("office_location", "officeLocation"),
+              ("custom_attributes", "customAttributes"))
 
 
 def field_changes(old: User | None, new: User | Desired) -> dict[str, list]:
@@ -157,6 +195,8 @@ def field_changes(old: User | None, new: User | Desired) -> dict[str, list]:
     for attr, name in _API_NAMES:
         before = getattr(old, attr) if old is not None else None
         after = getattr(new, attr)
+        if attr == "custom_attributes":  # no custom attributes at all shows as null, as a missing field would
+            before, after = dict(before) if before else None, dict(after) if after else None
         if before != after:
             out[name] = [before, after]
     return out

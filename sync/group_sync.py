@@ -255,7 +255,8 @@ class _Segment:
             self.earlier = await svc.runs.load_seen(job.org, job.subscription_id, job.run_id, job.group_id, job.segment)
 
         started = time.monotonic()
-        source = svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link).__aiter__()
+        source = svc.directory.group_user_pages(self.sub.azure_tenant_id, job.group_id, job.next_link,
+                                                select=self.sub.attribute_mapping.graph_select()).__aiter__()
         ahead: asyncio.Future | None = asyncio.ensure_future(_next_or_none(source))
         try:
             await self._pages(source, ahead, started)
@@ -303,7 +304,7 @@ class _Segment:
         reread: list[str] = []  # stored users that need a full read to decide
         flags: list[str] = []  # unchanged users that only join this group
         for du in users:
-            desired = desired_user(du, self.sub)
+            desired = desired_user(du, self.sub, self.svc.settings.default_phone_region)
             uid = synced_user_id(self.org, self.sub.id, du.id)
             if isinstance(desired, Skip):
                 if uid in self.snapshot:  # keep the existing row and its membership; only report
@@ -316,6 +317,9 @@ class _Segment:
                 self.refused_mail.add(uid)
                 self.report("invalid_mail", f"{desired.display_name} ({du.id}) has a mail that is not exactly one "
                             "e-mail address: synced without e-mail, no invitation", user_id=uid)
+            if desired.phone_refused:
+                self.report("invalid_phone", f"{desired.display_name} ({du.id}) has a {self.sub.attribute_mapping.source('phone')} "
+                            "that is not a valid phone number: synced without phone", user_id=uid)
             wanted[uid] = desired
             known = self.snapshot.get(uid)
             if known is None:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Collection
 
+from .attribute_mapping import DEFAULT_MAPPING, AttributeMapping
+
 ALLOWED_ROLES = frozenset({"Owner", "Administrator", "User Manager"})
 USERNAME_ATTRIBUTES = ("userPrincipalName", "mail", "onPremisesSamAccountName", "employeeId")
 
@@ -98,7 +100,7 @@ class ChangeReason:
     UNBLOCKED = "unblocked_in_directory"  # sign-in allowed again (or deactivateBlockedUsers turned off)
     RETURNED = "returned_to_selected_group"  # in a selected group again after being removed
     REMOVED = "removed_from_directory"  # in none of the selected groups any more
-    ATTRIBUTES = "attributes_changed"  # username, e-mail or names changed in the directory
+    ATTRIBUTES = "attributes_changed"  # username, e-mail, names or mapped attributes changed in the directory
     CREATED_BY_ADMIN = "created_by_admin"
     ACTIVATED_BY_ADMIN = "activated_by_admin"
     DEACTIVATED_BY_ADMIN = "deactivated_by_admin"
@@ -215,6 +217,7 @@ class Subscription:
     deleting: bool = False
     notify_emails: tuple[str, ...] = ()  # admins e-mailed when a run fails or needs review, or consent is lost
     notify_addresses: tuple[NotifyAddress, ...] = ()  # their confirmation; only confirmed ones are e-mailed
+    attribute_mapping: AttributeMapping = DEFAULT_MAPPING  # which directory property fills which portal field
     etag: str | None = field(default=None, compare=False)
 
     @property
@@ -477,6 +480,12 @@ class User:
     status: str = UserStatus.ACTIVE
     status_reason: str | None = None
     source_type: str = SourceType.MANUAL
+    phone: str | None = None  # E.164
+    department: str | None = None
+    job_title: str | None = None
+    employee_id: str | None = None
+    office_location: str | None = None
+    custom_attributes: dict[str, str] = field(default_factory=dict, hash=False)
     subscription_id: str | None = None
     azure_object_id: str | None = None
     group_ids: frozenset[str] = frozenset()
@@ -505,6 +514,12 @@ class User:
             "displayName": self.display_name,
             "givenName": self.given_name,
             "surname": self.surname,
+            "phone": self.phone,
+            "department": self.department,
+            "jobTitle": self.job_title,
+            "employeeId": self.employee_id,
+            "officeLocation": self.office_location,
+            "customAttributes": dict(self.custom_attributes),
             "status": self.status,
             "statusReason": self.status_reason,
             "sourceType": self.source_type,
@@ -554,6 +569,12 @@ class MemberState:
     enrollment_email: str | None
     last_run_id: str | None
     last_change: str | None
+    phone: str | None = None
+    department: str | None = None
+    job_title: str | None = None
+    employee_id: str | None = None
+    office_location: str | None = None
+    custom_attributes: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +609,16 @@ class DirectoryUser:
     on_premises_sam_account_name: str | None = None
     employee_id: str | None = None
     user_type: str | None = "Member"
+    # Every other property Graph returned, flattened by attribute_mapping.flatten ({"employeeOrgData/division": …}).
+    properties: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def value(self, source: str) -> str | None:
+        """The raw value of a mapping's source (a Graph property, or ``parent/member`` of a complex one)."""
+        core = {"id": self.id, "displayName": self.display_name, "userPrincipalName": self.user_principal_name,
+                "mail": self.mail, "givenName": self.given_name, "surname": self.surname,
+                "onPremisesSamAccountName": self.on_premises_sam_account_name, "employeeId": self.employee_id,
+                "userType": self.user_type}
+        return core[source] if source in core else self.properties.get(source)
 
     def attribute(self, name: str) -> str | None:
         """The value of a Graph property by its Graph name (the username attributes)."""
@@ -794,6 +825,7 @@ class DeltaState:
     group_ids: tuple[str, ...]
     taken_at: datetime  # when the links' state was read (a change job requested before it is covered)
     etag: str | None = field(default=None, compare=False)
+    mapping_tag: str = ""  # the attribute mapping the links select for (AttributeMapping.tag)
 
 
 @dataclass(frozen=True)
@@ -802,6 +834,7 @@ class DeltaLinks:
 
     users_link: str
     groups_link: str
+    mapping_tag: str = ""  # the attribute mapping whose properties the users link selects (AttributeMapping.tag)
 
 
 @dataclass(frozen=True)

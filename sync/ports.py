@@ -284,8 +284,10 @@ class Directory(abc.ABC):
         False for a worker's look-up (it never takes a person's share of Graph)."""
 
     @abc.abstractmethod
-    def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
-        """Transitive user members, a page at a time, starting at ``next_link`` when given."""
+    def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None, *,
+                         select: Sequence[str] = ()) -> AsyncIterator[UserPage]:
+        """Transitive user members, a page at a time, starting at ``next_link`` when given; ``select``: properties
+        the attribute mapping reads, beyond the sync's own."""
 
     @abc.abstractmethod
     async def granted_permissions(self, tenant_id: str) -> frozenset[str]:
@@ -298,8 +300,9 @@ class DirectoryChangeFeed(abc.ABC):
     incremental run needs (kept apart from Directory, which a Full Sync needs alone)."""
 
     @abc.abstractmethod
-    async def delta_links(self, tenant_id: str) -> DeltaLinks:
-        """Links to the tenant's current state of users and groups (``$deltatoken=latest``: no data read)."""
+    async def delta_links(self, tenant_id: str, *, select: Sequence[str] = ()) -> DeltaLinks:
+        """Links to the tenant's current state of users and groups (``$deltatoken=latest``: no data read); the users
+        link tracks the sync's own properties and ``select``."""
 
     @abc.abstractmethod
     async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
@@ -307,8 +310,9 @@ class DirectoryChangeFeed(abc.ABC):
         Raises DeltaExpired when Graph no longer knows a link."""
 
     @abc.abstractmethod
-    async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
-        """The users that exist among ``user_ids``, with the properties a sync reads."""
+    async def get_users(self, tenant_id: str, user_ids: list[str], *,
+                        select: Sequence[str] = ()) -> dict[str, DirectoryUser]:
+        """The users that exist among ``user_ids``, with the properties a sync reads and ``select``."""
 
     @abc.abstractmethod
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:

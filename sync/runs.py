@@ -115,7 +115,9 @@ async def _delta_baseline(svc: Services, sub: Subscription) -> DeltaLinks | None
     if svc.changes is None or not sub.azure_tenant_id:
         return None
     try:
-        return await svc.changes.delta_links(sub.azure_tenant_id)
+        mapping = sub.attribute_mapping  # the tag goes with the links: what they select is what they track
+        links = await svc.changes.delta_links(sub.azure_tenant_id, select=mapping.graph_select())
+        return replace(links, mapping_tag=mapping.tag())
     except Exception as exc:  # the Full Sync does not need them; the next one takes them again
         log.warning("could not take delta links before a Full Sync", extra={
             "org": sub.org, "subscription": sub.id, "error_type": type(exc).__name__,

@@ -7,6 +7,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import SettingsError
+from .phones import known_region
 
 MIN_SECRET_BYTES = 32
 GRAPH_CREDENTIALS = ("secret", "certificate", "managed_identity")
@@ -94,6 +95,8 @@ class Settings:
     webhook_queue: str = "webhook-deliveries"
     webhook_allow_http_loopback: bool = False
     event_retention_days: int = 30
+    # The region a national phone number is read in when the user has no usageLocation (attribute mapping).
+    default_phone_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -155,10 +158,19 @@ class Settings:
             webhook_allow_http_loopback=reader.choice(
                 "WEBHOOK_ALLOW_HTTP_LOOPBACK", ("true", "false", "True", "False"), "false").lower() == "true",
             event_retention_days=int(reader.number("EVENT_RETENTION_DAYS", 30, 1, 3650)),
+            default_phone_region=_phone_region(reader),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()
         return settings
+
+
+def _phone_region(reader: "_Reader") -> str | None:
+    value = reader.optional("DEFAULT_PHONE_REGION")
+    if value is not None and not known_region(value):
+        reader.fail("DEFAULT_PHONE_REGION", "must be a two-letter region code with a known numbering plan (e.g. US, DE)")
+        return None
+    return value.upper() if value else None
 
 
 def _mail_settings(reader: "_Reader") -> MailSettings | None:

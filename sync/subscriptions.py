@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 
 from . import alert_recipients, alerts, events
 from .alert_model import notify_emails, pending_asks, with_notify_emails
+from .attribute_mapping import parse_mapping
 from .composition import Services
 from .concurrency import optimistic
 from .decisions import consent_propagation_left
@@ -41,6 +42,7 @@ MIN_SEARCH = 4
 MAX_SEARCH = 256
 SEARCH_LIMIT = 50
 PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync", "notifyEmails")
+PATCHABLE += ("attributeMapping",)  # the directory property of each portal field (sync/attribute_mapping.py)
 
 
 async def create(svc: Services, caller: Caller, body: dict[str, Any]) -> Subscription:
@@ -91,6 +93,8 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             if not isinstance(body[field], bool):
                 raise InvalidInput(f"{field} must be true or false", code="invalid_field")
             changes[attr] = body[field]
+    if "attributeMapping" in body:  # validated whole before anything is saved: a bad key changes nothing
+        changes["attribute_mapping"] = parse_mapping(body["attributeMapping"])
     addresses = notify_emails(body["notifyEmails"]) if "notifyEmails" in body else None
     asks: list = []
 

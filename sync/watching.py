@@ -41,7 +41,8 @@ async def after_run(svc: Services, run: Run, status: str) -> None:
     if current is not None and current.taken_at > run.started_at:
         return  # a later run's links are there already
     state = DeltaState(run.org, run.subscription_id, run.delta_links.users_link, run.delta_links.groups_link,
-                       tuple(sorted(run.group_ids)), run.started_at, etag=current.etag if current else None)
+                       tuple(sorted(run.group_ids)), run.started_at, etag=current.etag if current else None,
+                       mapping_tag=run.delta_links.mapping_tag)
     try:
         await svc.watches.save_delta(state)
     except PreconditionFailed:

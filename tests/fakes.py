@@ -394,7 +394,9 @@ class MemoryUsers(Users):
         for (o, _), u in list(self.rows.items()):
             if o == org and u.subscription_id == subscription_id and group_id in u.group_ids:
                 yield MemberState(u.id, u.username, u.email, u.display_name, u.given_name, u.surname, u.status,
-                                  u.status_reason, u.enrollment_email, u.last_run_id, u.last_change)
+                                  u.status_reason, u.enrollment_email, u.last_run_id, u.last_change, u.phone,
+                                  u.department, u.job_title, u.employee_id, u.office_location,
+                                  dict(u.custom_attributes))
 
     async def subscription_users(self, org: str, subscription_id: str) -> AsyncIterator[User]:
         for (o, _), u in list(self.rows.items()):
@@ -527,6 +529,7 @@ class FakeDirectory(Directory):
         self.expire_links: dict[str, int] = {}  # group id -> how many of its nextLinks answer "expired"
         self.revoked: set[str] = set()
         self.requests = 0
+        self.selects: list[tuple[str, ...]] = []  # the mapping's properties each member listing selected
 
     def tenant(self, tid: str) -> FakeTenant:
         return self.tenants.setdefault(tid, FakeTenant())
@@ -557,8 +560,10 @@ class FakeDirectory(Directory):
             raise AuthorizationLost("no token for the tenant")
         return frozenset(self.tenants[tenant_id].permissions)
 
-    async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
+    async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None, *,
+                               select: Sequence[str] = ()) -> AsyncIterator[UserPage]:
         t = self._check(tenant_id)
+        self.selects.append(tuple(select))
         if group_id in self.fail:
             raise self.fail[group_id]
         if group_id not in t.groups:
@@ -576,12 +581,19 @@ class FakeDirectory(Directory):
             chunk = ids[start : start + self.page_size]
             start += self.page_size
             link = f"fake://{group_id}?skip={start}" if start < len(ids) else None
-            yield UserPage([t.users[u] for u in chunk], link)
+            yield UserPage([selected(t.users[u], select) for u in chunk], link)
             if link is None:
                 return
             self.requests += 1
             if group_id in self.fail:
                 raise self.fail[group_id]
+
+
+def selected(user: DirectoryUser, select: Sequence[str]) -> DirectoryUser:
+    """The user as Graph returns it for a ``$select`` of the sync's own properties and ``select``: the fakes keep
+    every other property in ``properties``, returned only when its (top-level) name is selected."""
+    wanted = set(select)
+    return replace(user, properties={k: v for k, v in user.properties.items() if k.split("/", 1)[0] in wanted})
 
 
 class FakeChangeFeed(DirectoryChangeFeed):
@@ -597,6 +609,7 @@ class FakeChangeFeed(DirectoryChangeFeed):
         self.created = 0
         self.reads = 0
         self.fail: dict[str, Exception] = {}  # method name ("read_changes", "get_users", "member_of") -> raised
+        self.selects: list[tuple[str, ...]] = []  # what each look-up of users selected
 
     def _tenant(self, tid: str, method: str | None = None) -> FakeTenant:
         """The tenant, refused as Graph would (Graph requests of the change feed are counted in ``reads``)."""
@@ -612,7 +625,7 @@ class FakeChangeFeed(DirectoryChangeFeed):
         self.snapshots[link] = (dict(t.users), {g: list(m) for g, m in t.members.items()})
         return DeltaLinks(link + "?users", link + "?groups")
 
-    async def delta_links(self, tenant_id: str) -> DeltaLinks:
+    async def delta_links(self, tenant_id: str, *, select: Sequence[str] = ()) -> DeltaLinks:
         return self._snapshot(tenant_id)
 
     async def read_changes(self, tenant_id: str, links: DeltaLinks, max_objects: int) -> DirectoryChanges | None:
@@ -640,9 +653,11 @@ class FakeChangeFeed(DirectoryChangeFeed):
             return None
         return DirectoryChanges(changed, removed, groups, self._snapshot(tenant_id))
 
-    async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+    async def get_users(self, tenant_id: str, user_ids: list[str], *,
+                        select: Sequence[str] = ()) -> dict[str, DirectoryUser]:
         t = self._tenant(tenant_id, "get_users")
-        return {u: t.users[u] for u in user_ids if u in t.users}
+        self.selects.append(tuple(select))
+        return {u: selected(t.users[u], select) for u in user_ids if u in t.users}
 
     async def member_of(self, tenant_id: str, object_id: str, *, kind: str = "users") -> frozenset[str]:
         t = self._tenant(tenant_id, "member_of")

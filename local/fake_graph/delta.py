@@ -77,7 +77,8 @@ class Shape:
         return frozenset(self.select) if self.select is not None else None
 
 
-def parse_shape(kind: str, select_text: str | None, filter_text: str | None) -> Shape:
+def parse_shape(kind: str, select_text: str | None, filter_text: str | None,
+                lookup: dict[str, str] | None = None) -> Shape:
     members = kind == "group" and select_text is None  # members@delta by default when $select is absent
     select: tuple[str, ...] | None = None
     if select_text is not None:
@@ -85,7 +86,7 @@ def parse_shape(kind: str, select_text: str | None, filter_text: str | None) -> 
         if kind == "group" and any(n.lower() == "members" for n in names):
             members = True
             names = [n for n in names if n.lower() != "members"]
-        select = parse_select(",".join(names), PROPERTY_LOOKUP[kind], TYPE_NAME[kind]) if names else ()
+        select = parse_select(",".join(names), lookup or PROPERTY_LOOKUP[kind], TYPE_NAME[kind]) if names else ()
     ids = None
     if filter_text is not None:
         clauses = re.split(r"\s+or\s+", filter_text.strip(), flags=re.IGNORECASE)
@@ -323,7 +324,7 @@ class DeltaService:
             self._check(request, kind, payload, log)
             shape = shape_of(payload)
             if "$select" in options:  # "$select and $deltaLink ... change the properties they want to track"
-                fresh = parse_shape(kind, options["$select"], None)
+                fresh = parse_shape(kind, options["$select"], None, tenant.lookup(kind))
                 shape = Shape(fresh.select, fresh.members, shape.ids)
             since = int(payload["s"])
             prev = since
@@ -331,7 +332,7 @@ class DeltaService:
                 since = int(payload.get("p", since))
             upto, cursor = log.seq, (0, 0, None)
         else:
-            shape = parse_shape(kind, options.get("$select"), options.get("$filter"))
+            shape = parse_shape(kind, options.get("$select"), options.get("$filter"), tenant.lookup(kind))
             upto = log.seq
             if deltatoken and deltatoken.lower() == "latest":  # "sync from now": only a deltaLink, no data
                 link = self._link(request, kind, shape, log, "delta", s=upto, p=upto, t=now)

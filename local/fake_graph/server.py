@@ -685,7 +685,7 @@ class FakeGraph(ServerThread):
         """One page of a directory collection, with @odata.nextLink/$skiptoken paging and $count."""
         resource = RESOURCE[kind]
         type_name = TYPE_NAME.get(kind, "microsoft.graph.directoryObject")
-        select = parse_select(query.get("$select"), PROPERTY_LOOKUP[kind], type_name)
+        select = parse_select(query.get("$select"), tenant.lookup(kind), type_name)
         top = parse_top(query.get("$top"))
         is_relationship = source[0] == "members"
         search_text, filter_text = query.get("$search"), query.get("$filter")
@@ -778,7 +778,7 @@ class FakeGraph(ServerThread):
         kind = coll[:-1]
         obj = tenant.get(kind, params["id"])
         query = _Query(request)
-        select = parse_select(query.get("$select"), PROPERTY_LOOKUP[kind], TYPE_NAME[kind])
+        select = parse_select(query.get("$select"), tenant.lookup(kind), TYPE_NAME[kind])
         body = {"@odata.context": self._context(request, coll, select, entity=True)}
         body.update(tenant.represent(obj["id"], select, typed=True))
         del body["@odata.type"]

@@ -7,6 +7,7 @@ lists, transitive expansions and serialized items) and every write bumps `versio
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -44,7 +45,16 @@ USER_PROPERTIES = USER_DEFAULT + (
     "onPremisesSyncEnabled", "onPremisesUserPrincipalName", "otherMails", "passwordPolicies", "postalCode",
     "preferredName", "proxyAddresses", "securityIdentifier", "showInAddressList", "state", "streetAddress",
     "usageLocation", "userType", "assignedLicenses", "signInSessionsValidFromDateTime",
+    # Complex properties Graph returns only when $select names them (README: "Attribute mapping").
+    "employeeOrgData", "onPremisesExtensionAttributes",
 )
+# employeeOrgData and onPremisesExtensionAttributes: their members (a member itself cannot be selected).
+COMPLEX_MEMBERS = {
+    "employeeOrgData": ("costCenter", "division"),
+    "onPremisesExtensionAttributes": tuple(f"extensionAttribute{i}" for i in range(1, 16)),
+}
+# A directory extension property: extension_{appId without hyphens}_{name} (README: "Attribute mapping").
+EXTENSION_NAME = re.compile(r"extension_[0-9a-fA-F]{32}_[A-Za-z0-9_]{1,120}")
 GROUP_DEFAULT = (
     "id", "deletedDateTime", "classification", "createdDateTime", "creationOptions", "description",
     "displayName", "expirationDateTime", "groupTypes", "isAssignableToRole", "mail", "mailEnabled",
@@ -115,6 +125,9 @@ def _derived_user(user: dict, prop: str) -> Any:
         return "Accepted" if user.get("userType") == "Guest" else None
     if prop == "showInAddressList":
         return None
+    if prop == "onPremisesExtensionAttributes":  # all fifteen members, null when not set
+        stored = user.get(prop) or {}
+        return {name: stored.get(name) for name in COMPLEX_MEMBERS[prop]}
     return _MISSING
 
 
@@ -209,8 +222,21 @@ def validate_tenant(data: Any) -> None:
             if item["id"] in ids:
                 raise ValueError(f"duplicate id {item['id']!r} in {collection} and {ids[item['id']]}")
             ids[item["id"]] = collection
+    extensions = data.get("extensionProperties", [])
+    if not isinstance(extensions, list) or not all(isinstance(n, str) and EXTENSION_NAME.fullmatch(n)
+                                                   for n in extensions):
+        raise ValueError("tenant.extensionProperties must be a list of extension_<appId without hyphens>_<name>")
+    registered = {n.lower() for n in extensions}
     upns: set[str] = set()
     for user in data.get("users", []):
+        for name, value in user.items():
+            if name.lower().startswith("extension_") and name.lower() not in registered:
+                raise ValueError(f"user {user['id']}: {name} is not in tenant.extensionProperties")
+            if name in COMPLEX_MEMBERS:
+                try:
+                    _check_complex(name, value)
+                except GraphError:
+                    raise ValueError(f"user {user['id']}: {name} must be an object of its string members") from None
         if not isinstance(user["accountEnabled"], bool):
             raise ValueError(f"user {user['id']}: accountEnabled must be a boolean")
         if user["userType"] not in ("Member", "Guest"):
@@ -234,6 +260,15 @@ def validate_tenant(data: Any) -> None:
         for member in group["members"]:
             if member not in ids:
                 raise ValueError(f"group {group['id']}: unknown member {member!r}")
+
+
+def _check_complex(name: str, value: Any) -> None:
+    """employeeOrgData / onPremisesExtensionAttributes: an object of its own string members (or null)."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or any(k not in COMPLEX_MEMBERS[name] or not (v is None or isinstance(v, str))
+                                          for k, v in value.items()):
+        raise bad_request(f"Invalid value specified for property '{name}' of resource 'User'.")
 
 
 class Result:
@@ -274,6 +309,10 @@ class Tenant:
         self.devices: dict[str, dict] = {}
         self.members: dict[str, list[str]] = {}
         self._member_sets: dict[str, set[str]] = {}
+        # The directory extension properties registered for users: selectable (and settable) by name.
+        self.extensions: tuple[str, ...] = tuple(data.get("extensionProperties", []))
+        self._lookups = {kind: {**PROPERTY_LOOKUP[kind], **{n.lower(): n for n in self.extensions}}
+                         for kind in ("user", None)}
         for user in data.get("users", []):
             self._put("user", dict(user))
         for device in data.get("devices", []):
@@ -332,6 +371,7 @@ class Tenant:
         return {
             "tenantId": self.tenant_id,
             "domain": self.domain,
+            **({"extensionProperties": list(self.extensions)} if self.extensions else {}),
             "users": [dict(u) for u in self.users.values()],
             "groups": [{**g, "members": list(self.members[g["id"]])} for g in self.groups.values()],
             "devices": [dict(d) for d in self.devices.values()],
@@ -343,7 +383,7 @@ class Tenant:
     def value(self, oid: str, prop: str) -> Any:
         """A property of an object as Graph would return it (stored, derived, or null/empty)."""
         obj = self.objects[oid]
-        if prop in obj:
+        if prop in obj and prop != "onPremisesExtensionAttributes":  # that one always shows its fifteen members
             return obj[prop]
         derived = _DERIVED[self.kind[oid]](obj, prop)
         if derived is not _MISSING:
@@ -360,6 +400,11 @@ class Tenant:
             self._tokens[key] = cached
         return cached
 
+    def lookup(self, kind: str | None) -> dict[str, str]:
+        """The property names $select may name for ``kind``: the type's, and for users this tenant's directory
+        extensions (an extension not registered is an unknown property, a 400)."""
+        return self._lookups.get(kind, PROPERTY_LOOKUP[kind])
+
     def represent(self, oid: str, select: tuple[str, ...] | None, typed: bool) -> dict:
         """The JSON object for one item: @odata.type, id and the default or selected properties."""
         kind = self.kind[oid]
@@ -371,8 +416,11 @@ class Tenant:
         else:
             names = [p for p in select if p in PROPERTY_SETS[kind] or p in self.objects[oid]]
         for prop in names:
-            if prop != "id":
-                out[prop] = self.value(oid, prop)
+            if prop == "id":
+                continue
+            if prop.startswith("extension_") and prop not in self.objects[oid]:
+                continue  # a directory extension not set on the object is left out, not null
+            out[prop] = self.value(oid, prop)
         return out
 
     def item_json(self, oid: str, select: tuple[str, ...] | None, typed: bool) -> str:
@@ -461,9 +509,11 @@ class Tenant:
         for name, value in body.items():
             if name.startswith("@odata.") or "@odata.bind" in name:
                 continue
-            canonical = PROPERTY_LOOKUP[kind].get(name.lower())
+            canonical = self.lookup(kind).get(name.lower())
             if canonical is None:
                 raise bad_request(f"Property '{name}' does not exist on type '{TYPE_NAME[kind]}'.")
+            if canonical in COMPLEX_MEMBERS:
+                _check_complex(canonical, value)
             if canonical in READ_ONLY:
                 raise bad_request(f"Property '{canonical}' is read-only and cannot be set.")
             if canonical in ("accountEnabled", "mailEnabled", "securityEnabled") and not isinstance(value, bool):

@@ -12,8 +12,9 @@ import json
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
+from ..attribute_mapping import flatten
 from ..errors import (
     AuthorizationLost,
     CredentialInvalid,
@@ -35,6 +36,14 @@ USER_SELECT = [
     "id", "displayName", "userPrincipalName", "mail", "givenName", "surname", "accountEnabled",
     "onPremisesSamAccountName", "employeeId", "userType",
 ]
+
+
+def user_select(extra: Sequence[str] = ()) -> list[str]:
+    """The user properties a sync reads, and those an attribute mapping adds (each once, in a stable order): Graph
+    returns exactly what ``$select`` names, and directory extensions and onPremisesExtensionAttributes only then."""
+    return USER_SELECT + sorted(set(extra) - set(USER_SELECT))
+
+
 GROUP_SELECT = ["id", "displayName", "description", "mail", "visibility"]
 PAGE_SIZE = 999  # Graph's maximum for membership listings
 RETIRED_GRACE_S = 120.0  # a dropped or evicted credential is closed this much later (requests may still use it)
@@ -220,7 +229,8 @@ class GraphDirectory(Directory):
                                        for f in filters))
         return {g.id: g for g in (_group(item) for items in found for item in items)}
 
-    async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None) -> AsyncIterator[UserPage]:
+    async def group_user_pages(self, tenant_id: str, group_id: str, next_link: str | None = None, *,
+                               select: Sequence[str] = ()) -> AsyncIterator[UserPage]:
         """Transitive members listed untyped, users kept by their ``@odata.type``. A cast (``/microsoft.graph.user``)
         filters on the OData type, which needs the advanced query parameters (group-list-transitivemembers): their
         index is only eventually consistent, and a member list read from it lags the directory."""
@@ -231,7 +241,7 @@ class GraphDirectory(Directory):
 
         def first(adapter: Any) -> Any:
             params = TransitiveMembersRequestBuilder.TransitiveMembersRequestBuilderGetQueryParameters(
-                select=USER_SELECT, top=PAGE_SIZE)
+                select=user_select(select), top=PAGE_SIZE)
             builder = TransitiveMembersRequestBuilder(adapter, {"group%2Did": group_id})
             return builder.to_get_request_information(RequestConfiguration(query_parameters=params))
 
@@ -523,6 +533,9 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_OWN = frozenset(USER_SELECT)  # kept in DirectoryUser's own fields
+
+
 def _user(item: dict[str, Any]) -> DirectoryUser:
     enabled = item.get("accountEnabled")
     return DirectoryUser(
@@ -536,6 +549,7 @@ def _user(item: dict[str, Any]) -> DirectoryUser:
         on_premises_sam_account_name=_str(item.get("onPremisesSamAccountName")),
         employee_id=_str(item.get("employeeId")),
         user_type=_str(item.get("userType")),
+        properties=flatten({k: v for k, v in item.items() if k not in _OWN}),  # what a mapping reads besides
     )
 
 

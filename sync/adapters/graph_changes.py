@@ -14,13 +14,13 @@ transport: the same SDK middleware, credentials, fair-share pools, retries and e
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
 from ..errors import NotFound
 from ..model import DeltaLinks, DirectoryChanges, DirectoryUser, GroupChange, is_guid
 from ..ports import DirectoryChangeFeed
-from .graph import GROUP_TYPE, IDS_PER_FILTER, USER_SELECT, USER_TYPE, GraphDirectory, _user, id_filters, of_type
+from .graph import GROUP_TYPE, IDS_PER_FILTER, USER_TYPE, GraphDirectory, _user, id_filters, of_type, user_select
 from .graph_links import is_graph_link
 
 CHANGE_TYPES = "updated,deleted"
@@ -33,9 +33,9 @@ class GraphChangeFeed(DirectoryChangeFeed):
 
     # ------------------------------------------------------------------ delta
 
-    async def delta_links(self, tenant_id: str) -> DeltaLinks:
+    async def delta_links(self, tenant_id: str, *, select: Sequence[str] = ()) -> DeltaLinks:
         users = await self._graph.request_json(
-            tenant_id, _get(f"{self._base_url}/users/delta?$select={','.join(USER_SELECT)}&$deltatoken=latest"))
+            tenant_id, _get(f"{self._base_url}/users/delta?$select={','.join(user_select(select))}&$deltatoken=latest"))
         groups = await self._graph.request_json(
             tenant_id, _get(f"{self._base_url}/groups/delta?$select=members&$deltatoken=latest"))
         return DeltaLinks(users_link=self._delta_link(users, "users/delta"),
@@ -104,13 +104,14 @@ class GraphChangeFeed(DirectoryChangeFeed):
 
     # ------------------------------------------------------------------ look-ups
 
-    async def get_users(self, tenant_id: str, user_ids: list[str]) -> dict[str, DirectoryUser]:
+    async def get_users(self, tenant_id: str, user_ids: list[str], *,
+                        select: Sequence[str] = ()) -> dict[str, DirectoryUser]:
         # Every page of each look-up: Graph may answer 15 ids with fewer users and a nextLink
         # (https://learn.microsoft.com/graph/paging), and a user missing here is taken for deleted.
         found: dict[str, DirectoryUser] = {}
         for id_filter in id_filters(sorted(set(user_ids))):
             url: str | None = (f"{self._base_url}/users?$filter={quote(id_filter, safe='')}"
-                               f"&$select={','.join(USER_SELECT)}&$top={IDS_PER_FILTER}")
+                               f"&$select={','.join(user_select(select))}&$top={IDS_PER_FILTER}")
             while url:
                 page = await self._graph.request_json(tenant_id, _get(url))
                 for item in page.get("value") or []:

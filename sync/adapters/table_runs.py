@@ -281,6 +281,7 @@ def _run_entity(pk: str, run: Run) -> dict[str, Any]:
         "updatedAt": run.updated_at,
         **(_long_text("usersDeltaLink", run.delta_links.users_link) if run.delta_links else {}),
         **(_long_text("groupsDeltaLink", run.delta_links.groups_link) if run.delta_links else {}),
+        **({"deltaMappingTag": run.delta_links.mapping_tag} if run.delta_links and run.delta_links.mapping_tag else {}),
         "alertDue": run.alert_due,
         "dryRun": run.dry_run,
         "jobsSent": run.jobs_sent,
@@ -319,7 +320,7 @@ def _run_from(e: Any) -> Run:
 
 def _delta_links(e: Any) -> DeltaLinks | None:
     users, groups = _read_long_text(e, "usersDeltaLink"), _read_long_text(e, "groupsDeltaLink")
-    return DeltaLinks(users, groups) if users and groups else None
+    return DeltaLinks(users, groups, e.get("deltaMappingTag") or "") if users and groups else None
 
 
 def _progress_entity(pk: str, run_id: str, g: GroupProgress) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
+from ..attribute_mapping import mapping_from_json, mapping_to_json
 from ..errors import PreconditionFailed
 from ..model import GroupRef, NotifyAddress, PendingConsent, Subscription
 from ..ports import Subscriptions
@@ -103,6 +104,7 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "notifyEmails": json.dumps(list(sub.notify_emails), ensure_ascii=False),
         # Bounded: at most alert_model.MAX_NOTIFY_KEPT addresses of 254 characters (well under 64 KiB).
         "notifyAddresses": json.dumps([a.to_json() for a in sub.notify_addresses], ensure_ascii=False),
+        "attributeMapping": mapping_to_json(sub.attribute_mapping),  # None (no property) for the default
     }
 
 
@@ -130,5 +132,6 @@ def _sub_from(e: Any) -> Subscription:
         deleting=bool(e.get("deleting")),
         notify_emails=tuple(json.loads(e.get("notifyEmails") or "[]")),
         notify_addresses=tuple(NotifyAddress.from_json(a) for a in json.loads(e.get("notifyAddresses") or "[]")),
+        attribute_mapping=mapping_from_json(e.get("attributeMapping")),
         etag=_etag(e),
     )

@@ -384,7 +384,10 @@ class TableUsers(_Repository, Users):
                                   display_name=e["displayName"], given_name=e.get("givenName"),
                                   surname=e.get("surname"), status=e["status"], status_reason=e.get("statusReason"),
                                   enrollment_email=e.get("emailState"), last_run_id=e.get("lastRunId"),
-                                  last_change=e.get("lastChange"))
+                                  last_change=e.get("lastChange"), phone=e.get("phone"),
+                                  department=e.get("department"), job_title=e.get("jobTitle"),
+                                  employee_id=e.get("employeeId"), office_location=e.get("officeLocation"),
+                                  custom_attributes=_custom_of(e))
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
 
@@ -444,7 +447,8 @@ class TableUsers(_Repository, Users):
 
 
 _MEMBER_COLUMNS = ["id", "username", "email", "displayName", "givenName", "surname", "status", "statusReason",
-                   "emailState", "lastRunId", "lastChange"]
+                   "emailState", "lastRunId", "lastChange", "phone", "department", "jobTitle", "employeeId",
+                   "officeLocation", "customAttributes"]
 
 
 def _claim_entity(user: User) -> dict[str, Any]:
@@ -455,6 +459,8 @@ def _claim_entity(user: User) -> dict[str, Any]:
 _USER_FIELDS = (
     ("username", "username"), ("email", "email"), ("display_name", "displayName"), ("given_name", "givenName"),
     ("surname", "surname"), ("status", "status"), ("status_reason", "statusReason"), ("source_type", "sourceType"),
+    ("phone", "phone"), ("department", "department"), ("job_title", "jobTitle"), ("employee_id", "employeeId"),
+    ("office_location", "officeLocation"),
     ("subscription_id", "subscriptionId"), ("azure_object_id", "azureObjectId"),
     ("enrollment_email", "emailState"), ("enrollment_email_lease_until", "emailLeaseUntil"),
     ("enrollment_email_sent_at", "emailSentAt"), ("enrollment_email_error", "emailError"),
@@ -470,10 +476,17 @@ def _user_entity(user: User) -> dict[str, Any]:
         value = getattr(user, attr)
         if value is not None:
             entity[prop] = value
+    if user.custom_attributes:  # one JSON property: at most 10 small values, and never a g_ membership name
+        entity["customAttributes"] = json.dumps(user.custom_attributes, sort_keys=True, separators=(",", ":"))
     for gid in user.group_ids:
         entity[membership_property(gid)] = True
     entity.update(table_changes.history_properties(user.history))
     return entity
+
+
+def _custom_of(e: Any) -> dict[str, str]:
+    text = e.get("customAttributes")
+    return dict(json.loads(text)) if text else {}
 
 
 def _is_membership(name: str) -> bool:
@@ -492,7 +505,7 @@ def _user_from(e: Any) -> User:
         values[attr] = _dt(value) if attr in _DATES else value
     groups = frozenset(g for name, v in e.items() if v is True and (g := group_of_property(name)))
     return User(org=e["org"], id=e["id"], group_ids=groups, history=table_changes.history_of(e), etag=_etag(e),
-                **values)
+                custom_attributes=_custom_of(e), **values)
 
 
 def _encode_token(row_key: str) -> str:

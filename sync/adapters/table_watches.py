@@ -112,7 +112,8 @@ class TableWatches(_Repository, Watches):
         entity = {"PartitionKey": _delta_pk(state.org), "RowKey": key(state.subscription_id), "kind": "delta",
                   "org": state.org, "subscriptionId": state.subscription_id,
                   **long_text("usersLink", state.users_link), **long_text("groupsLink", state.groups_link),
-                  **long_text("groupIds", json.dumps(list(state.group_ids))), "takenAt": state.taken_at}
+                  **long_text("groupIds", json.dumps(list(state.group_ids))), "takenAt": state.taken_at,
+                  "mappingTag": state.mapping_tag}
         try:
             if state.etag is None:
                 meta = await call(table.create_entity(entity))
@@ -158,4 +159,4 @@ def _delta_from(e: Any) -> DeltaState:
     return DeltaState(org=e["org"], subscription_id=e["subscriptionId"], users_link=read_long_text(e, "usersLink"),
                       groups_link=read_long_text(e, "groupsLink"),
                       group_ids=tuple(json.loads(read_long_text(e, "groupIds") or "[]")),
-                      taken_at=_dt(e["takenAt"]), etag=_etag(e))
+                      taken_at=_dt(e["takenAt"]), etag=_etag(e), mapping_tag=e.get("mappingTag") or "")

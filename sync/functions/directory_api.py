@@ -32,6 +32,7 @@ async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any
         "nightlySync": sub.nightly_sync,
         "notifyEmails": list(sub.notify_emails),
         "notifyEmailStatus": notify_status(sub),
+        "attributeMapping": sub.attribute_mapping.to_api(),
         "groups": [g.to_api() for g in sub.groups],
         "lastRun": last.to_api() if last else None,
         "createdAt": iso(sub.created_at),

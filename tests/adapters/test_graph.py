@@ -33,7 +33,11 @@ def _small() -> TenantBuilder:
 @pytest.fixture(scope="module")
 def tenants():
     small = TenantBuilder()
-    for n in ("ann", "bob", "cat"):
+    code = small.extension("costCode")
+    small.user("ann", extra={"mobilePhone": "0151 23456789", "usageLocation": "DE", code: "R-17",
+                             "employeeOrgData": {"costCenter": "CC-1"}, "businessPhones": ["+1 425 555 0109"],
+                             "onPremisesExtensionAttributes": {"extensionAttribute3": "B-7"}})
+    for n in ("bob", "cat"):
         small.user(n)
     small.device("printer")
     small.group("inner", "Inner Circle", ["cat", "printer"])
@@ -153,6 +157,25 @@ async def test_transitive_users_only(directory, tenants):
     assert [sorted(u.id for u in p.users) for p in pages] == [sorted(small.ids[n] for n in ("ann", "bob", "cat"))]
     ann = next(u for u in pages[0].users if u.id == small.ids["ann"])
     assert ann.user_principal_name.startswith("ann@") and ann.account_enabled is True and ann.user_type == "Member"
+
+
+async def test_members_carry_the_properties_a_mapping_selects_and_only_those(directory, tenants):
+    small, _ = tenants
+    code = small.tenant["extensionProperties"][0]
+    tid, sales = small.tenant["tenantId"], small.ids["sales"]
+    plain = [u async for p in directory.group_user_pages(tid, sales) for u in p.users]
+    ann = next(u for u in plain if u.id == small.ids["ann"])
+    assert not {"mobilePhone", code, "employeeOrgData/costCenter", "businessPhones"} & set(ann.properties)
+    wanted = ["mobilePhone", "usageLocation", "employeeOrgData", "onPremisesExtensionAttributes", code]
+    mapped = [u async for p in directory.group_user_pages(tid, sales, select=wanted) for u in p.users]
+    ann = next(u for u in mapped if u.id == small.ids["ann"])
+    assert {k: ann.value(k) for k in ("mobilePhone", "usageLocation", "employeeOrgData/costCenter",
+                                       "onPremisesExtensionAttributes/extensionAttribute3", code)} == \
+        {"mobilePhone": "0151 23456789", "usageLocation": "DE", "employeeOrgData/costCenter": "CC-1",
+         "onPremisesExtensionAttributes/extensionAttribute3": "B-7", code: "R-17"}
+    assert "businessPhones" not in ann.properties  # not selected
+    bob = next(u for u in mapped if u.id == small.ids["bob"])
+    assert bob.value(code) is None and bob.user_principal_name.startswith("bob@")
 
 
 async def test_a_2500_member_nested_group_takes_three_requests(directory, fake, tenants):

@@ -18,6 +18,7 @@ def tenants():  # noqa: F811
     t = TenantBuilder()
     for n in ("ann", "bob", "cat", "dan"):
         t.user(n)
+    t.user("eve", extra={"department": "Retail", "employeeOrgData": {"costCenter": "CC-1"}})
     t.group("inner", "Inner Circle", ["cat"])
     t.group("sales", "Sales Team", ["ann", "bob", "inner"])
     t.group("other", "Other", ["dan"])
@@ -77,6 +78,20 @@ async def test_users_by_id_and_their_groups_through_nesting(feed, tenants):
     assert await feed.member_of(tid, ids["inner"], kind="groups") == {ids["sales"]}
     with pytest.raises(NotFound):
         await feed.member_of(tid, "00000000-0000-0000-0000-000000000001")
+
+
+async def test_delta_links_track_and_look_ups_read_what_the_mapping_selects(feed, admin, tenants):
+    t, _ = tenants
+    tid, eve = t.tenant["tenantId"], t.ids["eve"]
+    plain = await feed.delta_links(tid)
+    mapped = await feed.delta_links(tid, select=["department", "employeeOrgData"])
+    admin.update_user(eve, department="Sales")
+    # Graph reports a change only of a selected property: a link without the mapping's misses it
+    assert eve not in (await feed.read_changes(tid, plain, 100)).users_changed
+    assert eve in (await feed.read_changes(tid, mapped, 100)).users_changed
+    found = await feed.get_users(tid, [eve], select=["department", "employeeOrgData"])
+    assert (found[eve].value("department"), found[eve].value("employeeOrgData/costCenter")) == ("Sales", "CC-1")
+    assert "department" not in (await feed.get_users(tid, [eve]))[eve].properties
 
 
 async def test_a_look_up_graph_serves_in_short_pages_finds_every_user(feed, fake, tenants):  # noqa: F811

@@ -198,6 +198,31 @@ async def test_group_members_and_subscription_users(table_store):
     assert everyone == [user(1).id, user(2).id]
 
 
+async def test_mapped_fields_custom_attributes_and_the_mapping_round_trip(table_store):
+    from sync.adapters.table_watches import TableWatches
+    from sync.attribute_mapping import parse_mapping
+    from sync.model import DeltaState
+
+    mapped = user(1, phone="+4915123456789", department="Retail", job_title="Manager", employee_id="E-1",
+                  office_location="18/2111", custom_attributes={"costCenter": "CC-1", "badge": "B-7"})
+    await table_store.users.create([mapped, user(2)])
+    stored = await table_store.users.get("org-a", mapped.id)
+    assert replace(stored, etag=None) == replace(mapped, etag=None)
+    assert (await table_store.users.get("org-a", user(2).id)).custom_attributes == {}
+    members = {m.id: m async for m in table_store.users.group_members("org-a", "sub-1", GROUP)}
+    assert (members[mapped.id].phone, members[mapped.id].custom_attributes) == ("+4915123456789", mapped.custom_attributes)
+    assert (members[user(2).id].phone, members[user(2).id].custom_attributes) == (None, {})
+    mapping = parse_mapping({"phone": "mobilePhone", "custom": {"costCenter": "employeeOrgData/costCenter"}})
+    sub = await table_store.subscriptions.add(Subscription(org="org-a", id="s1", name="Dir", created_at=NOW,
+                                                           updated_at=NOW, attribute_mapping=mapping))
+    assert (await table_store.subscriptions.get("org-a", "s1")).attribute_mapping == mapping
+    await table_store.subscriptions.save(replace(sub, attribute_mapping=parse_mapping({})))
+    assert (await table_store.subscriptions.get("org-a", "s1")).attribute_mapping.is_default
+    watches = TableWatches(table_store)
+    await watches.save_delta(DeltaState("org-a", "s1", "u", "g", (GROUP,), NOW, mapping_tag=mapping.tag()))
+    assert (await watches.get_delta("org-a", "s1")).mapping_tag == mapping.tag()
+
+
 async def test_subscription_etag_and_nightly_candidates(table_store):
     sub = await table_store.subscriptions.add(Subscription(org="org/a", id="s1", name="Dir", created_at=NOW, updated_at=NOW,
                                                            groups=(GroupRef(GROUP, "Sales & Co"),)))

@@ -19,15 +19,22 @@ class TenantBuilder:
         self.ids: dict[str, str] = {}
 
     def user(self, name: str, *, mail: str | None = "", enabled: bool = True, guest: bool = False,
-             display: str | None = None, employee_id: str | None = None, sam: str | None = None) -> str:
+             display: str | None = None, employee_id: str | None = None, sam: str | None = None,
+             extra: dict[str, Any] | None = None) -> str:
         uid = self.ids[name] = _id()
         upn = f"{name}_ext#EXT#@{self.domain}" if guest else f"{name}@{self.domain}"
         self.tenant["users"].append({
             "id": uid, "displayName": display or name.replace(".", " ").title(), "userPrincipalName": upn,
             "mail": (f"{name}@{self.domain}" if mail == "" else mail), "givenName": name.split(".")[0].title(),
             "surname": name.split(".")[-1].title(), "accountEnabled": enabled, "onPremisesSamAccountName": sam,
-            "employeeId": employee_id, "userType": "Guest" if guest else "Member"})
+            "employeeId": employee_id, "userType": "Guest" if guest else "Member", **(extra or {})})
         return uid
+
+    def extension(self, name: str) -> str:
+        """Register a directory extension property for users (extension_<appId without hyphens>_<name>)."""
+        full = f"extension_5bfc8fdacfc943a9a6de214ea9d15fdb_{name}"
+        self.tenant.setdefault("extensionProperties", []).append(full)
+        return full
 
     def group(self, name: str, display: str, members: list[str]) -> str:
         gid = self.ids[name] = _id()

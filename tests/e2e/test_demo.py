@@ -101,6 +101,7 @@ def test_demo_walks_the_workflow_through_the_api(demo):
     assert 'search "Sal" -> 400 search_too_short' in out
     assert "selected: Sales Team, Engineering, Support Staff" in out
     assert "deactivateBlockedUsers = True, sendEnrollmentEmail = True" in out
+    assert "attributeMapping: " in out and "phone <- mobilePhone" in out
     assert re.search(r"\(manual\) \[#{20}\] 3/3 groups  succeeded", out)
     assert "created 30 · " in out and "skipped 2 (missing_username_attribute 2)" in out
 
@@ -126,6 +127,13 @@ def test_demo_prints_the_grids_and_the_emails(demo):
     assert not any(r[0] == "emily.braun@contoso.example" for r in invitations)
     eml = re.search(r"29 e-mails; one of them: (\S+\.eml)", out)
     assert eml and (ROOT / eml.group(1)).resolve().is_file()
+
+
+def test_demo_shows_a_users_phone_and_custom_attributes(demo):
+    mapped = section(demo.stdout, "A user's mapped attributes")
+    assert rows(mapped, "phone") == [["phone", "+4915123456789"]]
+    assert rows(mapped, "customAttributes.costCenter") == [["customAttributes.costCenter", "CC-4410"]]
+    assert rows(mapped, "customAttributes.costCode") == [["customAttributes.costCode", "R-17"]]
 
 
 def test_demo_shows_what_the_nightly_run_changed(demo):

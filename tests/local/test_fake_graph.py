@@ -281,6 +281,39 @@ async def test_select_is_honoured(graph, http):
     assert response.status_code == 400
 
 
+EXTENSION = "extension_5bfc8fdacfc943a9a6de214ea9d15fdb_costCode"
+
+
+async def test_mapping_properties_come_back_only_when_selected(http):
+    """employeeOrgData, onPremisesExtensionAttributes and directory extensions: only on $select (README)."""
+    adele, lee = user_id("Adele Vance"), user_id("Lee Gu")
+    default = (await http.get(f"/v1.0/users/{adele}")).json()
+    assert default["businessPhones"] == ["+1 425 555 0109"] and default["mobilePhone"] == "0151 23456789"
+    assert not {"employeeOrgData", "onPremisesExtensionAttributes", EXTENSION} & set(default)
+
+    chosen = "id,employeeOrgData,onPremisesExtensionAttributes,usageLocation," + EXTENSION
+    members = (await http.get(f"/v1.0/groups/{group_id('Sales Team')}/transitiveMembers",
+                              params={"$select": chosen})).json()["value"]
+    by_id = {m["id"]: m for m in members}
+    assert by_id[adele]["employeeOrgData"] == {"costCenter": "CC-4410", "division": "Sales"}
+    attributes = by_id[adele]["onPremisesExtensionAttributes"]
+    assert len(attributes) == 15 and attributes["extensionAttribute1"] == "Badge 7731"
+    assert attributes["extensionAttribute2"] is None
+    assert by_id[adele][EXTENSION] == "R-17" and by_id[adele]["usageLocation"] == "DE"
+    others = [m for m in members if m["id"] != adele and m["@odata.type"] == "#microsoft.graph.user"]
+    assert others and all(EXTENSION not in m for m in others)  # not set: left out, not null
+
+    for bad in ("onPremisesExtensionAttributes/extensionAttribute1",
+                "extension_00000000000000000000000000000000_nosuch"):
+        response = await http.get(f"/v1.0/users/{lee}", params={"$select": f"id,{bad}"})
+        assert response.status_code == 400, bad
+    patched = await http.patch(f"/v1.0/users/{lee}", json={EXTENSION: "L-1", "employeeOrgData": {"division": "IT"}})
+    assert patched.status_code == 204
+    lee_now = (await http.get(f"/v1.0/users/{lee}", params={"$select": f"id,employeeOrgData,{EXTENSION}"})).json()
+    assert lee_now[EXTENSION] == "L-1" and lee_now["employeeOrgData"] == {"division": "IT"}
+    assert (await http.patch(f"/v1.0/users/{lee}", json={"employeeOrgData": {"floor": "3"}})).status_code == 400
+
+
 @pytest.mark.parametrize("top", ["1000", "0", "abc"])
 async def test_top_out_of_range_is_a_400(http, top):
     response = await http.get(f"/v1.0/groups/{group_id('Engineering')}/transitiveMembers", params={"$top": top})

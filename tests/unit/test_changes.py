@@ -511,3 +511,28 @@ async def test_an_incremental_run_invites_a_corrected_address_once(svc, tenant):
     await send_invitation(svc, job)
     assert await send_invitation(svc, job) == "already_sent"
     assert [e.to_address for e in svc.mail_sender.sent].count("anne@contoso.example") == 1
+
+
+async def test_a_changed_attribute_mapping_makes_the_next_incremental_run_a_full_sync(svc, tenant):
+    sub = await synced(svc)
+    tenant.users["ann"] = replace(tenant.users["ann"], properties={"department": "Retail"})
+    await subscriptions.update(svc, caller(), sub.id, {"attributeMapping": {"department": "department"}})
+    run = await notified(svc, sub)
+    assert [e.code for e in run.run.errors] == ["mapping_changed"] and run.run.status == "succeeded"
+    assert users_of(svc)["ann@contoso.example"].department == "Retail"
+    tenant.users["ann"] = replace(tenant.users["ann"], properties={"department": "Sales"})
+    run = await notified(svc, sub)  # the links now track the mapping's properties: an incremental run
+    assert run.run.errors == () and users_of(svc)["ann@contoso.example"].department == "Sales"
+    assert svc.changes.selects[-1] == ("department", "displayName", "givenName", "mail", "surname")
+
+
+async def test_a_mapping_changed_while_a_full_sync_ran_still_makes_the_next_incremental_run_a_full_sync(svc, tenant):
+    sub = await connect(svc, groups=(SALES, ENG), deactivateBlockedUsers=True)
+    run = await runs.start(svc, caller(), sub.id, "manual")  # its delta links select the default mapping's properties
+    await subscriptions.update(svc, caller(), sub.id, {"attributeMapping": {"department": "department"}})
+    await deliver(svc)
+    assert (await runs.get(svc, caller(), sub.id, run.id)).run.status == "succeeded"
+    assert (await svc.watches.get_delta(sub.org, sub.id)).mapping_tag == ""  # what the links track, not the option
+    svc.clock.advance(seconds=5)
+    later = await notified(svc, sub)
+    assert [e.code for e in later.run.errors] == ["mapping_changed"]

@@ -328,7 +328,7 @@ async def test_a_hidden_group_that_lists_nobody_after_the_permission_went_fails_
     await full_sync(svc, sub)
     pages = svc.directory.group_user_pages
 
-    async def permission_gone_meanwhile(tid, gid, link=None):
+    async def permission_gone_meanwhile(tid, gid, link=None, **options):
         tenant.permissions.discard("Member.Read.Hidden")
         async for page in pages(tid, gid, link):
             yield page
