@@ -42,7 +42,7 @@ def test_busy_dropped_slow_and_lost_table_answers_during_a_sync_end_like_a_clean
         # Reads: busy within the SDK's retries, and connections dropped (GETs are retried by the SDK).
         {"match": users, "method": "GET", "status": 503, "times": 2, "retryAfter": 0},
         {"match": users, "method": "GET", "mode": "reset", "times": 2},
-        # Transactions of user rows: busy past the SDK's retries (the message is redelivered), a dropped
+        # Transactions of user rows: busy five times (within the SDK's seven status retries), a dropped
         # connection (POSTs are not retried by the SDK), and two whose rows landed but whose answer was lost.
         {"match": ["$batch", *users], "status": 503, "times": 5},
         {"match": ["$batch", *users], "mode": "reset", "times": 1},
