@@ -95,7 +95,8 @@ def _client_options() -> dict[str, Any]:
     exponential back-off (learn.microsoft.com/azure/storage/tables/scalability-targets); it sends no Retry-After (one
     would be honoured). The SDK's default of 3 status retries (0, 0.8, 1.6 s here) gave up within 2.4 s, so a burst
     past the partition's target cost the group message a delivery (measured: tests/faults/test_azure_limits.py).
-    Seven status retries back off 0, 0.8, 1.6, 3.2, 6.4, 8, 8 s: about 28 s before a request gives up to redelivery.
+    Five status retries back off 0, 0.8, 1.6, 3.2, 4 s: a worker sits out ~10 s of throttling before its message
+    goes back for redelivery, and a person waits no longer than that for a 503 with Retry-After.
     """
-    return {"connection_timeout": 10, "read_timeout": 60, "retry_total": 7, "retry_status": 7,
-            "retry_backoff_factor": 0.4, "retry_backoff_max": 8}
+    return {"connection_timeout": 10, "read_timeout": 60, "retry_total": 5, "retry_status": 5,
+            "retry_backoff_factor": 0.4, "retry_backoff_max": 4}
