@@ -64,6 +64,7 @@ class TableLimits:
         self._partitions: dict[tuple[str, str], _Bucket] = {}
         self._account: _Bucket | None = None
         self._counts: Counter[str] = Counter()
+        self._usage: Counter[tuple[str, str, str]] = Counter()  # (table, partition, "written" | "read") → entities
 
     # ------------------------------------------------------------ settings
 
@@ -98,11 +99,23 @@ class TableLimits:
                     "accountEntitiesPerSecond": self.account_per_s,
                     "throttled": {"partition": self._counts["throttled:partition"],
                                   "account": self._counts["throttled:account"]},
-                    "entities": self._counts["entities"]}
+                    "entities": self._counts["entities"],
+                    "written": sum(n for k, n in self._usage.items() if k[2] == "written"),
+                    "read": sum(n for k, n in self._usage.items() if k[2] == "read"),
+                    "partitions": self._busiest(5)}
+
+    def _busiest(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` partitions that spent the most entities, with what they wrote and read (under the lock)."""
+        totals: Counter[tuple[str, str]] = Counter()
+        for (table, pk, _), spent in self._usage.items():
+            totals[(table, pk)] += spent
+        return [{"table": table, "partitionKey": pk, "written": self._usage[(table, pk, "written")],
+                 "read": self._usage[(table, pk, "read")]} for (table, pk), _ in totals.most_common(n)]
 
     def reset_counts(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._usage.clear()
 
     # ------------------------------------------------------------ metering
 
@@ -130,6 +143,7 @@ class TableLimits:
                 account.credit -= entities
                 if bucket is not None:
                     bucket.credit -= entities
+                    self._usage[(table, partition, "written")] += entities
                 self._counts["entities"] += entities
         return None
 
@@ -161,6 +175,7 @@ class TableLimits:
                 self._counts["entities"] += n
                 if pk is None:
                     continue
+                self._usage[(table, pk, "read")] += n
                 bucket = self._partitions.get((table, pk))
                 if bucket is None:
                     bucket = self._partitions[(table, pk)] = _Bucket(self.partition_per_s, now)
