@@ -160,9 +160,9 @@ class TableLimits:
                 rows = json.loads(payload).get("value")
             except (ValueError, AttributeError):
                 rows = None
-            if isinstance(rows, list):  # a query: the entities it returned, by their partition
-                for row in rows:
-                    per_partition[row.get("PartitionKey") if isinstance(row, dict) else None] += 1
+            if isinstance(rows, list):  # a query: the entities it returned, by their partition (its filter's when
+                for row in rows:  # a $select left PartitionKey out)
+                    per_partition[(row.get("PartitionKey") if isinstance(row, dict) else None) or partition] += 1
         if not per_partition:
             per_partition[partition] = 1
         now = self._clock()

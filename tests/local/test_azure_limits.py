@@ -71,6 +71,10 @@ def test_the_account_limit_spans_partitions_and_a_query_spends_the_entities_it_r
     limits.charge_answer("GET", query, b"", 200, rows)
     assert limits.admit("GET", query, b"") == ("account", ACCOUNT_BUSY)
     assert limits.state()["entities"] == 300 + 300  # the writes admitted, then the rows returned
+    clock.now = 3.0
+    selected = b'{"value": [' + b",".join(b'{"RowKey": "%d"}' % i for i in range(50)) + b"]}"
+    limits.charge_answer("GET", query, b"", 200, selected)  # $select left PartitionKey out: the filter's partition
+    assert limits.state()["partitions"][0] == {"table": "users", "partitionKey": "a", "written": 100, "read": 350}
 
 
 def test_limits_are_off_by_default_and_their_settings_are_checked():
