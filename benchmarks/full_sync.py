@@ -387,6 +387,9 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
               f" {r['throttled_graph_requests']}; full sync wrote {spent.get('written')} and read {spent.get('read')}"
               f" entities (users partition {spent.get('busiest_partition')}), {spent.get('graph_resource_units')}"
               f" Graph resource units; users in the store {r['synced_users']}")
+        again = resync.get("limits") or {}
+        print(f"  re-sync: wrote {again.get('written')} and read {again.get('read')} entities (users partition"
+              f" {again.get('busiest_partition')}), {again.get('throttled_table_requests')} throttled table requests")
     preview = sync["dry"]
     print("\ndry runs (previews; they write no user, membership, invitation or grid row)")
     print(f"  before the first sync: {preview['status']} in {r['dry_run_s']} s (full sync {r['full_sync_s']} s),"
