@@ -30,16 +30,26 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
+from aiohttp import web  # noqa: E402
 
-from local.azurite import Azurite  # noqa: E402
+from local.azurite import Azurite, connection_string  # noqa: E402
 from local.fake_graph import generate_tenant, transitive_user_members  # noqa: E402
+from local.fault_proxy import FaultProxy, control_routes  # noqa: E402
+from local.server_thread import ServerThread  # noqa: E402
+from local.table_limits import TableLimits  # noqa: E402
 
 PAGE_SIZE = 999
 MAX_TRANSACTION = 100
 KEYS = ("users", "groups", "memberships", "graph_requests", "graph_floor", "table_writes", "table_write_floor",
         "full_sync_s", "floor_s", "resync_s", "resync_user_writes", "resync_membership_writes", "peak_rss_mb",
         "import_function_app_s", "import_azure_functions_s", "dry_run_s", "dry_run_peak_rss_mb", "dry_run_user_writes",
-        "dry_run_table_writes", "dry_resync_s", "dry_resync_user_writes")
+        "dry_run_table_writes", "dry_resync_s", "dry_resync_user_writes", "azure_floor_s", "throttled_table_requests",
+        "throttled_graph_requests", "synced_users")
+# Azure's scalability targets (--azure-limits): Table Storage's entities per second per partition and per account
+# (learn.microsoft.com/azure/storage/tables/scalability-targets), Graph's resource units per 10 s of a large tenant
+# and the cost of a page of a group's transitive members with $select (learn.microsoft.com/graph/throttling-limits).
+ORG = "org-bench"  # benchmarks/worker.py's
+PARTITION_PER_S, ACCOUNT_PER_S, GRAPH_UNITS_PER_S, MEMBERS_PAGE_UNITS = 2000, 20000, 8000 / 10, 4
 CLIENT_ID = "00000000-0000-0000-0000-00000000d5c1"  # the app registration the fake's identity platform holds
 CONSENT_REDIRECT_URI = "http://127.0.0.1:7071/api/directory/consent"
 # Local-only secrets (the dev host's defaults); never used in Azure. The Graph credential's settings come from the
@@ -76,6 +86,58 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class LimitsControl(ServerThread):
+    """The table proxy's control routes (``/tables/limits``) on a loopback port, for the sync worker to read."""
+
+    thread_name = "bench-limits-control"
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.port: int | None = None
+        super().__init__()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.add_routes(control_routes(lambda: self.proxy))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _close(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+def count_users(connection_string: str, table: str, org: str) -> int:
+    """User rows of ``org`` in the store (RowKeys below '|'; the username claims sort after), read from Azurite."""
+    from azure.data.tables import TableClient
+
+    with TableClient.from_connection_string(connection_string, table) as client:
+        rows = client.query_entities(f"PartitionKey eq '{org}' and RowKey lt '|'", select=["RowKey"])
+        return sum(1 for _ in rows)
+
+
+def azure_floor(writes_floor: dict[str, int], graph_floor: int, spent: dict[str, Any] | None) -> float | None:
+    """Seconds Azure's limits alone impose on a Full Sync: the users partition's entities (the write floor's, and the
+    reads the run made of it) at 2,000/s, every entity written and read at 20,000/s per account, and the member pages
+    at a large tenant's resource units; the largest of the three. Each meter starts with one window's credit (a
+    second of entities, ten seconds of units: local/table_limits.py, local/fake_graph/throttling.py), which is
+    taken off. None without the limits' metering."""
+    if spent is None:
+        return None
+    partition = (writes_floor["user_entities"] + spent["busiest_partition"]["read"]) / PARTITION_PER_S - 1
+    other_writes = max(0, spent["written"] - spent["busiest_partition"]["written"])
+    account = (writes_floor["user_entities"] + other_writes + spent["read"]) / ACCOUNT_PER_S - 1
+    graph = graph_floor * MEMBERS_PAGE_UNITS / GRAPH_UNITS_PER_S - 10
+    return round(max(partition, account, graph, 0.0), 2)
 
 
 # A re-sync is skipped when the Full Sync did not end (its numbers are then null in the JSON).
@@ -152,6 +214,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", help="cProfile the worker's Full Sync into this file (pstats format)")
     parser.add_argument("--import-runs", type=int, default=5, help="interpreters started per import measurement")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take before giving up")
+    parser.add_argument("--azure-limits", action="store_true",
+                        help="run the Full Sync and re-sync under Azure's scalability targets: a proxy metering Table "
+                             "Storage's entities per partition and account (503 ServerBusy) and the fake's Graph "
+                             "resource units (429 Retry-After)")
     parser.add_argument("--stock-azurite", action="store_true",
                         help="run Azurite without local/azurite_speedups.js (lookups and query pages scan the table)")
     args = parser.parse_args(argv)
@@ -195,13 +261,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 azurite_cpu_floor = _cpu_seconds(azurite.pid)
             _progress(f"floor: {floor['seconds']} s, {floor['write_requests']} transactions")
             with Azurite(speedups=not args.stock_azurite) as azurite:
+                tables, limited = azurite.connection_string, {}
+                if args.azure_limits:  # the sync's store behind the metering proxy, Graph metered too
+                    proxy = FaultProxy(azurite.host, azurite.port, limits=TableLimits(enabled=True)).start()
+                    children.append(proxy)
+                    control = LimitsControl(proxy).start()
+                    children.append(control)
+                    tables = connection_string(proxy.host, proxy.port)
+                    limited = {"BENCH_TABLE_LIMITS": control.url}
+                    httpx.post(f"{origin}/_fake/limits", json={"enabled": True}).raise_for_status()
                 env = _env(**APP_SETTINGS, **graph_settings(graph.ready), GRAPH_BASE_URL=base_url,
-                           TABLES_CONNECTION_STRING=azurite.connection_string, ServiceBusConnection=bus.ready["serviceBus"])
+                           TABLES_CONNECTION_STRING=tables, ServiceBusConnection=bus.ready["serviceBus"], **limited)
                 worker_args = ["benchmarks/worker.py", "--tenant", tenant_id, "--groups", ",".join(group_ids),
                                "--timeout", str(args.timeout), "--store-pid", str(azurite.pid)]
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
                 sync = run_script(worker_args, "sync worker", env=env, timeout=3 * args.timeout + 120)
+                httpx.post(f"{origin}/_fake/limits", json={"enabled": False}).raise_for_status()
+                synced_users = count_users(azurite.connection_string, f"{APP_SETTINGS['TABLE_PREFIX']}Users", ORG)
             _progress(f"sync: full {sync['full']['seconds']} s ({sync['full']['status']}), "
                       f"re-sync {sync.get('resync', {}).get('seconds')} s, "
                       f"dry re-sync {sync.get('dry_resync', {}).get('seconds')} s")
@@ -242,10 +319,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dry_run_table_writes": preview["wire"]["write_requests"],
         "dry_resync_s": dry_resync["seconds"],
         "dry_resync_user_writes": _sum(dry_resync["store"]["user_rows"], dry_resync["store"]["membership_rows"]),
+        "azure_floor_s": azure_floor(writes_floor, graph_floor, full.get("limits")),
+        "throttled_table_requests": _limited(full, resync, key="throttled_table_requests"),
+        "throttled_graph_requests": _limited(full, resync, key="throttled_graph_requests"),
+        "synced_users": synced_users,
     }
     report(args, {**result, "azurite_cpu_floor_s": azurite_cpu_floor}, floor, {**sync, "dry": preview}, writes_floor)
     print(json.dumps({k: result[k] for k in KEYS}), flush=True)
     return result
+
+
+def _limited(*phases: dict[str, Any], key: str) -> int | None:
+    """``key`` of the limits' metering summed over the phases run under them; None without --azure-limits."""
+    spent = [p["limits"] for p in phases if p.get("limits")]
+    return sum(s[key] for s in spent) if spent else None
 
 
 def _sum(*values: int | None) -> int | None:
@@ -291,6 +378,18 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     for name, value, ref, target, ok in rows:
         print(f"{name:<28}{value!s:>12}{ref!s:>12}{_ratio(value, ref):>9}  {target:<26}{mark[ok]}")
     print(f"{'re-sync seconds':<28}{r['resync_s']!s:>12}")
+    if r.get("azure_floor_s") is not None:
+        ok = r["full_sync_s"] is not None and r["full_sync_s"] <= 1.25 * r["azure_floor_s"]
+        print(f"{'full sync s (Azure limits)':<28}{r['full_sync_s']!s:>12}{r['azure_floor_s']!s:>12}"
+              f"{_ratio(r['full_sync_s'], r['azure_floor_s']):>9}  {'<= 1.25x azure_floor_s':<26}{mark[ok]}")
+        spent = full.get("limits") or {}
+        print(f"  under the limits: throttled table requests {r['throttled_table_requests']}, Graph"
+              f" {r['throttled_graph_requests']}; full sync wrote {spent.get('written')} and read {spent.get('read')}"
+              f" entities (users partition {spent.get('busiest_partition')}), {spent.get('graph_resource_units')}"
+              f" Graph resource units; users in the store {r['synced_users']}")
+        again = resync.get("limits") or {}
+        print(f"  re-sync: wrote {again.get('written')} and read {again.get('read')} entities (users partition"
+              f" {again.get('busiest_partition')}), {again.get('throttled_table_requests')} throttled table requests")
     preview = sync["dry"]
     print("\ndry runs (previews; they write no user, membership, invitation or grid row)")
     print(f"  before the first sync: {preview['status']} in {r['dry_run_s']} s (full sync {r['full_sync_s']} s),"

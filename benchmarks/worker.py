@@ -263,6 +263,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
     totals.clear()
     directory_before = svc.directory.requests
     (await graph.post("/_fake/stats/reset")).raise_for_status()
+    limits_before = await _limits(graph)
     peak = {"mb": 0.0, "at_s": 0.0}
     sampling = asyncio.create_task(_sample_rss(peak, time.perf_counter()))
     store = psutil.Process(store_pid) if store_pid else None
@@ -281,6 +282,7 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
     await consumer.settled()
     view = await svc.runs.view(caller.org, sub_id, run.id)
     stats = (await graph.get("/_fake/stats")).json()
+    limits = _limits_spent(limits_before, await _limits(graph))
     counters = svc.store.counters
     return {
         "seconds": round(seconds, 3),
@@ -306,7 +308,36 @@ async def phase(svc: Services, caller: Caller, sub_id: str, graph: httpx.AsyncCl
         "rss_peak_mb": round(peak["mb"], 1), "rss_peak_at_s": round(peak["at_s"], 1),
         "cpu_s": round(cpu, 3),
         "store_cpu_s": None if store_cpu is None else round(store_cpu, 3),
+        "limits": limits,
     }
+
+
+async def _limits(graph: httpx.AsyncClient) -> dict[str, Any] | None:
+    """The stand-ins' metering of Azure's limits now (``full_sync.py --azure-limits``), None without it."""
+    control = os.environ.get("BENCH_TABLE_LIMITS")
+    if not control:
+        return None
+    async with httpx.AsyncClient(timeout=30) as http:
+        table = (await http.get(f"{control}/tables/limits")).json()
+    return {"table": table, "graph": (await graph.get("/_fake/limits")).json()}
+
+
+def _limits_spent(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What one phase spent of the limits: throttled requests, and entities written and read (all partitions, and
+    the busiest one: the org's users partition)."""
+    if before is None or after is None:
+        return None
+    t0, t1 = before["table"], after["table"]
+    busiest = t1["partitions"][0] if t1["partitions"] else {"table": None, "partitionKey": None, "written": 0, "read": 0}
+    was = next((p for p in t0["partitions"] if (p["table"], p["partitionKey"]) == (busiest["table"],
+                                                                                  busiest["partitionKey"])),
+               {"written": 0, "read": 0})
+    return {"throttled_table_requests": sum(t1["throttled"].values()) - sum(t0["throttled"].values()),
+            "throttled_graph_requests": after["graph"]["throttled"] - before["graph"]["throttled"],
+            "graph_resource_units": after["graph"]["resourceUnits"] - before["graph"]["resourceUnits"],
+            "written": t1["written"] - t0["written"], "read": t1["read"] - t0["read"],
+            "busiest_partition": {"table": busiest["table"], "written": busiest["written"] - was["written"],
+                                  "read": busiest["read"] - was["read"]}}
 
 
 def _timeline(spans: list[tuple[float, float]], started: float, ended: float) -> dict[str, float]:

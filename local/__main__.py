@@ -68,10 +68,12 @@ class DevHost:
         if not self.given("TABLES_CONNECTION_STRING") and not self.given("TABLES_ENDPOINT"):
             self.azurite = Azurite(location=self.args.data).start()
             s["TABLES_CONNECTION_STRING"] = self.azurite.connection_string
-            if self.args.table_proxy:
+            if self.args.table_proxy or self.args.azure_limits:
                 from .fault_proxy import FaultProxy
+                from .table_limits import TableLimits
 
-                self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port).start()
+                self.table_proxy = FaultProxy(self.azurite.host, self.azurite.port,
+                                              limits=TableLimits(enabled=self.args.azure_limits)).start()
                 s["TABLES_CONNECTION_STRING"] = connection_string(self.table_proxy.host, self.table_proxy.port)
         from .broker.queues import load_definition
 
@@ -105,7 +107,8 @@ class DevHost:
             tenants = self.args.tenant or [str(DEMO_TENANT)]
             self.graph = FakeGraph(tenants=tenants, port=self.args.graph_port, latency_ms=self.args.latency_ms,
                                    registration=app.registration, managed_identity=app.managed_identity,
-                                   tls=app.tls, authority_port=self.args.authority_port).start()
+                                   tls=app.tls, authority_port=self.args.authority_port,
+                                   azure_limits=self.args.azure_limits).start()
             # A person clicks Microsoft's sign-in and consent pages (local/identity/README.md, "Interactive sign-in").
             self.graph.identity.interactive = bool(self.args.interactive_sign_in)
             identity = app.app_settings(os.environ.get("GRAPH_CREDENTIAL") or "secret", self.graph.authority)
@@ -379,6 +382,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--control-port", type=int, default=0)
     parser.add_argument("--table-proxy", action="store_true",
                         help="put a fault-injecting proxy between the app and Azurite (control: /tables/faults)")
+    parser.add_argument("--azure-limits", action="store_true",
+                        help="enforce Azure's scalability targets: Table Storage's entities per partition and account "
+                             "per second (503 ServerBusy; implies --table-proxy) and Graph's resource units per tenant "
+                             "per 10 s (429 Retry-After); control: /tables/limits and the fake's /_fake/limits")
     parser.add_argument("--lock-duration", type=float, default=None,
                         help="Service Bus message lock, seconds (default: infra/queues.json's, 5 minutes)")
     parser.add_argument("--max-delivery-count", type=int, default=None,

@@ -19,6 +19,11 @@ the request line and body: an org id, a table name, ``$batch``...; faults are ta
 - ``lose``: forward the request, then close the connection instead of answering: the write landed, its answer was
   lost, and the client's retry meets its own earlier write (409 exists, 412 ETag mismatch);
 - no status and no mode: only ``delayMs`` of latency, then forward.
+
+With ``limits`` on (``python -m local --azure-limits``, or ``POST {control}/tables/limits {"enabled": true}``) the
+proxy also meters Table Storage's scalability targets, entities per partition and per account per second, and answers
+beyond them 503 ServerBusy as Azure does (``local/table_limits.py``); ``GET {control}/tables/limits`` shows the
+settings and how many requests were throttled. Injected faults are taken first.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from typing import Any, Callable
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
 from local.server_thread import ServerThread
+from local.table_limits import LimitError, TableLimits
 
 MODES = ("status", "reset", "lose", "delay")
 FIELDS = {"match", "method", "times", "delayMs", "status", "retryAfter", "mode"}
@@ -74,8 +80,10 @@ def parse_fault(spec: Any) -> dict[str, Any]:
 class FaultProxy(ServerThread):
     """Forwards every request to ``upstream`` (Azurite) unless a pending fault matches it. Runs on its own thread."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1", port: int = 0,
+                 limits: TableLimits | None = None) -> None:
         self.upstream = f"http://{upstream_host}:{upstream_port}"
+        self.limits = limits or TableLimits()
         self.host = host
         self.port = port
         self._faults: list[dict[str, Any]] = []
@@ -106,7 +114,8 @@ class FaultProxy(ServerThread):
             def part(prefix: str) -> dict[str, int]:
                 return {k[len(prefix):]: v for k, v in self._counts.items() if k.startswith(prefix)}
             return {"requests": self._counts["requests"], "forwarded": self._counts["forwarded"],
-                    "injected": part("injected:"), "upstreamErrors": part("upstream:")}
+                    "injected": part("injected:"), "upstreamErrors": part("upstream:"),
+                    "throttled": part("throttled:")}
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -162,12 +171,17 @@ class FaultProxy(ServerThread):
             return _error(fault["status"], fault.get("retryAfter"))
         if mode == "reset":
             return _drop(request)
+        busy = self.limits.admit(request.method, request.raw_path, body) if mode is None else None
+        if busy is not None:
+            self._count(f"throttled:{busy[0]}")
+            return _error(503, None, busy[1])
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         async with self._session.request(request.method, self.upstream + request.raw_path, headers=headers,
                                          data=body, skip_auto_headers=("Content-Type", "User-Agent", "Accept",
                                                                        "Accept-Encoding")) as upstream:
             payload = await upstream.read()
             self._count("forwarded")
+            self.limits.charge_answer(request.method, request.raw_path, body, upstream.status, payload)
             if upstream.status >= 400:  # e.g. 412: ETag conflicts between concurrent writers, 409: already exists
                 self._count(f"upstream:{upstream.status}")
             if mode == "lose":
@@ -176,9 +190,10 @@ class FaultProxy(ServerThread):
             return web.Response(status=upstream.status, body=payload, headers=out)
 
 
-def _error(status: int, retry_after: Any) -> web.Response:
+def _error(status: int, retry_after: Any, message: str | None = None) -> web.Response:
     code = ERROR_CODES.get(status, "InjectedFault")
-    body = {"odata.error": {"code": code, "message": {"lang": "en-US", "value": f"Injected fault: HTTP {status}."}}}
+    text = message or f"Injected fault: HTTP {status}."
+    body = {"odata.error": {"code": code, "message": {"lang": "en-US", "value": text}}}
     headers = {"x-ms-error-code": code}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -231,6 +246,20 @@ def control_routes(proxy: Callable[[], FaultProxy | None], prefix: str = "/table
         p.reset_stats()
         return web.json_response(p.stats())
 
-    return [web.get(f"{prefix}/faults", get_faults), web.post(f"{prefix}/faults", add_faults),
+    async def get_limits(_: web.Request) -> web.Response:
+        p = proxy()
+        return web.json_response(p.limits.state()) if p else absent()
+
+    async def set_limits(request: web.Request) -> web.Response:
+        p = proxy()
+        if not p:
+            return absent()
+        try:
+            return web.json_response(p.limits.configure(await request.json()))
+        except (ValueError, LimitError) as exc:
+            return web.json_response({"code": "bad_limits", "message": str(exc)}, status=400)
+
+    return [web.get(f"{prefix}/limits", get_limits), web.post(f"{prefix}/limits", set_limits),
+            web.get(f"{prefix}/faults", get_faults), web.post(f"{prefix}/faults", add_faults),
             web.delete(f"{prefix}/faults", clear_faults), web.get(f"{prefix}/stats", stats),
             web.post(f"{prefix}/stats/reset", reset_stats)]

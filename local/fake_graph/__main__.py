@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-id", default="00000000-0000-0000-0000-00000000d5c1", help="the app registration")
     parser.add_argument("--client-secret", default=None, help="its client secret (default: a new random one)")
     parser.add_argument("--redirect-uri", action="append", help="a redirect URI of the registration (repeatable)")
+    parser.add_argument("--azure-limits", action="store_true",
+                        help="meter each tenant's resource units per 10 s as Graph does (429 Retry-After)")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = FakeGraph(tenants=args.tenant or [DEMO_TENANT], host=args.host, port=args.port,
                      latency_ms=args.latency_ms, registration=parser_app.registration,
                      managed_identity=parser_app.managed_identity, tls=parser_app.tls,
-                     authority_port=args.authority_port)
+                     authority_port=args.authority_port, azure_limits=args.azure_limits)
     fake.start()
     try:
         settings = parser_app.app_settings("secret", fake.authority)

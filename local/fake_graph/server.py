@@ -49,6 +49,7 @@ from .odata import (
     unsupported,
 )
 from .tenant import PROPERTY_LOOKUP, RESOURCE, SORTABLE, TYPE_NAME, Tenant, load_tenant
+from .throttling import THROTTLED_MESSAGE, GraphLimits
 
 log = logging.getLogger("local.fake_graph")
 
@@ -150,7 +151,8 @@ class FakeGraph(ServerThread):
 
     def __init__(self, tenants: list[dict | str | Path] | tuple = (), host: str = "127.0.0.1", port: int = 0,
                  latency_ms: float = 0, registration: AppRegistration | None = None,
-                 managed_identity: ManagedIdentity | None = None, tls: LocalCA | None = None, authority_port: int = 0):
+                 managed_identity: ManagedIdentity | None = None, tls: LocalCA | None = None, authority_port: int = 0,
+                 azure_limits: bool = False):
         self.tenants: dict[str, Tenant] = {}
         self.notifications = NotificationHub(self)
         self.delta_settings = DeltaSettings()
@@ -166,6 +168,7 @@ class FakeGraph(ServerThread):
         self.hidden_answer = "empty"
         self.set_search_lag(DEFAULT_SEARCH_LAG_S)
         self._faults: list[dict[str, Any]] = []
+        self.limits = GraphLimits(enabled=azure_limits)  # Graph's resource units per tenant (throttling.py)
         self._requests = 0
         self._by_route: Counter[str] = Counter()
         self.identity = IdentityPlatform(registration, managed_identity, tenant_lookup=self._lookup_tenant)
@@ -544,6 +547,13 @@ class FakeGraph(ServerThread):
                 raise route_error
             assert handler is not None
             tenant, roles = self._authenticate(request)
+            claims = request["claims"]
+            options = {"$" + k.lower().lstrip("$"): v for k, v in request.query.items()}
+            cost, throttled = self.limits.check(request.method, template, options,
+                                                str(claims.get("appid") or claims.get("azp") or "-"),
+                                                tenant.tenant_id, len(tenant.users))
+            if throttled is not None:
+                raise GraphError(429, "TooManyRequests", THROTTLED_MESSAGE, throttled)
             limited: set[str] = set()
             member_listing = request.method == "GET" and ("/members" in template or "/transitiveMembers" in template)
             for needed in required_roles(request.method, template):
@@ -554,7 +564,10 @@ class FakeGraph(ServerThread):
                         continue
                     raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
             request["roles"], request["limited"] = roles, frozenset(limited)
-            return await handler(request, tenant, params)
+            response = await handler(request, tenant, params)
+            if cost:
+                response.headers["x-ms-resource-unit"] = str(cost)
+            return response
         except GraphError as exc:
             return self._error(request, exc)
         except Exception:
@@ -1016,6 +1029,13 @@ class FakeGraph(ServerThread):
             return self._json(request, self._paging_state())
         if route == "POST /_fake/paging":
             return self._json(request, self._set_paging(await self._body(request)))
+        if route == "GET /_fake/limits":
+            return self._json(request, self.limits.state())
+        if route == "POST /_fake/limits":
+            try:
+                return self._json(request, self.limits.configure(await self._body(request)))
+            except ValueError as exc:
+                raise bad_request(str(exc), code="BadRequest") from None
         if route == "POST /_fake/latency":
             body = await self._body(request)
             ms = body.get("ms")
@@ -1033,6 +1053,7 @@ class FakeGraph(ServerThread):
             self.identity.reset()
             self.notifications.reset()
             self.delta_settings.__init__()  # type: ignore[misc]
+            self.limits.reset()
             return self._json(request, {"reset": True})
         if route == "GET /_fake/tenants":
             return self._json(request, {"tenants": [

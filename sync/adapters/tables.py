@@ -89,4 +89,14 @@ class TableStore:
 
 
 def _client_options() -> dict[str, Any]:
-    return {"connection_timeout": 10, "read_timeout": 60, "retry_total": 4, "retry_backoff_factor": 0.4}
+    """Timeouts and the SDK's retry policy (azure-core's, which retries 503 for every method, POST and PATCH too).
+
+    Table Storage answers 503 ServerBusy past a partition's ~2,000 entities/s or the account's 20,000 and asks for
+    exponential back-off (learn.microsoft.com/azure/storage/tables/scalability-targets); it sends no Retry-After (one
+    would be honoured). The SDK's default of 3 status retries (0, 0.8, 1.6 s here) gave up within 2.4 s, so a burst
+    past the partition's target cost the group message a delivery (measured: tests/faults/test_azure_limits.py).
+    Five status retries back off 0, 0.8, 1.6, 3.2, 4 s: a worker sits out ~10 s of throttling before its message
+    goes back for redelivery, and a person waits no longer than that for a 503 with Retry-After.
+    """
+    return {"connection_timeout": 10, "read_timeout": 60, "retry_total": 5, "retry_status": 5,
+            "retry_backoff_factor": 0.4, "retry_backoff_max": 4}

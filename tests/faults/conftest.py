@@ -80,10 +80,12 @@ def no_fault_left_behind(devhost):
     """Every test starts and ends without pending faults, so one test's faults never land in the next."""
     yield
     devhost.control("DELETE", "/tables/faults")
+    devhost.control("POST", "/tables/limits", json={"enabled": False})
     devhost.control("DELETE", "/smtp/faults")
     devhost.control("POST", "/servicebus/faults", json={"duplicateDeliveries": False})
     fake = FakeTenantAdmin(devhost.ready["graph"], "-")
     fake.control("DELETE", "/faults")
+    fake.control("POST", "/limits", json={"enabled": False})
     fake.control("POST", "/authority", json={"tokenLifetimeSeconds": 3600, "clientSecretExpired": False})
     fake.control("POST", "/hidden", json={"answer": "empty"})
     fake.control("POST", "/consent", json={"deny": False, "roles": ["User.Read.All", "GroupMember.Read.All"],

@@ -42,7 +42,7 @@ def test_busy_dropped_slow_and_lost_table_answers_during_a_sync_end_like_a_clean
         # Reads: busy within the SDK's retries, and connections dropped (GETs are retried by the SDK).
         {"match": users, "method": "GET", "status": 503, "times": 2, "retryAfter": 0},
         {"match": users, "method": "GET", "mode": "reset", "times": 2},
-        # Transactions of user rows: busy past the SDK's retries (the message is redelivered), a dropped
+        # Transactions of user rows: busy five times (within the SDK's five status retries), a dropped
         # connection (POSTs are not retried by the SDK), and two whose rows landed but whose answer was lost.
         {"match": ["$batch", *users], "status": 503, "times": 5},
         {"match": ["$batch", *users], "mode": "reset", "times": 1},
@@ -77,7 +77,8 @@ def test_a_table_failure_while_starting_a_sync_neither_hangs_the_run_nor_blocks_
     load_tenant(t.tenant)
     sub = connect(portal, [t.ids["eng"], t.ids["sales"]])
     before = table_injected(devhost)
-    for fault in ({"status": 503, "times": 4}, {"mode": "lose", "times": 1}, {"mode": "reset", "times": 1}):
+    # 503 six times: past the Table client's five status retries (sync/adapters/tables.py), so the request fails.
+    for fault in ({"status": 503, "times": 6}, {"mode": "lose", "times": 1}, {"mode": "reset", "times": 1}):
         # The run and its progress rows are written in one transaction when the sync starts.
         table_faults(devhost, {"match": ["$batch", portal.org, "dirsyncRuns"], **fault})
         refused = portal.http.post(f"{portal.api}/directory/subscriptions/{sub}/sync",
