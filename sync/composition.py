@@ -13,6 +13,7 @@ from .ports import (
     Alerts,
     Directory,
     DirectoryChangeFeed,
+    DueReminders,
     Groups,
     JobQueue,
     PendingInvitations,
@@ -44,6 +45,7 @@ class Services:
     mail_sender: Any = None
     alerts: Alerts | None = None
     invitations: PendingInvitations | None = None
+    reminders: DueReminders | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
     previews: PreviewLedgers = field(default_factory=PreviewLedgers)
@@ -86,6 +88,7 @@ def build(settings: Settings) -> Services:
                                max_tenants=settings.graph_tenant_cache)
     from .adapters.graph_changes import GraphChangeFeed
     from .adapters.table_invitations import TableInvitations
+    from .adapters.table_reminders import TableReminders
     from .adapters.table_watches import TableWatches
 
     services = Services(
@@ -102,6 +105,7 @@ def build(settings: Settings) -> Services:
         mail_sender=_mail_sender(settings),
         alerts=TableAlerts(store),
         invitations=TableInvitations(store),
+        reminders=TableReminders(store),
     )
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters
     services.closers += [store.close, queue.close, credentials.close, directory.close]

@@ -68,7 +68,7 @@ class Settings:
     max_pages_per_message: int
     segment_time_budget_s: float
     run_stale_after_minutes: int
-    enrollment_token_ttl_hours: int
+    enrollment_token_ttl_hours: float
     graph_concurrency: int
     graph_tenant_concurrency: int
     consent_propagation_grace_s: float
@@ -90,6 +90,9 @@ class Settings:
     # knows whether Service Bus will deliver it again, or whether this delivery must end its run.
     max_delivery_count: int = 10
     max_subscriptions_per_org: int = 20
+    # Enrollment invitations' lifecycle (issue 26): a reminder "day", and the least time between two invitations.
+    reminder_day_s: float = 86400.0
+    invitation_min_interval_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -126,7 +129,8 @@ class Settings:
             max_pages_per_message=int(reader.number("MAX_PAGES_PER_MESSAGE", 25, 1, 10_000)),
             segment_time_budget_s=reader.number("SEGMENT_TIME_BUDGET_SECONDS", 150.0, 1.0, 3600.0),
             run_stale_after_minutes=int(reader.number("RUN_STALE_AFTER_MINUTES", 180, 1, 10**6)),
-            enrollment_token_ttl_hours=int(reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168, 1, 24 * 365)),
+            # May be fractional (tests and demos expire links in minutes).
+            enrollment_token_ttl_hours=reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168.0, 0.001, 24 * 365),
             graph_concurrency=graph_concurrency,
             # One tenant's share of each Graph pool (the workers' and the people's): half unless said otherwise.
             graph_tenant_concurrency=int(reader.number("GRAPH_TENANT_CONCURRENCY", max(1, graph_concurrency // 2), 1, 64)),
@@ -147,6 +151,8 @@ class Settings:
             alerts_per_hour=int(reader.number("ALERTS_PER_HOUR", 10, 1, 1000)),
             max_delivery_count=int(reader.number("MAX_DELIVERY_COUNT", 10, 1, 2000)),
             max_subscriptions_per_org=int(reader.number("MAX_SUBSCRIPTIONS_PER_ORG", 20, 1, 10_000)),
+            reminder_day_s=reader.number("REMINDER_DAY_SECONDS", 86400.0, 1.0, 864000.0),
+            invitation_min_interval_s=reader.number("INVITATION_MIN_INTERVAL_SECONDS", 3600.0, 0.0, 30 * 86400.0),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()

@@ -28,6 +28,7 @@ SETTINGS = {
     # The recovery timer fires when a test asks (POST /admin/functions/recovery_sweep), never in the middle of another
     # test's faults (its Table Storage calls would take them).
     "RECOVERY_SCHEDULE": "0 0 0 1 1 *",
+    "ENROLLMENT_REMINDERS_SCHEDULE": "0 0 0 1 1 *",  # the reminder test fires it itself
     "SMTP_USERNAME": "mailer",
     "SMTP_PASSWORD": SMTP_PASSWORD,
     "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,
