@@ -180,12 +180,12 @@ async def resend_not_enrolled(svc: Services, caller: Caller, sub_id: str, body: 
     one on its way) are ``skipped``. Each user's write is conditional, so two calls at once queue each user once."""
     from .subscriptions import get as get_subscription
 
+    sub = await get_subscription(svc, caller, sub_id)  # another org's id: 404 whatever the body
     unknown = sorted(set(body) - {"filter"})
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", code="unknown_field")
     if body.get("filter") != "not_enrolled":
         raise InvalidInput('filter must be "not_enrolled"', code="invalid_filter")
-    sub = await get_subscription(svc, caller, sub_id)
     now = svc.clock()
     interval = svc.settings.invitation_min_interval_s
     candidates: list[str] = []
