@@ -39,6 +39,7 @@ from .model import (
     User,
     UserStatus,
 )
+from .ports import Stale
 from .users import ENROLLMENT_PURPOSE, change_user, invitation_revoked
 from .users import get as get_user
 
@@ -281,7 +282,7 @@ async def send_due_reminders(svc: Services) -> ReminderSummary:
     now = svc.clock()
     lease = _lease(svc)
     subs: dict[tuple[str, str], Subscription | None] = {}
-    jobs: list[EnrollmentJob] = []
+    due: list[tuple[User, Subscription, int]] = []
     for org, uid in await svc.reminders.due(now, REMINDERS_PER_FIRING):
         try:
             user = await svc.users.get(org, uid)
@@ -292,31 +293,43 @@ async def send_due_reminders(svc: Services) -> ReminderSummary:
             if action == DROP:
                 await svc.reminders.drop(org, uid)
                 summary.dropped += 1
-                continue
-            if action == WAIT:
+            elif action == WAIT:
                 await svc.reminders.defer(org, uid, value)
                 summary.waiting += 1
-                continue
-            job = await _queue_reminder(svc, subs[key], org, uid, value, now)
-            if job is not None:
-                jobs.append(job)
-                summary.sent += 1
+            else:
+                due.append((user, subs[key], value))
         except Exception:  # isolation: one user's failure must not stop the others (its row is looked at again)
             summary.failed += 1
-            log.exception("a reminder could not be queued", extra={"org": org, "user": uid})
+            log.exception("a reminder could not be decided", extra={"org": org, "user": uid})
+    if svc.invitations is not None:  # indexed before the users hold them (a 100-row transaction per org's batch)
+        by_org: dict[str, list[str]] = {}
+        for user, _, _ in due:
+            by_org.setdefault(user.org, []).append(user.id)
+        for org, ids in by_org.items():
+            await svc.invitations.expect(org, ids, now + lease)
+    jobs: list[EnrollmentJob] = []
+    for user, sub, step in due:
+        try:
+            job = await _queue_reminder(svc, sub, user, step, now)
+        except Exception:  # isolation, as above
+            summary.failed += 1
+            log.exception("a reminder could not be queued", extra={"org": user.org, "user": user.id})
+            continue
+        if job is not None:
+            jobs.append(job)
+            summary.sent += 1
     if jobs:  # a crash before this leaves them queued, and the recovery timer re-queues them
         await svc.queue.send_enrollment_jobs(jobs)
     return summary
 
 
-async def _queue_reminder(svc: Services, sub: Subscription, org: str, uid: str, step: int,
+async def _queue_reminder(svc: Services, sub: Subscription, user: User, step: int,
                           now: datetime) -> EnrollmentJob | None:
-    """Record step ``step`` on the user and queue it (once: the write is conditional on the row read); the index row
-    moves to the next step's time, or goes after the last."""
+    """Record step ``step`` on the user and queue it (once: the write is conditional on the row as read, ``user``,
+    re-read if it changed since); the index row moves to the next step's time, or goes after the last. The user is
+    already in the pending-invitation index."""
     s = svc.settings
     lease = _lease(svc)
-    if svc.invitations is not None:
-        await svc.invitations.expect(org, [uid], now + lease)
 
     async def mark(current: User) -> User | None:
         action, value = reminder_decision(current, sub, now, s.reminder_day_s, lease)
@@ -326,12 +339,19 @@ async def _queue_reminder(svc: Services, sub: Subscription, org: str, uid: str, 
         return replace(queued_again(current, InvitationReason.REMINDER, now), reminders_sent=step,
                        next_reminder_at=nxt)
 
-    written = await change_user(svc, org, uid, mark)
+    marked = await mark(user)
+    if marked is None:
+        return None
+    [outcome] = await svc.users.update([(marked, user.username)])  # no second read when nobody wrote it since
+    if isinstance(outcome, Stale):
+        written = await change_user(svc, user.org, user.id, mark)
+    else:
+        written = getattr(outcome, "user", None)
     if written is None or written.reminders_sent != step or written.invitation_queued_at != now:
         return None  # someone else sent this step meanwhile (or the user no longer qualifies): the next look decides
     if written.next_reminder_at is None:
-        await svc.reminders.drop(org, uid)
+        await svc.reminders.drop(user.org, user.id)
     else:
-        await svc.reminders.defer(org, uid, written.next_reminder_at)
+        await svc.reminders.defer(user.org, user.id, written.next_reminder_at)
     # The step names the message: a second send of this step's message is dropped by duplicate detection.
-    return EnrollmentJob(org, uid, None, tag=f"reminder{step}")
+    return EnrollmentJob(user.org, user.id, None, tag=f"reminder{step}")

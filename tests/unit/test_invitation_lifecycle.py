@@ -128,9 +128,11 @@ async def test_a_concurrent_timer_that_lost_the_race_queues_nothing(svc, tenant)
     svc.clock.advance(days=3)
     ann = by_name(svc)["ann"]
     sub = await svc.subscriptions.get("org-a", ann.subscription_id)
-    first = await lifecycle._queue_reminder(svc, sub, "org-a", ann.id, 1, svc.clock())
-    again = await lifecycle._queue_reminder(svc, sub, "org-a", ann.id, 1, svc.clock())
+    # Both timers read ann before either wrote: the second one's write is stale, and its re-read finds step 1 sent.
+    first = await lifecycle._queue_reminder(svc, sub, ann, 1, svc.clock())
+    again = await lifecycle._queue_reminder(svc, sub, ann, 1, svc.clock())
     assert first is not None and again is None
+    assert svc.users.rows[("org-a", ann.id)].reminders_sent == 1
 
 
 async def test_after_downtime_only_the_latest_step_due_is_sent(svc, tenant):
