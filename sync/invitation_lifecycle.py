@@ -40,7 +40,8 @@ from .model import (
     UserStatus,
 )
 from .ports import Stale
-from .users import ENROLLMENT_PURPOSE, change_user, invitation_revoked
+from .subscriptions import get as get_subscription
+from .users import ENROLLMENT_PURPOSE, change_user, invitation_revoked, sent_to_current_address
 from .users import get as get_user
 
 log = get_logger(__name__)
@@ -179,8 +180,6 @@ async def resend_not_enrolled(svc: Services, caller: Caller, sub_id: str, body: 
     """``POST /api/directory/subscriptions/{id}/invitations {"filter": "not_enrolled"}``: a new invitation to each of
     the subscription's Active users not enrolled with an e-mail; those invited within the minimum interval (or with
     one on its way) are ``skipped``. Each user's write is conditional, so two calls at once queue each user once."""
-    from .subscriptions import get as get_subscription
-
     sub = await get_subscription(svc, caller, sub_id)  # another org's id: 404 whatever the body
     unknown = sorted(set(body) - {"filter"})
     if unknown:
@@ -228,8 +227,6 @@ async def resend_not_enrolled(svc: Services, caller: Caller, sub_id: str, body: 
 async def reissue(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
     """``POST /api/enrollment/reissue {"token"}``: a validly signed but expired link of an Active user not enrolled
     gets a new invitation (to the address the link was sent to, if the user still has it)."""
-    from .users import _sent_to_current_address
-
     unknown = sorted(set(body) - {"token"})
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", code="unknown_field")
@@ -249,7 +246,7 @@ async def reissue(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
     if invitation_revoked(claims, user):
         raise Gone("this invitation was withdrawn when its directory was disconnected", code="invitation_revoked")
     issued = claims["exp"] - svc.settings.enrollment_token_ttl_hours * 3600
-    if user.enrolled_at is None and user.email and not _sent_to_current_address(claims, user, issued):
+    if user.enrolled_at is None and user.email and not sent_to_current_address(claims, user, issued):
         raise Gone("this enrollment link was sent to an address the user no longer has; the current address gets "
                    "an invitation of its own", code="address_changed")
     problem = refusal(user, now, svc.settings.invitation_min_interval_s)

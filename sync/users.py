@@ -177,7 +177,7 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
         if invitation_revoked(claims, user):
             # The directory that invited them was disconnected: the invitation went with it.
             raise Gone("this invitation was withdrawn when its directory was disconnected", code="invitation_revoked")
-        if not user.email or not _sent_to_current_address(claims, user, issued):
+        if not user.email or not sent_to_current_address(claims, user, issued):
             # The directory corrected the address: only the invitation sent to the new one may enrol.
             raise Gone("this enrollment link was sent to an address the user no longer has; the current address gets "
                        "an invitation of its own", code="address_changed")
@@ -192,7 +192,7 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     return user
 
 
-def _sent_to_current_address(claims: dict[str, Any], user: User, issued: int) -> bool:
+def sent_to_current_address(claims: dict[str, Any], user: User, issued: int) -> bool:
     """Does the user still have the address the link was sent to? A link names it (as a digest); one minted before
     links did (no ``to``) was sent to the address the user had then: the user's history tells whether it changed."""
     if "to" in claims:
