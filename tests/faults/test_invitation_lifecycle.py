@@ -34,9 +34,9 @@ def test_reminders_reach_pending_users_once_per_step_and_admins_resend_to_one_or
         t.user(name)
     t.group("invited", "Invited", ["rem.ann", "rem.bob", "rem.cat"])
     admin = load_tenant(t.tenant)
-    # Reminders 1 and 4 "days" (2 s and 8 s) after the first invitation.
+    # Reminders 1 and 5 "days" (2 s and 10 s) after the first invitation.
     sub = connect(portal, [t.ids["invited"]], sendEnrollmentEmail=True, deactivateBlockedUsers=True,
-                  enrollmentReminders=[1, 4])
+                  enrollmentReminders=[1, 5])
     assert sync(portal, sub)["status"] == "succeeded"
     poll(lambda: len(emails_of_org(devhost, portal.org)) == 3, 30, "the invitations")
     settle(devhost)
