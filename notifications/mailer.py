@@ -56,8 +56,8 @@ async def _record_sent(svc: Services, user: User, now, expires) -> None:
     """Record the invitation sent (its link's expiry, an ``invited`` history entry); a first invitation of a user
     whose subscription has reminders goes into the reminder index (before the user says so, as every index write)."""
     s = svc.settings
-    sub = (await svc.subscriptions.get(user.org, user.subscription_id)
-           if user.source_type == SourceType.AD_SYNC and user.subscription_id else None)
+    first_of_synced = user.invited_at is None and user.source_type == SourceType.AD_SYNC and user.subscription_id
+    sub = await svc.subscriptions.get(user.org, user.subscription_id) if first_of_synced else None
     days = sub.enrollment_reminders if sub is not None else ()
     first = lifecycle.sent_invitation(user, now, expires, days, s.reminder_day_s, s.history_retention_days)
     if first.next_reminder_at is not None and user.invited_at is None and svc.reminders is not None:
