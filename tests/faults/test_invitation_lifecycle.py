@@ -1,16 +1,20 @@
 """Issue 26 through the dev host, with a reminder "day" of 2 s: reminders reach pending users only, once per step
 with every Service Bus message delivered twice and the timer fired again and again, none after the schedule ends;
-a single and a bulk resend; the Users grid's invitation state and enrollment filter. (Reissue, catch-up after
-downtime and the refusals are unit tests: tests/unit/test_invitation_lifecycle.py.)"""
+a single and a bulk resend; an expired link reissued once per interval; the Users grid's invitation state and
+enrollment filter. (Catch-up after downtime and the other refusals are unit tests:
+tests/unit/test_invitation_lifecycle.py.)"""
 import re
 import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from local.__main__ import LOCAL_SIGNING_SECRET
 from local.client import ApiError
+from sync.users import enrollment_token
 from tests.faults import figures
 from tests.faults.helpers import connect, emails_of_org, poll, settle, sync
 from tests.faults.tenants import with_large_group
@@ -93,10 +97,25 @@ def test_reminders_reach_pending_users_once_per_step_and_admins_resend_to_one_or
                        expect=202)
     assert bulk == {"queued": 1, "skipped": 0}
     poll(lambda: len(to("rem.bob")) == 5, 20, "the bulk resend")
+
+    # An expired link (signed as the app signs them, to bob's address): 410 on complete, reissued once per interval.
+    expired = enrollment_token(LOCAL_SIGNING_SECRET, portal.org, bob, pending[0]["email"],
+                               datetime.now(timezone.utc) - timedelta(minutes=1))
+    with pytest.raises(ApiError) as gone:
+        portal.call("POST", "/enrollment/complete", json={"token": expired})
+    assert (gone.value.status, gone.value.body["code"]) == (410, "token_expired")
+    time.sleep(4)
+    assert portal.call("POST", "/enrollment/reissue", json={"token": expired}, expect=202)["invitation"]["status"]
+    with pytest.raises(ApiError) as again:
+        portal.call("POST", "/enrollment/reissue", json={"token": expired})
+    assert again.value.status == 429 and int(again.value.headers["Retry-After"]) >= 1
+    poll(lambda: len(to("rem.bob")) == 6, 20, "the reissued invitation")
     settle(devhost)
     mails = to("rem.bob")
-    assert len(mails) == 5 and portal.call("POST", "/enrollment/complete", json={"token": _token(mails[2])})["enrolledAt"]
+    assert len(mails) == 6 and portal.call("POST", "/enrollment/complete", json={"token": _token(mails[2])})["enrolledAt"]
     with pytest.raises(ApiError) as used:  # the first link used wins; the others answer token_used
-        portal.call("POST", "/enrollment/complete", json={"token": _token(mails[4])})
+        portal.call("POST", "/enrollment/complete", json={"token": _token(mails[5])})
     assert (used.value.status, used.value.body["code"]) == (409, "token_used")
+    reasons = [e["reason"] for e in portal.history(bob) if e["change"] == "invited"]
+    assert reasons == ["reissued", "resent_by_admin", "resent_by_admin", "reminder", "reminder", "invitation"]
     figures.tried("enrollment reminders with every message delivered twice", 1)
