@@ -585,7 +585,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = {"CHANGE_DEBOUNCE_SECONDS": str(args.debounce),
            # the timers fire only when the benchmark asks (once a year otherwise), so nothing else calls Graph
            "NIGHTLY_SYNC_SCHEDULE": "0 0 0 1 1 *", "WATCH_RENEWAL_SCHEDULE": "0 0 0 1 1 *",
-           "RECOVERY_SCHEDULE": "0 0 0 1 1 *"}
+           "RECOVERY_SCHEDULE": "0 0 0 1 1 *",
+           "ENROLLMENT_REMINDERS_SCHEDULE": "0 0 0 1 1 *"}
     with tempfile.TemporaryDirectory(prefix="bench-changes-") as tmp:
         log = args.log or str(Path(tmp) / "devhost.log")
         host = DevHostProcess(env=env, outbox=str(Path(tmp) / "outbox"), log=log)

@@ -427,6 +427,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     MAX_DELIVERY_COUNT: string(queueDefinition.properties.maxDeliveryCount) // a change job's last delivery ends its run
     WATCH_RENEWAL_SCHEDULE: '0 17 * * * *' // hourly; watches live WATCH_LIFETIME_HOURS (72) and renew at half-life
     RECOVERY_SCHEDULE: '30 * * * * *' // every minute: stranded runs sent or ended, invitations no run will send re-queued
+    ENROLLMENT_REMINDERS_SCHEDULE: '0 5 * * * *' // hourly: the enrollment reminders due
     NOTIFICATION_URL: '@Microsoft.KeyVault(VaultName=${keyVault.name};SecretName=${notificationUrlValue.name})'
 
     // Microsoft Graph: app-only tokens per customer tenant, proven by the identity (federated credential).

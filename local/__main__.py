@@ -133,6 +133,7 @@ class DevHost:
             "NIGHTLY_SYNC_SCHEDULE": "0 0 2 * * *",
             "WATCH_RENEWAL_SCHEDULE": "0 17 * * * *",
             "RECOVERY_SCHEDULE": "30 * * * * *",
+            "ENROLLMENT_REMINDERS_SCHEDULE": "0 5 * * * *",
             # Graph's change notifications come to the dev host itself (the fake accepts http on loopback only).
             "NOTIFICATION_URL": f"http://127.0.0.1:{self.port}/api/directory/notifications",
             "GRAPH_CLIENT_ID": LOCAL_CLIENT_ID,

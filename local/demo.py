@@ -3,13 +3,15 @@
 Starts the dev host (``python -m local``) with the Contoso demo tenant, then drives the public HTTP API exactly as
 the portal backend would: New Active Directory, admin consent, username attribute, group search and selection,
 options, a preview (dry run) of the first sync with its proposed changes, Full Sync with a progress line, the Users
-and Groups grids and the invitations in the SMTP sink. Then it changes the tenant the way an Azure admin would
+and Groups grids and the invitations in the SMTP sink; one user enrolls and the reminder timer reminds the others.
+Then it changes the tenant the way an Azure admin would
 (Graph writes), runs the nightly function on demand and prints what changed: the grid before and after, the
 nightly run's change list, and a deactivated user's history. The dev host always stops; any failure exits non-zero naming the step and the host's log.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -40,6 +42,9 @@ ATTRIBUTE_MAPPING = {"phone": "mobilePhone", "department": "department", "jobTit
                                 "badge": "onPremisesExtensionAttributes/extensionAttribute1",
                                 "costCode": "extension_5bfc8fdacfc943a9a6de214ea9d15fdb_costCode"}}
 USERNAME_ATTRIBUTE = "mail"  # guests keep their home address; the two users without a mailbox are skipped
+ENROLLS = "adele.vance@contoso.example"  # enrolls through the invitation's link: no reminder
+REMINDER_DAYS = [2]  # a reminder 2 "days" after the first invitation; a day is REMINDER_DAY_SECONDS (2 s here)
+DEMO_SETTINGS = {"REMINDER_DAY_SECONDS": "2", "ENROLLMENT_REMINDERS_SCHEDULE": "0 0 0 1 1 *"}  # fired on demand
 
 REASONS = {
     "blocked_in_directory": "sign-in blocked in Entra ID",
@@ -162,6 +167,7 @@ class Demo:
         before = self.show_grids()
         self.show_mapped(before)
         self.show_emails(first["counts"].get("emailsQueued", 0))
+        self.reminders()
         self.change_tenant(before)
         nightly = self.nightly(first["runId"])
         after = {u["id"]: u for u in self.portal.users()}
@@ -225,9 +231,11 @@ class Demo:
             selected = self.portal.select_groups(self.sub_id, [found[name]["id"] for name in SELECT])
             self.out.line("selected: " + ", ".join(g["displayName"] for g in selected)
                           + "  (Engineering nests Platform Team, which nests Platform On-Call)")
-            sub = self.portal.update(self.sub_id, deactivateBlockedUsers=True, sendEnrollmentEmail=True)
+            sub = self.portal.update(self.sub_id, deactivateBlockedUsers=True, sendEnrollmentEmail=True,
+                                     enrollmentReminders=REMINDER_DAYS)
             self.out.line(f"deactivateBlockedUsers = {sub['deactivateBlockedUsers']}, "
-                          f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}")
+                          f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}, "
+                          f"enrollmentReminders = {sub['enrollmentReminders']}")
             mapping = self.portal.update(self.sub_id, attributeMapping=ATTRIBUTE_MAPPING)["attributeMapping"]
             self.out.line("attributeMapping: " + ", ".join(f"{k} <- {v}" for k, v in mapping.items() if k != "custom")
                           + "; custom " + ", ".join(f"{k} <- {v}" for k, v in mapping["custom"].items()))
@@ -311,6 +319,37 @@ class Demo:
                 self.out.line()
                 self.out.line(f"{len(files)} e-mails; one of them: {display_path(files[0])}")
 
+    def reminders(self) -> None:
+        """One user enrolls; the reminder timer (fired on demand) reminds the others, once each."""
+        with self.step(f"A reminder to those not enrolled (enrollmentReminders {REMINDER_DAYS}, a day of 2 s here)"):
+            invitations = [BytesParser(policy=policy.default).parsebytes(f.read_bytes())
+                           for f in sorted(self.outbox.glob("*.eml"))]
+            mine = next(m for m in invitations if m["X-Envelope-To"] == ENROLLS)
+            token = re.search(r"/enroll\?token=(\S+)", mine.get_body(preferencelist=("plain",)).get_content()).group(1)
+            self.portal.call("POST", "/enrollment/complete", json={"token": token})
+            self.out.line(f"{ENROLLS} enrolls through the invitation's link (POST /api/enrollment/complete)")
+            origin = self.host.ready["api"].rsplit("/api", 1)[0]
+            expected, deadline = len(invitations) - 1, time.monotonic() + 30
+            while True:  # the hourly timer, fired again and again: each user still gets one reminder
+                if httpx.post(f"{origin}/admin/functions/enrollment_reminders", json={}, timeout=30).status_code != 202:
+                    raise StepFailed("POST /admin/functions/enrollment_reminders was refused")
+                files = sorted(self.outbox.glob("*.eml"))[len(invitations):]
+                self.out.progress(f"{len(files)}/{expected} reminders delivered", transient=True)
+                if len(files) >= expected or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            reminders = [BytesParser(policy=policy.default).parsebytes(f.read_bytes()) for f in files]
+            if len(reminders) != expected or any(m["X-Envelope-To"] == ENROLLS for m in reminders):
+                raise StepFailed(f"{len(reminders)} reminders arrived, {expected} expected (none to {ENROLLS})")
+            self.out.table(("TO", "SUBJECT"), sorted((m["X-Envelope-To"], " ".join(str(m["Subject"]).split()))
+                                                     for m in reminders)[:3])
+            self.out.line(f"… {len(reminders)} reminders, one per user not enrolled; none to {ENROLLS}")
+            pending = self.portal.users(enrollment="not_enrolled", status="Active")
+            self.out.line(f"GET /api/users?enrollment=not_enrolled&status=Active -> {len(pending)} users, e.g.:")
+            self.out.table(("USERNAME", "INVITATION", "REMINDERS SENT", "NEXT REMINDER"),
+                           [(u["username"], u["invitation"]["status"], u["invitation"]["remindersSent"],
+                             u["invitation"]["nextReminderAt"] or "none") for u in pending[:3]])
+
     def change_tenant(self, users: dict[str, dict[str, Any]]) -> None:
         """Block one user and remove another from a group, as an Azure admin would."""
         with self.step("An Azure admin changes the tenant (Graph writes to the fake tenant)"):
@@ -375,7 +414,7 @@ class Demo:
             self.out.line()
             self.out.line(f"GET /api/users/{who['id']}/history ({who['username']}: why inactive?)")
             self.out.table(("AT", "RUN", "TRIGGER", "CHANGE", "REASON"),
-                           [(h["at"], h["runId"], h["trigger"], h["change"], h["reason"])
+                           [(h["at"], h["runId"] or "-", h["trigger"], h["change"], h["reason"])
                             for h in self.portal.history(who["id"])])
 
 
@@ -425,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     started = time.monotonic()
     print("Directory Sync demo: the Contoso tenant through the HTTP API, as the portal backend drives it")
-    host = DevHostProcess(outbox=str(outbox), log=str(log))
+    host = DevHostProcess(outbox=str(outbox), log=str(log), env=DEMO_SETTINGS)
     demo = Demo(host, console, log)
     try:
         demo.run()

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from typing import Callable
 
+from sync import invitation_lifecycle as lifecycle
 from sync.composition import Services
 from sync.decisions import same_address
 from sync.errors import SettingsError, Transient
 from sync.logs import get_logger
-from sync.model import EmailState, EnrollmentJob, User, UserStatus
+from sync.model import EmailState, EnrollmentJob, InvitationReason, SourceType, User, UserStatus
 from sync.users import change_user, enrollment_token
 
 from .render import NAME_LIMIT, header_text, render_invitation
@@ -29,10 +31,11 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
     s = svc.settings
     now = svc.clock()
     expires = now + timedelta(hours=s.enrollment_token_ttl_hours)
-    token = enrollment_token(s.signing_secret, user.org, user.id, user.email or "", expires)
+    token = enrollment_token(s.signing_secret, user.org, user.id, user.email or "", expires, user.source_type)
     link = f"{s.portal_base_url}/enroll?token={token}"
     rendered = render_invitation(portal_name=s.portal_name, portal_url=s.portal_base_url,
-                                 display_name=user.display_name, username=user.username, link=link, expires_at=expires)
+                                 display_name=user.display_name, username=user.username, link=link, expires_at=expires,
+                                 reminder=user.invitation_reason == InvitationReason.REMINDER)
     email = OutgoingEmail(to_address=user.email or "", to_name=header_text(user.display_name, NAME_LIMIT), subject=rendered.subject,
                           html=rendered.html, text=rendered.text, message_id_hint=job.message_id)
     try:
@@ -43,9 +46,28 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
             log.warning("invitation refused permanently", extra={"org": user.org, "user": user.id})
             return "failed"
         return await _retry_later(svc, user, job, str(exc))
-    await _record(svc, user, EmailState.SENT, sent=True)
-    log.info("invitation sent", extra={"org": user.org, "user": user.id, "run": job.run_id})
+    await _record_sent(svc, user, now, expires)
+    log.info("invitation sent", extra={"org": user.org, "user": user.id, "run": job.run_id,
+                                       "reason": user.invitation_reason or InvitationReason.INVITATION})
     return "sent"
+
+
+async def _record_sent(svc: Services, user: User, now, expires) -> None:
+    """Record the invitation sent (its link's expiry, an ``invited`` history entry); a first invitation of a user
+    whose subscription has reminders goes into the reminder index (before the user says so, as every index write)."""
+    s = svc.settings
+    first_of_synced = user.invited_at is None and user.source_type == SourceType.AD_SYNC and user.subscription_id
+    sub = await svc.subscriptions.get(user.org, user.subscription_id) if first_of_synced else None
+    days = sub.enrollment_reminders if sub is not None else ()
+    first = lifecycle.sent_invitation(user, now, expires, days, s.reminder_day_s, s.history_retention_days)
+    if first.next_reminder_at is not None and user.invited_at is None and svc.reminders is not None:
+        await svc.reminders.expect(user.org, [user.id], first.next_reminder_at)
+
+    def sent(current: User) -> User:
+        out = _outcome(current, EmailState.SENT, svc.clock(), sent=True)
+        return lifecycle.sent_invitation(out, now, expires, days, s.reminder_day_s, s.history_retention_days)
+
+    await _record(svc, user, EmailState.SENT, outcome=sent)
 
 
 async def _retry_later(svc: Services, user: User, job: EnrollmentJob, why: str) -> str:
@@ -103,13 +125,14 @@ def _outcome(user: User, state: str, now, *, error: str | None = None, sent: boo
                    updated_at=now, enrollment_email_sent_at=now if sent else user.enrollment_email_sent_at)
 
 
-async def _record(svc: Services, user: User, state: str, *, error: str | None = None, sent: bool = False) -> None:
+async def _record(svc: Services, user: User, state: str, *, error: str | None = None,
+                  outcome: Callable[[User], User] | None = None) -> None:
     """Write the invitation's outcome, re-reading if the row changed meanwhile (the outcome must not be lost)."""
 
     async def record(current: User) -> User | None:
         if current.enrollment_email == EmailState.QUEUED and not same_address(current.email, user.email):
             return None  # the address changed meanwhile: its own invitation is due, not this one's outcome
-        return _outcome(current, state, svc.clock(), error=error, sent=sent)
+        return outcome(current) if outcome else _outcome(current, state, svc.clock(), error=error)
 
     await change_user(svc, user.org, user.id, record)
     if state in (EmailState.SENT, EmailState.FAILED) and svc.invitations is not None:

@@ -31,10 +31,11 @@ def _environments() -> tuple[Any, Any]:
 
 
 def render_invitation(*, portal_name: str, portal_url: str, display_name: str, username: str, link: str,
-                      expires_at: datetime) -> RenderedEmail:
-    """The enrollment invitation for one newly synced user."""
+                      expires_at: datetime, reminder: bool = False) -> RenderedEmail:
+    """The enrollment invitation for one newly synced user (or its reminder, which says so)."""
     html_env, text_env = _environments()
     context = {
+        "reminder": reminder,
         "portal_name": portal_name,
         "portal_url": portal_url,
         "display_name": display_name,

@@ -62,10 +62,20 @@ class SmtpSender(MailSender):
                 refused = client.send_message(message, to_addrs=recipients)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
-            raise MailError(f"the relay refused the recipient ({codes})", permanent=all(c >= 500 for c in codes)) from None
+            replies = "; ".join(f"{code} {_reply(text)}" for code, text in exc.recipients.values())
+            raise MailError(f"the relay refused the recipient: {replies}", permanent=all(c >= 500 for c in codes)) from None
+        except smtplib.SMTPAuthenticationError as exc:  # its reply may echo what was sent: the code only
+            raise MailError(f"the relay answered {exc.smtp_code}", permanent=False) from None
         except smtplib.SMTPResponseException as exc:
-            raise MailError(f"the relay answered {exc.smtp_code}", permanent=exc.smtp_code >= 500
-                            and not isinstance(exc, smtplib.SMTPAuthenticationError)) from None
+            raise MailError(f"the relay answered {exc.smtp_code} {_reply(exc.smtp_error)}",
+                            permanent=exc.smtp_code >= 500) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise MailError(f"the relay could not be reached: {type(exc).__name__}", permanent=False) from None
         return tuple(refused)  # the relay took the message for the others
+
+
+def _reply(text: Any) -> str:
+    """A relay's reply text as one printable line (kept on the user's invitation as ``lastError``), at most 200."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return header_text(str(text or ""), 200)

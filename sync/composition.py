@@ -13,6 +13,7 @@ from .ports import (
     Alerts,
     Directory,
     DirectoryChangeFeed,
+    DueReminders,
     EventLog,
     Groups,
     JobQueue,
@@ -50,6 +51,7 @@ class Services:
     events: EventLog | None = None
     webhooks: Webhooks | None = None
     webhook_sender: WebhookSender | None = None
+    reminders: DueReminders | None = None
     clock: Callable[[], datetime] = utcnow
     recent: RecentUsers = field(default_factory=RecentUsers)
     previews: PreviewLedgers = field(default_factory=PreviewLedgers)
@@ -93,6 +95,7 @@ def build(settings: Settings) -> Services:
     from .adapters.graph_changes import GraphChangeFeed
     from .adapters.table_events import TableEvents
     from .adapters.table_invitations import TableInvitations
+    from .adapters.table_reminders import TableReminders
     from .adapters.table_watches import TableWatches
     from .adapters.table_webhooks import TableWebhooks
     from .adapters.webhook_http import HttpWebhookSender
@@ -115,6 +118,7 @@ def build(settings: Settings) -> Services:
         events=TableEvents(store),
         webhooks=TableWebhooks(store),
         webhook_sender=HttpWebhookSender(),
+        reminders=TableReminders(store),
     )
     services.users = EventedUsers(store.users, services)  # type: ignore[assignment]  # one event per accepted write
     services.store = store  # type: ignore[attr-defined]  # benchmarks read its write counters

@@ -304,7 +304,7 @@ def updated_user(existing: User, desired: Desired, group_id: str, selected: Iter
             and desired.status == UserStatus.ACTIVE and not same_address(existing.email, desired.email)):
         # Decided with the row's write, so a redelivered message finds the new address already stored: once.
         invitation = {"enrollment_email": EmailState.QUEUED, "enrollment_email_lease_until": None,
-                      "enrollment_email_error": None, "enrollment_email_sent_at": None}
+                      "enrollment_email_error": None, "enrollment_email_sent_at": None, "invitation_reason": None}
     return replace(
         existing,
         **_directory_fields(desired),

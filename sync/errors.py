@@ -64,6 +64,17 @@ class Gone(SyncError):
     code = "gone"
 
 
+class TooSoon(SyncError):
+    """The same thing was done too recently; try again after ``retry_after`` seconds (HTTP 429 with Retry-After)."""
+
+    status = 429
+    code = "too_soon"
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, retryAfterSeconds=max(1, int(retry_after + 0.999)))
+        self.retry_after = retry_after
+
+
 class PayloadTooLarge(SyncError):
     """The request body is larger than we accept (HTTP 413)."""
 

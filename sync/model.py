@@ -152,6 +152,19 @@ class EmailState:
     FAILED = "failed"
 
 
+class InvitationReason:
+    """Why an invitation e-mail went out (the ``invited`` history entry's reason)."""
+
+    INVITATION = "invitation"  # the first one, when the user was synced (or a new address's)
+    REMINDER = "reminder"  # the subscription's enrollmentReminders
+    RESENT_BY_ADMIN = "resent_by_admin"
+    REISSUED = "reissued"  # the user asked for a new link with an expired one
+    ALL = ("invitation", "reminder", "resent_by_admin", "reissued")
+
+
+INVITED = "invited"  # the history entry of an invitation sent
+
+
 @dataclass(frozen=True)
 class GroupRef:
     """A directory group as the portal shows it."""
@@ -203,6 +216,7 @@ class Subscription:
     username_attribute: str = "userPrincipalName"
     deactivate_blocked_users: bool = False
     send_enrollment_email: bool = False
+    enrollment_reminders: tuple[int, ...] = ()  # days after the first invitation when a reminder goes out
     nightly_sync: bool = True
     groups: tuple[GroupRef, ...] = ()
     created_at: datetime = field(default_factory=utcnow)
@@ -494,6 +508,15 @@ class User:
     enrollment_email_sent_at: datetime | None = None
     enrollment_email_error: str | None = None
     enrolled_at: datetime | None = None
+    # The invitation's lifecycle (sync/invitation_lifecycle.py): when the first one was sent (reminders count from
+    # it), how many reminders went out, when the next one is due, the last link's expiry, why the pending (or last)
+    # invitation was queued, and when it was queued (the least interval between two invitations counts from it).
+    invited_at: datetime | None = None
+    reminders_sent: int = 0
+    next_reminder_at: datetime | None = None
+    invitation_expires_at: datetime | None = None
+    invitation_reason: str | None = None
+    invitation_queued_at: datetime | None = None
     last_run_id: str | None = None
     last_change: str | None = None
     created_at: datetime = field(default_factory=utcnow)
@@ -528,6 +551,14 @@ class User:
             "groups": groups,
             "enrollmentEmailSentAt": iso(self.enrollment_email_sent_at),
             "enrolledAt": iso(self.enrolled_at),
+            "invitation": {
+                "status": self.enrollment_email or "none",
+                "sentAt": iso(self.enrollment_email_sent_at),
+                "remindersSent": self.reminders_sent,
+                "nextReminderAt": iso(self.next_reminder_at) if self.enrolled_at is None else None,
+                "expiresAt": iso(self.invitation_expires_at),
+                "lastError": self.enrollment_email_error,
+            },
             "createdAt": iso(self.created_at),
             "updatedAt": iso(self.updated_at),
         }

@@ -169,6 +169,7 @@ class UserFilter:
     status: str | None = None
     source_type: str | None = None
     search: str | None = None
+    enrollment: str | None = None  # "enrolled" or "not_enrolled"
 
 
 class Users(abc.ABC):
@@ -355,6 +356,14 @@ class PendingInvitations(abc.ABC):
     @abc.abstractmethod
     async def drop(self, org: str, user_id: str) -> None:
         """Forget the invitation (sent, failed, or nothing pending); gone already is fine."""
+
+
+class DueReminders(PendingInvitations):
+    """The index of enrollment reminders to come: (org, user id) -> when the user's next reminder is due. The same
+    four operations as the pending-invitation index, in a table of its own so each timer's query reads only its own
+    due rows. A row is written when a user's first invitation is sent (their subscription has enrollmentReminders),
+    moved to the next step's time after each reminder, and dropped after the last step or once the user no longer
+    qualifies (enrolled, inactive, no e-mail, out of scope)."""
 
 
 class Watches(abc.ABC):

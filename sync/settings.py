@@ -69,7 +69,7 @@ class Settings:
     max_pages_per_message: int
     segment_time_budget_s: float
     run_stale_after_minutes: int
-    enrollment_token_ttl_hours: int
+    enrollment_token_ttl_hours: float
     graph_concurrency: int
     graph_tenant_concurrency: int
     consent_propagation_grace_s: float
@@ -97,6 +97,9 @@ class Settings:
     event_retention_days: int = 30
     # The region a national phone number is read in when the user has no usageLocation (attribute mapping).
     default_phone_region: str | None = None
+    # Enrollment invitations' lifecycle (issue 26): a reminder "day", and the least time between two invitations.
+    reminder_day_s: float = 86400.0
+    invitation_min_interval_s: float = 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -133,7 +136,8 @@ class Settings:
             max_pages_per_message=int(reader.number("MAX_PAGES_PER_MESSAGE", 25, 1, 10_000)),
             segment_time_budget_s=reader.number("SEGMENT_TIME_BUDGET_SECONDS", 150.0, 1.0, 3600.0),
             run_stale_after_minutes=int(reader.number("RUN_STALE_AFTER_MINUTES", 180, 1, 10**6)),
-            enrollment_token_ttl_hours=int(reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168, 1, 24 * 365)),
+            # May be fractional (tests and demos expire links in minutes).
+            enrollment_token_ttl_hours=reader.number("ENROLLMENT_TOKEN_TTL_HOURS", 168.0, 0.001, 24 * 365),
             graph_concurrency=graph_concurrency,
             # One tenant's share of each Graph pool (the workers' and the people's): half unless said otherwise.
             graph_tenant_concurrency=int(reader.number("GRAPH_TENANT_CONCURRENCY", max(1, graph_concurrency // 2), 1, 64)),
@@ -159,6 +163,8 @@ class Settings:
                 "WEBHOOK_ALLOW_HTTP_LOOPBACK", ("true", "false", "True", "False"), "false").lower() == "true",
             event_retention_days=int(reader.number("EVENT_RETENTION_DAYS", 30, 1, 3650)),
             default_phone_region=_phone_region(reader),
+            reminder_day_s=reader.number("REMINDER_DAY_SECONDS", 86400.0, 1.0, 864000.0),
+            invitation_min_interval_s=reader.number("INVITATION_MIN_INTERVAL_SECONDS", 3600.0, 0.0, 30 * 86400.0),
         )
         _cross_checks(settings, reader)
         reader.raise_if_errors()

@@ -41,7 +41,10 @@ MAX_GROUPS = 200  # each selected group is a property on every member's row; Tab
 MIN_SEARCH = 4
 MAX_SEARCH = 256
 SEARCH_LIMIT = 50
-PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync", "notifyEmails")
+PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "enrollmentReminders",
+             "nightlySync", "notifyEmails")
+MAX_REMINDERS = 5
+REMINDER_DAYS = (1, 60)
 PATCHABLE += ("attributeMapping",)  # the directory property of each portal field (sync/attribute_mapping.py)
 
 
@@ -95,6 +98,8 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             changes[attr] = body[field]
     if "attributeMapping" in body:  # validated whole before anything is saved: a bad key changes nothing
         changes["attribute_mapping"] = parse_mapping(body["attributeMapping"])
+    if "enrollmentReminders" in body:
+        changes["enrollment_reminders"] = enrollment_reminders(body["enrollmentReminders"])
     addresses = notify_emails(body["notifyEmails"]) if "notifyEmails" in body else None
     asks: list = []
 
@@ -111,6 +116,17 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
         # went out finds its row sent and is not sent twice.
         await alert_recipients.ask(svc, sub, asks + pending_asks(sub, asks))
     return sub
+
+
+def enrollment_reminders(value: Any) -> tuple[int, ...]:
+    """Whole days after the first invitation, strictly increasing, each 1-60, at most 5 (``[]``: no reminders)."""
+    low, high = REMINDER_DAYS
+    if (not isinstance(value, list) or len(value) > MAX_REMINDERS
+            or any(type(d) is not int or not low <= d <= high for d in value)
+            or any(a >= b for a, b in zip(value, value[1:]))):
+        raise InvalidInput(f"enrollmentReminders must be at most {MAX_REMINDERS} whole numbers of days, strictly "
+                           f"increasing, each {low}-{high}", code="invalid_enrollment_reminders")
+    return tuple(value)
 
 
 async def delete(svc: Services, caller: Caller, sub_id: str) -> None:

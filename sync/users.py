@@ -31,7 +31,7 @@ async def group_names(svc: Services, org: str) -> dict[str, str]:
 
 async def page(svc: Services, caller: Caller, params: dict[str, str]) -> dict[str, Any]:
     """One page of the Users grid, filtered."""
-    allowed = {"status", "sourceType", "search", "pageSize", "continuationToken"}
+    allowed = {"status", "sourceType", "search", "enrollment", "pageSize", "continuationToken"}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise InvalidInput(f"unknown query parameter(s): {', '.join(unknown)}", code="unknown_parameter")
@@ -41,11 +41,14 @@ async def page(svc: Services, caller: Caller, params: dict[str, str]) -> dict[st
     source = params.get("sourceType") or None
     if source not in (None, SourceType.AD_SYNC, SourceType.MANUAL):
         raise InvalidInput("sourceType must be AdSync or Manual", code="invalid_source_type")
+    enrollment = params.get("enrollment") or None
+    if enrollment not in (None, "enrolled", "not_enrolled"):
+        raise InvalidInput("enrollment must be enrolled or not_enrolled", code="invalid_enrollment")
     search = params.get("search") or None
     if search is not None and (len(search) > MAX_TEXT or any(ord(c) < 32 for c in search)):
         raise InvalidInput(f"search must be at most {MAX_TEXT} printable characters", code="invalid_search")
     size = page_size(params.get("pageSize"), default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
-    users, token = await svc.users.page(caller.org, UserFilter(status, source, search), size,
+    users, token = await svc.users.page(caller.org, UserFilter(status, source, search, enrollment), size,
                                         params.get("continuationToken") or None)
     names = await group_names(svc, caller.org)
     return {"users": [u.to_api(names) for u in users], "continuationToken": token}
@@ -133,11 +136,21 @@ async def synced_groups(svc: Services, caller: Caller) -> list[SyncedGroup]:
     return sorted(groups, key=lambda g: g.display_name.lower())
 
 
-def enrollment_token(secret: str, org: str, user_id: str, email: str, expires: datetime) -> str:
+def enrollment_token(secret: str, org: str, user_id: str, email: str, expires: datetime,
+                     source_type: str = SourceType.AD_SYNC) -> str:
     """The signed token in an invitation link: names the org, the user and (as a digest) the address it was sent to,
-    and expires. A link is good only while the user still has that address."""
-    return signing.sign(secret, ENROLLMENT_PURPOSE, {"org": org, "uid": user_id, "to": address_tag(email),
-                                                     "exp": int(expires.timestamp())})
+    and expires. A link is good only while the user still has that address. A Manual user's link (an administrator's
+    resend) says so (``src``): a synced user's link is withdrawn when its directory is disconnected, that one is not."""
+    claims = {"org": org, "uid": user_id, "to": address_tag(email), "exp": int(expires.timestamp())}
+    if source_type != SourceType.AD_SYNC:
+        claims["src"] = source_type
+    return signing.sign(secret, ENROLLMENT_PURPOSE, claims)
+
+
+def invitation_revoked(claims: dict[str, Any], user: User) -> bool:
+    """Was the link sent while the user was synced, and its directory disconnected since (the invitation went with
+    it)? Links without ``src`` were sent to synced users."""
+    return user.source_type != claims.get("src", SourceType.AD_SYNC)
 
 
 async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
@@ -161,10 +174,10 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     async def enrol(user: User) -> User:
         if user.enrolled_at is not None:
             raise Conflict("this enrollment link was already used", code="token_used")
-        if user.source_type != SourceType.AD_SYNC:
+        if invitation_revoked(claims, user):
             # The directory that invited them was disconnected: the invitation went with it.
             raise Gone("this invitation was withdrawn when its directory was disconnected", code="invitation_revoked")
-        if not user.email or not _sent_to_current_address(claims, user, issued):
+        if not user.email or not sent_to_current_address(claims, user, issued):
             # The directory corrected the address: only the invitation sent to the new one may enrol.
             raise Gone("this enrollment link was sent to an address the user no longer has; the current address gets "
                        "an invitation of its own", code="address_changed")
@@ -179,7 +192,7 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     return user
 
 
-def _sent_to_current_address(claims: dict[str, Any], user: User, issued: int) -> bool:
+def sent_to_current_address(claims: dict[str, Any], user: User, issued: int) -> bool:
     """Does the user still have the address the link was sent to? A link names it (as a digest); one minted before
     links did (no ``to``) was sent to the address the user had then: the user's history tells whether it changed."""
     if "to" in claims:

@@ -49,6 +49,7 @@ from sync.ports import (
     Created,
     Directory,
     DirectoryChangeFeed,
+    DueReminders,
     Exists,
     Groups,
     JobQueue,
@@ -170,6 +171,10 @@ class MemoryInvitations(PendingInvitations):
 
     async def drop(self, org: str, user_id: str) -> None:
         self.rows.pop((org, user_id), None)
+
+
+class MemoryReminders(MemoryInvitations, DueReminders):
+    """The index of reminders to come: (org, user id) -> when the user's next reminder is due."""
 
 
 class MemoryRuns(Runs):
@@ -320,6 +325,8 @@ class MemoryUsers(Users):
             if filters.status and u.status != filters.status:
                 continue
             if filters.source_type and u.source_type != filters.source_type:
+                continue
+            if filters.enrollment and (u.enrolled_at is not None) != (filters.enrollment == "enrolled"):
                 continue
             needle = (filters.search or "").casefold()
             if needle and not any(needle in (x or "").casefold() for x in (u.username, u.display_name, u.email)):
@@ -842,6 +849,7 @@ def make_services(**settings_overrides: str) -> Services:
         mail_sender=RecordingMailSender(),
         alerts=MemoryAlerts(),
         invitations=MemoryInvitations(),
+        reminders=MemoryReminders(),
         clock=Clock(),
     )
 

@@ -87,6 +87,7 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "usernameAttribute": sub.username_attribute,
         "deactivateBlockedUsers": sub.deactivate_blocked_users,
         "sendEnrollmentEmail": sub.send_enrollment_email,
+        "enrollmentReminders": json.dumps(list(sub.enrollment_reminders)),
         "nightlySync": sub.nightly_sync,
         **_long_text("groups", json.dumps([[g.id, g.display_name, *([] if g.hidden_membership is None else
                                                                     [g.hidden_membership])]
@@ -118,6 +119,7 @@ def _sub_from(e: Any) -> Subscription:
         username_attribute=e.get("usernameAttribute") or "userPrincipalName",
         deactivate_blocked_users=bool(e.get("deactivateBlockedUsers")),
         send_enrollment_email=bool(e.get("sendEnrollmentEmail")),
+        enrollment_reminders=tuple(int(d) for d in json.loads(e.get("enrollmentReminders") or "[]")),
         nightly_sync=bool(e.get("nightlySync")),
         groups=tuple(GroupRef(*ref[:3]) for ref in json.loads(_read_long_text(e, "groups") or "[]")),
         created_at=_dt(e.get("createdAt")),

@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import json
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Collection, Iterable
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -107,7 +107,7 @@ class TableUsers(_Repository, Users):
         after = max(_decode_token(token), CLAIM_PREFIX)
         needle = (filters.search or "").strip().casefold()
         try:
-            if needle or filters.status or filters.source_type:
+            if needle or filters.status or filters.source_type or filters.enrollment:
                 keyed = await self._matching_keys(table, org, filters, needle, after)
             else:
                 query = "PartitionKey eq @pk and RowKey gt @after and RowKey lt @end"
@@ -151,10 +151,16 @@ class TableUsers(_Repository, Users):
             clauses.append("sourceType eq @source")
             params["source"] = filters.source_type
         keyed = []
-        async for e in table_wire.query(table, " and ".join(clauses), params,
-                                        select=["id", "username", "displayName", "email"]):
+        if filters.enrollment == "enrolled":  # a row without the property never matches a comparison with it
+            clauses.append("enrolledAt ge @epoch")
+            params["epoch"] = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        # not_enrolled (enrolledAt absent) cannot be asked of the service: the column comes back and is tested here.
+        select = ["id", "username", "displayName", "email"] + (["enrolledAt"] if filters.enrollment else [])
+        async for e in table_wire.query(table, " and ".join(clauses), params, select=select):
             row_key = username_key(e.get("username") or "")
             text = "\n".join(x for x in (e.get("username"), e.get("displayName"), e.get("email")) if x).casefold()
+            if filters.enrollment and (e.get("enrolledAt") is not None) != (filters.enrollment == "enrolled"):
+                continue
             if row_key > after and (not needle or needle in text):
                 keyed.append((row_key, e["id"]))
         keyed.sort()
@@ -466,8 +472,12 @@ _USER_FIELDS = (
     ("enrollment_email_sent_at", "emailSentAt"), ("enrollment_email_error", "emailError"),
     ("enrolled_at", "enrolledAt"), ("last_run_id", "lastRunId"), ("last_change", "lastChange"),
     ("created_at", "createdAt"), ("updated_at", "updatedAt"),
+    ("invited_at", "invitedAt"), ("reminders_sent", "remindersSent"), ("next_reminder_at", "nextReminderAt"),
+    ("invitation_expires_at", "invitationExpiresAt"), ("invitation_reason", "invitationReason"),
+    ("invitation_queued_at", "invitationQueuedAt"),
 )
-_DATES = {"enrollment_email_lease_until", "enrollment_email_sent_at", "enrolled_at", "created_at", "updated_at"}
+_DATES = {"enrollment_email_lease_until", "enrollment_email_sent_at", "enrolled_at", "created_at", "updated_at",
+          "invited_at", "next_reminder_at", "invitation_expires_at", "invitation_queued_at"}
 
 
 def _user_entity(user: User) -> dict[str, Any]:
@@ -503,6 +513,7 @@ def _user_from(e: Any) -> User:
     for attr, prop in _USER_FIELDS:
         value = e.get(prop)
         values[attr] = _dt(value) if attr in _DATES else value
+    values["reminders_sent"] = int(values["reminders_sent"] or 0)
     groups = frozenset(g for name, v in e.items() if v is True and (g := group_of_property(name)))
     return User(org=e["org"], id=e["id"], group_ids=groups, history=table_changes.history_of(e), etag=_etag(e),
                 custom_attributes=_custom_of(e), **values)

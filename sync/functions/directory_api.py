@@ -6,7 +6,7 @@ from typing import Any
 
 import azure.functions as func
 
-from .. import composition, consent, runs, subscriptions
+from .. import composition, consent, invitation_lifecycle, runs, subscriptions
 from ..alert_model import notify_status
 from ..logs import get_logger
 from ..model import Subscription, iso
@@ -29,6 +29,7 @@ async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any
         "usernameAttribute": sub.username_attribute,
         "deactivateBlockedUsers": sub.deactivate_blocked_users,
         "sendEnrollmentEmail": sub.send_enrollment_email,
+        "enrollmentReminders": list(sub.enrollment_reminders),
         "nightlySync": sub.nightly_sync,
         "notifyEmails": list(sub.notify_emails),
         "notifyEmailStatus": notify_status(sub),
@@ -198,4 +199,13 @@ async def approve_run(req: func.HttpRequest) -> func.HttpResponse:
     async def act(svc, caller):
         json_body(req)
         return (await runs.approve(svc, caller, route(req, "subscriptionId"), route(req, "runId"))).to_api()
+    return await handle(req, act)
+
+
+@bp.function_name("resend_invitations")
+@bp.route(route=ONE + "/invitations", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def resend_invitations(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        counts = await invitation_lifecycle.resend_not_enrolled(svc, caller, route(req, "subscriptionId"), json_body(req))
+        return Reply(202, counts)
     return await handle(req, act)

@@ -11,7 +11,7 @@ import azure.functions as func
 
 from .. import composition
 from ..auth import authenticate, authorize
-from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError, Transient
+from ..errors import InvalidInput, PayloadTooLarge, SettingsError, SyncError, TooSoon, Transient
 from ..inputs import loads_json
 from ..logs import get_logger
 from ..model import Caller
@@ -141,6 +141,8 @@ def error_response(exc: SyncError) -> func.HttpResponse:
     headers = {}
     if isinstance(exc, Transient):
         headers["Retry-After"] = str(max(1, int(exc.retry_after or 5)))
+    elif isinstance(exc, TooSoon):
+        headers["Retry-After"] = str(exc.details["retryAfterSeconds"])
     return json_response(exc.status, body, headers)
 
 

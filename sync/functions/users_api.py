@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from .. import users
+from .. import invitation_lifecycle, users
 from .http import Reply, handle, json_body, query, route
 
 bp = func.Blueprint()
@@ -14,7 +14,8 @@ bp = func.Blueprint()
 async def list_users(req: func.HttpRequest) -> func.HttpResponse:
     async def act(svc, caller):
         return await users.page(svc, caller, query(req))
-    return await handle(req, act, query_params=("status", "sourceType", "search", "pageSize", "continuationToken"))
+    return await handle(req, act, query_params=("status", "sourceType", "search", "enrollment", "pageSize",
+                                                        "continuationToken"))
 
 
 @bp.function_name("create_user")
@@ -77,4 +78,23 @@ async def complete_enrollment(req: func.HttpRequest) -> func.HttpResponse:
     async def act(svc, caller):
         user = await users.complete_enrollment(svc, caller, json_body(req))
         return user.to_api(await users.group_names(svc, caller.org))
+    return await handle(req, act)
+
+
+@bp.function_name("resend_invitation")
+@bp.route(route="users/{userId}/invitation", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def resend_invitation(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        json_body(req)
+        user = await invitation_lifecycle.resend(svc, caller, route(req, "userId"))
+        return Reply(202, user.to_api(await users.group_names(svc, caller.org)))
+    return await handle(req, act)
+
+
+@bp.function_name("reissue_enrollment")
+@bp.route(route="enrollment/reissue", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def reissue_enrollment(req: func.HttpRequest) -> func.HttpResponse:
+    async def act(svc, caller):
+        user = await invitation_lifecycle.reissue(svc, caller, json_body(req))
+        return Reply(202, {"invitation": user.to_api({})["invitation"]})
     return await handle(req, act)

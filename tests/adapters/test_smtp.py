@@ -56,6 +56,13 @@ async def test_failures_are_classified(sink, code, stage, permanent):
     assert sink.messages() == []
 
 
+async def test_a_permanent_refusal_of_the_recipient_carries_the_relays_reply(sink):
+    sink.fail_next(code=550, stage="RCPT", message="5.1.1 <nobody> mailbox unavailable")
+    with pytest.raises(MailError) as err:
+        await SmtpSender(settings(sink.port)).send(EMAIL)
+    assert err.value.permanent and "550 5.1.1 <nobody> mailbox unavailable" in str(err.value)
+
+
 async def test_a_relay_slower_than_the_timeout_is_transient_and_keeps_nothing(sink):
     sink.delay_next(3000)  # DATA answered after 3 s; the sender gives up after 1 s and closes the connection
     with pytest.raises(MailError) as err:

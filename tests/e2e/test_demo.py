@@ -165,7 +165,15 @@ def test_demo_previews_the_first_sync_and_explains_the_nightly_changes(demo):
         "alex.wilber@contoso.example", "deactivated", "blocked_in_directory"]
     history = [line.split() for line in listed.splitlines() if re.match(r"\s+\d{4}-\d\d-\d\dT", line)]
     assert [h[2:] for h in history] == [["nightly", "deactivated", "removed_from_directory"],
+                                        ["mailer", "invited", "reminder"], ["mailer", "invited", "invitation"],
                                         ["manual", "created", "joined_selected_group"]]
+
+
+def test_demo_reminds_the_users_not_enrolled_once_each(demo):
+    reminded = section(demo.stdout, "A reminder to those not enrolled")
+    assert "adele.vance@contoso.example enrolls through the invitation's link" in reminded
+    assert "… 28 reminders, one per user not enrolled; none to adele.vance@contoso.example" in reminded
+    assert "Reminder: " in reminded and "-> 28 users" in reminded
 
 
 def test_a_failing_step_exits_non_zero_naming_it_and_the_log(tmp_path):

@@ -28,6 +28,11 @@ SETTINGS = {
     # The recovery timer fires when a test asks (POST /admin/functions/recovery_sweep), never in the middle of another
     # test's faults (its Table Storage calls would take them).
     "RECOVERY_SCHEDULE": "0 0 0 1 1 *",
+    "ENROLLMENT_REMINDERS_SCHEDULE": "0 0 0 1 1 *",  # the reminder test fires it itself
+    # test_invitation_lifecycle: a reminder "day" of 2 s, and 4 s between two invitations of one user (only a
+    # subscription with enrollmentReminders has reminders, and only resends and reissues wait for the interval).
+    "REMINDER_DAY_SECONDS": "2",
+    "INVITATION_MIN_INTERVAL_SECONDS": "4",
     "SMTP_USERNAME": "mailer",
     "SMTP_PASSWORD": SMTP_PASSWORD,
     "GRAPH_CLIENT_SECRET": GRAPH_CLIENT_SECRET,

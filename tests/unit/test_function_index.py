@@ -36,7 +36,8 @@ def test_function_names_are_unique_and_bindings_valid():
             setting = trigger["queueName"].split("%")[1]
             assert setting in settings_sample
         if trigger["type"] == "timerTrigger":
-            assert trigger["schedule"] in ("%NIGHTLY_SYNC_SCHEDULE%", "%WATCH_RENEWAL_SCHEDULE%", "%RECOVERY_SCHEDULE%")
+            assert trigger["schedule"] in ("%NIGHTLY_SYNC_SCHEDULE%", "%WATCH_RENEWAL_SCHEDULE%", "%RECOVERY_SCHEDULE%",
+                                           "%ENROLLMENT_REMINDERS_SCHEDULE%")
             assert trigger["schedule"].strip("%") in settings_sample
 
 
