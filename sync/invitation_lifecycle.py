@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import signing
 from .composition import Services
 from .decisions import with_history
 from .errors import Conflict, Gone, InvalidInput, TooSoon
@@ -41,7 +40,7 @@ from .model import (
 )
 from .ports import Stale
 from .subscriptions import get as get_subscription
-from .users import ENROLLMENT_PURPOSE, change_user, invitation_revoked, sent_to_current_address
+from .users import change_user, enrollment_claims, invitation_revoked, sent_to_current_address
 from .users import get as get_user
 
 log = get_logger(__name__)
@@ -227,16 +226,7 @@ async def resend_not_enrolled(svc: Services, caller: Caller, sub_id: str, body: 
 async def reissue(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
     """``POST /api/enrollment/reissue {"token"}``: a validly signed but expired link of an Active user not enrolled
     gets a new invitation (to the address the link was sent to, if the user still has it)."""
-    unknown = sorted(set(body) - {"token"})
-    if unknown:
-        raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", code="unknown_field")
-    token = body.get("token")
-    if not isinstance(token, str) or not token:
-        raise InvalidInput("token is required", code="invalid_token")
-    claims = signing.verify(svc.settings.signing_secret, ENROLLMENT_PURPOSE, token)
-    if (claims.get("org") != caller.org or not isinstance(claims.get("uid"), str)
-            or not isinstance(claims.get("exp"), int) or ("to" in claims and not isinstance(claims["to"], str))):
-        raise InvalidInput("the token is not valid for this organisation", code="invalid_token")
+    claims = enrollment_claims(svc, caller, body)
     now = svc.clock()
     if claims["exp"] >= int(now.timestamp()):
         raise Conflict("the enrollment link has not expired: use it", code="token_not_expired")

@@ -153,8 +153,9 @@ def invitation_revoked(claims: dict[str, Any], user: User) -> bool:
     return user.source_type != claims.get("src", SourceType.AD_SYNC)
 
 
-async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
-    """The portal reports that the user behind an invitation token finished enrolling."""
+def enrollment_claims(svc: Services, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+    """The claims of the enrollment link in ``body`` (``{"token"}``), signed by us for the caller's org: expired or
+    not (each use case decides that)."""
     unknown = sorted(set(body) - {"token"})
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(unknown)}", code="unknown_field")
@@ -162,13 +163,17 @@ async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any
     if not isinstance(token, str) or not token:
         raise InvalidInput("token is required", code="invalid_token")
     claims = signing.verify(svc.settings.signing_secret, ENROLLMENT_PURPOSE, token)
-    if claims.get("org") != caller.org or not isinstance(claims.get("uid"), str) or not isinstance(claims.get("exp"), int):
+    if (claims.get("org") != caller.org or not isinstance(claims.get("uid"), str)
+            or not isinstance(claims.get("exp"), int) or ("to" in claims and not isinstance(claims["to"], str))):
         raise InvalidInput("the token is not valid for this organisation", code="invalid_token")
+    return claims
+
+
+async def complete_enrollment(svc: Services, caller: Caller, body: dict[str, Any]) -> User:
+    """The portal reports that the user behind an invitation token finished enrolling."""
+    claims = enrollment_claims(svc, caller, body)
     if claims["exp"] < int(svc.clock().timestamp()):
         raise Gone("the enrollment link has expired; ask an administrator for a new invitation", code="token_expired")
-
-    if "to" in claims and not isinstance(claims["to"], str):
-        raise InvalidInput("the token is not valid for this organisation", code="invalid_token")
     issued = claims["exp"] - svc.settings.enrollment_token_ttl_hours * 3600
 
     async def enrol(user: User) -> User:

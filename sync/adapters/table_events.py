@@ -17,13 +17,13 @@ import random
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 
-from ..errors import PreconditionFailed, Transient
+from ..errors import PreconditionFailed
 from ..event_model import Event
 from ..ports import EventLog
-from .table_repository import _dt, _etag, _Repository, call, collect
+from .table_repository import _dt, _etag, _Repository, call, collect, translated
 from .table_text import key, long_text, read_long_text
 
 COUNTER = "n"
@@ -119,17 +119,11 @@ class TableEvents(_Repository, EventLog):
         pages = table.query_entities("PartitionKey eq @pk and RowKey gt @lo and RowKey lt @hi",
                                      parameters={"pk": key(org), "lo": _event_rk(sequence), "hi": "e}"},
                                      results_per_page=min(limit, 1000))
-        try:
+        with translated():
             async for e in pages:
                 out.append(_event_from(org, e))
                 if len(out) >= limit:
                     break
-        except (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError) as exc:
-            raise Transient(f"table storage unreachable: {type(exc).__name__}") from exc
-        except HttpResponseError as exc:
-            if exc.status_code in (408, 429) or (exc.status_code or 0) >= 500:
-                raise Transient(f"table storage answered {exc.status_code}") from exc
-            raise
         return out
 
     async def last_sequence(self, org: str) -> int:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, AsyncIterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
@@ -18,30 +19,31 @@ MAX_TRANSACTION = 100  # Table Storage's limit; Azurite answers 101 with a respo
 T = TypeVar("T")
 
 
-async def call(awaitable: Any) -> Any:
-    """Await an SDK call, turning throttling, 5xx and network failures into Transient."""
+@contextmanager
+def translated() -> Iterator[None]:
+    """Inside: throttling, 5xx and network failures of the SDK become Transient."""
     try:
-        return await awaitable
+        yield
     except (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError) as exc:
         raise Transient(f"table storage unreachable: {type(exc).__name__}") from exc
     except HttpResponseError as exc:
         if exc.status_code in (408, 429) or (exc.status_code or 0) >= 500:
             raise Transient(f"table storage answered {exc.status_code}") from exc
         raise
+
+
+async def call(awaitable: Any) -> Any:
+    """Await an SDK call, turning throttling, 5xx and network failures into Transient."""
+    with translated():
+        return await awaitable
 
 
 async def collect(iterator: AsyncIterator[T]) -> list[T]:
     """Drain an SDK query iterator, with the same error mapping as ``call``."""
     out: list[T] = []
-    try:
+    with translated():
         async for item in iterator:
             out.append(item)
-    except (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError) as exc:
-        raise Transient(f"table storage unreachable: {type(exc).__name__}") from exc
-    except HttpResponseError as exc:
-        if exc.status_code in (408, 429) or (exc.status_code or 0) >= 500:
-            raise Transient(f"table storage answered {exc.status_code}") from exc
-        raise
     return out
 
 
