@@ -19,6 +19,7 @@ from .errors import (
     PreconditionFailed,
     Transient,
 )
+from .linking import LINK_MODES
 from .logs import get_logger
 from .model import (
     USERNAME_ATTRIBUTES,
@@ -40,7 +41,8 @@ MAX_GROUPS = 200  # each selected group is a property on every member's row; Tab
 MIN_SEARCH = 4
 MAX_SEARCH = 256
 SEARCH_LIMIT = 50
-PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync", "notifyEmails")
+PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollmentEmail", "nightlySync", "notifyEmails",
+             "linkExistingUsers")
 
 
 async def create(svc: Services, caller: Caller, body: dict[str, Any]) -> Subscription:
@@ -85,6 +87,11 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             raise InvalidInput(f"usernameAttribute must be one of {', '.join(USERNAME_ATTRIBUTES)}",
                                code="invalid_username_attribute")
         changes["username_attribute"] = value
+    if "linkExistingUsers" in body:
+        if body["linkExistingUsers"] not in LINK_MODES:
+            raise InvalidInput(f"linkExistingUsers must be one of {', '.join(LINK_MODES)}",
+                               code="invalid_link_existing_users")
+        changes["link_existing_users"] = body["linkExistingUsers"]
     for field, attr in (("deactivateBlockedUsers", "deactivate_blocked_users"),
                         ("sendEnrollmentEmail", "send_enrollment_email"), ("nightlySync", "nightly_sync")):
         if field in body:
@@ -124,6 +131,7 @@ async def delete(svc: Services, caller: Caller, sub_id: str) -> None:
     sub = await modify(svc, caller, sub_id, mark, deleting=True)
     await forget(svc, caller.org, sub.id, sub.azure_tenant_id)  # no more notifications, no delta links
     released = await _release_users(svc, caller.org, sub.id)
+    await svc.users.unlink_all(caller.org, sub.id)  # after the release: a crash before it leaves the entries to redo
     await svc.groups.delete(caller.org, sub.id)
     await svc.runs.delete_all(caller.org, sub.id)
     if svc.alerts is not None:

@@ -30,6 +30,7 @@ async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any
         "deactivateBlockedUsers": sub.deactivate_blocked_users,
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "nightlySync": sub.nightly_sync,
+        "linkExistingUsers": sub.link_existing_users,
         "notifyEmails": list(sub.notify_emails),
         "notifyEmailStatus": notify_status(sub),
         "groups": [g.to_api() for g in sub.groups],
