@@ -510,6 +510,7 @@ class _Segment:
             return
         stamp = self.stamp()
         creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, stamp) for uid in uids]
+        taken: list[tuple[User, UsernameTaken]] = []
         for user, outcome in zip(creates, await self.svc.users.create(creates)):
             if isinstance(outcome, Created):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(user))
@@ -517,6 +518,20 @@ class _Segment:
             elif isinstance(outcome, Exists):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(outcome.user))
                 self.decide(outcome.user, wanted[user.id], updates, flags)
+            else:
+                taken.append((user, outcome))
+        if not taken:
+            return
+        # The username's holder may be this very directory object, linked meanwhile by another worker (it kept its
+        # own id): the claim is what serializes a link and a creation; then it is a stored user like any other.
+        holders = await self.svc.users.get_many(self.org, [o.owner_id for _, o in taken])
+        for user, outcome in taken:
+            holder = holders.get(outcome.owner_id)
+            if holder is not None and holder.subscription_id == self.sub.id and \
+                    holder.azure_object_id == user.azure_object_id and holder.source_type == SourceType.AD_SYNC:
+                self.ids[user.azure_object_id or ""] = holder.id
+                wanted[holder.id] = wanted[user.id]
+                self.decide(holder, wanted[holder.id], updates, flags)
             else:
                 self.conflict(user, outcome)
 

@@ -7,8 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
-from .decisions import Change, Desired, Skip, Stamp, _directory_fields, _entry, _history_with, field_changes, \
-    username_claim
+from .decisions import (
+    Change,
+    Desired,
+    Skip,
+    Stamp,
+    _directory_fields,
+    _entry,
+    _history_with,
+    field_changes,
+    username_claim,
+)
 from .model import ChangeReason, SourceType, Subscription, User, UserChange
 
 LINK_OFF = "off"

@@ -20,6 +20,7 @@ from sync.errors import (
     PreconditionFailed,
     Transient,
 )
+from sync.linking import Candidate
 from sync.model import (
     ChangeJob,
     DeltaLinks,
@@ -44,10 +45,9 @@ from sync.model import (
     UserPage,
     Watch,
 )
-from sync.linking import Candidate
 from sync.ports import (
-    AlreadyLinked,
     Alerts,
+    AlreadyLinked,
     Created,
     Directory,
     DirectoryChangeFeed,

@@ -22,11 +22,9 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from ..errors import InvalidInput, PreconditionFailed, Transient
-from ..model import MemberState, ScopeState, User, is_guid
-from ..ports import Created, Exists, Stale, Updated, UserFilter, UsernameTaken, Users
 from ..linking import Candidate
-from ..model import SourceType
-from ..ports import AlreadyLinked
+from ..model import MemberState, ScopeState, SourceType, User, is_guid
+from ..ports import AlreadyLinked, Created, Exists, Stale, Updated, UserFilter, UsernameTaken, Users
 from . import table_changes, table_links, table_wire
 from .table_repository import MAX_TRANSACTION, _chunks, _conditional, _dt, _etag, _Repository, call
 from .table_text import key
