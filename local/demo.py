@@ -32,6 +32,7 @@ SEARCHES = ("Sales", "Engineering", "Support")
 SELECT = ("Sales Team", "Engineering", "Support Staff")  # Engineering nests Platform Team, which nests Platform On-Call
 TO_BLOCK = "alex.wilber@contoso.example"  # in Sales Team
 TO_REMOVE = ("joni.sherman@contoso.example", "Support Staff")  # in no other selected group
+TO_LINK = "lynne.robbins@contoso.example"  # in Sales Team; an existing portal user, linked in place by the first sync
 USERNAME_ATTRIBUTE = "mail"  # guests keep their home address; the two users without a mailbox are skipped
 
 REASONS = {
@@ -111,7 +112,8 @@ def bar(done: int, total: int, size: int = 20) -> str:
 
 def counts_text(counts: dict[str, Any]) -> str:
     """A run's counts in one line, skipped reasons included."""
-    parts = [f"{k} {counts.get(k, 0)}" for k in ("created", "updated", "reactivated", "deactivated", "unchanged")]
+    parts = [f"{k} {counts.get(k, 0)}" for k in ("created", "linked", "updated", "reactivated", "deactivated",
+                                                 "unchanged")]
     parts.append(f"e-mails queued {counts.get('emailsQueued', 0)}")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted((counts.get("skippedReasons") or {}).items()))
     parts.append(f"skipped {counts.get('skipped', 0)}" + (f" ({reasons})" if reasons else ""))
@@ -136,6 +138,7 @@ class Demo:
         self.portal: Portal  # these three exist once the stack has started
         self.admin: FakeTenantAdmin
         self.outbox: Path
+        self.manual: dict[str, Any] = {}  # the portal user made by hand before the first sync
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -211,9 +214,15 @@ class Demo:
             selected = self.portal.select_groups(self.sub_id, [found[name]["id"] for name in SELECT])
             self.out.line("selected: " + ", ".join(g["displayName"] for g in selected)
                           + "  (Engineering nests Platform Team, which nests Platform On-Call)")
-            sub = self.portal.update(self.sub_id, deactivateBlockedUsers=True, sendEnrollmentEmail=True)
+            sub = self.portal.update(self.sub_id, deactivateBlockedUsers=True, sendEnrollmentEmail=True,
+                                     linkExistingUsers="username")
             self.out.line(f"deactivateBlockedUsers = {sub['deactivateBlockedUsers']}, "
-                          f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}")
+                          f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}, "
+                          f"linkExistingUsers = {sub['linkExistingUsers']}")
+            self.manual = self.portal.call("POST", "/users", json={"username": TO_LINK, "email": TO_LINK,
+                                                                    "displayName": "Lynne (portal)"}, expect=201)
+            self.out.line(f"an existing portal user, made by hand: {TO_LINK} ({self.manual['sourceType']}, "
+                          f"id {self.manual['id']}); the sync links it in place instead of refusing its username")
 
     def preview(self) -> dict[str, Any]:
         """A dry run before the first sync: what Full Sync would do, with nothing written and no e-mail sent."""
@@ -224,13 +233,14 @@ class Demo:
             for c in changes:
                 kinds[c["change"]] = kinds.get(c["change"], 0) + 1
             self.out.line("proposed changes: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
-            sample = sorted(changes, key=lambda c: (c["reason"] == "joined_selected_group", c["username"]))[:5]
+            sample = sorted(changes, key=lambda c: (c["change"] != "linked", c["reason"] == "joined_selected_group",
+                                                    c["username"]))[:5]
             self.out.table(("USERNAME", "CHANGE", "REASON", "STATUS"),
                            [(c["username"], c["change"], c["reason"], (c["fields"].get("status") or ["", ""])[1])
                             for c in sample])
-            if self.portal.users() or sorted(self.outbox.glob("*.eml")):
+            if [u for u in self.portal.users() if u["sourceType"] != "Manual"] or sorted(self.outbox.glob("*.eml")):
                 raise StepFailed("the dry run wrote users or sent e-mails")
-            self.out.line(f"users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing); "
+            self.out.line(f"synced users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing); "
                           f"{len(changes)} changes listed at …/runs/{run['runId']}/changes")
             return run
 
@@ -263,6 +273,11 @@ class Demo:
                            [(u["username"], u["status"], u["statusReason"] or "", u["sourceType"], group_names(u))
                             for u in rows])
             self.out.line(f"{len(users)} users")
+            linked = users.get(self.manual["id"])
+            if linked is None or linked["sourceType"] != "AdSync" or linked["createdAt"] != self.manual["createdAt"]:
+                raise StepFailed(f"{TO_LINK} was not linked in place: {linked}")
+            self.out.line(f"linked in place: {TO_LINK} kept its id {linked['id']} and createdAt "
+                          f"{linked['createdAt']}, is AdSync now and got no invitation")
         with self.step("Groups grid"):
             groups = sorted(self.portal.groups(), key=lambda g: g["displayName"])
             self.out.table(("GROUP", "USERS"), [(g["displayName"], g["userCount"]) for g in groups])
