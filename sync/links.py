@@ -113,6 +113,7 @@ class Linker:
             for (oid, old, new), outcome in zip(writes, outcomes):
                 if isinstance(outcome, Updated):
                     index[oid] = outcome.user.id
+                    self._candidates = [c for c in self._candidates or () if c.id != outcome.user.id]
                     out[oid] = Linked(outcome.user, link_record(outcome.user, min(groups[oid], default=None)))
                 elif isinstance(outcome, AlreadyLinked):
                     index[oid] = outcome.user_id

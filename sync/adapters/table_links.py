@@ -23,7 +23,7 @@ from ..errors import Transient
 from ..model import User
 from ..ports import AlreadyLinked, Stale, Updated, UsernameTaken
 from . import table_wire
-from .table_repository import _chunks, _conditional, call
+from .table_repository import MAX_TRANSACTION, _chunks, _conditional, call
 from .table_text import key
 
 LINK_PREFIX = "|l|"
@@ -69,58 +69,102 @@ async def entry_of(table: TableClient, org: str, subscription_id: str, azure_obj
 async def link(repo: Any, table: TableClient, links: list[tuple[User, str]],
                user_entity: Callable[[User], dict], claim_entity: Callable[[User], dict],
                claim_key: Callable[[str], str]) -> list[Updated | Stale | UsernameTaken | AlreadyLinked]:
-    """Each link in its own transaction (index entry, user, claims: one partition, all or nothing)."""
-    out: list[Any] = [None] * len(links)
+    """Links in transactions of at most 100 entities (each link whole: index entry, user, claims; one partition, all
+    or nothing). A link the service refuses is settled on its own and the rest of its transaction sent again."""
+    out: dict[int, Any] = {}
+    skip_claim: set[int] = set()
+    skip_release: set[int] = set()
 
-    async def one(i: int) -> None:
+    def ops_of(i: int) -> list[tuple[tuple, str]]:
         user, old = links[i]
-        skip_claim = skip_release = False
-        for _ in range(_ROUNDS):
-            renamed = claim_key(user.username) != claim_key(old)
-            ops: list[tuple] = [("create", index_entity(user))]
-            owners = ["index"]
-            if renamed and not skip_claim:
-                ops.append(("create", claim_entity(user)))
-                owners.append("claim")
-            ops.append(("update", user_entity(user), {"mode": UpdateMode.REPLACE, **_conditional(user.etag)}))
-            owners.append("user")
-            if renamed and not skip_release:
-                ops.append(("delete", {"PartitionKey": key(user.org), "RowKey": claim_key(old)}))
-                owners.append("release")
+        renamed = claim_key(user.username) != claim_key(old)
+        ops = [(("create", index_entity(user)), "index")]
+        if renamed and i not in skip_claim:
+            ops.append((("create", claim_entity(user)), "claim"))
+        ops.append((("update", user_entity(user), {"mode": UpdateMode.REPLACE, **_conditional(user.etag)}), "user"))
+        if renamed and i not in skip_release:
+            ops.append((("delete", {"PartitionKey": key(user.org), "RowKey": claim_key(old)}), "release"))
+        return ops
+
+    def keys_of(i: int) -> set[tuple[str, str]]:
+        user, old = links[i]
+        return {(user.org, k) for k in (user.id, claim_key(user.username), claim_key(old),
+                                        index_key(user.subscription_id or "", user.azure_object_id or ""))}
+
+    async def send(chunk: list[int], again: list[int]) -> None:
+        todo = list(chunk)
+        while todo:
+            ops: list[tuple] = []
+            owners: list[tuple[int, str]] = []
+            for i in todo:
+                for op, what in ops_of(i):
+                    ops.append(op)
+                    owners.append((i, what))
             try:
                 async with repo._store.concurrency:
                     result = await call(repo._store.transaction(table, ops))
             except TableTransactionError as exc:
-                what = owners[exc.index] if exc.index is not None and exc.index < len(owners) else None
+                i, what = owners[exc.index] if exc.index is not None and exc.index < len(owners) else (None, None)
+                if i is None:
+                    raise
+                todo.remove(i)
+                user = links[i][0]
                 if what == "index" and exc.error_code == "EntityAlreadyExists":
                     owner = await entry_of(table, user.org, user.subscription_id or "", user.azure_object_id or "")
                     if owner is None:
-                        continue  # dropped meanwhile (the subscription is being deleted): try once more
-                    out[i] = AlreadyLinked(owner)
+                        again.append(i)  # dropped meanwhile (the subscription is being deleted): once more
+                    else:
+                        out[i] = AlreadyLinked(owner)
                 elif what == "user" and exc.error_code in ("UpdateConditionNotSatisfied", "ResourceNotFound"):
                     out[i] = Stale(user.id)
                 elif what == "claim" and exc.error_code == "EntityAlreadyExists":
                     owner = await repo.username_owner(user.org, user.username)
                     if owner == user.id or owner is None:
-                        skip_claim = True
-                        continue
-                    holder = await repo.get(user.org, owner)
-                    out[i] = UsernameTaken(owner, holder.username if holder else user.username)
+                        skip_claim.add(i)
+                        again.append(i)
+                    else:
+                        holder = await repo.get(user.org, owner)
+                        out[i] = UsernameTaken(owner, holder.username if holder else user.username)
                 elif what == "release" and exc.error_code == "ResourceNotFound":
-                    skip_release = True
-                    continue
+                    skip_release.add(i)
+                    again.append(i)
                 else:
                     raise
-                return
-            repo._store.count_write(len(ops), users=1)
-            etag = next(r.get("etag") for r, what in zip(result, owners) if what == "user")
-            out[i] = Updated(replace(user, etag=etag))
-            return
-        out[i] = Stale(user.id)
+                continue
+            repo._store.count_write(len(ops), users=len(todo))
+            for (i, what), r in zip(owners, result):
+                if what == "user":
+                    out[i] = Updated(replace(links[i][0], etag=r.get("etag")))
+            todo = []
 
-    for chunk in _chunks(list(range(len(links))), 25):
-        await asyncio.gather(*(one(i) for i in chunk))
-    return out
+    pending = list(range(len(links)))
+    for _ in range(_ROUNDS * 2):
+        if not pending:
+            break
+        rounds: list[list[int]] = []
+        taken: set[tuple[str, str]] = set()
+        later: list[int] = []
+        current: list[int] = []
+        size = 0
+        for i in pending:  # never one row twice in a transaction; each transaction of one org, ≤ 100 entities
+            if keys_of(i) & taken or (current and links[current[0]][0].org != links[i][0].org):
+                later.append(i)
+                continue
+            taken |= keys_of(i)
+            n = len(ops_of(i))
+            if current and size + n > MAX_TRANSACTION:
+                rounds.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += n
+        if current:
+            rounds.append(current)
+        again: list[int] = []
+        await asyncio.gather(*(send(c, again) for c in rounds))
+        pending = later + again
+    for i in pending:
+        out[i] = Stale(links[i][0].id)
+    return [out[i] for i in range(len(links))]
 
 
 async def unlink_all(repo: Any, table: TableClient, org: str, subscription_id: str) -> int:

@@ -49,3 +49,13 @@ async def test_a_link_by_email_moves_the_claim_or_is_refused_whole(table_store):
     assert isinstance(out, Stale) and "obj-3" not in await users.links("org-a", "sub-1")
     assert await users.unlink_all("org-a", "sub-1") == 1 and await users.links("org-a", "sub-1") == {}
     assert isinstance((await users.create([user(9)]))[0], Created)
+
+
+async def test_links_go_fifty_to_a_transaction(table_store):
+    users = table_store.users
+    made = [o.user for o in await users.create([manual(i) for i in range(100, 160)])]
+    table_store.counters.reset()
+    outcomes = await users.link([linking(u, oid=f"obj-{i}") for i, u in enumerate(made)])
+    assert all(isinstance(o, Updated) for o in outcomes)
+    assert (table_store.counters.requests, table_store.counters.entities) == (2, 120)  # a link: its row and entry
+    assert len(await users.links("org-a", "sub-1")) == 60
