@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", help="cProfile the worker's Full Sync into this file (pstats format)")
     parser.add_argument("--import-runs", type=int, default=5, help="interpreters started per import measurement")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take before giving up")
+    parser.add_argument("--manual-share", type=float, default=0,
+                        help="this share of the users already exists as Manual portal users, linked by the first sync")
     parser.add_argument("--stock-azurite", action="store_true",
                         help="run Azurite without local/azurite_speedups.js (lookups and query pages scan the table)")
     args = parser.parse_args(argv)
@@ -164,7 +166,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     memberships = sum(len(u) for u in group_users.values())
     users = len(set().union(*group_users.values()))
     graph_floor = sum(max(1, math.ceil(len(u) / PAGE_SIZE)) for u in group_users.values())
+    # A link costs what a creation does in the floor: one replace of the existing row plus its index entry (the
+    # creation: the row plus its username claim), so the write floor is the same with or without Manual users.
     writes_floor = write_floor(group_users)
+    synced = sorted(set().union(*group_users.values()))
+    step = round(1 / args.manual_share) if args.manual_share > 0 else 0
+    upn = {u["id"]: u["userPrincipalName"] for u in tenant["users"]}
+    manual = [upn[uid] for uid in synced[::step]] if step else []
     host = json.loads((ROOT / "host.json").read_text())["extensions"]["serviceBus"]
     concurrency = ["--group-concurrency", str(host["maxConcurrentCalls"]), "--graph-concurrency", "4",
                    "--write-concurrency", "8"]
@@ -174,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tenant_file = Path(tmp) / "tenant.json"
         tenant_file.write_text(json.dumps(tenant, ensure_ascii=False), encoding="utf-8")
+        manual_file = Path(tmp) / "manual.txt"
+        manual_file.write_text("\n".join(manual), encoding="utf-8")
         tenant_id = tenant["tenantId"]
         del tenant
         try:
@@ -201,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "--timeout", str(args.timeout), "--store-pid", str(azurite.pid)]
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
+                if manual:
+                    worker_args += ["--manual-users", str(manual_file)]
                 sync = run_script(worker_args, "sync worker", env=env, timeout=3 * args.timeout + 120)
             _progress(f"sync: full {sync['full']['seconds']} s ({sync['full']['status']}), "
                       f"re-sync {sync.get('resync', {}).get('seconds')} s, "
@@ -272,6 +284,9 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     print(f"Full sync benchmark: {r['users']} users, {r['groups']} groups, {r['memberships']} memberships, "
           f"seed {args.seed}, Graph latency {args.latency_ms:g} ms")
     print(f"run status: full sync {full['status']} {full['counts']}; re-sync {resync['status']} {resync['counts']}")
+    if sync.get("manual_users"):
+        print(f"existing Manual users before the first sync: {sync['manual_users']} "
+              f"(linked in place: {full['counts'].get('linked')})")
     if full["unfinished_groups"]:
         print(f"UNFINISHED after {args.timeout:g} s: groups {full['unfinished_groups']}, "
               f"{full['deliveries_in_hand']} deliveries in hand")

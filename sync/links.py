@@ -88,6 +88,8 @@ class Linker:
         """Link the directory users (by object id, with the selected groups each is written as a member of) that
         match a Manual user; the ones missing from the answer are no link (create them as before)."""
         index = await self.index()
+        if self.on:  # other workers (concurrent groups) link too: read what they linked since (one query)
+            index.update(await self.svc.users.links(self.sub.org, self.sub.id))
         out: dict[str, Outcome] = {oid: Known(index[oid]) for oid in wanted if oid in index}
         proposed = await self.propose({oid: d for oid, d in wanted.items() if oid not in index})
         matched: dict[str, Match] = {}

@@ -109,6 +109,17 @@ async def link(repo: Any, table: TableClient, links: list[tuple[User, str]],
                     raise
                 todo.remove(i)
                 user = links[i][0]
+                if (what == "index" and exc.error_code == "EntityAlreadyExists") or (
+                        what == "user" and exc.error_code == "UpdateConditionNotSatisfied"):
+                    # Usually another worker linked these users a moment ago, several of them: read the
+                    # subscription's entries once and settle every link of this transaction that has one.
+                    found = await read_index(table, user.org, user.subscription_id or "")
+                    for j in [j for j in todo if links[j][0].azure_object_id in found]:
+                        todo.remove(j)
+                        out[j] = AlreadyLinked(found[links[j][0].azure_object_id or ""])
+                    if user.azure_object_id in found:
+                        out[i] = AlreadyLinked(found[user.azure_object_id or ""])
+                        continue
                 if what == "index" and exc.error_code == "EntityAlreadyExists":
                     owner = await entry_of(table, user.org, user.subscription_id or "", user.azure_object_id or "")
                     if owner is None:
