@@ -318,8 +318,13 @@ class _Segment:
                             "e-mail address: synced without e-mail, no invitation", user_id=uid)
             wanted[uid] = desired
             known = self.snapshot.get(uid)
-            if known is None:
-                (reread if du.id in self.ids else absent).append(uid)  # a linked row exists: read it
+            if known is None and du.id in self.ids:  # a linked row, not (yet) of this group
+                if self.svc.recent.known(self.run.id, uid) == fingerprint(desired):
+                    self.unchanged(uid, flags, in_group=False, invitation_queued=False)  # linked by this process
+                else:
+                    reread.append(uid)
+            elif known is None:
+                absent.append(uid)
             elif known.fingerprint == fingerprint(desired) and (uid in self.earlier or not (
                     known.created_by_this_run or (known.changed_by_this_run and self.recovering))):
                 self.unchanged(uid, flags, in_group=True, invitation_queued=known.invitation_queued)
@@ -364,6 +369,7 @@ class _Segment:
                 continue
             desired = wanted.pop(uid)
             if isinstance(outcome, Linked):
+                self.svc.recent.remember(self.run.id, outcome.user.id, fingerprint(outcome.user))
                 self.seen.add(outcome.user.id)
                 self.counts = self.counts.bump(Change.LINKED)
                 self.note(outcome.record)
