@@ -338,7 +338,7 @@ class _Segment:
             await self.preview(absent, reread, wanted, flags)
             return
         if absent and self.linker is not None and self.linker.on:
-            absent = await self.link(absent, wanted, reread)
+            absent = await self.link(absent, wanted, reread, flags)
         updates: list[tuple[User, Desired]] = []
         await self.create_or_join(absent, wanted, updates, flags, reread)
         if reread:
@@ -354,7 +354,8 @@ class _Segment:
             await self.svc.users.add_membership(self.org, flags, self.job.group_id, self.run.group_ids)
             self.seen.update(flags)
 
-    async def link(self, absent: list[str], wanted: dict[str, Desired], reread: list[str]) -> list[str]:
+    async def link(self, absent: list[str], wanted: dict[str, Desired], reread: list[str],
+                   flags: list[str]) -> list[str]:
         """Link the users new to this group who are existing Manual users (``sync.links``); the rest, to create."""
         assert self.linker is not None
         by_oid = {wanted[uid].azure_object_id: uid for uid in absent}
@@ -375,7 +376,10 @@ class _Segment:
                 self.note(outcome.record)
             elif isinstance(outcome, Known):  # linked by another worker or an earlier delivery: a stored user
                 wanted[outcome.user_id] = desired
-                reread.append(outcome.user_id)
+                if self.svc.recent.known(self.run.id, outcome.user_id) == fingerprint(desired):
+                    self.unchanged(outcome.user_id, flags, in_group=False, invitation_queued=False)
+                else:
+                    reread.append(outcome.user_id)
             elif isinstance(outcome, Taken):
                 self.conflict(outcome.user, outcome.outcome)
             else:
