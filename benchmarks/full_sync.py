@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="run the Full Sync and re-sync under Azure's scalability targets: a proxy metering Table "
                              "Storage's entities per partition and account (503 ServerBusy) and the fake's Graph "
                              "resource units (429 Retry-After)")
+    parser.add_argument("--manual-share", type=float, default=0,
+                        help="this share of the users already exists as Manual portal users, linked by the first sync")
     parser.add_argument("--stock-azurite", action="store_true",
                         help="run Azurite without local/azurite_speedups.js (lookups and query pages scan the table)")
     args = parser.parse_args(argv)
@@ -230,7 +232,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     memberships = sum(len(u) for u in group_users.values())
     users = len(set().union(*group_users.values()))
     graph_floor = sum(max(1, math.ceil(len(u) / PAGE_SIZE)) for u in group_users.values())
+    # A link costs what a creation does in the floor: one replace of the existing row plus its index entry (the
+    # creation: the row plus its username claim), so the write floor is the same with or without Manual users.
     writes_floor = write_floor(group_users)
+    synced = sorted(set().union(*group_users.values()))
+    step = round(1 / args.manual_share) if args.manual_share > 0 else 0
+    upn = {u["id"]: u["userPrincipalName"] for u in tenant["users"]}
+    manual = [upn[uid] for uid in synced[::step]] if step else []
     host = json.loads((ROOT / "host.json").read_text())["extensions"]["serviceBus"]
     concurrency = ["--group-concurrency", str(host["maxConcurrentCalls"]), "--graph-concurrency", "4",
                    "--write-concurrency", "8"]
@@ -240,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tenant_file = Path(tmp) / "tenant.json"
         tenant_file.write_text(json.dumps(tenant, ensure_ascii=False), encoding="utf-8")
+        manual_file = Path(tmp) / "manual.txt"
+        manual_file.write_text("\n".join(manual), encoding="utf-8")
         tenant_id = tenant["tenantId"]
         del tenant
         try:
@@ -276,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "--timeout", str(args.timeout), "--store-pid", str(azurite.pid)]
                 if args.profile:
                     worker_args += ["--profile", str(Path(args.profile).resolve())]
+                if manual:
+                    worker_args += ["--manual-users", str(manual_file)]
                 sync = run_script(worker_args, "sync worker", env=env, timeout=3 * args.timeout + 120)
                 httpx.post(f"{origin}/_fake/limits", json={"enabled": False}).raise_for_status()
                 synced_users = count_users(azurite.connection_string, f"{APP_SETTINGS['TABLE_PREFIX']}Users", ORG)
@@ -359,6 +371,9 @@ def report(args: argparse.Namespace, r: dict[str, Any], floor: dict, sync: dict,
     print(f"Full sync benchmark: {r['users']} users, {r['groups']} groups, {r['memberships']} memberships, "
           f"seed {args.seed}, Graph latency {args.latency_ms:g} ms")
     print(f"run status: full sync {full['status']} {full['counts']}; re-sync {resync['status']} {resync['counts']}")
+    if sync.get("manual_users"):
+        print(f"existing Manual users before the first sync: {sync['manual_users']} "
+              f"(linked in place: {full['counts'].get('linked')})")
     if full["unfinished_groups"]:
         print(f"UNFINISHED after {args.timeout:g} s: groups {full['unfinished_groups']}, "
               f"{full['deliveries_in_hand']} deliveries in hand")

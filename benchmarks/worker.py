@@ -340,6 +340,22 @@ def _limits_spent(before: dict[str, Any] | None, after: dict[str, Any] | None) -
                                   "read": busiest["read"] - was["read"]}}
 
 
+async def seed_manual_users(svc: Services, sub_id: str, path: str) -> int:
+    """Portal users made by hand before the first sync (one username a line), and linkExistingUsers on: the first
+    sync links them in place. Written before the measured run, as a customer's portal already holds them."""
+    import uuid
+
+    from sync.model import SourceType, User
+
+    names = [n for n in Path(path).read_text(encoding="utf-8").splitlines() if n]
+    for i in range(0, len(names), 1000):
+        await svc.users.create([User(org=ORG, id=str(uuid.uuid4()), username=n, email=None, display_name=n,
+                                     source_type=SourceType.MANUAL) for n in names[i:i + 1000]])
+    await subscriptions.update(svc, Caller(org=ORG, subject="bench@portal", role="Administrator"), sub_id,
+                               {"linkExistingUsers": "username"})
+    return len(names)
+
+
 def _timeline(spans: list[tuple[float, float]], started: float, ended: float) -> dict[str, float]:
     """Where a run's wall time went: before the first delivery, deliveries, after the last one ended."""
     if not spans:
@@ -391,6 +407,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for name in ("Subscriptions", "Runs", "Users", "Groups"):
             await svc.store.table(name)
         sub_id = await connect(svc, caller, args.tenant, args.groups.split(","))
+        if args.manual_users:
+            result["manual_users"] = await seed_manual_users(svc, sub_id, args.manual_users)
         consuming = asyncio.create_task(consumer.run())
         result["rss_mb_ready"] = round(psutil.Process().memory_info().rss / 2**20, 1)
         try:
@@ -428,6 +446,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", help="write a cProfile of the Full Sync phase to this file")
     parser.add_argument("--skip-resync", action="store_true")
     parser.add_argument("--dry-run-only", action="store_true", help="one dry run on an empty portal, nothing else")
+    parser.add_argument("--manual-users", help="a file of usernames that exist as Manual users before the first sync")
     parser.add_argument("--store-pid", type=int, help="the Table store's process (Azurite), to report its CPU per run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

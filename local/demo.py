@@ -41,6 +41,7 @@ ATTRIBUTE_MAPPING = {"phone": "mobilePhone", "department": "department", "jobTit
                      "custom": {"costCenter": "employeeOrgData/costCenter",
                                 "badge": "onPremisesExtensionAttributes/extensionAttribute1",
                                 "costCode": "extension_5bfc8fdacfc943a9a6de214ea9d15fdb_costCode"}}
+TO_LINK = "lynne.robbins@contoso.example"  # in Sales Team; an existing portal user, linked in place by the first sync
 USERNAME_ATTRIBUTE = "mail"  # guests keep their home address; the two users without a mailbox are skipped
 ENROLLS = "adele.vance@contoso.example"  # enrolls through the invitation's link: no reminder
 REMINDER_DAYS = [2]  # a reminder 2 "days" after the first invitation; a day is REMINDER_DAY_SECONDS (2 s here)
@@ -123,7 +124,8 @@ def bar(done: int, total: int, size: int = 20) -> str:
 
 def counts_text(counts: dict[str, Any]) -> str:
     """A run's counts in one line, skipped reasons included."""
-    parts = [f"{k} {counts.get(k, 0)}" for k in ("created", "updated", "reactivated", "deactivated", "unchanged")]
+    parts = [f"{k} {counts.get(k, 0)}" for k in ("created", "linked", "updated", "reactivated", "deactivated",
+                                                 "unchanged")]
     parts.append(f"e-mails queued {counts.get('emailsQueued', 0)}")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted((counts.get("skippedReasons") or {}).items()))
     parts.append(f"skipped {counts.get('skipped', 0)}" + (f" ({reasons})" if reasons else ""))
@@ -148,6 +150,7 @@ class Demo:
         self.portal: Portal  # these three exist once the stack has started
         self.admin: FakeTenantAdmin
         self.outbox: Path
+        self.manual: dict[str, Any] = {}  # the portal user made by hand before the first sync
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -232,13 +235,18 @@ class Demo:
             self.out.line("selected: " + ", ".join(g["displayName"] for g in selected)
                           + "  (Engineering nests Platform Team, which nests Platform On-Call)")
             sub = self.portal.update(self.sub_id, deactivateBlockedUsers=True, sendEnrollmentEmail=True,
-                                     enrollmentReminders=REMINDER_DAYS)
+                                     enrollmentReminders=REMINDER_DAYS, linkExistingUsers="username")
             self.out.line(f"deactivateBlockedUsers = {sub['deactivateBlockedUsers']}, "
                           f"sendEnrollmentEmail = {sub['sendEnrollmentEmail']}, nightlySync = {sub['nightlySync']}, "
-                          f"enrollmentReminders = {sub['enrollmentReminders']}")
+                          f"enrollmentReminders = {sub['enrollmentReminders']}, "
+                          f"linkExistingUsers = {sub['linkExistingUsers']}")
             mapping = self.portal.update(self.sub_id, attributeMapping=ATTRIBUTE_MAPPING)["attributeMapping"]
             self.out.line("attributeMapping: " + ", ".join(f"{k} <- {v}" for k, v in mapping.items() if k != "custom")
                           + "; custom " + ", ".join(f"{k} <- {v}" for k, v in mapping["custom"].items()))
+            self.manual = self.portal.call("POST", "/users", json={"username": TO_LINK, "email": TO_LINK,
+                                                                    "displayName": "Lynne (portal)"}, expect=201)
+            self.out.line(f"an existing portal user, made by hand: {TO_LINK} ({self.manual['sourceType']}, "
+                          f"id {self.manual['id']}); the sync links it in place instead of refusing its username")
 
     def preview(self) -> dict[str, Any]:
         """A dry run before the first sync: what Full Sync would do, with nothing written and no e-mail sent."""
@@ -249,13 +257,14 @@ class Demo:
             for c in changes:
                 kinds[c["change"]] = kinds.get(c["change"], 0) + 1
             self.out.line("proposed changes: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
-            sample = sorted(changes, key=lambda c: (c["reason"] == "joined_selected_group", c["username"]))[:5]
+            sample = sorted(changes, key=lambda c: (c["change"] != "linked", c["reason"] == "joined_selected_group",
+                                                    c["username"]))[:5]
             self.out.table(("USERNAME", "CHANGE", "REASON", "STATUS"),
                            [(c["username"], c["change"], c["reason"], (c["fields"].get("status") or ["", ""])[1])
                             for c in sample])
-            if self.portal.users() or sorted(self.outbox.glob("*.eml")):
+            if [u for u in self.portal.users() if u["sourceType"] != "Manual"] or sorted(self.outbox.glob("*.eml")):
                 raise StepFailed("the dry run wrote users or sent e-mails")
-            self.out.line(f"users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing); "
+            self.out.line(f"synced users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing); "
                           f"{len(changes)} changes listed at …/runs/{run['runId']}/changes")
             return run
 
@@ -288,6 +297,11 @@ class Demo:
                            [(u["username"], u["status"], u["statusReason"] or "", u["sourceType"], group_names(u))
                             for u in rows])
             self.out.line(f"{len(users)} users")
+            linked = users.get(self.manual["id"])
+            if linked is None or linked["sourceType"] != "AdSync" or linked["createdAt"] != self.manual["createdAt"]:
+                raise StepFailed(f"{TO_LINK} was not linked in place: {linked}")
+            self.out.line(f"linked in place: {TO_LINK} kept its id {linked['id']} and createdAt "
+                          f"{linked['createdAt']}, is AdSync now and got no invitation")
         with self.step("Groups grid"):
             groups = sorted(self.portal.groups(), key=lambda g: g["displayName"])
             self.out.table(("GROUP", "USERS"), [(g["displayName"], g["userCount"]) for g in groups])

@@ -61,6 +61,7 @@ from .errors import (
     Transient,
 )
 from .inputs import loads_json
+from .links import Known, Linked, Linker, Taken
 from .logs import get_logger
 from .model import (
     MEMBER_READ_HIDDEN,
@@ -527,7 +528,9 @@ async def _plan(svc: Services, sub: Subscription, changes: DirectoryChanges) -> 
             plan.resync |= above
         else:
             regroup |= change.users_added | change.users_removed
-    synced_ids = {synced_user_id(sub.org, sub.id, oid): oid for oid in changes.users_changed | changes.users_removed}
+    index = await svc.users.links(sub.org, sub.id)  # linked users kept their own id
+    synced_ids = {index.get(oid) or synced_user_id(sub.org, sub.id, oid): oid
+                  for oid in changes.users_changed | changes.users_removed}
     stored = await svc.users.get_many(sub.org, list(synced_ids))
     stored_oids = {synced_ids[uid] for uid in stored}
     plan.removed = set(changes.users_removed & stored_oids)
@@ -563,7 +566,9 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
     org = sub.org
     errors: list[RunError] = []
     skipped: dict[str, int] = {}
-    ids = {oid: synced_user_id(org, sub.id, oid) for oid in [*plan.users, *plan.removed]}
+    linker = Linker(svc, sub)
+    index = await linker.index()
+    ids = {oid: index.get(oid) or synced_user_id(org, sub.id, oid) for oid in [*plan.users, *plan.removed]}
     stored = await svc.users.get_many(org, list(ids.values()))
     creates: list[tuple[User, Desired]] = []
     updates: list[tuple[User, str]] = []
@@ -617,6 +622,8 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
             continue
         changed_groups |= groups ^ existing.group_ids
         updates.append((_written(existing, desired, groups, stamp), existing.username))
+    if creates and linker.on:
+        creates = await _link(linker, creates, stored, updates, records, errors, skipped, stamp)
     if creates:
         await pending_invitations.expect(svc, [u for u, _ in creates])
         for (user, desired), outcome in zip(creates, await svc.users.create([u for u, _ in creates])):
@@ -627,6 +634,10 @@ async def _apply(svc: Services, sub: Subscription, run: Run, plan: _Plan, *, rec
             elif isinstance(outcome, Exists):  # written meanwhile (a redelivered job): decided like any stored user
                 stored[outcome.user.id] = outcome.user
                 updates.append((_written(outcome.user, desired, user.group_ids, stamp), outcome.user.username))
+            elif (holder := await svc.users.get(org, outcome.owner_id)) is not None and \
+                    holder.subscription_id == sub.id and holder.azure_object_id == user.azure_object_id:
+                stored[holder.id] = holder  # linked meanwhile by a group worker (it kept its own id): a stored user
+                updates.append((_written(holder, desired, user.group_ids, stamp), holder.username))
             else:
                 errors.append(RunError("username_conflict", f"{user.display_name} ({user.azure_object_id}) maps to "
                                                             f"username '{user.username}', which another user has",
@@ -657,6 +668,37 @@ def _recovered(user: User, run: Run, records: list[UserChange], invitations: lis
     records.append(recovered_record(user, entry))
     if entry.change == Change.CREATED and user.enrollment_email == EmailState.QUEUED:
         invitations.append(EnrollmentJob(user.org, user.id, run.id))
+
+
+async def _link(linker: Linker, creates: list[tuple[User, Desired]], stored: dict[str, User],
+                updates: list[tuple[User, str]], records: list[UserChange], errors: list[RunError],
+                skipped: dict[str, int], stamp: Stamp) -> list[tuple[User, Desired]]:
+    """Link the users to create who are existing Manual users (``sync.links``); the rest, to create."""
+    by_oid = {d.azure_object_id: (u, d) for u, d in creates}
+    outcomes = await linker.resolve({oid: d for oid, (_, d) in by_oid.items()},
+                                    {oid: u.group_ids for oid, (u, _) in by_oid.items()}, stamp)
+    rest: list[tuple[User, Desired]] = []
+    known: dict[str, tuple[User, Desired]] = {}
+    for oid, (user, desired) in by_oid.items():
+        outcome = outcomes.get(oid)
+        if outcome is None:
+            rest.append((user, desired))
+        elif isinstance(outcome, Linked):
+            records.append(outcome.record)
+        elif isinstance(outcome, Known):  # linked meanwhile (a redelivered job): decided like any stored user
+            known[outcome.user_id] = (user, desired)
+        elif isinstance(outcome, Taken):
+            errors.append(RunError("username_conflict", f"{user.display_name} ({oid}) maps to username "
+                                                        f"'{user.username}', which another user has", user_id=user.id))
+        else:
+            skipped[outcome.code] = skipped.get(outcome.code, 0) + 1
+            errors.append(RunError(outcome.code, outcome.message))
+    fresh = await linker.svc.users.get_many(linker.sub.org, list(known)) if known else {}
+    for uid, (user, desired) in known.items():
+        if uid in fresh:
+            stored[uid] = fresh[uid]
+            updates.append((_written(fresh[uid], desired, user.group_ids, stamp), fresh[uid].username))
+    return rest
 
 
 def _written(existing: User, desired: Desired, groups: frozenset[str] | set[str], stamp: Stamp) -> User:

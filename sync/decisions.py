@@ -39,6 +39,7 @@ class Change:
     UPDATED = ChangeKind.UPDATED
     REACTIVATED = ChangeKind.REACTIVATED
     DEACTIVATED = ChangeKind.DEACTIVATED
+    LINKED = ChangeKind.LINKED
     UNCHANGED = "unchanged"
 
 

@@ -50,6 +50,7 @@ from .errors import (
     PreconditionFailed,
     Transient,
 )
+from .links import Known, Linked, Linker, Taken
 from .logs import get_logger
 from .model import (
     MEMBER_READ_HIDDEN,
@@ -194,7 +195,8 @@ class _Known:
         return cls(fingerprint(member), this_run and member.last_change == Change.CREATED,
                    this_run and member.enrollment_email == EmailState.QUEUED,
                    not this_run and member.enrollment_email == EmailState.SENDING,
-                   this_run and member.last_change in (Change.UPDATED, Change.REACTIVATED, Change.DEACTIVATED))
+                   this_run and member.last_change in (Change.UPDATED, Change.REACTIVATED, Change.DEACTIVATED,
+                                                       Change.LINKED))
 
 
 @dataclass
@@ -220,6 +222,8 @@ class _Segment:
     earlier: set[str] = field(default_factory=set)  # users the group's earlier segments saw (recorded there)
     ledger: RunLedger | None = None  # a dry run's stand-in for the store (sync/preview.py)
     recovered: list[User] = field(default_factory=list)  # written by a lost attempt: their events recorded again
+    linker: Linker | None = None  # linked users (they kept their own id) and the Manual users that may be linked
+    ids: dict[str, str] = field(default_factory=dict)  # object id → user id of the linked users (the link index)
 
     @property
     def org(self) -> str:
@@ -249,6 +253,8 @@ class _Segment:
         svc, job = self.svc, self.job
         if job.segment == 0:  # once a listing (its later segments continue it; finish() checks an empty one again)
             await self.refuse_unreadable_membership(trust_selection=True)
+        self.linker = Linker(svc, self.sub)
+        self.ids = await self.linker.index()  # one query; the same dict the linker keeps up to date
         self.snapshot = {m.id: _Known.of(m, self.run.id)
                          async for m in svc.users.group_members(job.org, job.subscription_id, job.group_id)}
         if job.segment > 0:  # (read here rather than at the end: the same rows, and a restart needs them)
@@ -305,7 +311,7 @@ class _Segment:
         flags: list[str] = []  # unchanged users that only join this group
         for du in users:
             desired = desired_user(du, self.sub, self.svc.settings.default_phone_region)
-            uid = synced_user_id(self.org, self.sub.id, du.id)
+            uid = self.ids.get(du.id) or synced_user_id(self.org, self.sub.id, du.id)
             if isinstance(desired, Skip):
                 if uid in self.snapshot:  # keep the existing row and its membership; only report
                     self.seen.add(uid)
@@ -322,7 +328,12 @@ class _Segment:
                             "that is not a valid phone number: synced without phone", user_id=uid)
             wanted[uid] = desired
             known = self.snapshot.get(uid)
-            if known is None:
+            if known is None and du.id in self.ids:  # a linked row, not (yet) of this group
+                if self.svc.recent.known(self.run.id, uid) == fingerprint(desired):
+                    self.unchanged(uid, flags, in_group=False, invitation_queued=False)  # linked by this process
+                else:
+                    reread.append(uid)
+            elif known is None:
                 absent.append(uid)
             elif known.fingerprint == fingerprint(desired) and (uid in self.earlier or not (
                     known.created_by_this_run or (known.changed_by_this_run and self.recovering))):
@@ -334,8 +345,12 @@ class _Segment:
             else:
                 reread.append(uid)
         if self.dry:
+            if absent and self.linker is not None and self.linker.on:
+                absent = await self.preview_links(absent, wanted, flags)
             await self.preview(absent, reread, wanted, flags)
             return
+        if absent and self.linker is not None and self.linker.on:
+            absent = await self.link(absent, wanted, reread, flags)
         updates: list[tuple[User, Desired]] = []
         await self.create_or_join(absent, wanted, updates, flags, reread)
         if reread:
@@ -353,6 +368,70 @@ class _Segment:
         if flags:
             await self.svc.users.add_membership(self.org, flags, self.job.group_id, self.run.group_ids)
             self.seen.update(flags)
+
+    async def link(self, absent: list[str], wanted: dict[str, Desired], reread: list[str],
+                   flags: list[str]) -> list[str]:
+        """Link the users new to this group who are existing Manual users (``sync.links``); the rest, to create."""
+        assert self.linker is not None
+        by_oid = {wanted[uid].azure_object_id: uid for uid in absent}
+        group = frozenset({self.job.group_id})
+        outcomes = await self.linker.resolve({oid: wanted[uid] for oid, uid in by_oid.items()},
+                                             dict.fromkeys(by_oid, group), self.stamp())
+        rest: list[str] = []
+        for oid, uid in by_oid.items():
+            outcome = outcomes.get(oid)
+            if outcome is None:
+                rest.append(uid)
+                continue
+            desired = wanted.pop(uid)
+            if isinstance(outcome, Linked):
+                self.svc.recent.remember(self.run.id, outcome.user.id, fingerprint(outcome.user))
+                self.seen.add(outcome.user.id)
+                self.counts = self.counts.bump(Change.LINKED)
+                self.note(outcome.record)
+            elif isinstance(outcome, Known):  # linked by another worker or an earlier delivery: a stored user
+                wanted[outcome.user_id] = desired
+                if self.svc.recent.known(self.run.id, outcome.user_id) == fingerprint(desired):
+                    self.unchanged(outcome.user_id, flags, in_group=False, invitation_queued=False)
+                else:
+                    reread.append(outcome.user_id)
+            elif isinstance(outcome, Taken):
+                self.conflict(outcome.user, outcome.outcome)
+            else:
+                self.skip(outcome.code, outcome.message)
+        return rest
+
+    async def preview_links(self, absent: list[str], wanted: dict[str, Desired], flags: list[str]) -> list[str]:
+        """A dry run's ``link``: the links it would make, written nowhere (the run's ledger says who takes which
+        username, and which group records the link); the rest go on to ``preview``."""
+        assert self.linker is not None
+        if self.ledger is None:
+            self.ledger = await self.svc.previews.of(self.run.id, lambda: self.svc.users.username_claims(self.org))
+        ledger, group = self.ledger, self.job.group_id
+        by_oid = {wanted[uid].azure_object_id: uid for uid in absent if uid not in ledger.existing}
+        outcomes = await self.linker.preview({oid: wanted[uid] for oid, uid in by_oid.items()},
+                                             dict.fromkeys(by_oid, frozenset({group})), self.stamp())
+        rest = [uid for uid in absent if uid in ledger.existing]
+        for oid, uid in by_oid.items():
+            outcome = outcomes.get(oid)
+            if outcome is None:
+                rest.append(uid)
+                continue
+            if isinstance(outcome, Skip):
+                self.skip(outcome.code, outcome.message)
+                continue
+            user = outcome.user
+            renamed = outcome.record.fields.get("username")
+            holder = ledger.claim(user.id, user.username, renamed[0]) if renamed else None
+            if holder is not None:
+                self.conflict(user, UsernameTaken(*holder))
+            elif not ledger.take(user.id, group):  # another group of this run records (would make) the link
+                self.unchanged(user.id, flags, in_group=False, invitation_queued=False)
+            else:
+                self.seen.add(user.id)
+                self.counts = self.counts.bump(Change.LINKED)
+                self.note(outcome.record)
+        return rest
 
     async def create_or_join(self, absent: list[str], wanted: dict[str, Desired], updates: list, flags: list[str],
                              reread: list[str]) -> None:
@@ -457,6 +536,7 @@ class _Segment:
         stamp = self.stamp()
         creates = [new_user(self.org, self.sub, wanted[uid], self.job.group_id, stamp) for uid in uids]
         await invitations.expect(self.svc, creates)
+        taken: list[tuple[User, UsernameTaken]] = []
         for user, outcome in zip(creates, await self.svc.users.create(creates)):
             if isinstance(outcome, Created):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(user))
@@ -464,6 +544,20 @@ class _Segment:
             elif isinstance(outcome, Exists):
                 self.svc.recent.settle(self.run.id, user.id, fingerprint(outcome.user))
                 self.decide(outcome.user, wanted[user.id], updates, flags)
+            else:
+                taken.append((user, outcome))
+        if not taken:
+            return
+        # The username's holder may be this very directory object, linked meanwhile by another worker (it kept its
+        # own id): the claim is what serializes a link and a creation; then it is a stored user like any other.
+        holders = await self.svc.users.get_many(self.org, [o.owner_id for _, o in taken])
+        for user, outcome in taken:
+            holder = holders.get(outcome.owner_id)
+            if holder is not None and holder.subscription_id == self.sub.id and \
+                    holder.azure_object_id == user.azure_object_id and holder.source_type == SourceType.AD_SYNC:
+                self.ids[user.azure_object_id or ""] = holder.id
+                wanted[holder.id] = wanted[user.id]
+                self.decide(holder, wanted[holder.id], updates, flags)
             else:
                 self.conflict(user, outcome)
 

@@ -89,7 +89,8 @@ class ChangeKind:
     UPDATED = "updated"
     REACTIVATED = "reactivated"
     DEACTIVATED = "deactivated"
-    ALL = ("created", "updated", "reactivated", "deactivated")
+    LINKED = "linked"  # an existing Manual user taken over in place by the directory (linkExistingUsers)
+    ALL = ("created", "updated", "reactivated", "deactivated", "linked")
 
 
 class ChangeReason:
@@ -101,6 +102,8 @@ class ChangeReason:
     RETURNED = "returned_to_selected_group"  # in a selected group again after being removed
     REMOVED = "removed_from_directory"  # in none of the selected groups any more
     ATTRIBUTES = "attributes_changed"  # username, e-mail, names or mapped attributes changed in the directory
+    MATCHED_USERNAME = "matched_username"  # linked: a Manual user of the same username
+    MATCHED_EMAIL = "matched_email"  # linked: the one Manual user of the same e-mail (usernameOrEmail)
     CREATED_BY_ADMIN = "created_by_admin"
     ACTIVATED_BY_ADMIN = "activated_by_admin"
     DEACTIVATED_BY_ADMIN = "deactivated_by_admin"
@@ -218,6 +221,7 @@ class Subscription:
     send_enrollment_email: bool = False
     enrollment_reminders: tuple[int, ...] = ()  # days after the first invitation when a reminder goes out
     nightly_sync: bool = True
+    link_existing_users: str = "off"  # sync.linking.LINK_MODES: take over Manual users of the same username/e-mail
     groups: tuple[GroupRef, ...] = ()
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
@@ -283,6 +287,7 @@ class Counts:
     deactivated: int = 0
     unchanged: int = 0
     emailsQueued: int = 0
+    linked: int = 0
     skipped: int = 0
     skippedReasons: dict[str, int] = field(default_factory=dict)
 

@@ -8,6 +8,7 @@ from typing import AsyncIterator, Collection, Iterable, Sequence
 
 from .alert_model import Alert, AlertJob
 from .event_model import Event, Webhook, WebhookJob
+from .linking import Candidate
 from .model import (
     ChangeJob,
     DeltaLinks,
@@ -165,6 +166,13 @@ class Stale:
 
 
 @dataclass(frozen=True)
+class AlreadyLinked:
+    """The directory object is linked already (another worker, or an earlier delivery): to this user."""
+
+    user_id: str
+
+
+@dataclass(frozen=True)
 class UserFilter:
     status: str | None = None
     source_type: str | None = None
@@ -230,6 +238,24 @@ class Users(abc.ABC):
     @abc.abstractmethod
     def expired_history(self, before: datetime) -> AsyncIterator[User]:
         """Users of every org whose oldest history entry is older than ``before`` (the nightly's retention)."""
+
+    @abc.abstractmethod
+    async def links(self, org: str, subscription_id: str) -> dict[str, str]:
+        """The link index of a subscription: Azure object id → id of the linked user (users that kept their own id)."""
+
+    @abc.abstractmethod
+    async def link_candidates(self, org: str) -> list[Candidate]:
+        """The org's Manual users, only what matching reads (id, username, e-mail)."""
+
+    @abc.abstractmethod
+    async def link(self, links: list[tuple[User, str]]) -> list[Updated | Stale | UsernameTaken | AlreadyLinked]:
+        """Take over Manual users in place, each in one atomic write: its index entry (created, never overwritten),
+        the user (conditional on its etag) and, when the username changes, its claims. The str is the username
+        stored before. AlreadyLinked: the user's directory object has an index entry already."""
+
+    @abc.abstractmethod
+    async def unlink_all(self, org: str, subscription_id: str) -> int:
+        """Drop a subscription's link index (its users are Manual again); returns entries removed."""
 
 
 class Groups(abc.ABC):

@@ -49,6 +49,10 @@ class RecentUsers:
         if future is not None and not future.done():
             future.set_result(fingerprint)
 
+    def known(self, run_id: str, user_id: str) -> bytes | None:
+        """The fingerprint of a user this process wrote during the run, if any."""
+        return self._known.get((run_id, user_id))
+
     def remember(self, run_id: str, user_id: str, fingerprint: bytes) -> None:
         key = (run_id, user_id)
         self._known[key] = fingerprint

@@ -160,7 +160,9 @@ class _Tally:
         self.counts[c.change] = self.counts.get(c.change, 0) + 1
         self.emails += c.email_queued
         status = c.fields.get("status")
-        if status and status[0] != status[1]:
+        if c.change == ChangeKind.LINKED:  # a Manual user joins the synced users: active (or not) from now on
+            self.active_delta += bool(status and status[1] == UserStatus.ACTIVE)
+        elif status and status[0] != status[1]:
             self.active_delta += (status[1] == UserStatus.ACTIVE) - (status[0] == UserStatus.ACTIVE)
 
 
@@ -221,7 +223,8 @@ async def _finalize_preview(svc: Services, view: RunView) -> None:
     counts = Counts(created=tally.counts[Change.CREATED], updated=tally.counts[Change.UPDATED],
                     reactivated=tally.counts[Change.REACTIVATED],
                     deactivated=tally.counts[Change.DEACTIVATED] + len(removals),
-                    unchanged=len(seen - tally.users), emailsQueued=tally.emails)
+                    unchanged=len(seen - tally.users), emailsQueued=tally.emails,
+                    linked=tally.counts[ChangeKind.LINKED])
     for g in view.groups:
         counts = counts + Counts(skipped=g.counts.skipped, skippedReasons=g.counts.skippedReasons)
     if await _end_run(svc, run, status, counts, errors, 0, approved=False):

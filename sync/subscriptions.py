@@ -20,6 +20,7 @@ from .errors import (
     PreconditionFailed,
     Transient,
 )
+from .linking import LINK_MODES
 from .logs import get_logger
 from .model import (
     USERNAME_ATTRIBUTES,
@@ -46,6 +47,7 @@ PATCHABLE = ("name", "usernameAttribute", "deactivateBlockedUsers", "sendEnrollm
 MAX_REMINDERS = 5
 REMINDER_DAYS = (1, 60)
 PATCHABLE += ("attributeMapping",)  # the directory property of each portal field (sync/attribute_mapping.py)
+PATCHABLE += ("linkExistingUsers",)  # link existing Manual users in place (sync/linking.py)
 
 
 async def create(svc: Services, caller: Caller, body: dict[str, Any]) -> Subscription:
@@ -90,6 +92,11 @@ async def update(svc: Services, caller: Caller, sub_id: str, body: dict[str, Any
             raise InvalidInput(f"usernameAttribute must be one of {', '.join(USERNAME_ATTRIBUTES)}",
                                code="invalid_username_attribute")
         changes["username_attribute"] = value
+    if "linkExistingUsers" in body:
+        if body["linkExistingUsers"] not in LINK_MODES:
+            raise InvalidInput(f"linkExistingUsers must be one of {', '.join(LINK_MODES)}",
+                               code="invalid_link_existing_users")
+        changes["link_existing_users"] = body["linkExistingUsers"]
     for field, attr in (("deactivateBlockedUsers", "deactivate_blocked_users"),
                         ("sendEnrollmentEmail", "send_enrollment_email"), ("nightlySync", "nightly_sync")):
         if field in body:
@@ -144,6 +151,7 @@ async def delete(svc: Services, caller: Caller, sub_id: str) -> None:
     sub = await modify(svc, caller, sub_id, mark, deleting=True)
     await forget(svc, caller.org, sub.id, sub.azure_tenant_id)  # no more notifications, no delta links
     released = await _release_users(svc, caller.org, sub.id)
+    await svc.users.unlink_all(caller.org, sub.id)  # after the release: a crash before it leaves the entries to redo
     await svc.groups.delete(caller.org, sub.id)
     await svc.runs.delete_all(caller.org, sub.id)
     if svc.alerts is not None:

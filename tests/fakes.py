@@ -20,6 +20,7 @@ from sync.errors import (
     PreconditionFailed,
     Transient,
 )
+from sync.linking import Candidate
 from sync.model import (
     ChangeJob,
     DeltaLinks,
@@ -46,6 +47,7 @@ from sync.model import (
 )
 from sync.ports import (
     Alerts,
+    AlreadyLinked,
     Created,
     Directory,
     DirectoryChangeFeed,
@@ -309,6 +311,8 @@ class MemoryUsers(Users):
         self.membership_writes = 0
         self.existing_on_create = 0  # inserts that found the row there already
         self.max_memberships = 230  # Table Storage: 252 properties, about 22 of them the user's own
+        self.link_index: dict[tuple[str, str, str], str] = {}  # (org, subscription, object id) → user id
+        self.link_writes = 0
 
     async def get(self, org: str, user_id: str) -> User | None:
         return self.rows.get((org, user_id))
@@ -429,6 +433,33 @@ class MemoryUsers(Users):
         for u in list(self.rows.values()):
             if u.history and min(e.at for e in u.history) < before:
                 yield u
+
+    async def links(self, org: str, subscription_id: str) -> dict[str, str]:
+        return {oid: uid for (o, s, oid), uid in self.link_index.items() if (o, s) == (org, subscription_id)}
+
+    async def link_candidates(self, org: str) -> list[Candidate]:
+        return [Candidate(u.id, u.username, u.email) for (o, _), u in self.rows.items()
+                if o == org and u.source_type == "Manual"]
+
+    async def link(self, links: list[tuple[User, str]]) -> list[Updated | Stale | UsernameTaken | AlreadyLinked]:
+        out: list[Updated | Stale | UsernameTaken | AlreadyLinked] = []
+        for user, old in links:  # all or nothing per link, as the table's transaction
+            entry = (user.org, user.subscription_id, user.azure_object_id)
+            if entry in self.link_index:
+                out.append(AlreadyLinked(self.link_index[entry]))
+                continue
+            [outcome] = await self.update([(user, old)])
+            if isinstance(outcome, Updated):
+                self.link_index[entry] = user.id
+                self.link_writes += 1
+            out.append(outcome)
+        return out
+
+    async def unlink_all(self, org: str, subscription_id: str) -> int:
+        gone = [k for k in self.link_index if k[:2] == (org, subscription_id)]
+        for k in gone:
+            del self.link_index[k]
+        return len(gone)
 
 
 class MemoryAlerts(Alerts):

@@ -89,6 +89,7 @@ def _sub_entity(sub: Subscription) -> dict[str, Any]:
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "enrollmentReminders": json.dumps(list(sub.enrollment_reminders)),
         "nightlySync": sub.nightly_sync,
+        "linkExistingUsers": sub.link_existing_users,
         **_long_text("groups", json.dumps([[g.id, g.display_name, *([] if g.hidden_membership is None else
                                                                     [g.hidden_membership])]
                                            for g in sub.groups], ensure_ascii=False)),
@@ -121,6 +122,7 @@ def _sub_from(e: Any) -> Subscription:
         send_enrollment_email=bool(e.get("sendEnrollmentEmail")),
         enrollment_reminders=tuple(int(d) for d in json.loads(e.get("enrollmentReminders") or "[]")),
         nightly_sync=bool(e.get("nightlySync")),
+        link_existing_users=e.get("linkExistingUsers") or "off",
         groups=tuple(GroupRef(*ref[:3]) for ref in json.loads(_read_long_text(e, "groups") or "[]")),
         created_at=_dt(e.get("createdAt")),
         updated_at=_dt(e.get("updatedAt")),

@@ -22,9 +22,10 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from ..errors import InvalidInput, PreconditionFailed, Transient
-from ..model import MemberState, ScopeState, User, is_guid
-from ..ports import Created, Exists, Stale, Updated, UserFilter, UsernameTaken, Users
-from . import table_changes, table_wire
+from ..linking import Candidate
+from ..model import MemberState, ScopeState, SourceType, User, is_guid
+from ..ports import AlreadyLinked, Created, Exists, Stale, Updated, UserFilter, UsernameTaken, Users
+from . import table_changes, table_links, table_wire
 from .table_repository import MAX_TRANSACTION, _chunks, _conditional, _dt, _etag, _Repository, call
 from .table_text import key
 
@@ -450,6 +451,24 @@ class TableUsers(_Repository, Users):
                 yield _user_from(entity)
         except HttpResponseError as exc:
             raise Transient(f"table storage answered {exc.status_code}") from exc
+
+    async def links(self, org: str, subscription_id: str) -> dict[str, str]:
+        return await table_links.read_index(await self._table(), org, subscription_id)
+
+    async def link_candidates(self, org: str) -> list[Candidate]:
+        table = await self._table()
+        query = "PartitionKey eq @pk and kind eq 'user' and sourceType eq @manual"
+        try:
+            return [Candidate(e["id"], e["username"], e.get("email")) async for e in table_wire.query(
+                table, query, {"pk": key(org), "manual": SourceType.MANUAL}, select=["id", "username", "email"])]
+        except HttpResponseError as exc:
+            raise Transient(f"table storage answered {exc.status_code}") from exc
+
+    async def link(self, links: list[tuple[User, str]]) -> list[Updated | Stale | UsernameTaken | AlreadyLinked]:
+        return await table_links.link(self, await self._table(), links, _user_entity, _claim_entity, username_key)
+
+    async def unlink_all(self, org: str, subscription_id: str) -> int:
+        return await table_links.unlink_all(self, await self._table(), org, subscription_id)
 
 
 _MEMBER_COLUMNS = ["id", "username", "email", "displayName", "givenName", "surname", "status", "statusReason",

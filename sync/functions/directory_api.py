@@ -31,6 +31,7 @@ async def present(svc: composition.Services, sub: Subscription) -> dict[str, Any
         "sendEnrollmentEmail": sub.send_enrollment_email,
         "enrollmentReminders": list(sub.enrollment_reminders),
         "nightlySync": sub.nightly_sync,
+        "linkExistingUsers": sub.link_existing_users,
         "notifyEmails": list(sub.notify_emails),
         "notifyEmailStatus": notify_status(sub),
         "attributeMapping": sub.attribute_mapping.to_api(),

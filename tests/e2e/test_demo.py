@@ -103,7 +103,7 @@ def test_demo_walks_the_workflow_through_the_api(demo):
     assert "deactivateBlockedUsers = True, sendEnrollmentEmail = True" in out
     assert "attributeMapping: " in out and "phone <- mobilePhone" in out
     assert re.search(r"\(manual\) \[#{20}\] 3/3 groups  succeeded", out)
-    assert "created 30 · " in out and "skipped 2 (missing_username_attribute 2)" in out
+    assert "created 29 · linked 1 · " in out and "skipped 2 (missing_username_attribute 2)" in out
 
 
 def test_demo_prints_the_grids_and_the_emails(demo):
@@ -121,11 +121,13 @@ def test_demo_prints_the_grids_and_the_emails(demo):
     # Every new Active user with an address is invited once; the blocked one is not.
     emails = section(out, "Enrollment e-mails in the SMTP sink")
     invitations = [re.split(r"\s{2,}", line.strip()) for line in emails.splitlines() if "activate your" in line]
-    assert len(invitations) == 29
+    assert len(invitations) == 28  # and none for the portal user linked in place
+    assert not any(r[0] == "lynne.robbins@contoso.example" for r in invitations)
+    assert "linked in place: lynne.robbins@contoso.example kept its id" in users
     assert ["anna.kowalski@fabrikam.example", "Anna Kowalski (Fabrikam), activate your Contoso Identity Portal account"] \
         in invitations
     assert not any(r[0] == "emily.braun@contoso.example" for r in invitations)
-    eml = re.search(r"29 e-mails; one of them: (\S+\.eml)", out)
+    eml = re.search(r"28 e-mails; one of them: (\S+\.eml)", out)
     assert eml and (ROOT / eml.group(1)).resolve().is_file()
 
 
@@ -154,10 +156,13 @@ def test_demo_previews_the_first_sync_and_explains_the_nightly_changes(demo):
     out = demo.stdout
     preview = section(out, "Preview: a dry run of the first Full Sync")
     assert re.search(r"\(manual\) \[#{20}\] 3/3 groups  previewed", preview)
-    assert "created 30 · " in preview and "e-mails queued 29" in preview and "proposed changes: 30 created" in preview
+    assert "created 29 · linked 1 · " in preview and "e-mails queued 28" in preview
+    assert "proposed changes: 29 created, 1 linked" in preview
+    assert rows(preview, "lynne.robbins@contoso.example")[0][:3] == [
+        "lynne.robbins@contoso.example", "linked", "matched_username"]
     assert rows(preview, "emily.braun@contoso.example") == [[
         "emily.braun@contoso.example", "created", "blocked_in_directory", "Inactive"]]
-    assert "users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing)" in preview
+    assert "synced users in the portal: 0, e-mails in the SMTP sink: 0 (the preview wrote nothing)" in preview
     listed = section(out, "The nightly run's change list, and a user's history")
     assert rows(listed, "joni.sherman@contoso.example")[0][:3] == [
         "joni.sherman@contoso.example", "deactivated", "removed_from_directory"]
