@@ -20,16 +20,17 @@ class EventType:
     USER_UPDATED = "user.updated"
     USER_DEACTIVATED = "user.deactivated"
     USER_REACTIVATED = "user.reactivated"
+    USER_LINKED = "user.linked"  # an existing Manual user linked in place to a directory user (linkExistingUsers)
     USER_UNLINKED = "user.unlinked"
     RUN_COMPLETED = "run.completed"
     CONSENT_REVOKED = "subscription.consent_revoked"
-    # ``user.linked`` joins this list when linking a Manual user to a directory user exists.
-    ALL = (USER_CREATED, USER_UPDATED, USER_DEACTIVATED, USER_REACTIVATED, USER_UNLINKED, RUN_COMPLETED,
+    ALL = (USER_CREATED, USER_UPDATED, USER_DEACTIVATED, USER_REACTIVATED, USER_LINKED, USER_UNLINKED, RUN_COMPLETED,
            CONSENT_REVOKED)
 
 
 OF_CHANGE = {ChangeKind.CREATED: EventType.USER_CREATED, ChangeKind.UPDATED: EventType.USER_UPDATED,
-             ChangeKind.DEACTIVATED: EventType.USER_DEACTIVATED, ChangeKind.REACTIVATED: EventType.USER_REACTIVATED}
+             ChangeKind.DEACTIVATED: EventType.USER_DEACTIVATED, ChangeKind.REACTIVATED: EventType.USER_REACTIVATED,
+             ChangeKind.LINKED: EventType.USER_LINKED}
 
 
 def event_id(org: str, what: str) -> str:

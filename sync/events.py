@@ -28,6 +28,7 @@ from .event_model import (
     user_event,
     user_event_id,
 )
+from .inputs import page_size
 from .logs import get_logger
 from .model import Run, Subscription, User, iso
 from .ports import Created, Updated
@@ -168,6 +169,12 @@ class EventedUsers:
                             recent=self._recent)
         return outcomes
 
+    async def link(self, links: list[tuple[User, str]]) -> list:
+        outcomes = await self._inner.link(links)
+        await users_written(self._svc, [u for (u, _), o in zip(links, outcomes) if isinstance(o, Updated)],
+                            recent=self._recent)
+        return outcomes
+
 
 # ---------------------------------------------------------------- the feed
 
@@ -196,12 +203,8 @@ def sequence_of(secret: str, org: str, cursor: str) -> int:
 
 
 def _limit(params: dict[str, str]) -> int:
-    raw = params.get("limit")
-    if raw is None:
-        return FEED_DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= FEED_MAX_LIMIT:
-        raise InvalidInput(f"limit must be a whole number from 1 to {FEED_MAX_LIMIT}", code="invalid_limit")
-    return int(raw)
+    return page_size(params.get("limit"), default=FEED_DEFAULT_LIMIT, maximum=FEED_MAX_LIMIT, name="limit",
+                     code="invalid_limit")
 
 
 async def feed(svc: Services, org: str, params: dict[str, str]) -> dict[str, Any]:

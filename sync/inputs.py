@@ -18,7 +18,8 @@ def loads_json(raw: bytes | str) -> Any:
     return value
 
 
-def page_size(text: str | None, *, default: int, maximum: int, name: str = "pageSize") -> int:
+def page_size(text: str | None, *, default: int, maximum: int, name: str = "pageSize",
+              code: str = "invalid_page_size") -> int:
     """``text`` as a whole number from 1 to ``maximum`` (``default`` when absent), else 400 ``invalid_page_size``.
 
     ``str.isdigit`` accepts ``²`` and ``①``, which ``int`` refuses, and ``int`` refuses more than 4,300 digits: only
@@ -27,5 +28,5 @@ def page_size(text: str | None, *, default: int, maximum: int, name: str = "page
         return default
     digits = text.lstrip("0") or "0"
     if not (text.isascii() and text.isdecimal()) or len(digits) > len(str(maximum)) or not 1 <= int(digits) <= maximum:
-        raise InvalidInput(f"{name} must be a whole number from 1 to {maximum}", code="invalid_page_size")
+        raise InvalidInput(f"{name} must be a whole number from 1 to {maximum}", code=code)
     return int(digits)

@@ -208,7 +208,7 @@ async def test_endpoints_are_org_scoped_limited_and_never_show_the_secret(svc):
         with pytest.raises(NotFound):
             await act(svc, "org-b", created["id"])
     with pytest.raises(InvalidInput) as exc:
-        await webhooks.create(svc, "org-a", {"url": URL, "events": ["user.linked"]})
+        await webhooks.create(svc, "org-a", {"url": URL, "events": ["user.merged"]})
     assert exc.value.code == "invalid_event_type"
     for _ in range(4):
         await webhooks.create(svc, "org-a", {"url": URL})
@@ -430,3 +430,30 @@ async def test_sending_the_invitations_records_nothing_and_asks_the_log_nothing(
     svc.events.append = counted
     assert [await send_invitation(svc, job) for job in svc.queue.enrollment_jobs] == ["sent"] * 3
     assert len(log_of(svc)) == before and calls == []  # the invitation's writes carry no new history entry
+
+
+async def test_a_manual_user_linked_in_place_is_one_user_linked_event(svc):
+    """Issue 25 with issue 24: the link is an applied change like any other, told once (a re-sync tells nothing)."""
+    from sync import users as users_uc
+
+    four_groups(svc)
+    ann = await users_uc.create_manual(svc, caller(), {"username": "ann@contoso.example"})
+    sub = await connect(svc, groups=("g-sales",), linkExistingUsers="username")
+    before = len(log_of(svc))
+    await full_sync(svc, sub)
+    await full_sync(svc, sub)
+    linked = [e for e in log_of(svc)[before:] if e.type == EventType.USER_LINKED]
+    assert [(e.data["id"], e.data["sourceType"], e.data["reason"]) for e in linked] == [
+        (ann.id, "AdSync", "matched_username")]
+    assert linked[0].data["previous"]["sourceType"] == "Manual"
+
+
+@pytest.mark.parametrize("limit", ["²", "①", "٣", "9" * 5000, "0", "1001", "-1", ""])
+async def test_the_feeds_limit_is_an_ascii_number_within_bounds_or_400(svc, limit):
+    """Issue 22 #5 on the events feed: ``str.isdigit`` took ``²``, which ``int`` refuses (a 500)."""
+    if limit == "":
+        assert (await events.feed(svc, "org-a", {"limit": limit}))["events"] == []  # absent: the default
+        return
+    with pytest.raises(InvalidInput) as exc:
+        await events.feed(svc, "org-a", {"limit": limit})
+    assert exc.value.code == "invalid_limit"
