@@ -38,6 +38,9 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
                                  reminder=user.invitation_reason == InvitationReason.REMINDER)
     email = OutgoingEmail(to_address=user.email or "", to_name=header_text(user.display_name, NAME_LIMIT), subject=rendered.subject,
                           html=rendered.html, text=rendered.text, message_id_hint=job.message_id)
+    # Everything the record needs is read (and the reminder index written) before the send: between the SMTP send
+    # and its record, a host that dies makes the next delivery send again, so that window holds one write only.
+    days = await _reminder_days(svc, user, now, expires)
     try:
         await svc.mail_sender.send(email)
     except MailError as exc:
@@ -46,15 +49,16 @@ async def send_invitation(svc: Services, job: EnrollmentJob) -> str:
             log.warning("invitation refused permanently", extra={"org": user.org, "user": user.id})
             return "failed"
         return await _retry_later(svc, user, job, str(exc))
-    await _record_sent(svc, user, now, expires)
+    await _record_sent(svc, user, now, expires, days)
     log.info("invitation sent", extra={"org": user.org, "user": user.id, "run": job.run_id,
                                        "reason": user.invitation_reason or InvitationReason.INVITATION})
     return "sent"
 
 
-async def _record_sent(svc: Services, user: User, now, expires) -> None:
-    """Record the invitation sent (its link's expiry, an ``invited`` history entry); a first invitation of a user
-    whose subscription has reminders goes into the reminder index (before the user says so, as every index write)."""
+async def _reminder_days(svc: Services, user: User, now, expires) -> tuple[int, ...]:
+    """The reminder schedule a first invitation of a synced user starts (its subscription's ``enrollmentReminders``);
+    such a user goes into the reminder index now, before the send (as every index entry goes in before the user
+    says so: an entry of a user whose invitation then fails is dropped by the reminder timer)."""
     s = svc.settings
     first_of_synced = user.invited_at is None and user.source_type == SourceType.AD_SYNC and user.subscription_id
     sub = await svc.subscriptions.get(user.org, user.subscription_id) if first_of_synced else None
@@ -62,6 +66,12 @@ async def _record_sent(svc: Services, user: User, now, expires) -> None:
     first = lifecycle.sent_invitation(user, now, expires, days, s.reminder_day_s, s.history_retention_days)
     if first.next_reminder_at is not None and user.invited_at is None and svc.reminders is not None:
         await svc.reminders.expect(user.org, [user.id], first.next_reminder_at)
+    return days
+
+
+async def _record_sent(svc: Services, user: User, now, expires, days: tuple[int, ...]) -> None:
+    """Record the invitation sent (its link's expiry, an ``invited`` history entry, the next reminder's time)."""
+    s = svc.settings
 
     def sent(current: User) -> User:
         out = _outcome(current, EmailState.SENT, svc.clock(), sent=True)
