@@ -181,13 +181,7 @@ class DevHost:
     async def restart_function_host(self) -> None:
         """Stop the host and start it with the current settings (App Service restarts the app on a setting change)."""
         proc, self.host_proc = self.host_proc, None  # its watcher then leaves the restart to us
-        if proc and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _terminate(proc)
         await self.start_function_host()
 
     async def start_function_host(self) -> None:
@@ -302,14 +296,7 @@ class DevHost:
 
     async def stop(self) -> None:
         self.stopping = True
-        proc = self.host_proc
-        if proc and proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _terminate(self.host_proc)
         if self._control:
             await self._control.cleanup()
         if self._console:
@@ -367,6 +354,17 @@ async def run(args: argparse.Namespace) -> int:
         print(host.failed, file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+async def _terminate(proc: Any) -> None:
+    """End a function host process: SIGTERM, then SIGKILL after 15 s."""
+    if proc and proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=15)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
