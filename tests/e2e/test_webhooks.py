@@ -44,7 +44,7 @@ def test_the_portal_hears_of_every_change_signed_in_order_and_can_replay_them(de
                 "https://10.1.2.3/x", "https://portal.example.com/" + "a" * 2048):
         refused = other.call("POST", "/webhooks", json={"url": url}, expect=400)
         assert refused["code"] == "invalid_webhook_url", url
-    assert other.call("POST", "/webhooks", json={"url": receiver.url, "events": ["user.linked"]},
+    assert other.call("POST", "/webhooks", json={"url": receiver.url, "events": ["user.merged"]},
                       expect=400)["code"] == "invalid_event_type"
 
     a = portal.call("POST", "/webhooks", json={"url": receiver.url + "/a"}, expect=201)
