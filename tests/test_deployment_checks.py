@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -41,9 +42,18 @@ def test_checkov_finds_nothing_unexplained_in_the_template():
 
 
 def test_azure_functions_doctor_finds_nothing_unexplained(tmp_path):
+    # On the project as a clone holds it (the tracked files): the tool walks every file below it, and the working
+    # tree's .venv (with the tools' own venv) and node_modules made it read about 45,000 files, 50 s, for the same
+    # findings it reports on the clone in 10 s.
+    project = tmp_path / "project"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
     out = tmp_path / "doctor.json"
     done = subprocess.run([tool("azure-functions-doctor"), "doctor", "--profile", "full", "--format", "json",
-                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--output", str(out)], cwd=project, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     items = [item for section in json.loads(out.read_text())["results"] for item in section["items"]]
     failures = [i["rule_id"] for i in items if i["status"] == "fail"]
