@@ -39,6 +39,14 @@ FOUND_AND_FIXED: list[tuple[str, str]] = [
                 "new users uninvited and its changes in no change list; a Full Sync request killed between writing "
                 "its run and sending it left the run queued with no message; a killed mailer's invitation waited for "
                 "a manual Full Sync (test_crash_recovery, test_crash)"),
+    ("d75b4fa", "another company's admin completing an org's consent URL connected that tenant to the org (consent phishing; test_abuse_consent)"),
+    ("04b4d3d", "notifyEmails took any ten addresses and alert subjects carried the subscription's name, with no limit on alerts or subscriptions: an open mail relay (test_abuse_alerts)"),
+    ("87e3db9", "an invitation link still enrolled after the directory corrected the address it was sent to (test_abuse_invitations)"),
+    ("6d31945", "an unparsable dead-lettered message looped in its dead-letter trigger for ever (test_servicebus_faults)"),
+    ("be795f4", "pageSize '²', '①' or 5,000 digits, a lone surrogate or 1,000-deep JSON in Graph's webhook answered 500 (test_abuse_input)"),
+    ("fe2239d", "an org named 'watch' shared the watches' partition (runs failed at the end, DELETE answered 500, renewals failed for every org) and a 256-character non-ASCII org made keys over 1 KiB (test_abuse_input)"),
+    ("dc57ca8", "an unresolved Key Vault reference became the signing key: a token signed with its literal text was accepted (tests/unit/test_settings.py)"),
+    ("13a7691", "the local broker accepted repeated MessageIds, so an invitation's recovery re-queue that Azure drops inside the duplicate-detection window passed locally (test_crash)"),
 ]
 
 
